@@ -1,0 +1,51 @@
+# moedeploy. `make demo` runs the main job, `make test` the tests; both set up what they need.
+SHELL := /bin/bash
+PY_VERSION ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+TESTBIN = $(shell bash hack/testbin.sh)
+PYTEST_ARGS ?=
+
+.PHONY: install test unit integration lint testbin prometheus cluster-up cluster-down demo bench clean
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PY_VERSION) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+testbin:
+	@bash hack/testbin.sh
+
+prometheus:
+	@bash hack/ensure-prometheus.sh
+
+test: install testbin prometheus
+	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install testbin prometheus
+	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check operator runtime tests bench hack
+	$(VENV)/bin/ruff format --check operator runtime tests bench hack
+
+cluster-up: install testbin
+	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) hack/localcluster.py up --state-dir .cluster
+
+cluster-down: install
+	$(PY) hack/localcluster.py down --state-dir .cluster
+
+demo: install testbin prometheus
+	KUBEBUILDER_ASSETS=$(TESTBIN) bash hack/demo.sh
+
+bench: install testbin
+	KUBEBUILDER_ASSETS=$(TESTBIN) bash bench/run_all.sh
+
+clean: cluster-down
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""moedeploy operator: reconciles ModelDeployments into runtime pods (imported as moe_operator)."""

@@ -1,0 +1,1 @@
+"""moedeploy MoE inference runtime (imported as moe_runtime)."""
