@@ -1,0 +1,335 @@
+"""A real Kubernetes control plane on loopback, from the binaries that hack/testbin.sh builds.
+
+etcd, kube-apiserver (TLS, client-certificate admin, RBAC, service-account keys), kube-controller-manager,
+kube-scheduler and KWOK, which plays the kubelet of fake nodes (some with `nvidia.com/gpu`) so that pods
+really get scheduled and turn Running/Ready. Every process, its log and its state live in one folder;
+`down` stops exactly the processes recorded there.
+
+    python hack/localcluster.py up   --state-dir .cluster     # KUBEBUILDER_ASSETS names the binaries
+    python hack/localcluster.py down --state-dir .cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICE_CIDR = "10.96.0.0/16"
+GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+GPUS_PER_NODE = 8
+KWOK_STAGES = [
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat/node-heartbeat.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assets_dir() -> Path:
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if not assets:
+        assets = subprocess.run(
+            ["bash", str(Path(__file__).with_name("testbin.sh"))], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    return Path(assets)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def write_pki(pki: Path) -> None:
+    """CA, apiserver serving cert, admin client cert (system:masters), service-account key pair."""
+    pki.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = pki / "ca.key", pki / "ca.crt"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=moedeploy-local-ca",
+             "-keyout", str(ca_key), "-out", str(ca_crt))
+
+    def issue(name: str, subject: str, ext: str) -> None:
+        key, csr, crt, extfile = (pki / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
+        extfile.write_text(ext)
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(key), "-out", str(csr))
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+                 "-days", "3650", "-extfile", str(extfile), "-out", str(crt))
+
+    issue("apiserver", "/CN=kube-apiserver",
+          "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+          "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n")
+    issue("admin", "/O=system:masters/CN=admin", "extendedKeyUsage=clientAuth\n")
+    _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+    _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+
+
+def kubeconfig_text(server: str, pki: Path) -> str:
+    return json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "moedeploy-local",
+                      "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": "admin", "user": {"client-certificate": str(pki / "admin.crt"),
+                                             "client-key": str(pki / "admin.key")}}],
+        "contexts": [{"name": "moedeploy-local", "context": {"cluster": "moedeploy-local", "user": "admin"}}],
+        "current-context": "moedeploy-local",
+    }, indent=2)
+
+
+def fake_node(name: str, gpus: int) -> dict:
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    labels = {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+    if gpus:
+        capacity["nvidia.com/gpu"] = str(gpus)
+        labels["nvidia.com/gpu.product"] = GPU_PRODUCT
+        labels["nvidia.com/gpu.count"] = str(gpus)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+@dataclass
+class LocalCluster:
+    state_dir: Path
+    assets: Path = field(default_factory=assets_dir)
+    gpu_nodes: list[str] = field(default_factory=lambda: ["gpu-node-0", "gpu-node-1"])
+    cpu_nodes: list[str] = field(default_factory=lambda: ["cpu-node-0"])
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def _pids(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def up(self, timeout: float = 90) -> None:
+        if self.running():
+            return
+        self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        pki = self.state_dir / "pki"
+        write_pki(pki)
+        ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        self.kubeconfig.write_text(kubeconfig_text(server, pki))
+        (self.state_dir / "kwok.yaml").write_text(self._kwok_config())
+
+        started: dict[str, int] = {}
+        try:
+            started["etcd"] = self._start("etcd", self._etcd_args(ports))
+            started["kube-apiserver"] = self._start("kube-apiserver", self._apiserver_args(ports, pki))
+            self._pids.write_text(json.dumps(started))
+            self._wait_healthy(server, pki, timeout)
+            for name, args in (
+                ("kube-controller-manager", self._controller_manager_args(ports, pki)),
+                ("kube-scheduler", self._scheduler_args(ports)),
+                ("kwok", self._kwok_args(ports)),
+            ):
+                started[name] = self._start(name, args)
+            self._pids.write_text(json.dumps(started))
+            self._create_nodes()
+            self._wait_nodes_ready(timeout)
+            self._wait_default_service_account(timeout)
+        except BaseException:
+            self.down(keep_logs=True)
+            raise
+
+    def running(self) -> bool:
+        if not self._pids.exists() or not self.kubeconfig.exists():
+            return False
+        pids = json.loads(self._pids.read_text())
+        if not all(_alive(pid, name) for name, pid in pids.items()) or len(pids) < 5:
+            return False
+        return self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
+
+    def down(self, keep_logs: bool = False) -> None:
+        if self._pids.exists():
+            pids = json.loads(self._pids.read_text())
+            # stop the clients of the apiserver first, etcd last
+            for name in reversed(list(pids)):
+                _terminate(pids[name], name)
+        if self.state_dir.exists():
+            if keep_logs:
+                for child in self.state_dir.iterdir():
+                    if child.name != "logs":
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(self.state_dir)
+
+    # ---- helpers for callers ---------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        path = f"{self.assets}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBEBUILDER_ASSETS": str(self.assets), "PATH": path}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.assets / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, check=check, timeout=120)
+
+    def api_client(self):
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    # ---- process arguments -----------------------------------------------------------------------------
+
+    def _etcd_args(self, ports: dict[str, int]) -> list[str]:
+        client, peer = f"http://127.0.0.1:{ports['etcd']}", f"http://127.0.0.1:{ports['etcd-peer']}"
+        return ["--name", "default", "--data-dir", str(self.state_dir / "etcd"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"default={peer}", "--unsafe-no-fsync", "--log-level", "warn"]
+
+    def _apiserver_args(self, ports: dict[str, int], pki: Path) -> list[str]:
+        return [
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+            f"--secure-port={ports['apiserver']}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC", "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--enable-priority-and-fairness=false",
+        ]
+
+    def _controller_manager_args(self, ports: dict[str, int], pki: Path) -> list[str]:
+        kc = str(self.kubeconfig)
+        return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false", f"--secure-port={ports['kcm']}", "--bind-address=127.0.0.1",
+                f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*,-nodeipam,-cloud-node-lifecycle"]
+
+    def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
+        kc = str(self.kubeconfig)
+        return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false", f"--secure-port={ports['scheduler']}", "--bind-address=127.0.0.1"]
+
+    def _kwok_args(self, ports: dict[str, int]) -> list[str]:
+        return [f"--kubeconfig={self.kubeconfig}", f"--config={self.state_dir / 'kwok.yaml'}",
+                "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--node-ip=10.244.0.1", "--cidr=10.244.0.0/16", f"--server-address=127.0.0.1:{ports['kwok']}"]
+
+    def _kwok_config(self) -> str:
+        stages = self.assets / "kwok-stages"
+        return "\n---\n".join((stages / stage).read_text() for stage in KWOK_STAGES)
+
+    # ---- steps -----------------------------------------------------------------------------------------
+
+    def _start(self, name: str, args: list[str]) -> int:
+        log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen([str(self.assets / name), *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return proc.pid
+
+    def _wait_healthy(self, server: str, pki: Path, timeout: float) -> None:
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{server}/readyz", context=context, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kube-apiserver not ready in {timeout}s; see {self.state_dir / 'logs'}")
+            time.sleep(0.3)
+
+    def _create_nodes(self) -> None:
+        nodes = [fake_node(n, GPUS_PER_NODE) for n in self.gpu_nodes] + [fake_node(n, 0) for n in self.cpu_nodes]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+
+    def _wait_nodes_ready(self, timeout: float) -> None:
+        names = [*self.gpu_nodes, *self.cpu_nodes]
+        self.kubectl("wait", "--for=condition=Ready", f"--timeout={int(timeout)}s", *(f"node/{n}" for n in names))
+        # the node-lifecycle controller lifts the not-ready taint that admission put on the new nodes
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].spec.taints}").stdout
+            if "not-ready" not in out:
+                return
+            time.sleep(0.5)
+        raise TimeoutError("fake nodes kept their not-ready taints")
+
+    def _wait_default_service_account(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.kubectl("get", "serviceaccount", "default", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the serviceaccount controller did not create default/default")
+            time.sleep(0.3)
+
+
+def _alive(pid: int, name: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+    return Path(cmdline).name == name
+
+
+def _terminate(pid: int, name: str, grace: float = 10) -> None:
+    if not _alive(pid, name):
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _alive(pid, name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid, name):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--state-dir", type=Path, default=Path(".cluster"))
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    if args.command == "down":
+        if not (state_dir / "pids.json").exists():
+            print(f"no local cluster recorded in {state_dir}")
+        LocalCluster(state_dir, assets=Path(os.environ.get("KUBEBUILDER_ASSETS", "/nonexistent"))).down()
+        print("local cluster stopped")
+        return 0
+    cluster = LocalCluster(state_dir)
+    if args.command == "status":
+        print("running" if cluster.running() else "not running")
+        return 0 if cluster.running() else 1
+    started = time.monotonic()
+    already = cluster.running()
+    cluster.up()
+    print(("local cluster already running" if already else f"local cluster up in {time.monotonic() - started:.1f}s"))
+    print(f"  export KUBECONFIG={cluster.kubeconfig}")
+    print(f"  export PATH={cluster.assets}:$PATH    # kubectl, helm, ...")
+    print(f"  kubectl get nodes    # GPU nodes: {', '.join(cluster.gpu_nodes)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""moedeploy operator: reconciles ModelDeployments into runtime pods (imported as moe_operator)."""
