@@ -141,7 +141,7 @@ class LocalCluster:
             started["etcd"] = self._start("etcd", self._etcd_args(ports))
             started["kube-apiserver"] = self._start("kube-apiserver", self._apiserver_args(ports, pki))
             self._pids.write_text(json.dumps(started))
-            self._wait_healthy(server, pki, timeout)
+            self._wait_healthy(server, pki, started, timeout)
             for name, args in (
                 ("kube-controller-manager", self._controller_manager_args(ports, pki)),
                 ("kube-scheduler", self._scheduler_args(ports)),
@@ -216,6 +216,9 @@ class LocalCluster:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--enable-priority-and-fairness=false",
+            # the endpoint reconciler refuses a loopback advertise address; nothing here needs the
+            # `kubernetes` Service's endpoints
+            "--endpoint-reconciler-type=none",
         ]
 
     def _controller_manager_args(self, ports: dict[str, int], pki: Path) -> list[str]:
@@ -223,7 +226,7 @@ class LocalCluster:
         return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
                 "--leader-elect=false", f"--secure-port={ports['kcm']}", "--bind-address=127.0.0.1",
                 f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*,-nodeipam,-cloud-node-lifecycle"]
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*,-nodeipam"]
 
     def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
         kc = str(self.kubeconfig)
@@ -247,7 +250,7 @@ class LocalCluster:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return proc.pid
 
-    def _wait_healthy(self, server: str, pki: Path, timeout: float) -> None:
+    def _wait_healthy(self, server: str, pki: Path, started: dict[str, int], timeout: float) -> None:
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         deadline = time.monotonic() + timeout
@@ -258,8 +261,10 @@ class LocalCluster:
                         return
             except OSError:
                 pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"kube-apiserver not ready in {timeout}s; see {self.state_dir / 'logs'}")
+            dead = [name for name, pid in started.items() if not _alive(pid, name)]
+            if dead or time.monotonic() > deadline:
+                why = f"{', '.join(dead)} exited" if dead else f"not ready in {timeout}s"
+                raise TimeoutError(f"kube-apiserver {why}; see {self.state_dir / 'logs'}")
             time.sleep(0.3)
 
     def _create_nodes(self) -> None:

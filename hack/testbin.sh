@@ -34,8 +34,9 @@ build_wrapped() {
       go mod edit -require="$module@v$version"
       [ -z "${REPLACES:-}" ] || while read -r from to; do go mod edit -replace="$from=$to"; done <<<"$REPLACES"
       go mod download "$module"
-      # a wrapper needs every transitive module recorded; 'go get' of the packages does that
-      go get "$@" >/dev/null
+      # a wrapper needs every transitive module recorded; 'go get' of the packages at the pinned version does
+      # that (without the version it would upgrade the module to its latest release)
+      go get "${@/%/@v$version}" >/dev/null
     fi
     go build -ldflags "-s -w $ldflags" -o "$out/" "$@"
   )
@@ -57,8 +58,9 @@ fi
 if [ ! -x "$out/etcd" ]; then
   log "building etcd v$ETCD_VERSION"
   # etcd's server module replaces its siblings with local folders: a wrapper module uses the published ones
-  build_wrapped go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "-X go.etcd.io/etcd/api/v3/version.GitSHA=v$ETCD_VERSION" go.etcd.io/etcd/server/v3
-  mv "$out/v3" "$out/etcd" 2>/dev/null || true
+  build_wrapped go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
+  # go names a binary after the last path element that is not a major version: "server"
+  mv "$out/server" "$out/etcd"
 fi
 if [ ! -x "$out/kwok" ]; then
   log "building kwok v$KWOK_VERSION"
