@@ -1,0 +1,116 @@
+"""Command line: `python -m moe_runtime {make-checkpoint,generate,serve} ...`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .checkpoint import CheckpointSpec
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        from .serve import main as serve_main  # the HTTP layer pulls in fastapi/uvicorn: load it only here
+
+        return serve_main(argv[1:]) or 0
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m moe_runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP server (see `serve --help`)")
+
+    make = commands.add_parser("make-checkpoint", help="write a random-weight checkpoint with a tokenizer")
+    make.add_argument("--family", required=True, choices=["qwen2_moe", "qwen3_moe", "mixtral"])
+    make.add_argument("--out", required=True)
+    for field in dataclasses.fields(CheckpointSpec):
+        if field.name == "family":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type.startswith("bool"):
+            make.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        elif field.name == "mlp_only_layers":
+            make.add_argument(flag, type=int, nargs="*", default=[])
+        else:
+            make.add_argument(flag, type=_type_of(field.type), default=field.default)
+    make.set_defaults(run=_make_checkpoint)
+
+    gen = commands.add_parser("generate", help="generate text from a prompt")
+    gen.add_argument("--model", required=True, help="checkpoint directory")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
+    )
+    gen.add_argument("--max-tokens", type=int, default=16)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--device")
+    gen.add_argument("--dtype")
+    gen.add_argument("--quantize", choices=["int8"])
+    gen.add_argument("--window", type=int)
+    gen.add_argument("--global-tokens", type=int, default=0)
+    gen.add_argument("--json", action="store_true", help="print token ids and text as one JSON object")
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def _type_of(annotation: str):
+    return float if "float" in annotation else str if "str" in annotation else int
+
+
+def _make_checkpoint(args) -> int:
+    from .checkpoint import write_checkpoint
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CheckpointSpec)}
+    values["mlp_only_layers"] = tuple(values["mlp_only_layers"])
+    out = write_checkpoint(CheckpointSpec(**values), args.out)
+    print(out)
+    return 0
+
+
+def _generate(args) -> int:
+    from .engine import Engine
+    from .sampling import SamplingParams
+
+    engine = Engine.load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        window=args.window,
+        global_tokens=args.global_tokens,
+    )
+    tokenizer = engine.tokenizer
+    if args.chat:
+        prompt_ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
+    else:
+        prompt_ids = tokenizer.encode(args.prompt)
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+    token_ids = engine.generate([prompt_ids], params)[0]
+    text = tokenizer.decode(token_ids)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": engine.model_name,
+                    "prompt_token_ids": prompt_ids,
+                    "token_ids": token_ids,
+                    "text": text,
+                }
+            )
+        )
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

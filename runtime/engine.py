@@ -1,0 +1,206 @@
+"""The inference engine: a loaded model, per-sequence KV caches, batched forward steps and generation.
+
+Contract (the serving layer codes against it):
+
+- `Engine.load(model_dir, device=, dtype=, quantize=, window=, global_tokens=, max_kv_tokens=)` reads a
+  Hugging Face checkpoint directory. device defaults to CUDA when present, else CPU; dtype to bfloat16 on
+  CUDA and float32 on CPU; quantize None or "int8" (weight-only). `window` (None: the model's own config)
+  turns on sliding-window attention for every layer, with `global_tokens` sink tokens kept besides it.
+  `max_kv_tokens` is the budget `kv_cache_usage()` divides by (default: 8 sequences of `max_context`).
+- `new_sequence()` gives an empty per-sequence cache; `release(seq)` drops it.
+- `forward([(seq, new_token_ids), ...])` appends each item's new tokens (1 for a decode step, N for a
+  prefill chunk; items may differ in length and in how much they already hold) to that sequence's cache,
+  runs all of them as ONE batch, and returns fp32 logits [len(batch), vocab] for each item's LAST new
+  token. Feeding a prompt in chunks over several calls gives the same logits as feeding it at once.
+  A sequence may not grow past `max_context` tokens (ValueError).
+- `kv_cache_usage()` = tokens held by live caches / max_kv_tokens (a windowed cache holds at most
+  window + global_tokens per layer, so it stops growing).
+- `take_expert_token_counts()` = int64 [layers, experts] tokens routed since the last call (dense layers: 0).
+- `generate(prompts, params)` = generated ids per prompt (without the prompt, without the stop token),
+  stopping on eos / stop ids / max_tokens / max_context.
+
+The engine is used from one thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import model
+from .attention import LayerCache, SequenceCache
+from .config import ModelConfig, load_config
+from .loader import load_weights
+from .quant import nbytes
+from .sampling import SamplingParams, make_generator, sample_next
+from .tokenizer import Tokenizer
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class Engine:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: model.Weights,
+        tokenizer: Tokenizer,
+        *,
+        model_name: str,
+        device: torch.device,
+        layer_windows: tuple[int | None, ...],
+        global_tokens: int = 0,
+        max_kv_tokens: int | None = None,
+    ):
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = device
+        self.max_context = config.max_position_embeddings
+        self.layer_windows = layer_windows
+        self.global_tokens = global_tokens
+        self.max_kv_tokens = max_kv_tokens or 8 * self.max_context
+        self.dtype = weights.final_norm.dtype
+        self._live: dict[int, SequenceCache] = {}
+        self._expert_counts = torch.zeros(
+            config.num_layers, config.num_experts, dtype=torch.int64, device=device
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        quantize: str | None = None,
+        window: int | None = None,
+        global_tokens: int = 0,
+        max_kv_tokens: int | None = None,
+    ) -> Engine:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype_name = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+        if dtype_name not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype_name!r}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1, not {window}")
+        config = load_config(model_dir)
+        tokenizer = Tokenizer.from_dir(model_dir, config.eos_token_ids)
+        with torch.inference_mode():
+            weights = load_weights(model_dir, config, DTYPES[dtype_name], device, quantize)
+        return cls(
+            config,
+            weights,
+            tokenizer,
+            model_name=config.name or Path(model_dir).resolve().name,
+            device=device,
+            layer_windows=config.layer_windows if window is None else (window,) * config.num_layers,
+            global_tokens=global_tokens,
+            max_kv_tokens=max_kv_tokens,
+        )
+
+    def new_sequence(self) -> SequenceCache:
+        c = self.config
+        seq = SequenceCache(
+            [
+                LayerCache(c.num_kv_heads, c.head_dim, window, self.global_tokens, self.dtype, self.device)
+                for window in self.layer_windows
+            ]
+        )
+        self._live[id(seq)] = seq
+        return seq
+
+    def release(self, seq: SequenceCache) -> None:
+        self._live.pop(id(seq), None)
+
+    def kv_cache_usage(self) -> float:
+        return sum(seq.tokens_held for seq in self._live.values()) / self.max_kv_tokens
+
+    def take_expert_token_counts(self) -> torch.Tensor:
+        counts = self._expert_counts.to("cpu", copy=True)
+        self._expert_counts.zero_()
+        return counts
+
+    def weight_bytes(self) -> int:
+        """Bytes of all weights as loaded (int8 weights count their scales)."""
+        return sum(nbytes(t) for t in _tensors(self.weights))
+
+    @torch.inference_mode()
+    def forward(self, batch: list[tuple[SequenceCache, list[int]]]) -> torch.Tensor:
+        if not batch:
+            raise ValueError("forward needs at least one sequence")
+        positions, counts = [], []
+        for seq, tokens in batch:
+            if not tokens:
+                raise ValueError("each batch item needs at least one new token")
+            if seq.length + len(tokens) > self.max_context:
+                raise ValueError(
+                    f"sequence would hold {seq.length + len(tokens)} tokens, over max_context {self.max_context}"
+                )
+            positions.extend(range(seq.length, seq.length + len(tokens)))
+            counts.append(len(tokens))
+        ids = torch.tensor([t for _, tokens in batch for t in tokens], device=self.device)
+        if int(ids.max()) >= self.config.vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        hidden = model.forward(
+            self.weights,
+            self.config,
+            ids,
+            torch.tensor(positions, device=self.device),
+            [(seq, n) for (seq, _), n in zip(batch, counts, strict=True)],
+            expert_counts=self._expert_counts,
+        )
+        last = torch.tensor(counts, device=self.device).cumsum(0) - 1
+        return model.logits(self.weights, hidden[last])
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> list[list[int]]:
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        seqs = [self.new_sequence() for _ in prompts]
+        generators = [make_generator(p) for p in params]
+        stops = [self.tokenizer.eos_token_ids | set(p.stop_token_ids) for p in params]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        try:
+            active = list(range(len(prompts)))
+            logits = self.forward([(seqs[i], prompts[i]) for i in active])
+            while active:
+                tokens = sample_next(logits, [params[i] for i in active], [generators[i] for i in active])
+                still = []
+                for i, token in zip(active, tokens, strict=True):
+                    if token in stops[i]:
+                        continue
+                    outputs[i].append(token)
+                    if len(outputs[i]) < params[i].max_tokens and seqs[i].length < self.max_context:
+                        still.append(i)
+                active = still
+                if active:
+                    logits = self.forward([(seqs[i], [outputs[i][-1]]) for i in active])
+        finally:
+            for seq in seqs:
+                self.release(seq)
+        return outputs
+
+
+def _tensors(obj):
+    """Every tensor reachable from a weights dataclass (shared ones once)."""
+    seen = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if id(item) not in seen:
+                seen.add(id(item))
+                yield item
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif hasattr(item, "__dataclass_fields__"):
+            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)

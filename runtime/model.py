@@ -1,0 +1,121 @@
+"""The decoder: RMSNorm, rotary embeddings, grouped-query attention and the feed-forward blocks.
+
+The model works on a flat batch: the new tokens of every sequence laid end to end ([T] ids with their
+positions), so prefill chunks and decode steps of different lengths run as one set of matmuls; only
+attention goes sequence by sequence, each against its own cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import SequenceCache
+from .config import ModelConfig
+from .moe import DenseMLP, SparseMoE, dense_mlp, sparse_moe
+from .quant import Weight, embed, linear
+
+
+@dataclass
+class Attention:
+    qkv: Weight  # [(heads + 2 * kv_heads) * head_dim, D]: q, k and v projections stacked
+    qkv_bias: torch.Tensor | None
+    o: Weight
+    o_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # Qwen3: RMSNorm over head_dim before RoPE
+    k_norm: torch.Tensor | None
+
+
+@dataclass
+class Layer:
+    input_norm: torch.Tensor
+    attention: Attention
+    post_attention_norm: torch.Tensor
+    mlp: DenseMLP | SparseMoE
+
+
+@dataclass
+class Weights:
+    embed: Weight  # [V, D]
+    layers: list[Layer]
+    final_norm: torch.Tensor
+    lm_head: Weight  # [V, D]; the same object as `embed` when embeddings are tied
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rope_tables(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim
+    )
+    freqs = positions[:, None].float() * inv_freq
+    angles = torch.cat([freqs, freqs], dim=-1)
+    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def forward(
+    weights: Weights,
+    config: ModelConfig,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    batch: list[tuple[SequenceCache, int]],
+    expert_counts: torch.Tensor | None = None,
+    layer_outputs: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Run the new tokens of each (cache, count) in `batch` (laid end to end in `tokens`) through the decoder,
+    appending their keys/values to the caches. Returns the final-normed hidden states [T, D].
+    Adds tokens per expert into `expert_counts` [layers, experts]; appends each layer's output to `layer_outputs`."""
+    dtype = weights.final_norm.dtype
+    x = embed(tokens, weights.embed, dtype)
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, dtype)
+    for index, layer in enumerate(weights.layers):
+        caches = [(cache.layers[index], count) for cache, count in batch]
+        h = rms_norm(x, layer.input_norm, config.rms_norm_eps)
+        x = x + attention(layer.attention, config, h, cos, sin, caches)
+        h = rms_norm(x, layer.post_attention_norm, config.rms_norm_eps)
+        if isinstance(layer.mlp, SparseMoE):
+            out, counts = sparse_moe(layer.mlp, h)
+            if expert_counts is not None:
+                expert_counts[index] += counts
+        else:
+            out = dense_mlp(layer.mlp, h)
+        x = x + out
+        if layer_outputs is not None:
+            layer_outputs.append(x)
+    return rms_norm(x, weights.final_norm, config.rms_norm_eps)
+
+
+def attention(attn: Attention, config: ModelConfig, x, cos, sin, caches) -> torch.Tensor:
+    heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+    qkv = linear(x, attn.qkv, attn.qkv_bias)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.view(-1, heads, head_dim)
+    k = k.view(-1, kv_heads, head_dim)
+    v = v.view(-1, kv_heads, head_dim)
+    if attn.q_norm is not None:
+        q = rms_norm(q, attn.q_norm, config.rms_norm_eps)
+        k = rms_norm(k, attn.k_norm, config.rms_norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    outputs, start = [], 0
+    for cache, count in caches:
+        end = start + count
+        outputs.append(cache.attend(q[start:end], k[start:end], v[start:end]))
+        start = end
+    out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    return linear(out.reshape(-1, heads * head_dim), attn.o, attn.o_bias)
+
+
+def logits(weights: Weights, hidden: torch.Tensor) -> torch.Tensor:
+    return linear(hidden, weights.lm_head).float()

@@ -1,0 +1,73 @@
+"""Feed-forward blocks: the dense SwiGLU MLP and the sparse mixture of experts.
+
+Sparse dispatch sorts the (token, expert) pairs by expert and runs each expert that was chosen once, over
+exactly the tokens that chose it; experts nobody chose cost nothing. Expert weights are stacked per layer:
+gate+up as [E, 2I, D], down as [E, D, I].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .quant import Weight, linear
+
+
+@dataclass
+class DenseMLP:
+    gate_up: Weight  # [2I, D]: gate rows first, then up rows
+    down: Weight  # [D, I]
+
+
+@dataclass
+class SparseMoE:
+    router: torch.Tensor  # [E, D], kept in the activation dtype: routing decides which experts run
+    gate_up: Weight  # [E, 2I, D]
+    down: Weight  # [E, D, I]
+    top_k: int
+    norm_topk_prob: bool
+    shared: DenseMLP | None = None  # Qwen2-MoE's always-on expert
+    shared_gate: torch.Tensor | None = None  # [1, D]: sigmoid gate scaling the shared expert per token
+
+
+def swiglu(x: torch.Tensor, gate_up: Weight, down: Weight) -> torch.Tensor:
+    gate, up = linear(x, gate_up).chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, down)
+
+
+def dense_mlp(mlp: DenseMLP, x: torch.Tensor) -> torch.Tensor:
+    return swiglu(x, mlp.gate_up, mlp.down)
+
+
+def route(router_logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax in fp32, top-k, optional renormalisation -> (weights [T, k] fp32, expert ids [T, k])."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, experts = torch.topk(probs, top_k, dim=-1)
+    if normalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts
+
+
+def sparse_moe(moe: SparseMoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, D] -> (output [T, D], tokens per expert [E] int64)."""
+    num_experts = moe.router.shape[0]
+    weights, experts = route(F.linear(x, moe.router), moe.top_k, moe.norm_topk_prob)
+    weights = weights.to(x.dtype).flatten()
+    experts = experts.flatten()
+    order = torch.argsort(experts, stable=True)
+    counts = torch.bincount(experts, minlength=num_experts)
+    out = torch.zeros_like(x)
+    start = 0
+    for expert, count in enumerate(counts.tolist()):
+        if count == 0:
+            continue
+        pairs = order[start : start + count]
+        start += count
+        tokens = pairs // moe.top_k
+        y = swiglu(x[tokens], moe.gate_up[expert], moe.down[expert]) * weights[pairs, None]
+        out.index_add_(0, tokens, y)
+    if moe.shared is not None:
+        out += torch.sigmoid(F.linear(x, moe.shared_gate)) * dense_mlp(moe.shared, x)
+    return out, counts

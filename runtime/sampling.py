@@ -1,0 +1,55 @@
+"""Sampling parameters and next-token choice: greedy, temperature, top-p, seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, not {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+
+
+def make_generator(params: SamplingParams) -> torch.Generator | None:
+    """A CPU generator for a seeded request (sampling runs on CPU), None otherwise."""
+    return None if params.seed is None else torch.Generator().manual_seed(params.seed)
+
+
+def sample_next(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """logits [B, V] fp32 -> one token id per row. Greedy rows take the argmax; a row with a generator draws
+    from it, so the same seed gives the same tokens."""
+    logits = logits.float().cpu()
+    chosen = logits.argmax(dim=-1).tolist()
+    for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
+        if p.temperature > 0:
+            chosen[row] = int(
+                torch.multinomial(top_p_probs(logits[row] / p.temperature, p.top_p), 1, generator=generator)
+            )
+    return chosen
+
+
+def top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Softmax restricted to the smallest set of tokens whose probability reaches top_p (nucleus sampling)."""
+    probs = torch.softmax(logits, dim=-1)
+    if top_p >= 1:
+        return probs
+    sorted_probs, order = torch.sort(probs, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # tokens after the nucleus is full
+    sorted_probs[outside] = 0
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs / sorted_probs.sum(-1, keepdim=True))
