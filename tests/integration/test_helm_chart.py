@@ -1,0 +1,301 @@
+"""The chart rendered by the real helm binary: lint, Kubernetes schemas, RBAC shape, values the schema refuses.
+
+Needs only the helm binary from hack/testbin.sh (KUBEBUILDER_ASSETS), no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from localcluster import assets_dir
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "moedeploy"
+KUBE_VERSION = "1.37.0"
+
+# values files exercising each shape of the chart
+SCENARIOS = {
+    "defaults": {},
+    "namespaced": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
+    "peering-cluster-wide": {"replicaCount": 2, "peering": {"enabled": True}},
+    "peering-namespaced": {
+        "replicaCount": 3,
+        "peering": {"enabled": True, "name": "moe-peers"},
+        "operator": {"watchNamespaces": ["team-a"]},
+    },
+    "everything": {
+        "image": {"digest": "sha256:" + "0" * 64},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {"logLevel": "debug", "prometheusUrl": "https://prom.example:9090"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"example.com/owner": "ml-platform"},
+        "podLabels": {"team": "ml"},
+        "serviceAccount": {"annotations": {"example.com/role": "moe"}},
+        "monitoring": {"podMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                       "grafanaDashboard": {"enabled": True, "namespace": "monitoring"}},
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    path = assets_dir() / "helm"
+    assert path.is_file(), f"{path} missing: run hack/testbin.sh"
+    return path
+
+
+def run_helm(helm: Path, *args: str, values: dict | None = None, check: bool = True):
+    cmd = [str(helm), *args]
+    if values is not None:
+        cmd += ["--values", "-"]
+    result = subprocess.run(cmd, input=json.dumps(values or {}), capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr}")
+    return result
+
+
+def render(helm: Path, values: dict, *extra: str, namespace: str = "moe-system") -> list[dict]:
+    out = run_helm(
+        helm, "template", "moe", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
+        "--include-crds", *extra, values=values,
+    ).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def operator_container(docs: list[dict]) -> dict:
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_lint_is_clean(helm, scenario):
+    result = run_helm(
+        helm, "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, values=SCENARIOS[scenario]
+    )
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_manifests_match_the_kubernetes_schemas(helm, scenario):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    docs = render(helm, SCENARIOS[scenario], "--api-versions", "monitoring.coreos.com/v1/PodMonitor")
+    crd_schemas = {
+        (crd["spec"]["group"], crd["spec"]["names"]["kind"]): version["schema"]["openAPIV3Schema"]
+        for crd in by_kind(docs, "CustomResourceDefinition")
+        for version in crd["spec"]["versions"]
+    }
+    checked, problems = set(), []
+    for doc in docs:
+        group = doc["apiVersion"].rpartition("/")[0]
+        try:
+            if (group, doc["kind"]) in crd_schemas:  # our own custom resources: the CRD's schema
+                jsonschema.validate(doc, crd_schemas[group, doc["kind"]])
+            elif group == "monitoring.coreos.com":  # prometheus-operator's schema is not at hand offline
+                assert doc["kind"] == "PodMonitor"
+            else:
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except jsonschema.ValidationError as err:  # kubernetes_validate's errors are jsonschema's
+            where = "/".join(str(p) for p in err.absolute_path)
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: {err.message} at /{where}")
+        checked.add(doc["kind"])
+    assert not problems, "\n".join(problems)
+    assert {"CustomResourceDefinition", "ServiceAccount", "Deployment"} <= checked
+    assert {"ClusterRole", "Role"} & checked
+
+
+def rules_of(docs: list[dict]) -> list[dict]:
+    return [rule for doc in docs if doc["kind"] in ("Role", "ClusterRole") for rule in doc["rules"]]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rbac_has_no_wildcards_and_no_secrets(helm, scenario):
+    rules = rules_of(render(helm, SCENARIOS[scenario]))
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        assert not {"secrets", "pods/exec", "serviceaccounts/token"} & set(rule["resources"]), rule
+        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
+
+
+def test_cluster_wide_operator_gets_one_cluster_role(helm):
+    docs = render(helm, {})
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    (role,) = by_kind(docs, "ClusterRole")
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "moe-moedeploy", "namespace": "moe-system"}
+    ]
+    args = operator_container(docs)["args"]
+    assert args[:2] == ["run", "--all-namespaces"] and not [a for a in args if a.startswith("--namespace")]
+
+
+def test_namespaced_operator_gets_a_role_per_namespace_and_nothing_cluster_wide(helm):
+    docs = render(helm, SCENARIOS["namespaced"])
+    roles = {role["metadata"]["namespace"]: role for role in by_kind(docs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(docs, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for binding in bindings.values():
+        assert binding["subjects"][0]["namespace"] == "moe-system"
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    args = operator_container(docs)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+def granted(rules: list[dict]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        if not rule.get("resourceNames")
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced"])
+def test_rbac_grants_exactly_the_permissions_the_operator_declares(helm, scenario):
+    from moe_operator.kube import PERMISSIONS
+
+    declared = {(group, resource, verb) for group, resource, verbs in PERMISSIONS for verb in verbs}
+    for doc in render(helm, SCENARIOS[scenario]):
+        if doc["kind"] in ("Role", "ClusterRole"):
+            assert granted(doc["rules"]) == declared, doc["metadata"]
+
+
+def test_standalone_by_default_peering_when_asked(helm):
+    standalone = render(helm, {})
+    assert "--standalone" in operator_container(standalone)["args"]
+    (deployment,) = by_kind(standalone, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not by_kind(standalone, "ClusterKopfPeering")
+
+    peered = render(helm, SCENARIOS["peering-cluster-wide"])
+    (deployment,) = by_kind(peered, "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
+    (peering,) = by_kind(peered, "ClusterKopfPeering")
+    assert f"--peering={peering['metadata']['name']}" in operator_container(peered)["args"]
+    patch_rules = [
+        r for r in rules_of(peered) if "clusterkopfpeerings" in r["resources"] and "patch" in r["verbs"]
+    ]
+    assert patch_rules == [
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
+         "resourceNames": [peering["metadata"]["name"]], "verbs": ["patch"]}
+    ]  # fmt: skip
+
+    namespaced = render(helm, SCENARIOS["peering-namespaced"])
+    (peering,) = by_kind(namespaced, "KopfPeering")
+    assert peering["metadata"] == {**peering["metadata"], "name": "moe-peers", "namespace": "team-a"}
+    (role,) = by_kind(namespaced, "Role")
+    assert any("kopfpeerings" in rule["resources"] for rule in role["rules"])
+
+
+def test_operator_pod_is_locked_down_and_takes_the_values(helm):
+    docs = render(helm, SCENARIOS["everything"])
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = operator_container(docs)
+    assert container["image"] == "ghcr.io/moedeploy/operator@sha256:" + "0" * 64
+    assert container["command"] == ["python", "-m", "moe_operator"]
+    assert "--verbose" in container["args"]
+    assert "--prometheus-url=https://prom.example:9090" in container["args"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_pod_monitor_needs_prometheus_operator_and_relabels_for_the_queries(helm):
+    values = {"monitoring": {"podMonitor": {"enabled": True, "labels": {"release": "kps"}}}}
+    assert not by_kind(render(helm, values), "PodMonitor")  # NOTES.txt says so: test_helm_install.py
+
+    (monitor,) = by_kind(
+        render(helm, values, "--api-versions", "monitoring.coreos.com/v1/PodMonitor"), "PodMonitor"
+    )
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "moe-runtime",
+        "app.kubernetes.io/managed-by": "moe-operator",
+    }
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabel == {
+        "model_deployment": ["__meta_kubernetes_pod_label_moedeploy_dev_model_deployment"],
+        "revision": ["__meta_kubernetes_pod_label_moedeploy_dev_revision"],
+        "namespace": ["__meta_kubernetes_namespace"],
+    }
+    assert not by_kind(
+        render(helm, {}, "--api-versions", "monitoring.coreos.com/v1/PodMonitor"), "PodMonitor"
+    )
+
+
+def test_grafana_dashboard_configmap_carries_valid_json(helm):
+    docs = render(helm, SCENARIOS["everything"])
+    (configmap,) = by_kind(docs, "ConfigMap")
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["moedeploy.json"])
+    assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    assert not by_kind(render(helm, {}), "ConfigMap")
+
+
+# (--set arguments, text the error must contain)
+REFUSED = [
+    (["--set", "operator.logLevel=warning"], "/operator/logLevel"),
+    (["--set", "replicaCount=0"], "/replicaCount"),
+    (["--set", "replicaCount=2"], "replicaCount is 2 but peering.enabled is false"),
+    (["--set", "operator.watchNamespaces={Team_A}"], "/operator/watchNamespaces/0"),
+    (["--set", "operator.prometheusUrl=prometheus:9090"], "/operator/prometheusUrl"),
+    (["--set", "image.pullPolicy=sometimes"], "/image/pullPolicy"),
+    (["--set", "resources.limits.memory=lots"], "/resources/limits/memory"),
+    (["--set", "tolerations[0].effect=NoScheduling"], "/tolerations/0/effect"),
+    (["--set", "nodeselector.gpu=yes"], "nodeselector"),
+    (["--set-json", 'image.tag=1.5'], "/image/tag"),
+    (["--set", "serviceAccount.create=false"], "serviceAccount.name must name an existing ServiceAccount"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), REFUSED, ids=[" ".join(a) for a, _ in REFUSED])
+def test_bad_values_are_refused_with_a_message_naming_the_value(helm, args, message):
+    result = run_helm(helm, "template", "moe", str(CHART), *args, check=False)
+    assert result.returncode != 0, f"helm accepted {args}"
+    assert message in result.stderr, result.stderr
+
+
+def test_chart_args_are_accepted_by_the_operator_cli(helm):
+    """Every flag the chart passes is one `python -m moe_operator run` knows."""
+    for scenario in ("defaults", "peering-namespaced", "everything"):
+        args = operator_container(render(helm, SCENARIOS[scenario]))["args"]
+        assert args[0] == "run"
+        help_text = subprocess.run(
+            [sys.executable, "-m", "moe_operator", "run", "--help"], capture_output=True, text=True, timeout=60
+        )  # fmt: skip
+        assert help_text.returncode == 0, help_text.stderr
+        for arg in args[1:]:
+            flag = arg.split("=", 1)[0]
+            assert flag in help_text.stdout, f"the chart passes {flag}, which the operator's CLI lacks"

@@ -1,0 +1,170 @@
+"""The Helm chart's static parts: CRD copy, values schema, no dead values, the Grafana dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "moedeploy"
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+
+# The runtime's metrics as DESIGN.md names them (counters carry _total, histograms _bucket/_sum/_count).
+DESIGN_METRICS = {
+    "moe_runtime_queue_depth",
+    "moe_runtime_requests_running",
+    "moe_runtime_request_latency_seconds",
+    "moe_runtime_time_to_first_token_seconds",
+    "moe_runtime_time_per_output_token_seconds",
+    "moe_runtime_requests_total",
+    "moe_runtime_prompt_tokens_total",
+    "moe_runtime_generation_tokens_total",
+    "moe_runtime_expert_tokens_total",
+    "moe_runtime_batch_size",
+    "moe_runtime_kv_cache_usage_ratio",
+}
+
+
+def test_chart_ships_the_crd_byte_for_byte():
+    assert (CHART / "crds" / "modeldeployments.yaml").read_bytes() == (
+        ROOT / "crds" / "modeldeployments.yaml"
+    ).read_bytes(), (
+        "helm/moedeploy/crds/modeldeployments.yaml differs from crds/modeldeployments.yaml: "
+        "cp crds/modeldeployments.yaml helm/moedeploy/crds/"
+    )
+
+
+def test_chart_crds_folder_holds_only_known_definitions():
+    kinds = {}
+    for path in sorted((CHART / "crds").iterdir()):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["kind"] == "CustomResourceDefinition", path
+            kinds[doc["metadata"]["name"]] = doc["spec"]["scope"]
+    assert kinds == {
+        "modeldeployments.moedeploy.dev": "Namespaced",
+        "clusterkopfpeerings.kopf.dev": "Cluster",
+        "kopfpeerings.kopf.dev": "Namespaced",
+    }
+
+
+def test_schema_is_valid_and_accepts_the_defaults():
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    jsonschema.validate(VALUES, SCHEMA, cls=jsonschema.Draft7Validator)
+
+
+def with_override(path: str, value):
+    values = json.loads(json.dumps(VALUES))
+    *parents, leaf = path.split(".")
+    node = values
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return values
+
+
+VALID = [
+    ("operator.watchNamespaces", ["team-a", "team-b"]),
+    ("operator.prometheusUrl", ""),
+    ("operator.prometheusUrl", "https://prometheus.example.com:9090/prom"),
+    ("image.digest", "sha256:" + "a" * 64),
+    ("image.tag", "0.1.0-rc.1"),
+    ("resources", {"requests": {"cpu": 0.5, "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1.5Gi"}}),
+    ("tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+    ("nodeSelector", {"kubernetes.io/os": "linux"}),
+    ("peering", {"enabled": True, "name": "moedeploy.example"}),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), VALID, ids=[f"{p}={v!r}"[:60] for p, v in VALID])
+def test_schema_accepts_sensible_values(path, value):
+    jsonschema.validate(with_override(path, value), SCHEMA, cls=jsonschema.Draft7Validator)
+
+
+# (dotted path, bad value, where the error must point)
+INVALID = [
+    ("replicaCount", 0, ["replicaCount"]),
+    ("replicaCount", "2", ["replicaCount"]),
+    ("operator.logLevel", "warning", ["operator", "logLevel"]),
+    ("operator.watchNamespaces", ["Team_A"], ["operator", "watchNamespaces", 0]),
+    ("operator.watchNamespaces", ["a", "a"], ["operator", "watchNamespaces"]),
+    ("operator.watchNamespaces", "team-a", ["operator", "watchNamespaces"]),
+    ("operator.prometheusUrl", "prometheus:9090", ["operator", "prometheusUrl"]),
+    ("operator.namespaces", ["a"], ["operator"]),  # a typo is an unknown key, not a silent default
+    ("image.tag", 1.0, ["image", "tag"]),
+    ("image.digest", "sha256:xyz", ["image", "digest"]),
+    ("image.pullPolicy", "always", ["image", "pullPolicy"]),
+    ("resources.limits", {"memory": "lots"}, ["resources", "limits", "memory"]),
+    ("tolerations", [{"key": "gpu", "effect": "NoScheduling"}], ["tolerations", 0, "effect"]),
+    ("nodeSelector", {"gpu": True}, ["nodeSelector", "gpu"]),
+    ("nodeselector", {"gpu": "yes"}, []),
+    ("monitoring.podMonitor.interval", "15", ["monitoring", "podMonitor", "interval"]),
+    ("peering.name", "Not A Name", ["peering", "name"]),
+    ("serviceAccount.create", "yes", ["serviceAccount", "create"]),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "where"), INVALID, ids=[f"{p}={v!r}"[:60] for p, v, _ in INVALID])
+def test_schema_rejects_bad_values_at_the_right_place(path, value, where):
+    errors = list(jsonschema.Draft7Validator(SCHEMA).iter_errors(with_override(path, value)))
+    assert errors, f"{path}={value!r} was accepted"
+    places = [list(err.absolute_path) for err in errors]
+    assert where in places, f"errors point at {places}, expected {where}"
+
+
+def leaf_paths(node, prefix=""):
+    """Dotted paths of the values a template reads: maps that templates pass whole (toYaml) count as leaves."""
+    if isinstance(node, dict) and node:
+        for key, child in node.items():
+            yield from leaf_paths(child, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def test_every_value_is_used_by_a_template():
+    templates = "".join(p.read_text() for p in (CHART / "templates").iterdir())
+    unused = []
+    for path in leaf_paths(VALUES):
+        parts = path.split(".")
+        # a value is used when a template names it or a map holding it (e.g. .Values.resources | toYaml)
+        prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+        if not any(re.search(rf"\.Values\.{re.escape(p)}\b(?!\.)", templates) for p in prefixes):
+            unused.append(path)
+    assert not unused, f"values no template reads: {unused}"
+
+
+def test_every_schema_property_is_a_value():
+    """The schema documents no value that values.yaml lacks (and so no template could read by default)."""
+
+    def walk(schema, values, prefix):
+        for key, sub in schema.get("properties", {}).items():
+            if key == "global":
+                continue
+            assert key in values, f"{prefix}{key} is in values.schema.json but not in values.yaml"
+            if sub.get("type") == "object" and sub.get("properties"):
+                walk(sub, values[key], f"{prefix}{key}.")
+
+    walk(SCHEMA, VALUES, "")
+
+
+def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    titles = [panel["title"].lower() for panel in dashboard["panels"]]
+    for signal in ("queue depth", "latency p99", "replicas", "rollbacks"):
+        assert any(signal in title for title in titles), f"no panel for {signal}: {titles}"
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"moe_runtime_\w+", expr)
+    }
+    assert used <= DESIGN_METRICS, f"metrics DESIGN.md does not name: {used - DESIGN_METRICS}"
+    latency = [e for e in exprs if "moe_runtime_request_latency_seconds_bucket" in e]
+    assert latency and all(e.startswith("histogram_quantile(0.99,") for e in latency)
+    for expr in exprs:  # every query follows the dashboard's namespace / ModelDeployment selectors
+        assert 'namespace=~"$namespace"' in expr and 'model_deployment=~"$model_deployment"' in expr, expr
