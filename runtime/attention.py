@@ -89,6 +89,9 @@ class LayerCache:
     def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write k/v [kv_heads, n, d] for positions length..length+n-1, dropping what falls out of the window."""
         n = k.shape[1]
+        if n == 1:  # a decode step: its slot is plain arithmetic, no index tensors
+            self._store_one(k[:, 0], v[:, 0])
+            return
         pos = torch.arange(self.length, self.length + n, device=k.device)
         if self.window is None:
             self._grow(self.length + n)
@@ -99,6 +102,17 @@ class LayerCache:
         self.k[:, slots] = k
         self.v[:, slots] = v
         self.length += n
+
+    def _store_one(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        pos = self.length
+        if self.window is None:
+            self._grow(pos + 1)
+            slot = pos
+        else:
+            slot = pos if pos < self.sinks else self.sinks + (pos - self.sinks) % self.window
+        self.k[:, slot] = k
+        self.v[:, slot] = v
+        self.length += 1
 
     def _grow(self, needed: int) -> None:
         if needed <= self.k.shape[1]:
@@ -145,6 +159,8 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     n, heads, d = q.shape
     kv_heads = k.shape[0]
     group = heads // kv_heads
+    if n == 1:  # decode: the query heads of one kv head are already adjacent rows
+        return F.scaled_dot_product_attention(q.view(kv_heads, group, d), k, v).view(1, heads, d)
     q = q.view(n, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * n, d)
     if mask is not None:
         mask = mask.repeat(group, 1)

@@ -137,7 +137,7 @@ class Engine:
     def forward(self, batch: list[tuple[SequenceCache, list[int]]]) -> torch.Tensor:
         if not batch:
             raise ValueError("forward needs at least one sequence")
-        positions, counts = [], []
+        positions, ids, last = [], [], []
         for seq, tokens in batch:
             if not tokens:
                 raise ValueError("each batch item needs at least one new token")
@@ -146,20 +146,21 @@ class Engine:
                     f"sequence would hold {seq.length + len(tokens)} tokens, over max_context {self.max_context}"
                 )
             positions.extend(range(seq.length, seq.length + len(tokens)))
-            counts.append(len(tokens))
-        ids = torch.tensor([t for _, tokens in batch for t in tokens], device=self.device)
-        if int(ids.max()) >= self.config.vocab_size or int(ids.min()) < 0:
+            ids.extend(tokens)
+            last.append(len(ids) - 1)
+        if max(ids) >= self.config.vocab_size or min(ids) < 0:
             raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
         hidden = model.forward(
             self.weights,
             self.config,
-            ids,
+            torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),
-            [(seq, n) for (seq, _), n in zip(batch, counts, strict=True)],
+            [(seq, len(tokens)) for seq, tokens in batch],
             expert_counts=self._expert_counts,
         )
-        last = torch.tensor(counts, device=self.device).cumsum(0) - 1
-        return model.logits(self.weights, hidden[last])
+        if len(last) < len(ids):  # some item brought several tokens: keep each item's last
+            hidden = hidden[torch.tensor(last, device=self.device)]
+        return model.logits(self.weights, hidden)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]

@@ -100,6 +100,10 @@ def load_weights(
             shared_gate=plain(f"{prefix}.shared_expert_gate.weight") if shared else None,
         )
 
+    def qk_norm(prefix: str) -> torch.Tensor:
+        q, k = plain(f"{prefix}.q_norm.weight"), plain(f"{prefix}.k_norm.weight")
+        return torch.cat([q.expand(config.num_heads, -1), k.expand(config.num_kv_heads, -1)])
+
     def layer(i: int) -> Layer:
         p = f"model.layers.{i}.self_attn"
         qkv = [f"{p}.{proj}" for proj in ("q_proj", "k_proj", "v_proj")]
@@ -108,8 +112,7 @@ def load_weights(
             qkv_bias=plain(*(f"{n}.bias" for n in qkv)) if config.qkv_bias else None,
             o=matrix(files.get(f"{p}.o_proj.weight")),
             o_bias=plain(f"{p}.o_proj.bias") if config.o_bias else None,
-            q_norm=plain(f"{p}.q_norm.weight") if config.qk_norm else None,
-            k_norm=plain(f"{p}.k_norm.weight") if config.qk_norm else None,
+            qk_norm=qk_norm(p) if config.qk_norm else None,
         )
         return Layer(
             input_norm=plain(f"model.layers.{i}.input_layernorm.weight"),

@@ -7,9 +7,11 @@ attention goes sequence by sequence, each against its own cache.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .attention import SequenceCache
 from .config import ModelConfig
@@ -23,8 +25,9 @@ class Attention:
     qkv_bias: torch.Tensor | None
     o: Weight
     o_bias: torch.Tensor | None
-    q_norm: torch.Tensor | None  # Qwen3: RMSNorm over head_dim before RoPE
-    k_norm: torch.Tensor | None
+    # Qwen3: RMSNorm over head_dim before RoPE, one weight row per q head then per kv head, so q and k are
+    # normed (and rotated) together in a few ops.
+    qk_norm: torch.Tensor | None  # [heads + kv_heads, head_dim]
 
 
 @dataclass
@@ -44,17 +47,19 @@ class Weights:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    # Normalised in fp32 and cast before the weight multiplies, as transformers does.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+@functools.cache
+def _inverse_frequencies(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim)
 
 
 def rope_tables(
     positions: torch.Tensor, head_dim: int, theta: float, dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / theta ** (
-        torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim
-    )
-    freqs = positions[:, None].float() * inv_freq
+    freqs = positions[:, None].float() * _inverse_frequencies(head_dim, theta, positions.device)
     angles = torch.cat([freqs, freqs], dim=-1)
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
 
@@ -99,15 +104,11 @@ def forward(
 
 def attention(attn: Attention, config: ModelConfig, x, cos, sin, caches) -> torch.Tensor:
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-    qkv = linear(x, attn.qkv, attn.qkv_bias)
-    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    q = q.view(-1, heads, head_dim)
-    k = k.view(-1, kv_heads, head_dim)
-    v = v.view(-1, kv_heads, head_dim)
-    if attn.q_norm is not None:
-        q = rms_norm(q, attn.q_norm, config.rms_norm_eps)
-        k = rms_norm(k, attn.k_norm, config.rms_norm_eps)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    qkv = linear(x, attn.qkv, attn.qkv_bias).view(-1, heads + 2 * kv_heads, head_dim)
+    qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+    if attn.qk_norm is not None:
+        qk = rms_norm(qk, attn.qk_norm, config.rms_norm_eps)
+    q, k = apply_rope(qk, cos, sin).split([heads, kv_heads], dim=1)
     outputs, start = [], 0
     for cache, count in caches:
         end = start + count

@@ -56,8 +56,27 @@ def sparse_moe(moe: SparseMoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     weights, experts = route(F.linear(x, moe.router), moe.top_k, moe.norm_topk_prob)
     weights = weights.to(x.dtype).flatten()
     experts = experts.flatten()
-    order = torch.argsort(experts, stable=True)
     counts = torch.bincount(experts, minlength=num_experts)
+    out = (
+        _one_token(moe, x, weights, experts) if x.shape[0] == 1 else _sorted(moe, x, weights, experts, counts)
+    )
+    if moe.shared is not None:
+        out += torch.sigmoid(F.linear(x, moe.shared_gate)) * dense_mlp(moe.shared, x)
+    return out, counts
+
+
+def _one_token(moe: SparseMoE, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """A decode step of one sequence: its k experts in turn, with no sorting or indexing."""
+    out = None
+    for expert, weight in zip(experts.tolist(), weights, strict=True):
+        y = swiglu(x, moe.gate_up[expert], moe.down[expert]) * weight
+        out = y if out is None else out.add_(y)
+    return out
+
+
+def _sorted(moe: SparseMoE, x, weights, experts, counts) -> torch.Tensor:
+    """Each chosen expert once, over the tokens that chose it."""
+    order = torch.argsort(experts, stable=True)
     out = torch.zeros_like(x)
     start = 0
     for expert, count in enumerate(counts.tolist()):
@@ -68,6 +87,4 @@ def sparse_moe(moe: SparseMoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         tokens = pairs // moe.top_k
         y = swiglu(x[tokens], moe.gate_up[expert], moe.down[expert]) * weights[pairs, None]
         out.index_add_(0, tokens, y)
-    if moe.shared is not None:
-        out += torch.sigmoid(F.linear(x, moe.shared_gate)) * dense_mlp(moe.shared, x)
-    return out, counts
+    return out

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 # Measured on a 2-core EPYC (avx512_bf16, torch 2.15, 4096x4096 weight): torch._weight_int8pack_mm with
 # bf16 activations beats both fp32 and bf16 dense linears up to ~32 rows (2.8x faster than fp32 at one row);
 # with fp32 activations it is 10-100x slower, hence the cast. From ~64 rows an fp32 matmul over the
-# dequantised weight wins.
+# dequantised weight wins. On an AVX2-only CPU (no AVX-512) the kernel is not vectorised: it streams ~2 GB/s
+# of int8, about the time per weight of an fp32 linear, so int8 there saves memory but little decode time.
 INT8PACK_MAX_ROWS = 32
 
 
@@ -49,8 +50,9 @@ def linear(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torc
         return F.linear(x, w, bias)
     rows = x.numel() // x.shape[-1]
     if x.device.type == "cpu" and rows <= INT8PACK_MAX_ROWS:
-        flat = x.reshape(rows, x.shape[-1]).to(torch.bfloat16)
-        out = torch._weight_int8pack_mm(flat, w.q, w.scale).to(x.dtype).view(*x.shape[:-1], -1)
+        flat = x if x.dim() == 2 else x.reshape(rows, x.shape[-1])
+        out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), w.q, w.scale).to(x.dtype)
+        out = out if x.dim() == 2 else out.view(*x.shape[:-1], -1)
     else:
         out = F.linear(x, w.q.to(x.dtype)) * w.scale.to(x.dtype)
     return out if bias is None else out + bias
