@@ -120,9 +120,10 @@ CRDs or Namespaces. No wildcards, no Secrets. */}}
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# read on full passes to apply only what differs
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [create, patch]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

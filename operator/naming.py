@@ -1,0 +1,90 @@
+"""Names DESIGN.md fixes: the API coordinates of ModelDeployment, its children's names and labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GROUP = "moedeploy.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+FIELD_MANAGER = "moe-operator"
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MODEL_DEPLOYMENT_LABEL = "moedeploy.dev/model-deployment"
+REVISION_LABEL = "moedeploy.dev/revision"
+
+APP_NAME = "moe-runtime"
+MANAGED_BY = "moe-operator"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment that its children point back to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def child_labels(md_name: str) -> dict[str, str]:
+    return {
+        NAME_LABEL: APP_NAME,
+        INSTANCE_LABEL: md_name,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        MODEL_DEPLOYMENT_LABEL: md_name,
+    }
+
+
+def selector_labels(md_name: str) -> dict[str, str]:
+    """The pods of one ModelDeployment, at every revision (immutable once a Deployment exists)."""
+    return {NAME_LABEL: APP_NAME, MODEL_DEPLOYMENT_LABEL: md_name}
+
+
+def selector_string(md_name: str) -> str:
+    return ",".join(f"{key}={value}" for key, value in selector_labels(md_name).items())
+
+
+def deployment_name(md_name: str) -> str:
+    return md_name
+
+
+def service_name(md_name: str) -> str:
+    return md_name
+
+
+def config_map_name(md_name: str) -> str:
+    return f"{md_name}-runtime"
+
+
+def controlling_owner(obj: Mapping[str, Any]) -> str | None:
+    """Name of the ModelDeployment that controls `obj`, if one does."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or ():
+        if (
+            ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion", "").startswith(f"{GROUP}/")
+        ):
+            return ref["name"]
+    return None

@@ -1,0 +1,221 @@
+"""The real API server enforces the ModelDeployment schema: defaults, refusals naming the field, subresources."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from kubernetes import client
+
+from tests.integration.operator_support import GROUP, PLURAL, VERSION, example
+
+pytest_plugins = ["tests.integration.operator_fixtures"]
+
+pytestmark = pytest.mark.integration
+
+VALID = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "valid"},
+    "spec": {
+        "model": {"family": "mixtral", "source": {"hostPath": {"path": "/data/mixtral"}}},
+        "runtime": {"image": "moe-runtime:1"},
+    },
+}
+
+
+def variant(change, name: str = "valid") -> dict:
+    body = copy.deepcopy(VALID)
+    body["metadata"]["name"] = name
+    change(body["spec"])
+    return body
+
+
+def set_in(path: str, value):
+    def change(spec: dict) -> None:
+        *parents, last = path.split(".")
+        target = spec
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = value
+
+    return change
+
+
+def delete(path: str):
+    def change(spec: dict) -> None:
+        *parents, last = path.split(".")
+        target = spec
+        for key in parents:
+            target = target[key]
+        del target[last]
+
+    return change
+
+
+def both(*changes):
+    def change(spec: dict) -> None:
+        for each in changes:
+            each(spec)
+
+    return change
+
+
+# (id, invalid object, text the refusal must contain: the field it is about)
+INVALID = [
+    ("missing-model", variant(delete("model")), "spec.model"),
+    ("missing-image", variant(delete("runtime.image")), "spec.runtime.image"),
+    ("replicas-wrong-type", variant(set_in("replicas", "three")), "spec.replicas"),
+    ("replicas-negative", variant(set_in("replicas", -1)), "spec.replicas"),
+    ("min-above-max", variant(set_in("minReplicas", 5)), "spec.minReplicas"),
+    ("replicas-above-max", variant(both(set_in("replicas", 4), set_in("maxReplicas", 3))), "spec.replicas"),
+    ("max-zero", variant(set_in("maxReplicas", 0)), "spec.maxReplicas"),
+    ("unknown-family", variant(set_in("model.family", "llama")), "spec.model.family"),
+    ("no-model-source", variant(set_in("model.source", {})), "spec.model.source"),
+    (
+        "two-model-sources",
+        variant(set_in("model.source.pvc", {"claimName": "weights"})),
+        "spec.model.source must set exactly one",
+    ),
+    (
+        "relative-host-path",
+        variant(set_in("model.source.hostPath.path", "data")),
+        "spec.model.source.hostPath.path",
+    ),
+    (
+        "pvc-path-escapes",
+        variant(set_in("model.source", {"pvc": {"claimName": "w", "path": "a/../../etc"}})),
+        "spec.model.source.pvc.path",
+    ),
+    ("negative-gpus", variant(set_in("runtime.resources.gpu", -1)), "spec.runtime.resources.gpu"),
+    ("too-many-gpus", variant(set_in("runtime.resources.gpu", 17)), "spec.runtime.resources.gpu"),
+    (
+        "gpu-type-without-gpus",
+        variant(set_in("runtime.resources", {"gpu": 0, "gpuType": "NVIDIA-H100-80GB-HBM3"})),
+        "spec.runtime.resources.gpuType",
+    ),
+    (
+        "memory-not-a-quantity",
+        variant(set_in("runtime.resources.memory", "lots")),
+        "spec.runtime.resources.memory",
+    ),
+    ("unknown-quantization", variant(set_in("runtime.quantization", "int4")), "spec.runtime.quantization"),
+    ("unknown-dtype", variant(set_in("runtime.dtype", "float8")), "spec.runtime.dtype"),
+    ("zero-queue", variant(set_in("runtime.batching.maxQueue", 0)), "spec.runtime.batching.maxQueue"),
+    (
+        "prefill-chunk-above-budget",
+        variant(set_in("runtime.batching", {"tokenBudget": 256, "prefillChunk": 512})),
+        "spec.runtime.batching.prefillChunk",
+    ),
+    (
+        "window-not-above-global-tokens",
+        variant(set_in("runtime.attention", {"window": 4, "globalTokens": 4})),
+        "spec.runtime.attention.window",
+    ),
+    (
+        "global-tokens-without-window",
+        variant(set_in("runtime.attention", {"globalTokens": 4})),
+        "spec.runtime.attention.window",
+    ),
+    (
+        "startup-timeout-too-short",
+        variant(set_in("runtime.startupTimeoutSeconds", 5)),
+        "spec.runtime.startupTimeoutSeconds",
+    ),
+    (
+        "env-value-and-value-from",
+        variant(
+            set_in(
+                "runtime.env", [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]
+            )
+        ),
+        "spec.runtime.env",
+    ),
+    (
+        "unknown-toleration-operator",
+        variant(set_in("runtime.tolerations", [{"key": "a", "operator": "Maybe"}])),
+        "spec.runtime.tolerations[0].operator",
+    ),
+    (
+        "rollout-cannot-progress",
+        variant(set_in("rollout", {"maxSurge": 0, "maxUnavailable": "0%"})),
+        "spec.rollout.maxSurge",
+    ),
+    (
+        "zero-queue-target",
+        variant(set_in("autoscaling.targetQueueDepth", 0)),
+        "spec.autoscaling.targetQueueDepth",
+    ),
+    ("slo-without-threshold", variant(set_in("slo", {"failureLimit": 1})), "spec.slo.p99LatencySeconds"),
+    ("unknown-field", variant(set_in("replica", 2)), "spec.replica"),
+    ("name-starts-with-digit", variant(lambda spec: None, name="7b-model"), "metadata.name"),
+    ("name-too-long", variant(lambda spec: None, name="m" * 64), "metadata.name"),
+]
+
+
+@pytest.fixture(scope="module")
+def custom(cluster):
+    return client.CustomObjectsApi(cluster.api_client())
+
+
+def create(custom, namespace: str, body: dict, dry_run: bool = True) -> dict:
+    return custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body, dry_run="All" if dry_run else None, field_validation="Strict"
+    )
+
+
+@pytest.mark.parametrize(("body", "field"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+def test_invalid_object_is_refused_naming_the_field(custom, md_namespace, body, field):
+    with pytest.raises(client.ApiException) as refused:
+        create(custom, md_namespace, body)
+    assert refused.value.status in (400, 422)
+    message = json.loads(refused.value.body)["message"]
+    assert field in message, message
+
+
+def test_defaults_are_filled_in(custom, md_namespace):
+    spec = create(custom, md_namespace, VALID)["spec"]
+    assert (spec["replicas"], spec["minReplicas"], spec["maxReplicas"]) == (1, 1, 10)
+    runtime = spec["runtime"]
+    assert runtime["resources"] == {"gpu": 1}
+    assert runtime["batching"] == {
+        "maxQueue": 256,
+        "maxBatchSequences": 32,
+        "tokenBudget": 8192,
+        "prefillChunk": 512,
+        "requestTimeoutSeconds": 300,
+    }
+    assert (runtime["quantization"], runtime["dtype"], runtime["startupTimeoutSeconds"]) == (
+        "none",
+        "auto",
+        1200,
+    )
+    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "autoRollback": True}
+
+
+@pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml"])
+def test_examples_are_valid(custom, md_namespace, name):
+    create(custom, md_namespace, example(name))
+
+
+def test_scale_subresource_moves_spec_replicas_within_bounds(cluster, custom, md_namespace):
+    body = variant(set_in("maxReplicas", 3), name="scalable")
+    create(custom, md_namespace, body, dry_run=False)
+    cluster.kubectl("-n", md_namespace, "scale", "md/scalable", "--replicas=3")
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, md_namespace, PLURAL, "scalable")
+    assert stored["spec"]["replicas"] == 3
+    refused = cluster.kubectl("-n", md_namespace, "scale", "mdep/scalable", "--replicas=4", check=False)
+    assert refused.returncode != 0 and "spec.replicas" in refused.stderr
+
+
+def test_short_names_and_status_subresource(cluster, custom, md_namespace):
+    create(custom, md_namespace, variant(lambda spec: None, name="plain"), dry_run=False)
+    assert "plain" in cluster.kubectl("-n", md_namespace, "get", "mdep", "-o", "name").stdout
+    # status is a subresource: a write to the main resource leaves it alone
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, md_namespace, PLURAL, "plain", {"status": {"phase": "Ready"}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, md_namespace, PLURAL, "plain")
+    assert "status" not in stored

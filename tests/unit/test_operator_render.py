@@ -1,0 +1,205 @@
+import pytest
+from moe_operator.config import RUNTIME_SETTINGS
+from moe_operator.naming import REVISION_LABEL
+from moe_operator.render import render
+from moe_operator.spec import parse_spec
+
+from tests.unit.operator_samples import OWNER, spec
+
+FIXED_LABELS = {
+    "app.kubernetes.io/name": "moe-runtime",
+    "app.kubernetes.io/instance": OWNER.name,
+    "app.kubernetes.io/managed-by": "moe-operator",
+    "moedeploy.dev/model-deployment": OWNER.name,
+}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+# (id, spec, expectations on the pod: model path, GPU limit, node selector, tolerations, model volume)
+CASES = [
+    (
+        "pvc-two-h100",
+        spec(runtime__resources={"gpu": 2, "gpuType": "NVIDIA-H100-80GB-HBM3"}),
+        "/models/qwen3",
+        2,
+        {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        [GPU_TOLERATION],
+        {"persistentVolumeClaim": {"claimName": "weights", "readOnly": True}},
+    ),
+    (
+        "pvc-root",
+        spec(model__source={"pvc": {"claimName": "w"}}),
+        "/models",
+        1,
+        None,
+        [GPU_TOLERATION],
+        {"persistentVolumeClaim": {"claimName": "w", "readOnly": True}},
+    ),
+    (
+        "host-path",
+        spec(model__source={"hostPath": {"path": "/data/mixtral"}}, model__family="mixtral"),
+        "/models",
+        1,
+        None,
+        [GPU_TOLERATION],
+        {"hostPath": {"path": "/data/mixtral", "type": "Directory"}},
+    ),
+    (
+        "baked-into-image-cpu-only",
+        spec(model__source={"image": {"path": "/opt/model"}}, runtime__resources={"gpu": 0}),
+        "/opt/model",
+        None,
+        None,
+        None,
+        None,
+    ),
+    (
+        "user-toleration-and-selector",
+        spec(
+            runtime__tolerations=[GPU_TOLERATION, {"key": "team", "operator": "Equal", "value": "a"}],
+            runtime__nodeSelector={"zone": "a"},
+        ),
+        "/models/qwen3",
+        1,
+        {"zone": "a"},
+        [GPU_TOLERATION, {"key": "team", "operator": "Equal", "value": "a"}],
+        {"persistentVolumeClaim": {"claimName": "weights", "readOnly": True}},
+    ),
+]
+
+
+def pod_of(children):
+    return children.deployment["spec"]["template"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "model_path", "gpus", "node_selector", "tolerations", "model_volume"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_pod_shape(raw, model_path, gpus, node_selector, tolerations, model_volume):
+    children = render(OWNER, parse_spec(raw))
+    pod = pod_of(children)["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "moe_runtime", "serve"]
+    assert container["args"][:2] == ["--model", model_path]
+    assert children.config_map["data"]["MOE_RUNTIME_MODEL"] == model_path
+    assert container["resources"].get("limits", {}).get("nvidia.com/gpu") == gpus
+    assert pod.get("nodeSelector") == node_selector
+    assert pod.get("tolerations") == tolerations
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {}}
+    if model_volume is None:
+        assert "model" not in volumes
+    else:
+        assert {k: v for k, v in volumes["model"].items() if k != "name"} == model_volume
+        assert {"name": "model", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+
+
+@pytest.mark.parametrize("raw", [case[1] for case in CASES], ids=[case[0] for case in CASES])
+def test_invariants(raw):
+    parsed = parse_spec(raw)
+    children = render(OWNER, parsed)
+    objects = [children.config_map, children.service, children.deployment]
+    for obj in objects:
+        assert obj["metadata"]["labels"] == FIXED_LABELS
+        assert obj["metadata"]["namespace"] == OWNER.namespace
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "moedeploy.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "name": OWNER.name,
+            "uid": OWNER.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    template = pod_of(children)
+    labels = template["metadata"]["labels"]
+    assert labels == {**FIXED_LABELS, REVISION_LABEL: children.revision}
+    selector = children.deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items() and REVISION_LABEL not in selector
+    assert children.service["spec"]["selector"] == selector
+    assert children.deployment["spec"]["replicas"] == parsed.replicas
+
+    pod = template["spec"]
+    container = pod["containers"][0]
+    assert container["envFrom"] == [{"configMapRef": {"name": children.config_map["metadata"]["name"]}}]
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert children.service["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/ready", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= parsed.runtime.startup_timeout_seconds
+    assert pod["terminationGracePeriodSeconds"] > parsed.runtime.batching.request_timeout_seconds
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+
+
+def test_runtime_settings_reach_the_config_map():
+    raw = spec(
+        runtime__batching={
+            "maxQueue": 7,
+            "maxBatchSequences": 3,
+            "tokenBudget": 99,
+            "prefillChunk": 11,
+            "requestTimeoutSeconds": 42,
+        },
+        runtime__attention={"window": 256, "globalTokens": 4},
+        runtime__quantization="int8",
+        runtime__dtype="float32",
+        model__name="served-name",
+    )
+    data = render(OWNER, parse_spec(raw)).config_map["data"]
+    assert data == {
+        "MOE_RUNTIME_MODEL": "/models/qwen3",
+        "MOE_RUNTIME_SERVED_MODEL_NAME": "served-name",
+        "MOE_RUNTIME_PORT": "8000",
+        "MOE_RUNTIME_MAX_QUEUE": "7",
+        "MOE_RUNTIME_MAX_BATCH_SEQS": "3",
+        "MOE_RUNTIME_MAX_BATCH_TOKENS": "99",
+        "MOE_RUNTIME_PREFILL_CHUNK": "11",
+        "MOE_RUNTIME_REQUEST_TIMEOUT": "42",
+        "MOE_RUNTIME_WINDOW": "256",
+        "MOE_RUNTIME_GLOBAL_TOKENS": "4",
+        "MOE_RUNTIME_QUANTIZE": "int8",
+        "MOE_RUNTIME_DTYPE": "float32",
+    }
+
+
+def test_unset_settings_leave_the_runtime_defaults_and_name_defaults_to_the_md():
+    data = render(OWNER, parse_spec(spec())).config_map["data"]
+    assert "MOE_RUNTIME_WINDOW" not in data and "MOE_RUNTIME_GLOBAL_TOKENS" not in data
+    assert "MOE_RUNTIME_DTYPE" not in data, "dtype auto is the runtime's own choice"
+    assert data["MOE_RUNTIME_SERVED_MODEL_NAME"] == OWNER.name
+    assert all(name.startswith("MOE_RUNTIME_") for name, _ in RUNTIME_SETTINGS)
+
+
+def test_user_args_env_and_resources():
+    raw = spec(
+        runtime__args=["--log-level", "debug"],
+        runtime__env=[{"name": "MOE_RUNTIME_MAX_QUEUE", "value": "5"}],
+        runtime__resources={"gpu": 1, "cpu": "4", "memory": "32Gi"},
+        runtime__imagePullPolicy="IfNotPresent",
+    )
+    container = pod_of(render(OWNER, parse_spec(raw)))["spec"]["containers"][0]
+    assert container["args"] == ["--model", "/models/qwen3", "--log-level", "debug"]
+    # env comes after envFrom, so the user's value wins over the ConfigMap's
+    assert container["env"][-1] == {"name": "MOE_RUNTIME_MAX_QUEUE", "value": "5"}
+    assert container["resources"] == {
+        "requests": {"cpu": "4", "memory": "32Gi"},
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": 1},
+    }
+    assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_rollout_strategy_and_deadline():
+    raw = spec(rollout={"maxSurge": "50%", "maxUnavailable": 1}, runtime__startupTimeoutSeconds=3000)
+    deployment = render(OWNER, parse_spec(raw)).deployment["spec"]
+    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": "50%", "maxUnavailable": 1}
+    assert deployment["progressDeadlineSeconds"] > 3000
