@@ -60,40 +60,94 @@ def write_pki(pki: Path) -> None:
     """CA, apiserver serving cert, admin client cert (system:masters), service-account key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = pki / "ca.key", pki / "ca.crt"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=moedeploy-local-ca",
-             "-keyout", str(ca_key), "-out", str(ca_crt))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=moedeploy-local-ca",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_crt),
+    )
 
     def issue(name: str, subject: str, ext: str) -> None:
         key, csr, crt, extfile = (pki / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
         extfile.write_text(ext)
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(key), "-out", str(csr))
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
-                 "-days", "3650", "-extfile", str(extfile), "-out", str(crt))
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(key), "-out", str(csr)
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_crt),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            str(extfile),
+            "-out",
+            str(crt),
+        )
 
-    issue("apiserver", "/CN=kube-apiserver",
-          "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-          "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n")
+    issue(
+        "apiserver",
+        "/CN=kube-apiserver",
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+    )
     issue("admin", "/O=system:masters/CN=admin", "extendedKeyUsage=clientAuth\n")
     _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
 
 def kubeconfig_text(server: str, pki: Path) -> str:
-    return json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "moedeploy-local",
-                      "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": "admin", "user": {"client-certificate": str(pki / "admin.crt"),
-                                             "client-key": str(pki / "admin.key")}}],
-        "contexts": [{"name": "moedeploy-local", "context": {"cluster": "moedeploy-local", "user": "admin"}}],
-        "current-context": "moedeploy-local",
-    }, indent=2)
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "moedeploy-local",
+                    "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate": str(pki / "admin.crt"),
+                        "client-key": str(pki / "admin.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": "moedeploy-local", "context": {"cluster": "moedeploy-local", "user": "admin"}}
+            ],
+            "current-context": "moedeploy-local",
+        },
+        indent=2,
+    )
 
 
 def fake_node(name: str, gpus: int) -> dict:
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
-    labels = {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+    labels = {
+        "type": "kwok",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+    }
     if gpus:
         capacity["nvidia.com/gpu"] = str(gpus)
         labels["nvidia.com/gpu.product"] = GPU_PRODUCT
@@ -182,11 +236,24 @@ class LocalCluster:
 
     def env(self) -> dict[str, str]:
         path = f"{self.assets}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBEBUILDER_ASSETS": str(self.assets), "PATH": path}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBEBUILDER_ASSETS": str(self.assets),
+            "PATH": path,
+        }
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.assets / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, check=check, timeout=120)
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.assets / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
 
     def api_client(self):
         from kubernetes import config
@@ -197,20 +264,39 @@ class LocalCluster:
 
     def _etcd_args(self, ports: dict[str, int]) -> list[str]:
         client, peer = f"http://127.0.0.1:{ports['etcd']}", f"http://127.0.0.1:{ports['etcd-peer']}"
-        return ["--name", "default", "--data-dir", str(self.state_dir / "etcd"),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"default={peer}", "--unsafe-no-fsync", "--log-level", "warn"]
+        return [
+            "--name",
+            "default",
+            "--data-dir",
+            str(self.state_dir / "etcd"),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"default={peer}",
+            "--unsafe-no-fsync",
+            "--log-level",
+            "warn",
+        ]
 
     def _apiserver_args(self, ports: dict[str, int], pki: Path) -> list[str]:
         return [
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            f"--secure-port={ports['apiserver']}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC", "--allow-privileged=true",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
             "--disable-admission-plugins=ServiceAccount",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
@@ -223,20 +309,40 @@ class LocalCluster:
 
     def _controller_manager_args(self, ports: dict[str, int], pki: Path) -> list[str]:
         kc = str(self.kubeconfig)
-        return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-                "--leader-elect=false", f"--secure-port={ports['kcm']}", "--bind-address=127.0.0.1",
-                f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*,-nodeipam"]
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false",
+            f"--secure-port={ports['kcm']}",
+            "--bind-address=127.0.0.1",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*,-nodeipam",
+        ]
 
     def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
         kc = str(self.kubeconfig)
-        return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-                "--leader-elect=false", f"--secure-port={ports['scheduler']}", "--bind-address=127.0.0.1"]
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false",
+            f"--secure-port={ports['scheduler']}",
+            "--bind-address=127.0.0.1",
+        ]
 
     def _kwok_args(self, ports: dict[str, int]) -> list[str]:
-        return [f"--kubeconfig={self.kubeconfig}", f"--config={self.state_dir / 'kwok.yaml'}",
-                "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--node-ip=10.244.0.1", "--cidr=10.244.0.0/16", f"--server-address=127.0.0.1:{ports['kwok']}"]
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self.state_dir / 'kwok.yaml'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-ip=10.244.0.1",
+            "--cidr=10.244.0.0/16",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+        ]
 
     def _kwok_config(self) -> str:
         stages = self.assets / "kwok-stages"
@@ -246,8 +352,13 @@ class LocalCluster:
 
     def _start(self, name: str, args: list[str]) -> int:
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen([str(self.assets / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(self.assets / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return proc.pid
 
     def _wait_healthy(self, server: str, pki: Path, started: dict[str, int], timeout: float) -> None:
@@ -268,12 +379,18 @@ class LocalCluster:
             time.sleep(0.3)
 
     def _create_nodes(self) -> None:
-        nodes = [fake_node(n, GPUS_PER_NODE) for n in self.gpu_nodes] + [fake_node(n, 0) for n in self.cpu_nodes]
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        nodes = [fake_node(n, GPUS_PER_NODE) for n in self.gpu_nodes] + [
+            fake_node(n, 0) for n in self.cpu_nodes
+        ]
+        self.kubectl(
+            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
+        )
 
     def _wait_nodes_ready(self, timeout: float) -> None:
         names = [*self.gpu_nodes, *self.cpu_nodes]
-        self.kubectl("wait", "--for=condition=Ready", f"--timeout={int(timeout)}s", *(f"node/{n}" for n in names))
+        self.kubectl(
+            "wait", "--for=condition=Ready", f"--timeout={int(timeout)}s", *(f"node/{n}" for n in names)
+        )
         # the node-lifecycle controller lifts the not-ready taint that admission put on the new nodes
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -329,7 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     already = cluster.running()
     cluster.up()
-    print(("local cluster already running" if already else f"local cluster up in {time.monotonic() - started:.1f}s"))
+    print(
+        "local cluster already running"
+        if already
+        else f"local cluster up in {time.monotonic() - started:.1f}s"
+    )
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
     print(f"  export PATH={cluster.assets}:$PATH    # kubectl, helm, ...")
     print(f"  kubectl get nodes    # GPU nodes: {', '.join(cluster.gpu_nodes)}")

@@ -21,8 +21,12 @@ class ExistingCluster:
     def __init__(self) -> None:
         self.kubeconfig = Path(os.environ["KUBECONFIG"])
         self.assets = assets_dir()
-        nodes = self.kubectl("get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name} "
-                             "{.status.allocatable.nvidia\\.com/gpu}{'\\n'}{end}").stdout.split("\n")
+        nodes = self.kubectl(
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.allocatable.nvidia\\.com/gpu}{'\\n'}{end}",
+        ).stdout.split("\n")
         pairs = [line.split() for line in nodes if line.strip()]
         self.gpu_nodes = [p[0] for p in pairs if len(p) > 1 and p[1] != "0"]
         self.cpu_nodes = [p[0] for p in pairs if len(p) == 1 or p[1] == "0"]

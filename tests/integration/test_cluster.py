@@ -32,22 +32,29 @@ def namespace(cluster):
 
 def gpu_deployment(name: str, gpus: int, replicas: int = 1) -> str:
     labels = {"app": name}
-    return json.dumps({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{
-                    "name": "main", "image": "moedeploy/runtime:test",
-                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-                }]},
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "main",
+                                "image": "moedeploy/runtime:test",
+                                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                            }
+                        ]
+                    },
+                },
             },
-        },
-    })
+        }
+    )
 
 
 def pods(cluster, namespace: str, app: str) -> list[dict]:
@@ -78,8 +85,16 @@ def test_pod_asking_more_gpus_than_any_node_has_stays_pending(cluster, namespace
     condition = wait_for(unschedulable, what="PodScheduled=False")[0]
     assert condition["reason"] == "Unschedulable"
     assert "nvidia.com/gpu" in condition["message"]
-    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=FailedScheduling",
-                             "-o", "jsonpath={.items[*].message}").stdout
+    events = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "reason=FailedScheduling",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ).stdout
     assert "Insufficient nvidia.com/gpu" in events
     assert pods(cluster, namespace, "too-big")[0]["status"]["phase"] == "Pending"
 
@@ -90,22 +105,39 @@ def test_rbac_refuses_a_service_account_without_a_role(cluster, namespace):
     refused = cluster.kubectl("get", "pods", "-n", namespace, as_nobody, check=False)
     assert refused.returncode != 0
     assert "Forbidden" in refused.stderr and "cannot list resource" in refused.stderr
-    assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, as_nobody, check=False).stdout.strip() == "no"
+    assert (
+        cluster.kubectl(
+            "auth", "can-i", "list", "pods", "-n", namespace, as_nobody, check=False
+        ).stdout.strip()
+        == "no"
+    )
 
     cluster.kubectl("create", "role", "pod-reader", "-n", namespace, "--verb=list", "--resource=pods")
-    cluster.kubectl("create", "rolebinding", "nobody-reads", "-n", namespace, "--role=pod-reader",
-                    f"--serviceaccount={namespace}:nobody")
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "nobody-reads",
+        "-n",
+        namespace,
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:nobody",
+    )
     assert cluster.kubectl("get", "pods", "-n", namespace, as_nobody).returncode == 0
     assert cluster.kubectl("get", "pods", "-n", namespace).returncode == 0
 
 
 def test_deleting_an_owner_garbage_collects_its_dependents(cluster, namespace):
     cluster.kubectl("create", "configmap", "owner", "-n", namespace)
-    uid = cluster.kubectl("get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    uid = cluster.kubectl(
+        "get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
+    ).stdout
     dependent = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "dependent", "ownerReferences": [
-            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]},
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}],
+        },
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(dependent))
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)

@@ -109,6 +109,11 @@ INVALID = [
         "spec.runtime.batching.prefillChunk",
     ),
     (
+        "batch-over-budget",
+        variant(set_in("runtime.batching", {"tokenBudget": 64, "prefillChunk": 64, "maxBatchSequences": 128})),
+        "spec.runtime.batching.maxBatchSequences",
+    ),
+    (
         "window-not-above-global-tokens",
         variant(set_in("runtime.attention", {"window": 4, "globalTokens": 4})),
         "spec.runtime.attention.window",

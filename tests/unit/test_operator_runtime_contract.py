@@ -1,0 +1,47 @@
+"""The operator configures runtime pods through MOE_RUNTIME_* variables: the runtime must read each one."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from moe_operator.config import RUNTIME_SETTINGS
+from moe_operator.render import render
+from moe_operator.spec import parse_spec
+from moe_runtime.serve import OPTIONS, parse_args
+
+from tests.unit.operator_samples import OWNER, spec
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def test_every_variable_the_operator_sets_is_one_the_runtime_reads():
+    assert {name for name, _ in RUNTIME_SETTINGS} <= {option.env for option in OPTIONS}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        *(yaml.safe_load(path.read_text())["spec"] for path in EXAMPLES),
+        spec(
+            runtime__quantization="int8",
+            runtime__dtype="bfloat16",
+            runtime__attention={"window": 64, "globalTokens": 4},
+        ),
+        spec(runtime__batching={"maxQueue": 1, "maxBatchSequences": 1, "tokenBudget": 1, "prefillChunk": 1}),
+    ],
+    ids=[*(path.stem for path in EXAMPLES), "int8-windowed", "smallest-batching"],
+)
+def test_the_runtime_accepts_the_config_map_the_operator_renders(raw):
+    model_spec = parse_spec(raw)
+    config = render(OWNER, model_spec).config_map["data"]
+    # the pod's container runs `serve --model <path>` with the ConfigMap as its environment
+    args = parse_args(["--model", config["MOE_RUNTIME_MODEL"]], environ=config)
+    batching = model_spec.runtime.batching
+    assert args.max_queue == batching.max_queue
+    assert args.max_batch_seqs == batching.max_batch_sequences
+    assert args.max_batch_tokens == batching.token_budget
+    assert args.prefill_chunk == batching.prefill_chunk
+    assert args.request_timeout == batching.request_timeout_seconds
+    assert args.quantize == model_spec.runtime.quantization
+    assert args.window == model_spec.runtime.attention.window
+    assert args.port == int(config["MOE_RUNTIME_PORT"])
