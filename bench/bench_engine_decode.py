@@ -23,6 +23,7 @@ import time
 
 import torch
 import transformers
+
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
 from moe_runtime.engine import Engine
 from moe_runtime.moe import SparseMoE

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import torch
+
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
 from moe_runtime.engine import Engine
 

@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from moe_runtime.moe import SparseMoE, route, sparse_moe
 
 

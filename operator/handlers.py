@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+
 from moe_operator.events import Event
 from moe_operator.kube import Kube
 from moe_operator.naming import GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION, controlling_owner

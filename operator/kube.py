@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from moe_operator.naming import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
 # Every API permission the operator needs, kopf's own calls included (with peering off and scanning

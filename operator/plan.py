@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubernetes.utils import parse_quantity
+
 from moe_operator.naming import REVISION_LABEL
 
 

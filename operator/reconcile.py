@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+
 from moe_operator.events import Event, events_for
 from moe_operator.kube import Kube
 from moe_operator.naming import Owner, selector_string

@@ -38,9 +38,9 @@ def sample_next(
     chosen = logits.argmax(dim=-1).tolist()
     for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.temperature > 0:
-            chosen[row] = int(
-                torch.multinomial(top_p_probs(logits[row] / p.temperature, p.top_p), 1, generator=generator)
-            )
+            # in float64 and shifted so the best logit is 0: a tiny temperature then gives 0 and -inf, not nan
+            scaled = (logits[row].double() - logits[row].max()) / p.temperature
+            chosen[row] = int(torch.multinomial(top_p_probs(scaled, p.top_p), 1, generator=generator))
     return chosen
 
 
@@ -51,5 +51,6 @@ def top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
         return probs
     sorted_probs, order = torch.sort(probs, descending=True)
     outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # tokens after the nucleus is full
+    outside[0] = False  # the nucleus holds at least the likeliest token, however small top_p is
     sorted_probs[outside] = 0
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs / sorted_probs.sum(-1, keepdim=True))

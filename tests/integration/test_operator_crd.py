@@ -110,7 +110,9 @@ INVALID = [
     ),
     (
         "batch-over-budget",
-        variant(set_in("runtime.batching", {"tokenBudget": 64, "prefillChunk": 64, "maxBatchSequences": 128})),
+        variant(
+            set_in("runtime.batching", {"tokenBudget": 64, "prefillChunk": 64, "maxBatchSequences": 128})
+        ),
         "spec.runtime.batching.maxBatchSequences",
     ),
     (

@@ -1,4 +1,5 @@
 import pytest
+
 from moe_operator.__main__ import parse_args
 
 

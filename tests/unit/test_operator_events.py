@@ -2,7 +2,6 @@ from moe_operator.events import Event, events_for
 from moe_operator.plan import DeploymentPlan
 from moe_operator.render import render
 from moe_operator.spec import parse_spec
-
 from tests.unit.operator_samples import OWNER, spec
 
 DESIRED = render(OWNER, parse_spec(spec(replicas=3, maxReplicas=3))).deployment

@@ -1,5 +1,6 @@
 import pytest
 from kubernetes.client.exceptions import ApiException
+
 from moe_operator.kube import not_found_is_none, retry_on_conflict
 
 

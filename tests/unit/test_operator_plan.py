@@ -1,10 +1,10 @@
 import copy
 
 import pytest
+
 from moe_operator.plan import covers, plan_deployment, template_revision
 from moe_operator.render import render
 from moe_operator.spec import parse_spec
-
 from tests.unit.operator_samples import OWNER, spec
 
 DESIRED = render(

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from moe_operator.reconcile import Reconciler
 
+from moe_operator.reconcile import Reconciler
 from tests.unit.operator_samples import OWNER, spec
 
 

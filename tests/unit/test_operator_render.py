@@ -1,9 +1,9 @@
 import pytest
+
 from moe_operator.config import RUNTIME_SETTINGS
 from moe_operator.naming import REVISION_LABEL
 from moe_operator.render import render
 from moe_operator.spec import parse_spec
-
 from tests.unit.operator_samples import OWNER, spec
 
 FIXED_LABELS = {

@@ -1,8 +1,8 @@
 import pytest
+
 from moe_operator.render import render
 from moe_operator.revision import revision_hash
 from moe_operator.spec import parse_spec
-
 from tests.unit.operator_samples import OWNER, spec
 
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from moe_operator.config import RUNTIME_SETTINGS
 from moe_operator.render import render
 from moe_operator.spec import parse_spec
 from moe_runtime.serve import OPTIONS, parse_args
-
 from tests.unit.operator_samples import OWNER, spec
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

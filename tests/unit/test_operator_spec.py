@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from moe_operator.spec import (
     HostPathSource,
     ImageSource,
@@ -11,7 +12,6 @@ from moe_operator.spec import (
     PvcSource,
     parse_spec,
 )
-
 from tests.unit.operator_samples import spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
 import pytest
+
 from moe_operator.status import DeploymentState, compute_status
 
 REV = "abc123def0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
 from moe_runtime.engine import Engine
 

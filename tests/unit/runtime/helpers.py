@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from moe_runtime.engine import Engine
 
 

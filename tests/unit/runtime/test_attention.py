@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import transformers
+
 from moe_runtime import attention
 from moe_runtime.attention import LayerCache
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from moe_runtime.sampling import SamplingParams
 
 from .helpers import greedy, prompt_ids

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
 from moe_runtime.config import ConfigError
 from moe_runtime.engine import Engine
 from moe_runtime.loader import CheckpointError
 from moe_runtime.tokenizer import TokenizerError
-from safetensors.torch import load_file, save_file
 
 from .conftest import SPECS
 from .helpers import prompt_ids

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import transformers
+
 from moe_runtime import model
 
 from .helpers import greedy, prompt_ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from moe_runtime import quant
 from moe_runtime.engine import Engine
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from moe_runtime.sampling import SamplingParams, make_generator, sample_next, top_p_probs
 
 
@@ -38,3 +39,10 @@ def test_top_p_keeps_the_smallest_nucleus():
 def test_invalid_params_are_rejected(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1e-300, 1.0), (1.0, 5e-324), (1e-30, 1e-30)])
+def test_extreme_temperature_and_top_p_pick_the_best_token(temperature, top_p):
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9]])
+    params = [SamplingParams(temperature=temperature, top_p=top_p, seed=1)]
+    assert sample_next(logits, params, [make_generator(params[0])]) == [1]

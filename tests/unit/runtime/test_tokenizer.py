@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import transformers
+
 from moe_runtime.tokenizer import CHATML_TEMPLATE, Tokenizer
 
 TEXT = "Experts that nobody chose cost nothing. 12 + 30 = 42!"

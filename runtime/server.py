@@ -1,0 +1,189 @@
+"""The OpenAI-compatible HTTP API, health, readiness and metrics endpoints (FastAPI)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+
+from moe_runtime.generation import Job, Limits, chat_job, completion_job
+from moe_runtime.metrics import RuntimeMetrics
+from moe_runtime.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    models_body,
+    validation_error,
+)
+from moe_runtime.responses import CHAT, COMPLETIONS, Answer, Endpoint
+from moe_runtime.scheduler import QueueFull
+from moe_runtime.worker import EngineWorker
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"
+
+
+class Phase(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+@dataclass
+class ServingState:
+    """What the endpoints need; filled in once the engine has loaded."""
+
+    metrics: RuntimeMetrics
+    request_timeout_s: float | None
+    phase: Phase = Phase.LOADING
+    worker: EngineWorker | None = None
+    model_name: str = ""
+    limits: Limits | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def activate(self, worker: EngineWorker, model_name: str, limits: Limits) -> None:
+        self.worker, self.model_name, self.limits = worker, model_name, limits
+        if self.phase is Phase.LOADING:
+            self.phase = Phase.READY
+
+
+GENERATION_ERRORS = {
+    400: {"model": ErrorResponse, "description": "Invalid request"},
+    429: {"model": ErrorResponse, "description": "Waiting queue full"},
+    503: {"model": ErrorResponse, "description": "Loading or shutting down"},
+    504: {"model": ErrorResponse, "description": "Request timed out"},
+}
+
+
+def create_app(state: ServingState) -> FastAPI:
+    app = FastAPI(title="moe_runtime", version="0.1.0")
+    _install_error_handlers(app, state)
+    _document_400_instead_of_422(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", responses={503: {"description": "Loading or draining"}})
+    async def ready() -> JSONResponse:
+        return JSONResponse(
+            {"status": state.phase.value}, status_code=200 if state.phase is Phase.READY else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", responses={503: GENERATION_ERRORS[503]})
+    async def models() -> dict:
+        if state.worker is None:
+            raise _unavailable(state)
+        return models_body(state.model_name, state.created)
+
+    @app.post("/v1/completions", responses=GENERATION_ERRORS)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await _generate(state, request, body, completion_job, COMPLETIONS)
+
+    @app.post("/v1/chat/completions", responses=GENERATION_ERRORS)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await _generate(state, request, body, chat_job, CHAT)
+
+    return app
+
+
+def _unavailable(state: ServingState) -> ApiError:
+    return ApiError(
+        503,
+        f"The server is {state.phase.value}",
+        type="service_unavailable",
+        code=state.phase.value,
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+async def _generate(
+    state: ServingState,
+    request: Request,
+    body: CompletionRequest | ChatCompletionRequest,
+    make_job: Callable[..., Job],
+    endpoint: Endpoint,
+) -> Response:
+    if state.phase is not Phase.READY or state.worker is None or state.limits is None:
+        raise _unavailable(state)
+    if body.model is not None and body.model != state.model_name:
+        raise ApiError(400, f"The model `{body.model}` does not exist", "model", code="model_not_found")
+    tokenizer = state.worker.engine.tokenizer
+    job = make_job(body, tokenizer, state.limits)
+    try:
+        stream = state.worker.submit(job.prompt_ids, job.params, state.request_timeout_s)
+    except QueueFull:
+        raise ApiError(
+            429,
+            "The server's waiting queue is full; retry later",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": RETRY_AFTER_S},
+        ) from None
+    answer = Answer(endpoint, state.model_name, tokenizer, request, stream, job, lambda s: _count(state, s))
+    if not body.stream:
+        return JSONResponse(await answer.whole())
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        answer.events(include_usage), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _count(state: ServingState, status: int) -> None:
+    state.metrics.requests.labels(status=str(status)).inc()
+
+
+def _install_error_handlers(app: FastAPI, state: ServingState) -> None:
+    def respond(error: ApiError) -> JSONResponse:
+        _count(state, error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return respond(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        return respond(validation_error(error.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        body = ApiError(error.status_code, str(error.detail), code=str(error.status_code)).body()
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=error)
+        return respond(ApiError(500, "Internal server error", type="server_error"))
+
+
+def _document_400_instead_of_422(app: FastAPI) -> None:
+    """FastAPI documents validation failures as 422; this server answers them with 400."""
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate_openapi()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -1,0 +1,136 @@
+"""Real runtime server processes for the integration tests and the serving benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 180.0
+
+
+def write_checkpoint(out: Path, *size_options: str) -> Path:
+    """A tiny random Qwen2-MoE checkpoint with its tokenizer, written by the runtime's own CLI."""
+    command = [
+        sys.executable,
+        "-m",
+        "moe_runtime",
+        "make-checkpoint",
+        "--family",
+        "qwen2_moe",
+        "--out",
+        str(out),
+    ]
+    subprocess.run([*command, *size_options], cwd=out.parent, check=True, capture_output=True, timeout=300)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RuntimeServer:
+    """`python -m moe_runtime serve` on a free loopback port; a context manager that waits until ready."""
+
+    def __init__(
+        self, model_dir: Path, *options: str, env: dict[str, str] | None = None, log: Path | None = None
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or model_dir.parent / f"server-{self.port}.log"
+        self._command = [
+            sys.executable, "-m", "moe_runtime", "serve",
+            "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port), *options,
+        ]  # fmt: skip
+        # One intra-op thread unless told otherwise: on a small machine shared with other work, torch's
+        # spinning worker threads made a decode step 30x slower.
+        self._env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
+        # Not the repository root: `python -m` puts the working directory first on sys.path, and the
+        # repository's operator/ folder would shadow the standard library's `operator` there.
+        self._cwd = model_dir.parent
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> RuntimeServer:
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                self._command, cwd=self._cwd, env=self._env, stdout=log, stderr=log
+            )
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+
+class Timed:
+    """One request as a client saw it."""
+
+    def __init__(self, status: int, latency_s: float, ttft_s: float | None, completion_tokens: int) -> None:
+        self.status, self.latency_s, self.ttft_s, self.completion_tokens = (
+            status,
+            latency_s,
+            ttft_s,
+            completion_tokens,
+        )
+
+
+async def timed_completion(client: httpx.AsyncClient, url: str, body: dict) -> Timed:
+    """POSTs a streamed completion; times the first event and the whole answer. Status -1: an error event
+    arrived after the headers."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    ttft, tokens, status = None, 0, 200
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return Timed(response.status_code, time.perf_counter() - start, None, 0)
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            event = json.loads(line.removeprefix("data: "))
+            if "error" in event:
+                status = -1
+            elif event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return Timed(status, time.perf_counter() - start, ttft, tokens)
+
+
+async def timed_request(client: httpx.AsyncClient, url: str, body: dict) -> Timed:
+    """POSTs a completion without streaming and times the answer."""
+    start = time.perf_counter()
+    response = await client.post(f"{url}/v1/completions", json=body)
+    tokens = response.json()["usage"]["completion_tokens"] if response.status_code == 200 else 0
+    return Timed(response.status_code, time.perf_counter() - start, None, tokens)

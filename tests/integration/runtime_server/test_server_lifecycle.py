@@ -1,0 +1,82 @@
+"""Readiness, SIGTERM drain, client disconnects and timeouts on real server processes."""
+
+import concurrent.futures
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.integration.runtime_server.harness import RuntimeServer
+from tests.integration.runtime_server.test_server_metrics import scrape, total
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_sigterm_turns_unready_finishes_in_flight_requests_and_exits_0(checkpoint):
+    server = RuntimeServer(checkpoint, "--max-batch-seqs", "1")
+    with server, concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+
+        def ask(i: int) -> httpx.Response:
+            body = {"prompt": f"drain {i}", "max_tokens": 30, "temperature": 0}
+            return httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+
+        in_flight = [pool.submit(ask, i) for i in range(4)]
+        wait_for(lambda: total(scrape(server.url), "moe_runtime_queue_depth") >= 1)
+        assert total(scrape(server.url), "moe_runtime_requests_running") == 1
+
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: httpx.get(f"{server.url}/ready").status_code == 503)
+        late = httpx.post(f"{server.url}/v1/completions", json={"prompt": "late", "max_tokens": 2})
+        assert late.status_code == 503 and late.headers["retry-after"]
+
+        answers = [f.result() for f in in_flight]
+        assert [a.status_code for a in answers] == [200] * 4
+        assert all(a.json()["usage"]["completion_tokens"] > 0 for a in answers)
+        assert server.process.wait(timeout=60) == 0
+
+
+def test_a_client_that_goes_away_frees_its_sequence(server):
+    with httpx.Client(timeout=60) as client:
+        body = {"prompt": "walk away", "max_tokens": 2000, "stream": True, "temperature": 0}
+        with client.stream("POST", f"{server.url}/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+    wait_for(lambda: total(scrape(server.url), "moe_runtime_requests_running") == 0)
+    samples = scrape(server.url)
+    assert total(samples, "moe_runtime_kv_cache_usage_ratio") == 0
+    assert total(samples, "moe_runtime_requests_total", status="499") >= 1
+
+
+def test_a_request_past_its_timeout_gets_an_explicit_error(checkpoint):
+    with RuntimeServer(checkpoint, "--request-timeout", "0.5") as server:
+        body = {"prompt": "never ends", "max_tokens": 3000, "temperature": 0}
+        response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+        assert response.status_code == 504
+        assert response.json()["error"]["type"] == "timeout_error"
+        stream = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": True}, timeout=60)
+        events = [line for line in stream.text.splitlines() if line.startswith("data: ")]
+        assert '"timeout_error"' in events[-2] and events[-1] == "data: [DONE]"
+
+
+def test_a_checkpoint_that_fails_to_load_exits_non_zero(tmp_path):
+    (tmp_path / "broken").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "moe_runtime", "serve", "--model", str(tmp_path / "broken"), "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "failed to load" in result.stderr

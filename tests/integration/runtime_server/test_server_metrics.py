@@ -1,0 +1,71 @@
+"""/metrics parses with prometheus_client's parser, carries the DESIGN.md names, and moves with traffic."""
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.integration
+
+DESIGN_METRICS = {
+    "moe_runtime_queue_depth",
+    "moe_runtime_requests_running",
+    "moe_runtime_request_latency_seconds",
+    "moe_runtime_time_to_first_token_seconds",
+    "moe_runtime_time_per_output_token_seconds",
+    "moe_runtime_requests",  # the parser names a counter family without its _total suffix
+    "moe_runtime_prompt_tokens",
+    "moe_runtime_generation_tokens",
+    "moe_runtime_expert_tokens",
+    "moe_runtime_batch_size",
+    "moe_runtime_kv_cache_usage_ratio",
+}
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def families(url: str) -> set[str]:
+    return {family.name for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+def test_metrics_have_the_design_names_and_move_as_requests_flow(server):
+    assert families(server.url) >= DESIGN_METRICS
+    before = scrape(server.url)
+    for i in range(3):
+        body = {"prompt": f"metrics {i}", "max_tokens": 5, "temperature": 0}
+        assert httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).status_code == 200
+    assert httpx.post(f"{server.url}/v1/completions", json={"prompt": ""}).status_code == 400
+    time.sleep(1.5)  # expert counts are collected from the engine about once a second
+    after = scrape(server.url)
+
+    def moved(name: str, **labels) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert moved("moe_runtime_requests_total", status="200") == 3
+    assert moved("moe_runtime_requests_total", status="400") == 1
+    assert moved("moe_runtime_request_latency_seconds_count") == 3
+    assert moved("moe_runtime_time_to_first_token_seconds_count") == 3
+    assert moved("moe_runtime_time_per_output_token_seconds_count") == 3
+    assert moved("moe_runtime_generation_tokens_total") > 0
+    assert moved("moe_runtime_prompt_tokens_total") >= 3
+    assert moved("moe_runtime_batch_size_count") >= 3 * 5
+    assert moved("moe_runtime_expert_tokens_total") > 0
+    assert {labels for (name, labels) in after if name == "moe_runtime_expert_tokens_total"} >= {
+        (("expert", "0"), ("layer", "0"))
+    }
+    assert total(after, "moe_runtime_queue_depth") == 0
+    assert total(after, "moe_runtime_kv_cache_usage_ratio") == 0

@@ -1,0 +1,197 @@
+"""The batching policy alone: plain data in, plain data out."""
+
+import pytest
+
+from moe_runtime.scheduler import FinishReason, Policy, QueueFull, Request, Scheduler, SchedulerConfig
+
+
+def request(rid: str, prompt_len: int, arrival: float = 0.0, max_tokens: int = 4, **kw) -> Request:
+    return Request(rid, list(range(1, prompt_len + 1)), max_tokens, arrival=arrival, **kw)
+
+
+def run_step(scheduler: Scheduler, now: float = 0.0, token: int = 7):
+    step = scheduler.schedule(now)
+    finished = scheduler.complete(step, [token if w.samples else None for w in step.work])
+    return step, finished
+
+
+def plan(step) -> dict[str, int]:
+    return {w.request.id: len(w.tokens) for w in step.work}
+
+
+def test_prompt_fits_in_one_step_then_decodes_one_token_per_step():
+    s = Scheduler(SchedulerConfig())
+    s.add(request("a", 5))
+    step, _ = run_step(s)
+    assert plan(step) == {"a": 5} and step.work[0].samples
+    step, _ = run_step(s, token=8)
+    assert step.work[0].tokens == [7]  # feeds back the token sampled last step
+    assert s.running[0].output == [7, 8]
+
+
+def test_long_prompt_is_prefilled_in_chunks_that_sample_only_at_the_end():
+    s = Scheduler(SchedulerConfig(prefill_chunk=4, token_budget=100))
+    s.add(request("long", 10))
+    chunks = []
+    while not s.running or s.running[0].is_prefilling:
+        step, _ = run_step(s)
+        chunks.append((step.work[0].tokens, step.work[0].samples))
+    assert chunks == [([1, 2, 3, 4], False), ([5, 6, 7, 8], False), ([9, 10], True)]
+
+
+def test_decodes_always_run_and_prefill_gets_only_the_remaining_budget():
+    s = Scheduler(SchedulerConfig(token_budget=8, max_running=4, prefill_chunk=100))
+    for rid in "abc":
+        s.add(request(rid, 1, max_tokens=50))
+    run_step(s)  # all three prefilled (3 tokens) and now decoding
+    s.add(request("long", 30, max_tokens=50))
+    step, _ = run_step(s)
+    assert plan(step) == {"a": 1, "b": 1, "c": 1, "long": 5}
+    assert step.num_tokens == 8
+
+
+def test_length_aware_prefills_a_short_prompt_before_an_earlier_long_one():
+    s = Scheduler(
+        SchedulerConfig(max_running=4, token_budget=10, prefill_chunk=10, policy=Policy.LENGTH_AWARE)
+    )
+    s.add(request("long", 100, arrival=0.0))
+    s.add(request("short", 3, arrival=0.1))
+    step = s.schedule(now=0.2)
+    assert plan(step) == {"short": 3, "long": 7}
+
+
+def test_fcfs_serves_arrival_order_even_when_the_first_prompt_is_long():
+    s = Scheduler(SchedulerConfig(max_running=4, token_budget=10, prefill_chunk=10, policy=Policy.FCFS))
+    s.add(request("long", 100, arrival=0.0))
+    s.add(request("short", 3, arrival=0.1))
+    assert plan(s.schedule(now=0.2)) == {"long": 10}
+
+
+def test_aging_lets_a_long_waiting_prompt_overtake_fresh_short_ones():
+    def first_prefill(now: float) -> str:
+        s = Scheduler(
+            SchedulerConfig(max_running=4, token_budget=4, prefill_chunk=4, aging_tokens_per_s=10.0)
+        )
+        s.add(request("long", 50, arrival=0.0))
+        s.add(request("short", 4, arrival=now))
+        return s.schedule(now).work[0].request.id
+
+    assert first_prefill(now=1.0) == "short"  # 50 - 10 > 4
+    assert first_prefill(now=9.0) == "long"  # 50 - 90 < 4
+
+
+def test_queue_is_bounded():
+    s = Scheduler(SchedulerConfig(max_queue=2))
+    s.add(request("a", 1))
+    s.add(request("b", 1))
+    with pytest.raises(QueueFull):
+        s.add(request("c", 1))
+
+
+def test_admission_is_limited_by_running_sequences():
+    s = Scheduler(SchedulerConfig(max_running=2, token_budget=100))
+    for rid in "abc":
+        s.add(request(rid, 2))
+    step, _ = run_step(s)
+    assert plan(step) == {"a": 2, "b": 2}
+    assert [r.id for r in s.waiting] == ["c"]
+
+
+def test_requests_join_between_steps():
+    s = Scheduler(SchedulerConfig(max_running=4))
+    s.add(request("a", 2, max_tokens=10))
+    run_step(s)
+    s.add(request("b", 2))
+    step, _ = run_step(s)
+    assert plan(step) == {"a": 1, "b": 2}
+
+
+def test_cancelled_requests_are_dropped_waiting_or_running():
+    s = Scheduler(SchedulerConfig(max_running=1))
+    s.add(request("running", 2, max_tokens=10))
+    s.add(request("waiting", 2))
+    run_step(s)
+    s.cancel("running")
+    s.cancel("waiting")
+    s.cancel("unknown")
+    step = s.schedule(0.0)
+    assert step.work == []
+    assert {r.id: r.finish_reason for r in step.dropped} == {
+        "running": FinishReason.CANCELLED,
+        "waiting": FinishReason.CANCELLED,
+    }
+    assert s.idle
+
+
+def test_requests_past_their_deadline_time_out():
+    s = Scheduler(SchedulerConfig(max_running=1))
+    s.add(request("a", 2, max_tokens=10, deadline=5.0))
+    s.add(request("b", 2, deadline=5.0))
+    run_step(s, now=1.0)
+    step = s.schedule(now=5.0)
+    assert {r.id: r.finish_reason for r in step.dropped} == {
+        "a": FinishReason.TIMEOUT,
+        "b": FinishReason.TIMEOUT,
+    }
+
+
+def test_stop_token_finishes_without_entering_the_output():
+    s = Scheduler(SchedulerConfig())
+    s.add(request("a", 2, stop_token_ids=frozenset({0})))
+    run_step(s, token=5)
+    _, finished = run_step(s, token=0)
+    assert finished[0].finish_reason is FinishReason.STOP and finished[0].output == [5]
+    assert s.idle
+
+
+def test_max_tokens_finishes_with_length():
+    s = Scheduler(SchedulerConfig())
+    s.add(request("a", 2, max_tokens=2))
+    run_step(s)
+    _, finished = run_step(s)
+    assert finished[0].finish_reason is FinishReason.LENGTH and len(finished[0].output) == 2
+
+
+def test_engine_failure_fails_the_step_requests_only():
+    s = Scheduler(SchedulerConfig(max_running=1))
+    s.add(request("a", 2))
+    s.add(request("b", 2))
+    step = s.schedule(0.0)
+    assert [r.id for r in s.fail([w.request for w in step.work])] == ["a"]
+    assert [r.id for r in s.waiting] == ["b"]
+
+
+def test_a_request_failed_during_a_step_is_skipped_when_the_step_completes():
+    s = Scheduler(SchedulerConfig())
+    s.add(request("bad", 2))
+    s.add(request("good", 2, max_tokens=1))
+    step = s.schedule(0.0)
+    s.fail([step.work[0].request])
+    assert [r.id for r in s.complete(step, [None, 5])] == ["good"]
+    assert s.idle
+
+
+def test_kv_capacity_reserves_prompt_plus_max_tokens_and_does_not_skip_the_head():
+    s = Scheduler(SchedulerConfig(kv_capacity_tokens=20, policy=Policy.FCFS))
+    s.add(request("a", 8, max_tokens=4))  # 12
+    s.add(request("b", 6, max_tokens=4))  # 10: does not fit beside a
+    s.add(request("c", 2, max_tokens=2))  # 4: would fit, but must not overtake b
+    step = s.schedule(0.0)
+    assert plan(step) == {"a": 8}
+
+
+def test_windowed_kv_reservation_is_capped_per_sequence():
+    s = Scheduler(SchedulerConfig(kv_capacity_tokens=20, kv_tokens_per_sequence=10))
+    s.add(request("a", 30, max_tokens=10))
+    s.add(request("b", 30, max_tokens=10))
+    s.schedule(0.0)
+    assert len(s.running) == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_queue": 0}, {"max_running": 0}, {"token_budget": 4, "max_running": 8}, {"aging_tokens_per_s": -1}],
+)
+def test_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError):
+        SchedulerConfig(**bad)
