@@ -6,13 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from kubernetes import client
+
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modeldeployments.yaml"
@@ -20,19 +20,6 @@ EXAMPLES = ROOT / "examples"
 GROUP, VERSION, PLURAL = "moedeploy.dev", "v1alpha1", "modeldeployments"
 
 T = TypeVar("T")
-
-
-def wait_for(
-    predicate: Callable[[], T], timeout: float = 60, interval: float = 0.3, what: str = "condition"
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def install_crd(cluster) -> None:

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
+from tests.waiting import wait_for
+
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture

@@ -13,13 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,17 +29,6 @@ CHART = ROOT / "helm" / "moedeploy"
 CRD_NAME = "modeldeployments.moedeploy.dev"
 # nothing listens there: the operator must cope with Prometheus being away (no scaling on missing data)
 PROMETHEUS_URL = "http://127.0.0.1:9"
-
-
-def wait_for(predicate, timeout: float = 90, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

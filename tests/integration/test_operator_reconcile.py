@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.integration.operator_support import GROUP, PLURAL, VERSION, example, static_pvc, wait_for
+from tests.integration.operator_support import GROUP, PLURAL, VERSION, example, static_pvc
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.integration.operator_fixtures"]
