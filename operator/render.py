@@ -141,7 +141,7 @@ def _container(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": config_map_name(md_name)}}],
         # the root filesystem is read-only: caches (torch, tokenizers) go to the /tmp volume
-        "env": [{"name": "HOME", "value": "/tmp"}, *runtime.env],
+        "env": [{"name": "HOME", "value": "/tmp"}, *_cpu_threads_env(spec), *runtime.env],
         "resources": _resources(spec),
         # /ready turns 200 once the weights are loaded: liveness checks start only then, and a load that
         # outlasts startupTimeoutSeconds restarts the container
@@ -163,6 +163,15 @@ def _container(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
     if runtime.image_pull_policy:
         container["imagePullPolicy"] = runtime.image_pull_policy
     return container
+
+
+def _cpu_threads_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """torch sizes its CPU thread pool by the node's cores, not the pod's share of them; oversubscribed
+    threads slow every CPU op many times over. The downward API hands the pod its CPU request, rounded up."""
+    if spec.runtime.resources.cpu is None:
+        return []
+    cpu_request = {"containerName": "runtime", "resource": "requests.cpu", "divisor": "1"}
+    return [{"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": cpu_request}}]
 
 
 def _http_probe(path: str, failures: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:

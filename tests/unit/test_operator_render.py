@@ -203,3 +203,17 @@ def test_rollout_strategy_and_deadline():
     deployment = render(OWNER, parse_spec(raw)).deployment["spec"]
     assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": "50%", "maxUnavailable": 1}
     assert deployment["progressDeadlineSeconds"] > 3000
+
+
+def test_torch_threads_follow_the_cpu_request_when_there_is_one():
+    def thread_env(raw):
+        env = pod_of(render(OWNER, parse_spec(raw)))["spec"]["containers"][0]["env"]
+        return [e for e in env if e["name"] == "OMP_NUM_THREADS"]
+
+    (threads,) = thread_env(spec(runtime__resources={"cpu": "6"}))
+    assert threads["valueFrom"]["resourceFieldRef"] == {
+        "containerName": "runtime",
+        "resource": "requests.cpu",
+        "divisor": "1",
+    }
+    assert thread_env(spec()) == []
