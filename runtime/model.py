@@ -1,19 +1,21 @@
 """The decoder: RMSNorm, rotary embeddings, grouped-query attention and the feed-forward blocks.
 
 The model works on a flat batch: the new tokens of every sequence laid end to end ([T] ids with their
-positions), so prefill chunks and decode steps of different lengths run as one set of matmuls; only
-attention goes sequence by sequence, each against its own cache.
+positions), so prefill chunks and decode steps of different lengths run as one set of matmuls. Attention
+runs the decode items (one new token each) of a step as one padded batch over their caches, and each prefill
+chunk on its own against its cache.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .attention import SequenceCache
+from .attention import SequenceCache, attend_decode
 from .config import ModelConfig
 from .moe import DenseMLP, SparseMoE, dense_mlp, sparse_moe
 from .quant import Weight, embed, linear
@@ -109,13 +111,31 @@ def attention(attn: Attention, config: ModelConfig, x, cos, sin, caches) -> torc
     if attn.qk_norm is not None:
         qk = rms_norm(qk, attn.qk_norm, config.rms_norm_eps)
     q, k = apply_rope(qk, cos, sin).split([heads, kv_heads], dim=1)
-    outputs, start = [], 0
-    for cache, count in caches:
-        end = start + count
-        outputs.append(cache.attend(q[start:end], k[start:end], v[start:end]))
-        start = end
-    out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    out = attend(caches, q, k, v)
     return linear(out.reshape(-1, heads * head_dim), attn.o, attn.o_bias)
+
+
+def attend(caches, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each (cache, count) item's rows of q/k/v [T, heads or kv_heads, d] against its own cache -> [T, heads, d]."""
+    counts = [count for _, count in caches]
+    if len(caches) > 1 and max(counts) == 1:
+        return attend_decode([cache for cache, _ in caches], q, torch.stack([k, v], dim=1))
+    starts = list(itertools.accumulate(counts, initial=0))[:-1]
+    decode = [i for i, count in enumerate(counts) if count == 1]
+    if len(decode) < 2:
+        outputs = [
+            cache.attend(q[a : a + n], k[a : a + n], v[a : a + n])
+            for (cache, n), a in zip(caches, starts, strict=True)
+        ]
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    out = torch.empty_like(q)
+    for (cache, n), a in zip(caches, starts, strict=True):
+        if n > 1:
+            out[a : a + n] = cache.attend(q[a : a + n], k[a : a + n], v[a : a + n])
+    rows = torch.tensor([starts[i] for i in decode], device=q.device)
+    kv = torch.stack([k[rows], v[rows]], dim=1)
+    out[rows] = attend_decode([caches[i][0] for i in decode], q[rows], kv)
+    return out
 
 
 def logits(weights: Weights, hidden: torch.Tensor) -> torch.Tensor:

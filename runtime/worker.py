@@ -133,7 +133,8 @@ class EngineWorker:
             if step.work:
                 deliveries += self._execute(step)
             self._deliver(deliveries)
-            self._flush_expert_counts()
+            # before going idle, publish what the last steps routed: the next step may be far off
+            self._flush_expert_counts(force=not step.work)
             if not step.work:
                 self._wait_for_work()
 
@@ -238,8 +239,8 @@ class EngineWorker:
         self.metrics.requests_running.set(len(self._scheduler.running))
         self.metrics.kv_cache_usage.set(self.engine.kv_cache_usage())
 
-    def _flush_expert_counts(self) -> None:
+    def _flush_expert_counts(self, force: bool) -> None:
         now = time.monotonic()
-        if now - self._last_expert_flush >= EXPERT_COUNT_INTERVAL_S:
+        if force or now - self._last_expert_flush >= EXPERT_COUNT_INTERVAL_S:
             self._last_expert_flush = now
             self.metrics.expert_tokens.add(self.engine.take_expert_token_counts())

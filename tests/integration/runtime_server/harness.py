@@ -54,16 +54,11 @@ class RuntimeServer:
         # One intra-op thread unless told otherwise: on a small machine shared with other work, torch's
         # spinning worker threads made a decode step 30x slower.
         self._env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
-        # Not the repository root: `python -m` puts the working directory first on sys.path, and the
-        # repository's operator/ folder would shadow the standard library's `operator` there.
-        self._cwd = model_dir.parent
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> RuntimeServer:
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                self._command, cwd=self._cwd, env=self._env, stdout=log, stderr=log
-            )
+            self.process = subprocess.Popen(self._command, env=self._env, stdout=log, stderr=log)
         self.wait_ready()
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moe_runtime.engine import Engine
 from moe_runtime.sampling import SamplingParams
 
 from .helpers import greedy, prompt_ids
@@ -39,6 +40,29 @@ def test_prefill_and_decode_can_share_one_step(engines):
     assert int(logits[1].argmax()) == expected_b[0]
     engine.release(seq_a)
     engine.release(seq_b)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_batched_decode_over_different_cache_lengths_equals_each_alone(checkpoints, family, window):
+    """Caches inside their sinks, short of, at and far past a 6-token window + 2 sinks (or full): one batched
+    decode step, and one shared with a prefill chunk, give each sequence the logits it gets alone."""
+    engine = Engine.load(checkpoints[family], window=window, global_tokens=2)
+    prompts = [prompt_ids(seed, length) for seed, length in enumerate((1, 3, 7, 8, 20, 33), start=50)]
+    batched, alone = ([engine.new_sequence() for _ in prompts] for _ in range(2))
+    for seqs in (batched, alone):
+        for seq, prompt in zip(seqs, prompts, strict=True):
+            engine.forward([(seq, prompt)])
+    for step in range(5):
+        tokens = prompt_ids(60 + step, len(prompts))
+        items = [(seq, [token]) for seq, token in zip(batched, tokens, strict=True)]
+        chunk = prompt_ids(70 + step, 4)
+        if step % 2:  # a prefill chunk between the decode items
+            items[-2] = (batched[-2], chunk)
+        logits = engine.forward(items)
+        for row, (seq, new) in zip(logits, items, strict=True):
+            twin = alone[batched.index(seq)]
+            torch.testing.assert_close(row, engine.forward([(twin, new)])[0], atol=1e-4, rtol=0)
+    assert [seq.tokens_held for seq in batched] == [seq.tokens_held for seq in alone]
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
