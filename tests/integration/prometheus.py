@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import yaml
 from prometheus_api_client import PrometheusConnect
 
 from tests.integration.runtime_server.harness import free_port
+from tests.waiting import wait_until_serving
 
 SCRAPE_INTERVAL = "1s"
 
@@ -46,7 +45,7 @@ class PrometheusServer:
                  f"--web.listen-address=127.0.0.1:{self.port}"],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        self._wait_ready()
+        wait_until_serving(f"{self.url}/-/ready", self.process, self.log, timeout=60)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -58,16 +57,3 @@ class PrometheusServer:
 
     def client(self) -> PrometheusConnect:
         return PrometheusConnect(url=self.url, disable_ssl=True)
-
-    def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"prometheus not ready after {timeout}s: {self.log.read_text()[-3000:]}")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.waiting import wait_until_serving
+
 STARTUP_TIMEOUT_S = 180.0
 
 
@@ -72,17 +74,7 @@ class RuntimeServer:
                 self.process.wait()
 
     def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_text()}")
+        wait_until_serving(f"{self.url}/ready", self.process, self.log, timeout_s)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-5000:]
