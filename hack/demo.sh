@@ -99,7 +99,7 @@ step "kubectl scale md qwen3-moe-demo --replicas=3"
 kubectl scale md qwen3-moe-demo --replicas=3
 kubectl wait --for=jsonpath='{.status.readyReplicas}'=3 md/qwen3-moe-demo --timeout=120s
 kubectl get md qwen3-moe-demo
-kubectl get events --field-selector involvedObject.kind=ModelDeployment -o custom-columns='REASON:.reason,MESSAGE:.message' | tail -6
+kubectl get events --field-selector involvedObject.kind=ModelDeployment --sort-by=.metadata.creationTimestamp -o custom-columns='REASON:.reason,MESSAGE:.message' | tail -6
 
 step "Delete: the children go with it"
 # foreground: the API server removes the ModelDeployment only after the garbage collector removed its children
