@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on one machine (`make demo`):
 #   1. a real local control plane with fake GPU nodes (hack/localcluster.py),
-#   2. the ModelDeployment CRD and the operator (as a process, the way it runs during development),
+#   2. the Helm chart (CRD, RBAC), and the operator as a process with the chart's ServiceAccount identity,
 #   3. a small random Qwen3-MoE checkpoint and a real runtime process serving it over the OpenAI API,
 #   4. a ModelDeployment applied with kubectl, reconciled into GPU pods that turn Ready, scaled, deleted.
 # KWOK's fake nodes run no containers, so the runtime answers from the local process the pods would run.
@@ -37,12 +37,18 @@ $PY hack/localcluster.py status --state-dir .cluster >/dev/null && cluster_was_u
 $PY hack/localcluster.py up --state-dir .cluster
 kubectl get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product'
 
-step "CRD and operator"
-kubectl apply -f crds/modeldeployments.yaml
-kubectl wait --for=condition=Established crd/modeldeployments.moedeploy.dev --timeout=60s
-$PY -m moe_operator run --all-namespaces >"$work/operator.log" 2>&1 &
+step "helm install: the CRD, the operator's Deployment, ServiceAccount and least-privilege RBAC"
+helm upgrade --install moedeploy helm/moedeploy -n moedeploy-system --create-namespace --wait --timeout 2m
+kubectl describe clusterrole moedeploy | sed -n '/PolicyRule/,$p'
+# KWOK's pods run no containers, so the operator runs here as a process, with the chart's ServiceAccount
+# identity: what it can do is exactly what the chart grants.
+cp "$KUBECONFIG" "$work/operator.kubeconfig"
+token=$(kubectl create token moedeploy -n moedeploy-system --duration=1h)
+KUBECONFIG=$work/operator.kubeconfig kubectl config set-credentials moedeploy-operator --token="$token" >/dev/null
+KUBECONFIG=$work/operator.kubeconfig kubectl config set-context --current --user=moedeploy-operator >/dev/null
+KUBECONFIG=$work/operator.kubeconfig $PY -m moe_operator run --all-namespaces >"$work/operator.log" 2>&1 &
 pids+=($!)
-echo "operator running (log: $work/operator.log)"
+echo "operator running as system:serviceaccount:moedeploy-system:moedeploy (log: $work/operator.log)"
 
 step "A small random Qwen3-MoE checkpoint and a real runtime serving it"
 $PY -m moe_runtime make-checkpoint --family qwen3_moe --out "$work/qwen3-moe-demo" --num-experts 8 --top-k 2
