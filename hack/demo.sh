@@ -99,7 +99,7 @@ curl -sS "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/j
   -d '{"model": "qwen3-moe-demo", "prompt": "hi", "max_tokens": -1}'
 echo
 echo "metrics:"
-curl -sS "http://127.0.0.1:$port/metrics" | grep -E '^moe_runtime_(requests_total|generation_tokens_total|expert_tokens_total\{layer="0")' | head -8
+curl -sS "http://127.0.0.1:$port/metrics" | grep -E '^moe_runtime_(requests_total|generation_tokens_total|expert_tokens_total\{.*layer="0")' | head -8
 
 step "kubectl scale md qwen3-moe-demo --replicas=3"
 kubectl scale md qwen3-moe-demo --replicas=3
