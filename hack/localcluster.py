@@ -307,15 +307,21 @@ class LocalCluster:
             "--endpoint-reconciler-type=none",
         ]
 
-    def _controller_manager_args(self, ports: dict[str, int], pki: Path) -> list[str]:
+    def _component_args(self, port: int) -> list[str]:
+        """What controller-manager and scheduler share: the admin identity, one instance, a loopback port."""
         kc = str(self.kubeconfig)
         return [
             f"--kubeconfig={kc}",
             f"--authentication-kubeconfig={kc}",
             f"--authorization-kubeconfig={kc}",
             "--leader-elect=false",
-            f"--secure-port={ports['kcm']}",
+            f"--secure-port={port}",
             "--bind-address=127.0.0.1",
+        ]
+
+    def _controller_manager_args(self, ports: dict[str, int], pki: Path) -> list[str]:
+        return [
+            *self._component_args(ports["kcm"]),
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -323,15 +329,7 @@ class LocalCluster:
         ]
 
     def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
-        kc = str(self.kubeconfig)
-        return [
-            f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false",
-            f"--secure-port={ports['scheduler']}",
-            "--bind-address=127.0.0.1",
-        ]
+        return self._component_args(ports["scheduler"])
 
     def _kwok_args(self, ports: dict[str, int]) -> list[str]:
         return [

@@ -10,25 +10,12 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.design import RUNTIME_METRIC_NAMES
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "moedeploy"
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
-
-# The runtime's metrics as DESIGN.md names them (counters carry _total, histograms _bucket/_sum/_count).
-DESIGN_METRICS = {
-    "moe_runtime_queue_depth",
-    "moe_runtime_requests_running",
-    "moe_runtime_request_latency_seconds",
-    "moe_runtime_time_to_first_token_seconds",
-    "moe_runtime_time_per_output_token_seconds",
-    "moe_runtime_requests_total",
-    "moe_runtime_prompt_tokens_total",
-    "moe_runtime_generation_tokens_total",
-    "moe_runtime_expert_tokens_total",
-    "moe_runtime_batch_size",
-    "moe_runtime_kv_cache_usage_ratio",
-}
 
 
 def test_chart_ships_the_crd_byte_for_byte():
@@ -163,7 +150,7 @@ def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
         for expr in exprs
         for name in re.findall(r"moe_runtime_\w+", expr)
     }
-    assert used <= DESIGN_METRICS, f"metrics DESIGN.md does not name: {used - DESIGN_METRICS}"
+    assert used <= RUNTIME_METRIC_NAMES, f"metrics DESIGN.md does not name: {used - RUNTIME_METRIC_NAMES}"
     latency = [e for e in exprs if "moe_runtime_request_latency_seconds_bucket" in e]
     assert latency and all(e.startswith("histogram_quantile(0.99,") for e in latency)
     for expr in exprs:  # every query follows the dashboard's namespace / ModelDeployment selectors

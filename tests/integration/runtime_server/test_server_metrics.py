@@ -6,21 +6,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-pytestmark = pytest.mark.integration
+from tests.design import RUNTIME_METRIC_FAMILIES
 
-DESIGN_METRICS = {
-    "moe_runtime_queue_depth",
-    "moe_runtime_requests_running",
-    "moe_runtime_request_latency_seconds",
-    "moe_runtime_time_to_first_token_seconds",
-    "moe_runtime_time_per_output_token_seconds",
-    "moe_runtime_requests",  # the parser names a counter family without its _total suffix
-    "moe_runtime_prompt_tokens",
-    "moe_runtime_generation_tokens",
-    "moe_runtime_expert_tokens",
-    "moe_runtime_batch_size",
-    "moe_runtime_kv_cache_usage_ratio",
-}
+pytestmark = pytest.mark.integration
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -43,7 +31,7 @@ def total(samples: dict, name: str, **labels) -> float:
 
 
 def test_metrics_have_the_design_names_and_move_as_requests_flow(server):
-    assert families(server.url) >= DESIGN_METRICS
+    assert families(server.url) >= RUNTIME_METRIC_FAMILIES
     before = scrape(server.url)
     for i in range(3):
         body = {"prompt": f"metrics {i}", "max_tokens": 5, "temperature": 0}

@@ -19,5 +19,19 @@ def greedy(engine: Engine, prompt: list[int], steps: int) -> list[int]:
     return tokens
 
 
+def hf_greedy(hf_model, prompt: list[int], steps: int) -> list[int]:
+    """transformers' greedy generate of exactly `steps` tokens (no eos), without the prompt."""
+    with torch.no_grad():
+        out = hf_model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
 def prompt_ids(seed: int, length: int, vocab: int = 400) -> list[int]:
     return torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
