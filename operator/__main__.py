@@ -8,6 +8,7 @@ import sys
 
 import kopf
 
+from moe_operator.leader import LeaseTimings
 from moe_operator.manager import Options
 
 
@@ -66,6 +67,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--leader-election-namespace", help="namespace of the Lease (default: the pod's own)"
     )
     election.add_argument("--leader-election-id", default="moe-operator", help="name of the Lease")
+    election.add_argument(
+        "--leader-election-lease-duration",
+        type=float,
+        default=15.0,
+        help="seconds a candidate waits on an unrenewed Lease",
+    )
+    election.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        default=10.0,
+        help="seconds the leader tries to renew before it stops",
+    )
+    election.add_argument(
+        "--leader-election-retry-period", type=float, default=2.0, help="seconds between tries"
+    )
     run.add_argument(
         "--metrics-port", type=int, help="serve the operator's own Prometheus metrics on this port"
     )
@@ -88,6 +104,11 @@ def options(args: argparse.Namespace):
         leader_elect=args.leader_elect,
         leader_election_namespace=args.leader_election_namespace,
         leader_election_id=args.leader_election_id,
+        leader_election_timings=LeaseTimings(
+            args.leader_election_lease_duration,
+            args.leader_election_renew_deadline,
+            args.leader_election_retry_period,
+        ),
         metrics_port=args.metrics_port,
     )
 

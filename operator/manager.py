@@ -20,7 +20,7 @@ from kubernetes import client
 from moe_operator.cache import ObjectCache
 from moe_operator.controller import Controller
 from moe_operator.kube import Kube, api_client
-from moe_operator.leader import LeaderElector
+from moe_operator.leader import LeaderElector, LeaseTimings
 from moe_operator.naming import MANAGED_BY, MANAGED_BY_LABEL, MODEL_DEPLOYMENT_LABEL, controlling_owner
 from moe_operator.policy_source import PolicySource
 from moe_operator.reconcile import Reconciler
@@ -51,6 +51,7 @@ class Options:
     leader_elect: bool = False
     leader_election_namespace: str | None = None
     leader_election_id: str = "moe-operator"
+    leader_election_timings: LeaseTimings = LeaseTimings()
     metrics_port: int | None = None
 
 
@@ -79,6 +80,7 @@ class Manager:
                 identity(),
                 on_started=self._lead,
                 on_lost=_exit_on_lost_lease,
+                timings=options.leader_election_timings,
             )
 
     def start(self) -> None:

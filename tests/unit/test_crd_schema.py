@@ -20,7 +20,10 @@ def fields(schema, path="md"):
 
 
 def test_every_field_has_a_description():
-    missing = [path for path, schema in fields(SCHEMA) if not schema.get("description")]
+    # the API server refuses anything but the type on metadata; kubectl explain describes it itself
+    missing = [
+        path for path, schema in fields(SCHEMA) if not schema.get("description") and path != "md.metadata"
+    ]
     assert missing == [], f"kubectl explain would say <no description> for: {', '.join(missing)}"
 
 

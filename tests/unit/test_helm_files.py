@@ -33,11 +33,7 @@ def test_chart_crds_folder_holds_only_known_definitions():
         for doc in yaml.safe_load_all(path.read_text()):
             assert doc["kind"] == "CustomResourceDefinition", path
             kinds[doc["metadata"]["name"]] = doc["spec"]["scope"]
-    assert kinds == {
-        "modeldeployments.moedeploy.dev": "Namespaced",
-        "clusterkopfpeerings.kopf.dev": "Cluster",
-        "kopfpeerings.kopf.dev": "Namespaced",
-    }
+    assert kinds == {"modeldeployments.moedeploy.dev": "Namespaced"}
 
 
 def test_schema_is_valid_and_accepts_the_defaults():
@@ -64,7 +60,8 @@ VALID = [
     ("resources", {"requests": {"cpu": 0.5, "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1.5Gi"}}),
     ("tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
     ("nodeSelector", {"kubernetes.io/os": "linux"}),
-    ("peering", {"enabled": True, "name": "moedeploy.example"}),
+    ("operator.leaderElection", {"enabled": False}),
+    ("operator.policy", {"allowedSourceKinds": ["*"], "allowedHostPathPrefixes": ["/srv/models"]}),
 ]
 
 
@@ -91,7 +88,13 @@ INVALID = [
     ("nodeSelector", {"gpu": True}, ["nodeSelector", "gpu"]),
     ("nodeselector", {"gpu": "yes"}, []),
     ("monitoring.podMonitor.interval", "15", ["monitoring", "podMonitor", "interval"]),
-    ("peering.name", "Not A Name", ["peering", "name"]),
+    (
+        "operator.policy.allowedHostPathPrefixes",
+        ["srv"],
+        ["operator", "policy", "allowedHostPathPrefixes", 0],
+    ),
+    ("operator.policy.allowSecrets", True, ["operator", "policy"]),
+    ("operator.workers", 0, ["operator", "workers"]),
     ("serviceAccount.create", "yes", ["serviceAccount", "create"]),
 ]
 
