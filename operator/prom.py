@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import logging
 import math
 import re
 import time
@@ -43,6 +44,8 @@ LOOKBACK_WINDOWS = 4
 STALE_AFTER_WINDOWS = 2
 MESSAGE_LIMIT = 300
 _UNAVAILABLE_STATUSES = (502, 503, 504)
+
+logger = logging.getLogger(__name__)
 
 
 class BearerTokenFromFile(requests.auth.AuthBase):
@@ -81,6 +84,10 @@ class Prometheus:
         self._metrics = metrics
         session = requests.Session()
         session.verify = False if insecure_skip_verify else str(ca_file) if ca_file else True
+        if insecure_skip_verify:
+            # said once here rather than by urllib3 on every query
+            logger.warning("not verifying the TLS certificate of Prometheus at %s", self.url)
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._client = PrometheusConnect(
             url=self.url,
             session=session,

@@ -472,7 +472,6 @@ class TlsPrometheus:
             self.process.kill()
 
 
-@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_tls_with_a_ca_file_then_prometheus_stopped(setup, tmp_path):
     pod = setup.pods["chat-0"]
     server = TlsPrometheus(tmp_path, {pod.target: pod.labels})
