@@ -12,6 +12,7 @@ import threading
 import time
 
 from moe_operator.children import Refused, StaleRead
+from moe_operator.operator_metrics import METRICS, OperatorMetrics
 from moe_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,9 @@ STALE_RETRY_S = 0.2
 
 
 class Controller:
-    def __init__(self, reconciler, queue: WorkQueue, workers: int, metrics=None) -> None:
+    def __init__(
+        self, reconciler, queue: WorkQueue, workers: int, metrics: OperatorMetrics = METRICS
+    ) -> None:
         self._reconciler = reconciler
         self._queue = queue
         self._metrics = metrics
@@ -64,5 +67,6 @@ class Controller:
                     self._queue.add_after(key, result.requeue_after)
             finally:
                 self._queue.done(key)
-                if self._metrics is not None:
-                    self._metrics.reconciled(outcome, time.monotonic() - started, len(self._queue))
+                self._metrics.reconciles.labels(outcome).inc()
+                self._metrics.reconcile_duration.observe(time.monotonic() - started)
+                self._metrics.work_queue_depth.set(len(self._queue))

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
+from moe_operator import operator_metrics
 from moe_operator.cache import ObjectCache
 from moe_operator.controller import Controller
 from moe_operator.kube import Kube, api_client
@@ -84,6 +85,8 @@ class Manager:
             )
 
     def start(self) -> None:
+        if self.options.metrics_port is not None:
+            self.metrics_server = operator_metrics.start(self.options.metrics_port)
         self.prime()
         if self.elector is None:
             self._lead()
@@ -106,6 +109,8 @@ class Manager:
         obj = {**body, "kind": kind}
         if event_type == "DELETED":
             self.cache.delete(obj)
+            if kind == "ModelDeployment":
+                operator_metrics.METRICS.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
         else:
             self.cache.put(obj)
         meta = obj["metadata"]
@@ -119,6 +124,7 @@ class Manager:
             self.queue.add((meta["namespace"], owner))
 
     def _lead(self) -> None:
+        operator_metrics.METRICS.leader.set(1)
         for key in self.cache.names("ModelDeployment"):
             self.queue.add(key)
         self.controller.start()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from moe_operator.cache import ObjectCache
+from moe_operator.canary_analysis import Analyzer
 from moe_operator.children import NameConflict, Refused, StaleRead, Writer, is_ours
 from moe_operator.events import Event, condition_flips
 from moe_operator.naming import (
@@ -32,8 +33,9 @@ from moe_operator.naming import (
     selector_string,
     service_name,
 )
+from moe_operator.operator_metrics import METRICS
 from moe_operator.plan import in_step, plan_deployment
-from moe_operator.pods import PodCounts, count_pods, pod_problem
+from moe_operator.pods import count_pods, pod_problem
 from moe_operator.policy import Policy, violations
 from moe_operator.render import (
     Revision,
@@ -43,10 +45,10 @@ from moe_operator.render import (
     revision_from_config_map,
     service,
 )
-from moe_operator.rollout import CONTINUE, Canary, RolloutInputs, RolloutState, Verdict, plan_rollout
+from moe_operator.rollout import CONTINUE, RolloutInputs, RolloutState, plan_rollout
+from moe_operator.scaling import Scaler
 from moe_operator.spec import InvalidSpec, ModelDeploymentSpec, parse_spec
 from moe_operator.status import DeploymentState, Problem, StatusInputs, compute_status
-from moe_operator.status import Verdict as ConditionVerdict
 
 log = logging.getLogger(__name__)
 
@@ -63,39 +65,6 @@ class Result:
     requeue_after: float | None = None
 
 
-@dataclass(frozen=True)
-class Scaling:
-    """How many pods the stable Deployment runs, and what the autoscaler has to say about it."""
-
-    replicas: int
-    status: Mapping[str, Any] = field(default_factory=dict)  # merged into the ModelDeployment's status
-    conditions: tuple[tuple[str, ConditionVerdict], ...] = ()
-    events: tuple[Event, ...] = ()
-    next_due: float | None = None  # epoch seconds of the next evaluation
-
-
-class FixedReplicas:
-    """spec.replicas as written (what `kubectl scale` and an external HPA or KEDA set)."""
-
-    def scale(
-        self, md, spec: ModelDeploymentSpec, stable_pods: PodCounts, current: int | None, floor: int, now
-    ):
-        return Scaling(replicas=spec.replicas)
-
-
-class NoAnalysis:
-    """Without Prometheus a canary with an SLO cannot be measured: it is held, never promoted blindly."""
-
-    def analyse(
-        self, md, spec: ModelDeploymentSpec, canary: Canary, now: float
-    ) -> tuple[Canary, Verdict, float | None]:
-        return (
-            canary,
-            Verdict("Hold", "AnalysisUnavailable", "no Prometheus is configured (--prometheus-url)"),
-            None,
-        )
-
-
 class Reconciler:
     def __init__(
         self,
@@ -109,8 +78,8 @@ class Reconciler:
     ) -> None:
         self._kube, self._cache, self._recorder = kube, cache, recorder
         self._policy = policy
-        self._scaler = scaler or FixedReplicas()
-        self._analyzer = analyzer or NoAnalysis()
+        self._scaler = scaler or Scaler()
+        self._analyzer = analyzer or Analyzer()
         self._clock = clock
 
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -224,6 +193,7 @@ class _Pass:
         )
         self.events.extend(plan.events)
         self.events.extend(scaling.events)
+        self._count_decisions(plan)
         stable_revision = revisions[plan.stable_revision]
         canary_revision = revisions[plan.canary_revision] if plan.canary_revision else None
 
@@ -233,7 +203,9 @@ class _Pass:
         }.values():
             self._ensure_config_map(revision)
         self._ensure_service()
-        stable_now = self._ensure_deployment(spec, stable_revision, STABLE, self.stable, scaling.replicas)
+        stable_now = self._ensure_deployment(
+            spec, stable_revision, STABLE, self.stable, scaling.replicas, scaling.reason
+        )
         canary_now = None
         if canary_revision is not None:
             canary_now = self._ensure_deployment(
@@ -310,6 +282,7 @@ class _Pass:
         track: str,
         observed: dict[str, Any] | None,
         replicas: int,
+        scaling_reason: str | None = None,
     ) -> dict[str, Any]:
         desired = deployment(self.owner, spec, revision, track, replicas)
         plan = plan_deployment(desired, observed)
@@ -328,9 +301,9 @@ class _Pass:
         if plan.action == "keep":
             return observed
         if plan.scale and track == STABLE:
-            self.events.append(
-                Event("Normal", "Scaled", f"scaled from {plan.previous_replicas} to {replicas} replicas")
-            )
+            why = f": {scaling_reason}" if scaling_reason else ""
+            message = f"scaled from {plan.previous_replicas} to {replicas} replicas{why}"
+            self.events.append(Event("Normal", "Scaled", message))
         if plan.drift:
             self.events.append(
                 Event("Normal", "DriftRepaired", f"put back {what} fields changed outside the operator")
@@ -346,6 +319,13 @@ class _Pass:
         )
         for config_map in history[spec.rollout.revision_history_limit :]:
             self.writer.delete(config_map)
+
+    def _count_decisions(self, plan) -> None:
+        for event in plan.events:
+            if event.reason == "RolledBack":
+                METRICS.rollbacks.labels(plan.state.rejected[-1].reason).inc()
+            elif event.reason == "Promoted":
+                METRICS.promotions.inc()
 
     # ---- status --------------------------------------------------------------------------------------
 
