@@ -36,4 +36,17 @@ def condition_flips(previous: Mapping[str, Any], status: Mapping[str, Any]) -> l
         flips.append(
             Event("Normal", "Recovered", f"no longer degraded ({was_degraded.get('reason')} is over)")
         )
+    metrics, had_metrics = (
+        find_condition(status, "MetricsAvailable"),
+        find_condition(previous, "MetricsAvailable"),
+    )
+    if metrics.get("status") == "False" and (had_metrics.get("status"), had_metrics.get("reason")) != (
+        "False",
+        metrics.get("reason"),
+    ):
+        flips.append(
+            Event("Warning", metrics["reason"], f"cannot read the queue depth: {metrics['message']}")
+        )
+    if metrics.get("status") == "True" and had_metrics.get("status") == "False":
+        flips.append(Event("Normal", "MetricsAvailable", "the queue depth can be read again"))
     return flips

@@ -34,3 +34,21 @@ def test_a_new_reason_or_message_while_degraded_is_news():
 
 def test_first_status_of_a_new_object():
     assert condition_flips({}, status(ready="True")) == [Event("Normal", "Ready", "3/3 ready")]
+
+
+def metrics(status, reason):
+    return {
+        "conditions": [{"type": "MetricsAvailable", "status": status, "reason": reason, "message": "refused"}]
+    }
+
+
+def test_missing_metrics_are_reported_once_and_their_return_too():
+    down = metrics("False", "PrometheusUnavailable")
+    assert [e.reason for e in condition_flips(metrics("True", "QueueDepthRead"), down)] == [
+        "PrometheusUnavailable"
+    ]
+    assert condition_flips(down, down) == []
+    assert [e.reason for e in condition_flips(down, metrics("False", "NoSeries"))] == ["NoSeries"]
+    assert [e.reason for e in condition_flips(down, metrics("True", "QueueDepthRead"))] == [
+        "MetricsAvailable"
+    ]
