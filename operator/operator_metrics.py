@@ -6,8 +6,8 @@
 | `moe_operator_reconcile_duration_seconds` | histogram | | time one reconcile pass took |
 | `moe_operator_work_queue_depth` | gauge | | ModelDeployments waiting in the work queue |
 | `moe_operator_autoscaler_decisions_total` | counter | `direction` (up, down, none) | autoscaler decisions |
-| `moe_operator_desired_replicas` | gauge | `namespace`, `name` | replicas the operator wants for a ModelDeployment |
-| `moe_operator_current_replicas` | gauge | `namespace`, `name` | replicas its Deployment has now |
+| `moe_operator_desired_replicas` | gauge | `namespace`, `model_deployment` | replicas the operator wants for a ModelDeployment |
+| `moe_operator_current_replicas` | gauge | `namespace`, `model_deployment` | replicas its Deployment has now |
 | `moe_operator_prometheus_query_failures_total` | counter | `reason` (PrometheusUnavailable, QueryFailed, NoSeries, StaleSeries) | Prometheus reads that gave no usable data |
 | `moe_operator_prometheus_query_duration_seconds` | histogram | `query` (queue_depth, canary_window) | time one Prometheus HTTP query took |
 | `moe_operator_canary_outcomes_total` | counter | `kind` (Passed, Failed, Inconclusive, Errored) | canary analysis windows judged |
@@ -63,13 +63,13 @@ class OperatorMetrics:
         self.desired_replicas = Gauge(
             "moe_operator_desired_replicas",
             "Replicas the operator wants for a ModelDeployment",
-            ["namespace", "name"],
+            ["namespace", "model_deployment"],
             registry=r,
         )
         self.current_replicas = Gauge(
             "moe_operator_current_replicas",
             "Replicas the ModelDeployment's Deployment has now",
-            ["namespace", "name"],
+            ["namespace", "model_deployment"],
             registry=r,
         )
         self.prometheus_query_failures = Counter(

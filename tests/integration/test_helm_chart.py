@@ -321,3 +321,21 @@ def test_chart_args_are_accepted_by_the_operator_cli(helm):
         for arg in args[1:]:
             flag = arg.split("=", 1)[0]
             assert flag in help_text.stdout, f"the chart passes {flag}, which the operator's CLI lacks"
+
+
+def test_operator_metrics_are_exposed_and_optionally_monitored(helm):
+    docs = render(helm, {})
+    (service,) = by_kind(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert "--metrics-port=9100" in operator_container(docs)["args"]
+    values = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}}
+    assert not by_kind(render(helm, values), "ServiceMonitor")
+    (monitor,) = by_kind(
+        render(helm, values, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"), "ServiceMonitor"
+    )
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]

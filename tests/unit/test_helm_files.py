@@ -154,6 +154,11 @@ def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
         for name in re.findall(r"moe_runtime_\w+", expr)
     }
     assert used <= RUNTIME_METRIC_NAMES, f"metrics DESIGN.md does not name: {used - RUNTIME_METRIC_NAMES}"
+    from moe_operator.operator_metrics import METRICS
+
+    operator_names = {metric.name for metric in METRICS.registry.collect()}
+    assert {name for expr in exprs for name in re.findall(r"moe_operator_\w+", expr)} <= operator_names
+    assert any("moe_operator_desired_replicas" in e for e in exprs), "no autoscaling panel"
     latency = [e for e in exprs if "moe_runtime_request_latency_seconds_bucket" in e]
     assert latency and all(e.startswith("histogram_quantile(0.99,") for e in latency)
     for expr in exprs:  # every query follows the dashboard's namespace / ModelDeployment selectors

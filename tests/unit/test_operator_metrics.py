@@ -17,8 +17,8 @@ EXPECTED = {
     "moe_operator_reconcile_duration_seconds": ("histogram", set()),
     "moe_operator_work_queue_depth": ("gauge", set()),
     "moe_operator_autoscaler_decisions": ("counter", {"direction"}),
-    "moe_operator_desired_replicas": ("gauge", {"namespace", "name"}),
-    "moe_operator_current_replicas": ("gauge", {"namespace", "name"}),
+    "moe_operator_desired_replicas": ("gauge", {"namespace", "model_deployment"}),
+    "moe_operator_current_replicas": ("gauge", {"namespace", "model_deployment"}),
     "moe_operator_prometheus_query_failures": ("counter", {"reason"}),
     "moe_operator_prometheus_query_duration_seconds": ("histogram", {"query"}),
     "moe_operator_canary_outcomes": ("counter", {"kind"}),
@@ -76,7 +76,7 @@ def test_forget_drops_a_deleted_model_deployment():
     metrics.forget("ns", "md")
     metrics.forget("ns", "never-seen")
     found = families(metrics)
-    assert [s.labels["name"] for s in found["moe_operator_desired_replicas"][2]] == ["other"]
+    assert [s.labels["model_deployment"] for s in found["moe_operator_desired_replicas"][2]] == ["other"]
     assert found["moe_operator_current_replicas"][2] == []
 
 
@@ -103,4 +103,4 @@ def test_start_serves_the_registry():
     finally:
         server.shutdown()
         server.server_close()
-    assert 'moe_operator_desired_replicas{name="md",namespace="ns"} 3.0' in body
+    assert 'moe_operator_desired_replicas{model_deployment="md",namespace="ns"} 3.0' in body

@@ -86,6 +86,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 - --policy-file=/etc/moe-operator/policy/policy.yaml
 - --workers={{ .Values.operator.workers }}
+- --metrics-port={{ .Values.operator.metricsPort }}
 {{- if .Values.operator.leaderElection.enabled }}
 - --leader-elect
 - --leader-election-id={{ include "moedeploy.fullname" . }}
