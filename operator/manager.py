@@ -19,13 +19,16 @@ from kubernetes import client
 
 from moe_operator import operator_metrics
 from moe_operator.cache import ObjectCache
+from moe_operator.canary_analysis import Analyzer
 from moe_operator.controller import Controller
 from moe_operator.kube import Kube, api_client
 from moe_operator.leader import LeaderElector, LeaseTimings
 from moe_operator.naming import MANAGED_BY, MANAGED_BY_LABEL, MODEL_DEPLOYMENT_LABEL, controlling_owner
 from moe_operator.policy_source import PolicySource
+from moe_operator.prom import Prometheus
 from moe_operator.reconcile import Reconciler
 from moe_operator.recorder import EventRecorder
+from moe_operator.scaling import Scaler
 from moe_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -68,8 +71,21 @@ class Manager:
         self.cache = ObjectCache()
         self.queue = WorkQueue()
         self.recorder = EventRecorder(self.kube, identity())
+        prometheus = None
+        if options.prometheus_url:
+            prometheus = Prometheus(
+                options.prometheus_url,
+                bearer_token_file=options.prometheus_bearer_token_file,
+                ca_file=options.prometheus_ca_file,
+                insecure_skip_verify=options.prometheus_insecure_skip_verify,
+            )
         self.reconciler = Reconciler(
-            self.kube, self.cache, self.recorder, policy=PolicySource(options.policy_file)
+            self.kube,
+            self.cache,
+            self.recorder,
+            policy=PolicySource(options.policy_file),
+            scaler=Scaler(prometheus),
+            analyzer=Analyzer(prometheus),
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers)
         self.elector = None
