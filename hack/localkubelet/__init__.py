@@ -1,0 +1,12 @@
+"""A local kubelet for the fake GPU nodes of the local cluster (hack/localcluster.py).
+
+It owns the nodes it serves, as a kubelet owns its node: it posts their heartbeats, and for every pod bound to
+them it does what a kubelet does, with local processes instead of containers. A pod of a ModelDeployment
+(label `moedeploy.dev/model-deployment`) runs as a real `python -m moe_runtime serve` process: env and
+envFrom resolved from the API, volume paths mapped to host paths, a free loopback port, the pod's own
+probes deciding Ready, restarts with back-off, preStop + SIGTERM + grace + SIGKILL on deletion, output in
+`<state dir>/pods/<namespace>_<pod>.log`. Other pods are reported Running and Ready without running anything,
+as KWOK would. KWOK manages the other nodes, so pods there stay API objects only.
+
+    python hack/localkubelet --kubeconfig .cluster/kubeconfig --nodes gpu-node-0,gpu-node-1 --state-dir .cluster
+"""
