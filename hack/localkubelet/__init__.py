@@ -10,3 +10,7 @@ as KWOK would. KWOK manages the other nodes, so pods there stay API objects only
 
     python hack/localkubelet --kubeconfig .cluster/kubeconfig --nodes gpu-node-0,gpu-node-1 --state-dir .cluster
 """
+
+# In every pod process's environment: the kubelet's state dir. `localcluster.py down` finds pod processes by it
+# even when their kubelet died without stopping them.
+POD_MARKER = "MOEDEPLOY_LOCAL_KUBELET"

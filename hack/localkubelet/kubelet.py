@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localkubelet import POD_MARKER
 from localkubelet.api import Api, Events
 from localkubelet.env import ConfigError, PodContext
 from localkubelet.launch import plan_launch
@@ -95,9 +96,12 @@ class Kubelet:
         self._heartbeat_at = 0.0
         self._allocatable: dict[str, dict[str, str]] = {}
         self._version = api.server_version()
-        self._path_env = os.pathsep.join(
-            [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
-        )
+        self._host_env = {
+            "PATH": os.pathsep.join(
+                [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
+            POD_MARKER: str(settings.state_dir),
+        }
 
     # ---- the loop ----------------------------------------------------------------------------------------
 
@@ -238,7 +242,7 @@ class Kubelet:
         )
         pod_dir = self.settings.pods_dir / worker.key
         try:
-            launch = plan_launch(context, str(pod_dir), port, sys.executable, self._path_env)
+            launch = plan_launch(context, str(pod_dir), port, sys.executable, self._host_env)
             prepare_volumes(
                 launch.volumes,
                 lambda v: (self.api.config_map if v.kind == "configMap" else self.api.secret)(

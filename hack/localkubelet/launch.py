@@ -37,8 +37,9 @@ class Launch:
     image_paths: list[str]  # container paths outside every mount: the caller checks them on the host
 
 
-def plan_launch(ctx: PodContext, pod_dir: str, port: int, python: str, path_env: str) -> Launch:
-    """ConfigError or volumes.UnsupportedVolume when the container cannot run here as specified."""
+def plan_launch(ctx: PodContext, pod_dir: str, port: int, python: str, host_env: Mapping[str, str]) -> Launch:
+    """ConfigError or volumes.UnsupportedVolume when the container cannot run here as specified.
+    `host_env` is what the host adds under the image's variables (PATH, the kubelet's marker)."""
     volumes = plan_volumes(ctx.pod, pod_dir)
     mounts = container_mounts(ctx.container, volumes)
     defined = container_env(ctx)
@@ -56,7 +57,7 @@ def plan_launch(ctx: PodContext, pod_dir: str, port: int, python: str, path_env:
         )
     executable = python if _PYTHON.match(PurePosixPath(command[0]).name) else mounts.map_value(command[0])
     base = {
-        "PATH": path_env,
+        **host_env,
         "HOSTNAME": ctx.pod["metadata"]["name"],
         **IMAGE_ENV,
         "OMP_NUM_THREADS": str(torch_threads(ctx.container)),

@@ -44,7 +44,9 @@ def launch_of(pod: dict, config: dict | None = None):
     config = {"MOE_RUNTIME_MODEL": "/models", "MOE_RUNTIME_PORT": "8000"} if config is None else config
     container = pod["spec"]["containers"][0]
     ctx = PodContext(pod, container, "10.245.0.3", "10.245.0.1", config_maps={"md-7f3a": config}.get)
-    return plan_launch(ctx, "/state/pods/ns_p", port=41234, python=PYTHON, path_env="/venv/bin:/usr/bin")
+    return plan_launch(
+        ctx, "/state/pods/ns_p", port=41234, python=PYTHON, host_env={"PATH": "/venv/bin:/usr/bin"}
+    )
 
 
 def test_operator_pod_runs_the_venv_python_on_the_host_paths():
