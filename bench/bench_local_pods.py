@@ -168,6 +168,7 @@ def one_round(cluster, core, namespace: str, model_dir: Path, index: int) -> dic
 def warm_up_operator(cluster, namespace: str, model_dir: Path) -> None:
     """The clock starts with an operator that already reconciles (a ModelDeployment of no pods)."""
     body = local_md("warm-up", {"hostPath": {"path": str(model_dir)}}, replicas=0)
+    body["spec"]["minReplicas"] = 0
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
     deadline = time.monotonic() + 120
     get = ("get", "-n", namespace, "md", "warm-up", "-o", "jsonpath={.status.observedGeneration}")
