@@ -164,6 +164,12 @@ class Kubelet:
                 self._saw(payload)
 
     def _saw(self, pod: dict[str, Any]) -> None:
+        try:
+            self._track(pod)
+        except Exception:  # an API hiccup about one pod must not stop the kubelet; the next change retries
+            log.exception("pod %s/%s", pod["metadata"].get("namespace"), pod["metadata"].get("name"))
+
+    def _track(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
         if uid in self.workers:
             self.workers[uid].pod = pod
@@ -271,6 +277,9 @@ class Kubelet:
         except ImagePathError as err:
             self._could_not_start(worker, "CreateContainerError", "Failed", f"Error: {err}", now + RETRY_S)
             return
+        if others := [c["name"] for c in pod["spec"]["containers"][1:]]:
+            message = f"only container {spec_container['name']} runs locally, not {', '.join(others)}"
+            self.events.emit(pod, "Warning", "ContainersNotRun", message)
         probes = container_probes(spec_container, port)
         for probe in probes.values():
             if probe.action == "unsupported":
