@@ -139,7 +139,8 @@ def main() -> int:
             result = run(args.kubeconfig, kubectl, count, args.timeout, workdir)
             result["cluster"] = "existing"
         else:
-            cluster = LocalCluster(workdir / "cluster")
+            # every node KWOK's: 200 ModelDeployments' pods stay API objects instead of runtime processes
+            cluster = LocalCluster(workdir / "cluster", served_nodes=[])
             log("starting a fresh local control plane")
             cluster.up()
             try:

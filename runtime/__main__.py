@@ -1,4 +1,4 @@
-"""Command line: `python -m moe_runtime {make-checkpoint,generate,serve} ...`."""
+"""Command line: `python -m moe_runtime {make-checkpoint,generate,serve,loadgen} ...`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import dataclasses
 import json
 import sys
 
-from .checkpoint import CheckpointSpec
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -16,14 +14,23 @@ def main(argv: list[str] | None = None) -> int:
         from .serve import main as serve_main  # the HTTP layer pulls in fastapi/uvicorn: load it only here
 
         return serve_main(argv[1:]) or 0
+    if argv and argv[0] == "loadgen":
+        from .loadgen import main as loadgen_main
+
+        return loadgen_main(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .checkpoint import CheckpointSpec  # torch: not for `loadgen`, which must start fast and small
+
     parser = argparse.ArgumentParser(prog="python -m moe_runtime")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP server (see `serve --help`)")
+    commands.add_parser(
+        "loadgen", help="drive runtime servers and print a JSON summary (see `loadgen --help`)"
+    )
 
     make = commands.add_parser("make-checkpoint", help="write a random-weight checkpoint with a tokenizer")
     make.add_argument("--family", required=True, choices=["qwen2_moe", "qwen3_moe", "mixtral"])
@@ -65,7 +72,7 @@ def _type_of(annotation: str):
 
 
 def _make_checkpoint(args) -> int:
-    from .checkpoint import write_checkpoint
+    from .checkpoint import CheckpointSpec, write_checkpoint
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CheckpointSpec)}
     values["mlp_only_layers"] = tuple(values["mlp_only_layers"])
