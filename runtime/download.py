@@ -8,16 +8,15 @@ AWS_SESSION_TOKEN, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, A
   so the checkpoint folder only ever holds whole objects;
 - a partial temporary file left by a killed process is continued with a ranged GET; a dropped connection
   is too, a few times, before the download fails;
-- a complete copy is reused when the listing still matches what the manifest says the files hold (keys,
-  sizes, ETags); changed objects are fetched again, deleted ones removed. When the endpoint cannot be
-  reached at all, a complete copy is used as it is.
+- a complete copy is reused when the listing still matches what the manifest (download_manifest.py) says
+  the files hold (keys, sizes, ETags); changed objects are fetched again, deleted ones removed. When the
+  endpoint cannot be reached at all, a complete copy is used as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from .download_manifest import Manifest
 from .download_plan import (
     CONFIG_FILE,
     INDEX_FILE,
@@ -54,7 +54,6 @@ THREADS = 8  # objects fetched at once: one S3 connection rarely fills a node's 
 CHUNK_BYTES = 256 * 1024
 MAX_ATTEMPTS = 5  # per object, for connections lost mid-transfer and bytes that fail the ETag check
 MAX_ROUNDS = 3  # listings, when objects change while we download them
-MANIFEST_VERSION = 1
 
 
 class DownloadError(RuntimeError):
@@ -116,10 +115,8 @@ class S3Snapshot:
         self.local = uri.local_dir(download_dir)
         self.state = uri.state_dir(download_dir)
         self.partials = self.state / "partial"
-        self._manifest_path = self.state / "manifest.json"
+        self.manifest = Manifest(self.state / "manifest.json", str(uri))
         self._max_attempts, self._threads = max_attempts, threads
-        self._manifest: dict[str, RemoteObject] = {}
-        self._manifest_lock = threading.Lock()
 
     def sync(self) -> Path:
         try:
@@ -144,11 +141,12 @@ class S3Snapshot:
         raise DownloadError(f"{self.uri}: objects kept changing while they were downloaded")
 
     def _sync_locked(self) -> Path:
-        self._manifest, complete = self._read_manifest()
+        manifest = self.manifest
+        manifest.load()
         try:
             listing = index_listing(self.uri, self._list())
         except _NetworkError as err:
-            if complete and self._intact(self._manifest):
+            if manifest.complete and self._intact(manifest.objects):
                 log.warning("%s; using the complete copy downloaded earlier to %s", err, self.local)
                 return self.local
             raise
@@ -157,13 +155,15 @@ class S3Snapshot:
         if not listing:
             raise DownloadError(f"{self.uri}: no objects under this prefix (or the bucket is empty)")
         self._check_checkpoint(listing, index_text=None)
-        plan = plan_sync(listing, self._manifest, self._local_sizes(listing.keys() | self._manifest.keys()))
+        plan = plan_sync(
+            listing, manifest.objects, self._local_sizes(listing.keys() | manifest.objects.keys())
+        )
         if not plan.fetch and not plan.remove:
-            if not complete:
-                self._write_manifest(complete=True)
+            if not manifest.complete:
+                manifest.save(complete=True)
             log.info("%s: the copy in %s is current; nothing to download", self.uri, self.local)
             return self.local
-        self._write_manifest(complete=False)
+        manifest.save(complete=False)
         needed = sum(listing[p].size - self._resume_offset(listing[p]) for p in plan.fetch)
         self._check_space(needed)
         log.info(
@@ -177,11 +177,11 @@ class S3Snapshot:
         self._check_checkpoint(listing, index.read_text() if INDEX_FILE in listing else None)
         for path in plan.remove:
             (self.local / path).unlink(missing_ok=True)
-            self._record(path, None)
+            manifest.record(path, None)
         self._fetch_all([p for p in plan.fetch if p != INDEX_FILE], listing, progress)
         for leftover in self.partials.iterdir():
             leftover.unlink()
-        self._write_manifest(complete=True)
+        manifest.save(complete=True)
         log.info("%s: downloaded, %s", self.uri, progress.line(time.monotonic()))
         return self.local
 
@@ -315,7 +315,7 @@ class S3Snapshot:
             os.replace(partial, target)
         except OSError as err:
             raise DownloadError(f"{where}: moving it to {target}: {err}") from err
-        self._record(path, obj)
+        self.manifest.record(path, obj)
 
     def _download_into(
         self, partial: Path, obj: RemoteObject, check, progress: Progress, stop: threading.Event
@@ -377,41 +377,6 @@ class S3Snapshot:
                 stat = (self.local / path).stat()
                 sizes[path] = stat.st_size
         return sizes
-
-    def _read_manifest(self) -> tuple[dict[str, RemoteObject], bool]:
-        try:
-            raw = json.loads(self._manifest_path.read_text())
-            if raw.get("version") != MANIFEST_VERSION or raw.get("source") != str(self.uri):
-                return {}, False
-            objects = {path: RemoteObject(**entry) for path, entry in raw["objects"].items()}
-            return objects, bool(raw.get("complete"))
-        except FileNotFoundError:
-            return {}, False
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            log.warning("%s: unreadable (%r); checking every file again", self._manifest_path, err)
-            return {}, False
-
-    def _record(self, path: str, obj: RemoteObject | None) -> None:
-        with self._manifest_lock:
-            if obj is None:
-                self._manifest.pop(path, None)
-            else:
-                self._manifest[path] = obj
-            self._write_manifest(complete=False)
-
-    def _write_manifest(self, complete: bool) -> None:
-        body = {
-            "version": MANIFEST_VERSION,
-            "source": str(self.uri),
-            "complete": complete,
-            "objects": {path: obj.as_json() for path, obj in sorted(self._manifest.items())},
-        }
-        temporary = self._manifest_path.with_suffix(f".{threading.get_ident()}.tmp")
-        with open(temporary, "w") as file:
-            json.dump(body, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self._manifest_path)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moe_runtime.download import local_model_dir
+from moe_runtime.download_manifest import Manifest
 from moe_runtime.download_plan import (
     ListingError,
     RemoteObject,
@@ -175,3 +176,22 @@ def test_local_directories_pass_through_and_the_download_dir_has_its_variable():
     assert local_model_dir("/models/qwen", "/unused") == "/models/qwen"
     args = parse_args(["--model", "s3://models/qwen"], {"MOE_RUNTIME_DOWNLOAD_DIR": "/cache"})
     assert (args.model, args.download_dir) == ("s3://models/qwen", "/cache")
+
+
+def test_the_manifest_survives_a_restart_and_forgets_what_is_not_its_own(tmp_path):
+    path = tmp_path / "manifest.json"
+    written = Manifest(path, "s3://models/a/")
+    written.record("config.json", RemoteObject("a/config.json", 10, "e1"))
+    written.record("x.safetensors", RemoteObject("a/x.safetensors", 20, "e2"))
+    written.record("x.safetensors", None)
+    written.save(complete=True)
+
+    again = Manifest(path, "s3://models/a/")
+    again.load()
+    assert again.objects == {"config.json": RemoteObject("a/config.json", 10, "e1")} and again.complete
+    other = Manifest(path, "s3://models/b/")  # another snapshot's record (or an older format) counts as none
+    other.load()
+    assert (other.objects, other.complete) == ({}, False)
+    path.write_text("{not json")
+    again.load()
+    assert (again.objects, again.complete) == ({}, False)
