@@ -5,7 +5,8 @@ command line wins over the variable, an empty variable counts as unset.
 
 | flag | environment variable | default | meaning |
 |---|---|---|---|
-| --model | MOE_RUNTIME_MODEL | (required) | checkpoint directory |
+| --model | MOE_RUNTIME_MODEL | (required) | checkpoint directory, or `s3://bucket/prefix` to download first |
+| --download-dir | MOE_RUNTIME_DOWNLOAD_DIR | $HOME/.cache/moedeploy/models, else /tmp/moedeploy/models | where s3:// checkpoints are cached (see runtime/download.py) |
 | --served-model-name | MOE_RUNTIME_SERVED_MODEL_NAME | the checkpoint's name | `model` the API answers to |
 | --host | MOE_RUNTIME_HOST | 0.0.0.0 | listen address |
 | --port | MOE_RUNTIME_PORT | 8000 | listen port |
@@ -89,7 +90,8 @@ def _non_negative_int(text: str) -> int:
 
 
 OPTIONS = (
-    _Option("--model", "MOE_RUNTIME_MODEL", help="checkpoint directory"),
+    _Option("--model", "MOE_RUNTIME_MODEL", help="checkpoint directory, or s3://bucket/prefix"),
+    _Option("--download-dir", "MOE_RUNTIME_DOWNLOAD_DIR", help="cache for s3:// checkpoints"),
     _Option("--served-model-name", "MOE_RUNTIME_SERVED_MODEL_NAME", help="model name the API answers to"),
     _Option("--host", "MOE_RUNTIME_HOST", default="0.0.0.0"),
     _Option("--port", "MOE_RUNTIME_PORT", _non_negative_int, 8000),
@@ -186,11 +188,12 @@ def limits(args: argparse.Namespace, engine) -> Limits:
 
 
 def load_engine(args: argparse.Namespace):
+    from moe_runtime.download import local_model_dir
     from moe_runtime.engine import Engine
     from moe_runtime.sampling import SamplingParams
 
     engine = Engine.load(
-        args.model,
+        local_model_dir(args.model, args.download_dir),
         device=args.device,
         dtype=args.dtype,
         quantize=None if args.quantize == "none" else args.quantize,
