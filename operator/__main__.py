@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -116,6 +117,8 @@ def options(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:  # kopf logs every watch event it hands over; the operator logs what it does
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import moe_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     kopf.run(
