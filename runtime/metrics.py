@@ -63,6 +63,8 @@ class ExpertTokenCounts:
         self._totals: torch.Tensor | None = None
 
     def add(self, counts: torch.Tensor) -> None:
+        if self.mode is ExpertMetrics.OFF:
+            return
         counts = counts.to("cpu", torch.int64)
         if self.mode is ExpertMetrics.EXPERT:
             counts = counts.sum(dim=0, keepdim=True)
