@@ -5,8 +5,8 @@ has died (`EngineWorker.failure`), so that the kubelet's liveness probe restarts
 only while generation requests are taken.
 
 Every accepted request ends: besides the engine's own timeout, the HTTP side gives up on a request
-`backstop_s` after it came in (the request timeout plus a margin for the step in flight), whatever the engine
-does. Tokenizing runs in a thread, so a long prompt does not hold up other requests or the probes.
+`backstop_s` after it came in (the request timeout plus a margin for the step in flight; none without a
+request timeout), whatever the engine does. Tokenizing runs in a thread, so a long prompt does not hold up other requests or the probes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 
 from moe_runtime.body_limit import BodyLimit
 from moe_runtime.generation import Job, Limits, chat_job, completion_job
+from moe_runtime.limits import RequestLimits
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.protocol import (
     ApiError,
@@ -43,7 +44,6 @@ from moe_runtime.worker import EngineFailed, EngineWorker
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "1"
-MAX_REQUEST_BYTES = 4 * 2**20
 
 
 class Phase(StrEnum):
@@ -59,7 +59,7 @@ class ServingState:
 
     metrics: RuntimeMetrics
     request_timeout_s: float | None
-    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_request_bytes: int = RequestLimits.max_request_bytes
     backstop_margin_s: float | None = None  # None: max(2 s, 10% of the request timeout)
     phase: Phase = Phase.LOADING
     worker: EngineWorker | None = None
