@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TESTBIN = $(shell bash hack/testbin.sh)
 PYTEST_ARGS ?=
+# e.g. CLUSTER_ARGS="--scrape-interval 2s --served-nodes gpu-node-0" (hack/localcluster.py up --help)
+CLUSTER_ARGS ?=
 
 .PHONY: install test unit integration lint testbin prometheus cluster-up cluster-down demo bench clean
 
@@ -35,8 +37,8 @@ lint: install
 	$(VENV)/bin/ruff check operator runtime tests bench hack
 	$(VENV)/bin/ruff format --check operator runtime tests bench hack
 
-cluster-up: install testbin
-	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) hack/localcluster.py up --state-dir .cluster
+cluster-up: install testbin prometheus
+	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) hack/localcluster.py up --state-dir .cluster $(CLUSTER_ARGS)
 
 cluster-down: install
 	$(PY) hack/localcluster.py down --state-dir .cluster

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
 
 from localcluster import LocalCluster  # noqa: E402
+from operator_harness import OperatorUnderTest, reconcile_passes  # noqa: E402
 
 GROUP, VERSION, PLURAL = "moedeploy.dev", "v1alpha1", "modeldeployments"
 GOAL_SECONDS = 60
@@ -65,19 +65,6 @@ def count_ready(custom: client.CustomObjectsApi, namespace: str) -> int:
     return sum(is_ready(md) for md in items)
 
 
-def count_passes(log: str) -> tuple[int, int]:
-    """Reconcile passes (one per handler run) and those among them that wrote something."""
-    return log.count("Handler '"), log.count("reconciled ")
-
-
-def process_figures(pid: int) -> dict:
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return {"operator_peak_rss_mib": round(peak_kib / 1024, 1), "operator_cpu_seconds": round(cpu_seconds, 1)}
-
-
 def wait_until(predicate, timeout: float, interval: float = 1.0) -> float | None:
     """Seconds until `predicate()` held, or None on timeout."""
     start = time.monotonic()
@@ -89,7 +76,6 @@ def wait_until(predicate, timeout: float, interval: float = 1.0) -> float | None
 
 
 def run(kubeconfig: Path, kubectl: list[str], count: int, timeout: float, workdir: Path) -> dict:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
@@ -97,18 +83,15 @@ def run(kubeconfig: Path, kubectl: list[str], count: int, timeout: float, workdi
     subprocess.run([*kubectl, "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}"],
                    check=True, capture_output=True)  # fmt: skip
     subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)
-    log_path = workdir / "operator.log"
-    with open(log_path, "wb") as operator_log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "moe_operator", "run", "--namespace", namespace],
-            cwd=ROOT, env=env, stdout=operator_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    operator = OperatorUnderTest(kubeconfig, workdir, ["--namespace", namespace])
     try:
         # one ModelDeployment first, so that the clock below measures the fleet and not the start-up
         create(custom, namespace, model_deployment("warm-up"))
         if wait_until(lambda: count_ready(custom, namespace) == 1, timeout=60) is None:
-            raise RuntimeError(f"the operator did not make a first ModelDeployment Ready; see {log_path}")
-        before = count_passes(log_path.read_text())
+            raise RuntimeError(
+                f"the operator did not make a first ModelDeployment Ready; see {operator.log_path}"
+            )
+        before = reconcile_passes(operator.metrics())
 
         log(f"creating {count} ModelDeployments at once in namespace {namespace}")
         started = time.monotonic()
@@ -118,16 +101,14 @@ def run(kubeconfig: Path, kubectl: list[str], count: int, timeout: float, workdi
         waited = wait_until(lambda: count_ready(custom, namespace) == count + 1, timeout=timeout)
         elapsed = time.monotonic() - started
         ready = count_ready(custom, namespace) - 1
-        figures = process_figures(operator.pid)
-        passes, changes = (
-            now - then for now, then in zip(count_passes(log_path.read_text()), before, strict=True)
-        )
+        figures = {
+            "operator_peak_rss_mib": operator.peak_rss_mib(),
+            "operator_cpu_seconds": round(operator.cpu_seconds(), 1),
+        }
+        passes = reconcile_passes(operator.metrics()) - before
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+        operator.stop()
         subprocess.run([*kubectl, "delete", "namespace", namespace, "--wait=false"], capture_output=True)
-    lines = log_path.read_text(errors="replace").splitlines()
-    errors = [line for line in lines if "[ERROR" in line or line.startswith("Traceback")]
     return {
         "model_deployments": count,
         "ready": ready,
@@ -137,12 +118,8 @@ def run(kubeconfig: Path, kubectl: list[str], count: int, timeout: float, workdi
         "goal_met": waited is not None and elapsed <= GOAL_SECONDS,
         "reconcile_passes": passes,
         "reconcile_passes_per_second": round(passes / elapsed, 1),
-        "passes_that_changed_something": changes,
         **figures,
-        "operator_log_errors": len(errors),
-        "operator_log_warnings": sum("[WARNING" in line for line in lines),
-        "first_errors": errors[:3],
-        "first_warnings": [line for line in lines if "[WARNING" in line][:3],
+        **operator.log_problems(),
     }
 
 
@@ -162,7 +139,8 @@ def main() -> int:
             result = run(args.kubeconfig, kubectl, count, args.timeout, workdir)
             result["cluster"] = "existing"
         else:
-            cluster = LocalCluster(workdir / "cluster")
+            # every node KWOK's: 200 ModelDeployments' pods stay API objects instead of runtime processes
+            cluster = LocalCluster(workdir / "cluster", served_nodes=[])
             log("starting a fresh local control plane")
             cluster.up()
             try:

@@ -1,9 +1,14 @@
-"""A real Kubernetes control plane on loopback, from the binaries that hack/testbin.sh builds.
+"""The local stack: a real Kubernetes control plane on loopback, from the binaries hack/testbin.sh builds,
+with real runtime pods and a real Prometheus.
 
 etcd, kube-apiserver (TLS, client-certificate admin, RBAC, service-account keys), kube-controller-manager,
-kube-scheduler and KWOK, which plays the kubelet of fake nodes (some with `nvidia.com/gpu`) so that pods
-really get scheduled and turn Running/Ready. Every process, its log and its state live in one folder;
-`down` stops exactly the processes recorded there.
+kube-scheduler; fake nodes (some with `nvidia.com/gpu`) so that pods really get scheduled; the local kubelet
+(hack/localkubelet) owning the served nodes (by default the GPU nodes), where every ModelDeployment pod runs
+as a `python -m moe_runtime serve` process; KWOK playing the kubelet of the other nodes, whose pods stay API
+objects; Prometheus scraping the Ready runtime pods through file-based discovery of `targets.json`.
+Every process, its log and its state live in one folder; `down` stops exactly the processes recorded there.
+What other tools rely on (the README's "local stack" contract): `<state dir>/kubeconfig`, `<state dir>/env`
+(KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`.
 
     python hack/localcluster.py up   --state-dir .cluster     # KUBEBUILDER_ASSETS names the binaries
     python hack/localcluster.py down --state-dir .cluster
@@ -25,6 +30,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localkubelet import POD_MARKER
+
+HACK = Path(__file__).resolve().parent
 SERVICE_CIDR = "10.96.0.0/16"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 GPUS_PER_NODE = 8
@@ -35,6 +43,18 @@ KWOK_STAGES = [
     "pod/fast/pod-complete.yaml",
     "pod/fast/pod-delete.yaml",
 ]
+# Marks the nodes the local kubelet serves; with taint_served they also carry it as a NoSchedule taint, so
+# that only pods asking for real processes land there.
+LOCAL_KUBELET_LABEL = "moedeploy.dev/local-kubelet"
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "localkubelet",
+    "prometheus",
+)
 
 
 def free_port() -> int:
@@ -140,10 +160,11 @@ def kubeconfig_text(server: str, pki: Path) -> str:
     )
 
 
-def fake_node(name: str, gpus: int) -> dict:
+def fake_node(name: str, gpus: int, served: bool = False, tainted: bool = False) -> dict:
+    """A node for KWOK (annotated for it) or, when `served`, for the local kubelet (KWOK leaves it alone)."""
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
     labels = {
-        "type": "kwok",
+        "type": "local-kubelet" if served else "kwok",
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
@@ -152,12 +173,47 @@ def fake_node(name: str, gpus: int) -> dict:
         capacity["nvidia.com/gpu"] = str(gpus)
         labels["nvidia.com/gpu.product"] = GPU_PRODUCT
         labels["nvidia.com/gpu.count"] = str(gpus)
+    metadata: dict = {"name": name, "labels": labels}
+    spec: dict = {}
+    if served:
+        labels[LOCAL_KUBELET_LABEL] = "true"
+        if tainted:
+            spec["taints"] = [{"key": LOCAL_KUBELET_LABEL, "value": "true", "effect": "NoSchedule"}]
+    else:
+        metadata["annotations"] = {"kwok.x-k8s.io/node": "fake"}
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "metadata": metadata,
+        "spec": spec,
         "status": {"capacity": capacity, "allocatable": capacity},
     }
+
+
+def prometheus_config(targets_file: Path, scrape_interval: str) -> str:
+    """One job scraping the runtime pods listed in targets.json (the labels come with each entry)."""
+    return json.dumps(
+        {
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "scrape_configs": [
+                {
+                    "job_name": "moe-runtime",
+                    "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+                }
+            ],
+        },
+        indent=2,
+    )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines of `<state dir>/env`."""
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 @dataclass
@@ -166,10 +222,40 @@ class LocalCluster:
     assets: Path = field(default_factory=assets_dir)
     gpu_nodes: list[str] = field(default_factory=lambda: ["gpu-node-0", "gpu-node-1"])
     cpu_nodes: list[str] = field(default_factory=lambda: ["cpu-node-0"])
+    # the nodes whose ModelDeployment pods run as real processes (None: the GPU nodes); KWOK gets the rest
+    served_nodes: list[str] | None = None
+    # served nodes carry a NoSchedule taint: only pods tolerating it land there (tests that need KWOK's
+    # cheap pods on GPU nodes and real processes elsewhere in one cluster)
+    taint_served: bool = False
+    scrape_interval: str = "1s"
+
+    def __post_init__(self) -> None:
+        if self.served_nodes is None:
+            self.served_nodes = list(self.gpu_nodes)
+        unknown = set(self.served_nodes) - {*self.gpu_nodes, *self.cpu_nodes}
+        if unknown:
+            raise ValueError(f"served nodes {sorted(unknown)} are neither GPU nor CPU nodes")
 
     @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "env"
+
+    @property
+    def targets_file(self) -> Path:
+        return self.state_dir / "targets.json"
+
+    @property
+    def pods_dir(self) -> Path:
+        """Where the local kubelet keeps each pod's log (`<namespace>_<pod>.log`) and volumes."""
+        return self.state_dir / "pods"
+
+    @property
+    def prometheus_url(self) -> str:
+        return read_env_file(self.env_file)["PROMETHEUS_URL"]
 
     @property
     def _pids(self) -> Path:
@@ -185,27 +271,44 @@ class LocalCluster:
         (self.state_dir / "logs").mkdir(exist_ok=True)
         pki = self.state_dir / "pki"
         write_pki(pki)
-        ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
+        ports = {
+            name: free_port()
+            for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus")
+        }
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self.kubeconfig.write_text(kubeconfig_text(server, pki))
         (self.state_dir / "kwok.yaml").write_text(self._kwok_config())
+        self.targets_file.write_text("[]\n")
+        (self.state_dir / "prometheus.yml").write_text(
+            prometheus_config(self.targets_file, self.scrape_interval)
+        )
 
         started: dict[str, int] = {}
         try:
-            started["etcd"] = self._start("etcd", self._etcd_args(ports))
-            started["kube-apiserver"] = self._start("kube-apiserver", self._apiserver_args(ports, pki))
+            started["etcd"] = self._start("etcd", self._binary("etcd", self._etcd_args(ports)))
+            started["kube-apiserver"] = self._start(
+                "kube-apiserver", self._binary("kube-apiserver", self._apiserver_args(ports, pki))
+            )
             self._pids.write_text(json.dumps(started))
             self._wait_healthy(server, pki, started, timeout)
-            for name, args in (
-                ("kube-controller-manager", self._controller_manager_args(ports, pki)),
-                ("kube-scheduler", self._scheduler_args(ports)),
-                ("kwok", self._kwok_args(ports)),
+            for name, argv in (
+                (
+                    "kube-controller-manager",
+                    self._binary("kube-controller-manager", self._controller_manager_args(ports, pki)),
+                ),
+                ("kube-scheduler", self._binary("kube-scheduler", self._scheduler_args(ports))),
+                ("kwok", self._binary("kwok", self._kwok_args(ports))),
+                ("localkubelet", self._kubelet_argv()),
+                ("prometheus", self._prometheus_argv(ports)),
             ):
-                started[name] = self._start(name, args)
+                started[name] = self._start(name, argv)
             self._pids.write_text(json.dumps(started))
             self._create_nodes()
             self._wait_nodes_ready(timeout)
             self._wait_default_service_account(timeout)
+            prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
+            self._wait_prometheus(prometheus_url, started, timeout)
+            self.env_file.write_text(f"KUBECONFIG={self.kubeconfig}\nPROMETHEUS_URL={prometheus_url}\n")
         except BaseException:
             self.down(keep_logs=True)
             raise
@@ -214,7 +317,9 @@ class LocalCluster:
         if not self._pids.exists() or not self.kubeconfig.exists():
             return False
         pids = json.loads(self._pids.read_text())
-        if not all(_alive(pid, name) for name, pid in pids.items()) or len(pids) < 5:
+        if set(pids) != set(COMPONENTS) or not all(_alive(pid, name) for name, pid in pids.items()):
+            return False
+        if not self.env_file.exists():
             return False
         return self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
 
@@ -224,6 +329,7 @@ class LocalCluster:
             # stop the clients of the apiserver first, etcd last
             for name in reversed(list(pids)):
                 _terminate(pids[name], name)
+        _kill_pod_processes(self.state_dir)
         if self.state_dir.exists():
             if keep_logs:
                 for child in self.state_dir.iterdir():
@@ -238,6 +344,7 @@ class LocalCluster:
         path = f"{self.assets}{os.pathsep}{os.environ.get('PATH', '')}"
         return {
             **os.environ,
+            **(read_env_file(self.env_file) if self.env_file.exists() else {}),
             "KUBECONFIG": str(self.kubeconfig),
             "KUBEBUILDER_ASSETS": str(self.assets),
             "PATH": path,
@@ -342,16 +449,38 @@ class LocalCluster:
             f"--server-address=127.0.0.1:{ports['kwok']}",
         ]
 
+    def _kubelet_argv(self) -> list[str]:
+        return [
+            sys.executable,
+            str(HACK / "localkubelet"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--nodes={','.join(self.served_nodes)}",
+            f"--state-dir={self.state_dir}",
+            f"--targets={self.targets_file}",
+        ]
+
+    def _prometheus_argv(self, ports: dict[str, int]) -> list[str]:
+        return [
+            shutil.which("prometheus") or "/usr/bin/prometheus",
+            f"--config.file={self.state_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.state_dir / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+            "--storage.tsdb.retention.time=1d",
+        ]
+
     def _kwok_config(self) -> str:
         stages = self.assets / "kwok-stages"
         return "\n---\n".join((stages / stage).read_text() for stage in KWOK_STAGES)
 
     # ---- steps -----------------------------------------------------------------------------------------
 
-    def _start(self, name: str, args: list[str]) -> int:
+    def _binary(self, name: str, args: list[str]) -> list[str]:
+        return [str(self.assets / name), *args]
+
+    def _start(self, name: str, argv: list[str]) -> int:
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            [str(self.assets / name), *args],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -376,9 +505,26 @@ class LocalCluster:
                 raise TimeoutError(f"kube-apiserver {why}; see {self.state_dir / 'logs'}")
             time.sleep(0.3)
 
+    def _wait_prometheus(self, url: str, started: dict[str, int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if not _alive(started["prometheus"], "prometheus") or time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Prometheus did not get ready; see {self.state_dir / 'logs' / 'prometheus.log'}"
+                )
+            time.sleep(0.3)
+
     def _create_nodes(self) -> None:
-        nodes = [fake_node(n, GPUS_PER_NODE) for n in self.gpu_nodes] + [
-            fake_node(n, 0) for n in self.cpu_nodes
+        served = set(self.served_nodes)
+        nodes = [
+            fake_node(n, GPUS_PER_NODE if n in self.gpu_nodes else 0, n in served, self.taint_served)
+            for n in [*self.gpu_nodes, *self.cpu_nodes]
         ]
         self.kubectl(
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
@@ -407,11 +553,12 @@ class LocalCluster:
 
 
 def _alive(pid: int, name: str) -> bool:
+    """Whether `pid` still runs the component `name` (its binary, or the script a Python runs)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
     except OSError:
         return False
-    return Path(cmdline).name == name
+    return any(Path(arg.decode()).name == name for arg in argv)
 
 
 def _terminate(pid: int, name: str, grace: float = 10) -> None:
@@ -425,10 +572,29 @@ def _terminate(pid: int, name: str, grace: float = 10) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _kill_pod_processes(state_dir: Path) -> None:
+    """Pod processes whose kubelet died without stopping them (they carry its state dir in their environment)."""
+    marker = f"{POD_MARKER}={state_dir.resolve()}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=Path(".cluster"))
+    parser.add_argument(
+        "--served-nodes",
+        help="comma-separated nodes whose ModelDeployment pods run as local processes (default: the GPU nodes; "
+        "'' for none)",
+    )
+    parser.add_argument("--scrape-interval", default="1s", help="Prometheus' scrape interval (default 1s)")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     if args.command == "down":
@@ -437,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         LocalCluster(state_dir, assets=Path(os.environ.get("KUBEBUILDER_ASSETS", "/nonexistent"))).down()
         print("local cluster stopped")
         return 0
-    cluster = LocalCluster(state_dir)
+    served = None if args.served_nodes is None else [n for n in args.served_nodes.split(",") if n]
+    cluster = LocalCluster(state_dir, served_nodes=served, scrape_interval=args.scrape_interval)
     if args.command == "status":
         print("running" if cluster.running() else "not running")
         return 0 if cluster.running() else 1
@@ -449,9 +616,12 @@ def main(argv: list[str] | None = None) -> int:
         if already
         else f"local cluster up in {time.monotonic() - started:.1f}s"
     )
-    print(f"  export KUBECONFIG={cluster.kubeconfig}")
+    print(f"  set -a; . {cluster.env_file}; set +a    # KUBECONFIG, PROMETHEUS_URL")
     print(f"  export PATH={cluster.assets}:$PATH    # kubectl, helm, ...")
     print(f"  kubectl get nodes    # GPU nodes: {', '.join(cluster.gpu_nodes)}")
+    print(
+        f"  pods on {', '.join(cluster.served_nodes) or 'no node'} run as local processes: {cluster.targets_file}"
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Runtime settings the pods read from their ConfigMap as MOE_RUNTIME_* environment variables.
+"""Runtime settings the pods read from their revision's ConfigMap as MOE_RUNTIME_* environment variables.
 
 `RUNTIME_SETTINGS` is the one place that names them: renaming a variable is one edit here.
 """
@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from moe_operator.spec import HostPathSource, ImageSource, ModelDeploymentSpec, PvcSource
+from moe_operator.spec import HostPathSource, ImageSource, ModelDeploymentSpec, PvcSource, UriSource
 
 RUNTIME_PORT = 8000
 MODEL_MOUNT_PATH = "/models"
+DOWNLOAD_MOUNT_PATH = "/var/cache/moe-runtime"
 
 
 def model_path(spec: ModelDeploymentSpec) -> str:
-    """Where the pod sees the checkpoint folder."""
+    """Where the pod finds the checkpoint: a folder, or the object-storage URI it downloads from."""
     match spec.model.source:
         case PvcSource(path=path):
             return f"{MODEL_MOUNT_PATH}/{path}".rstrip("/")
@@ -22,6 +23,13 @@ def model_path(spec: ModelDeploymentSpec) -> str:
             return MODEL_MOUNT_PATH
         case ImageSource(path=path):
             return path
+        case UriSource(uri=uri):
+            return uri
+
+
+def _dtype(spec: ModelDeploymentSpec) -> str | None:
+    # "auto" is the runtime's own choice (bfloat16 on GPU, float32 on CPU): leave the variable out
+    return None if spec.runtime.dtype == "auto" else spec.runtime.dtype
 
 
 # (variable, value from spec and ModelDeployment name); a value of None leaves the variable out,
@@ -38,8 +46,13 @@ RUNTIME_SETTINGS: tuple[tuple[str, Callable[[ModelDeploymentSpec, str], object]]
     ("MOE_RUNTIME_WINDOW", lambda spec, _: spec.runtime.attention.window),
     ("MOE_RUNTIME_GLOBAL_TOKENS", lambda spec, _: spec.runtime.attention.global_tokens),
     ("MOE_RUNTIME_QUANTIZE", lambda spec, _: spec.runtime.quantization),
-    # "auto" is the runtime's own choice (bfloat16 on GPU, float32 on CPU): leave the variable out
-    ("MOE_RUNTIME_DTYPE", lambda spec, _: None if spec.runtime.dtype == "auto" else spec.runtime.dtype),
+    ("MOE_RUNTIME_DTYPE", lambda spec, _: _dtype(spec)),
+    ("MOE_RUNTIME_MAX_KV_TOKENS", lambda spec, _: spec.runtime.kv_cache.max_tokens),
+    # a checkpoint from object storage is downloaded into the pod's cache volume
+    (
+        "MOE_RUNTIME_DOWNLOAD_DIR",
+        lambda spec, _: DOWNLOAD_MOUNT_PATH if isinstance(spec.model.source, UriSource) else None,
+    ),
 )
 
 

@@ -1,4 +1,8 @@
-"""The Kubernetes Events a reconcile reports on its ModelDeployment. Pure."""
+"""The Kubernetes Events a reconcile pass reports, decided from plain data. Pure.
+
+Events tell the story `kubectl describe md` shows: what the operator did (created, scaled, rolled out) and
+every flip of the conditions a person would want to know about (Ready, Degraded with its reason).
+"""
 
 from __future__ import annotations
 
@@ -6,56 +10,43 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from moe_operator.plan import DeploymentPlan, template_revision
-from moe_operator.status import find_condition
-
 
 @dataclass(frozen=True)
 class Event:
-    type: str
-    reason: str
+    type: str  # Normal or Warning
+    reason: str  # CamelCase
     message: str
 
 
-def events_for(
-    plan: DeploymentPlan,
-    desired: Mapping[str, Any],
-    previous_status: Mapping[str, Any],
-    status: Mapping[str, Any],
-) -> list[Event]:
-    events = []
-    revision, replicas = template_revision(desired), desired["spec"]["replicas"]
-    if plan.action == "create":
-        events.append(
-            Event(
-                "Normal", "Created", f"created the Deployment at revision {revision} with {replicas} replicas"
-            )
-        )
-    if plan.rollout:
-        events.append(
-            Event(
-                "Normal", "RolloutStarted", f"rolling out revision {revision} (was {plan.previous_revision})"
-            )
-        )
-    if plan.scale:
-        events.append(
-            Event("Normal", "Scaled", f"scaled from {plan.previous_replicas} to {replicas} replicas")
-        )
-    if plan.drift:
-        events.append(
-            Event("Normal", "DriftRepaired", "put back Deployment fields changed outside the operator")
-        )
-    events.extend(_flips(previous_status, status))
-    return events
+def find_condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    """The condition of that type, or an empty mapping."""
+    return next((c for c in status.get("conditions") or () if c.get("type") == kind), {})
 
 
-def _flips(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Event]:
+def condition_flips(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Event]:
     flips = []
     ready, was_ready = find_condition(status, "Ready"), find_condition(previous, "Ready")
-    if ready["status"] == "True" and was_ready.get("status") != "True":
+    if ready.get("status") == "True" and was_ready.get("status") != "True":
         flips.append(Event("Normal", "Ready", ready["message"]))
     degraded, was_degraded = find_condition(status, "Degraded"), find_condition(previous, "Degraded")
-    degraded_before = (was_degraded.get("status"), was_degraded.get("reason"))
-    if degraded["status"] == "True" and degraded_before != ("True", degraded["reason"]):
+    before = (was_degraded.get("status"), was_degraded.get("reason"), was_degraded.get("message"))
+    if degraded.get("status") == "True" and before != ("True", degraded["reason"], degraded["message"]):
         flips.append(Event("Warning", degraded["reason"], degraded["message"]))
+    if degraded.get("status") == "False" and was_degraded.get("status") == "True":
+        flips.append(
+            Event("Normal", "Recovered", f"no longer degraded ({was_degraded.get('reason')} is over)")
+        )
+    metrics, had_metrics = (
+        find_condition(status, "MetricsAvailable"),
+        find_condition(previous, "MetricsAvailable"),
+    )
+    if metrics.get("status") == "False" and (had_metrics.get("status"), had_metrics.get("reason")) != (
+        "False",
+        metrics.get("reason"),
+    ):
+        flips.append(
+            Event("Warning", metrics["reason"], f"cannot read the queue depth: {metrics['message']}")
+        )
+    if metrics.get("status") == "True" and had_metrics.get("status") == "False":
+        flips.append(Event("Normal", "MetricsAvailable", "the queue depth can be read again"))
     return flips

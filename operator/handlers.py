@@ -1,64 +1,58 @@
-"""kopf registrations. Each handler hands its object to the Reconciler and does nothing else."""
+"""kopf registrations: the watch streams feed the manager's cache and work queue; nothing else happens here.
+
+No state-changing kopf handlers (create/update/resume), no timers: kopf writes nothing on the objects and adds
+no finalizer, so deleting a ModelDeployment never waits for the operator.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 
-from moe_operator.events import Event
-from moe_operator.kube import Kube
-from moe_operator.naming import GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION, controlling_owner
-from moe_operator.reconcile import Reconciler
-from moe_operator.resync import Resync
+from moe_operator.manager import WATCHED, Manager
+from moe_operator.naming import GROUP, MANAGED_BY, MANAGED_BY_LABEL, MODEL_DEPLOYMENT_LABEL, PLURAL, VERSION
 
-RESYNC_SECONDS = 60
-RETRY_SECONDS = 5
-HANDLER_THREADS = 32
-
-
-def post_event(md: Any, event: Event) -> None:
-    kopf.event(md, type=event.type, reason=event.reason, message=event.message)
+RESOURCES = {  # kind -> kopf resource selector
+    "ModelDeployment": (GROUP, VERSION, PLURAL),
+    "Deployment": ("apps", "v1", "deployments"),
+    "ConfigMap": ("v1", "configmaps"),
+    "Service": ("v1", "services"),
+    "Pod": ("v1", "pods"),
+}
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # kopf's bookkeeping goes into annotations under our prefix, never into the status the operator owns.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    # No on.delete handler and no timers, hence no finalizer: ownerReferences let the garbage collector
-    # remove the children, and deleting a ModelDeployment never waits for the operator.
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Without scanning kopf needs no access to CRDs or Namespaces; the CRD is installed before the operator.
     settings.scanning.disabled = True
-    settings.execution.default_backoff = RETRY_SECONDS
-    # handlers spend their time waiting for the API server, not computing: more threads, more throughput
-    settings.execution.max_workers = HANDLER_THREADS
-    settings.posting.reporting_component = "moe-operator"
-    configuration = client.Configuration()
-    config.load_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = HANDLER_THREADS + 1  # one more for the resync thread
-    kube = Kube(client.ApiClient(configuration))
-    memo.reconciler = Reconciler(kube, post_event)
-    memo.resync = Resync(kube, memo.reconciler, memo.namespaces, RESYNC_SECONDS)
-    memo.resync.start()
+    # kopf's own events would repeat its log; the operator posts the events that matter itself
+    settings.posting.enabled = False
+    for kind, selector in WATCHED.items():
+        if selector:  # filtered by the API server, not after the fact
+            settings.watching.label_selectors[RESOURCES[kind]] = selector
+    memo.manager = Manager(memo.options)
+    memo.manager.start()
 
 
 @kopf.on.cleanup()
-def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync.stop()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.manager.stop()
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def model_deployment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile(namespace, name)
+def _feeds(kind: str):
+    async def observe(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.manager.observe(kind, type, body)
+
+    observe.__name__ = f"observe_{kind.lower()}"
+    return observe
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})
-def owned_deployment_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    owner = controlling_owner(body)
-    # type None is the initial listing at start-up, which the resume handlers already cover
-    if type is not None and owner is not None:
-        memo.reconciler.reconcile(body["metadata"]["namespace"], owner, full=False)
+kopf.on.event(*RESOURCES["ModelDeployment"])(_feeds("ModelDeployment"))
+for _kind, _labels in (
+    ("Deployment", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("ConfigMap", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("Service", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("Pod", {MODEL_DEPLOYMENT_LABEL: kopf.PRESENT}),
+):
+    kopf.on.event(*RESOURCES[_kind], labels=_labels)(_feeds(_kind))

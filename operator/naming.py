@@ -19,6 +19,13 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MODEL_DEPLOYMENT_LABEL = "moedeploy.dev/model-deployment"
 REVISION_LABEL = "moedeploy.dev/revision"
+# Which Deployment a pod belongs to: the stable one or the canary (their selectors must not overlap).
+TRACK_LABEL = "moedeploy.dev/track"
+STABLE, CANARY = "stable", "canary"
+# The pod template of a revision, kept on its ConfigMap so that the revision can be recreated exactly.
+POD_TEMPLATE_ANNOTATION = "moedeploy.dev/pod-template"
+# A user's request to analyse a rejected revision again: any new value (e.g. a timestamp) is one request.
+RETRY_ANNOTATION = "moedeploy.dev/retry"
 
 APP_NAME = "moe-runtime"
 MANAGED_BY = "moe-operator"
@@ -58,24 +65,33 @@ def child_labels(md_name: str) -> dict[str, str]:
 
 
 def selector_labels(md_name: str) -> dict[str, str]:
-    """The pods of one ModelDeployment, at every revision (immutable once a Deployment exists)."""
+    """The pods of one ModelDeployment, at every revision and in both tracks (what the Service selects)."""
     return {NAME_LABEL: APP_NAME, MODEL_DEPLOYMENT_LABEL: md_name}
+
+
+def track_selector_labels(md_name: str, track: str) -> dict[str, str]:
+    """The pods of one of its Deployments (immutable once the Deployment exists)."""
+    return {**selector_labels(md_name), TRACK_LABEL: track}
 
 
 def selector_string(md_name: str) -> str:
     return ",".join(f"{key}={value}" for key, value in selector_labels(md_name).items())
 
 
-def deployment_name(md_name: str) -> str:
-    return md_name
+def deployment_name(md_name: str, track: str = STABLE) -> str:
+    return md_name if track == STABLE else f"{md_name}-canary"
 
 
 def service_name(md_name: str) -> str:
     return md_name
 
 
-def config_map_name(md_name: str) -> str:
-    return f"{md_name}-runtime"
+def revision_config_map_name(md_name: str, revision: str) -> str:
+    return f"{md_name}-{revision}"
+
+
+def adapters_config_map_name(md_name: str) -> str:
+    return f"{md_name}-adapters"
 
 
 def controlling_owner(obj: Mapping[str, Any]) -> str | None:

@@ -1,123 +1,378 @@
-"""One reconcile of a ModelDeployment: read what is there, apply what should be, record the status.
+"""One reconcile pass over a ModelDeployment: observe, decide, write, report.
 
-Level-triggered: every pass recomputes the desired children from the ModelDeployment as it is now and
-compares them with the cluster, so a restarted operator simply carries on.
+Level-triggered: every pass recomputes everything from the ModelDeployment and its children as the watch cache
+holds them, so a restarted operator simply carries on. The decisions are pure functions (policy, rollout,
+autoscaling, analysis, status); this module only gathers their inputs and carries out their outputs. The pass
+returns when to look again (autoscaling and analysis intervals, the canary's startup deadline, a resync).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-import zlib
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from moe_operator.events import Event, events_for
-from moe_operator.kube import Kube
-from moe_operator.naming import Owner, selector_string
-from moe_operator.plan import DeploymentPlan, in_step, plan_deployment
-from moe_operator.render import Children, render
-from moe_operator.spec import parse_spec
-from moe_operator.status import DeploymentState, compute_status
+from moe_operator.cache import ObjectCache
+from moe_operator.canary_analysis import Analyzer
+from moe_operator.children import NameConflict, Refused, StaleRead, Writer, is_ours
+from moe_operator.events import Event, condition_flips
+from moe_operator.naming import (
+    CANARY,
+    MODEL_DEPLOYMENT_LABEL,
+    RETRY_ANNOTATION,
+    REVISION_LABEL,
+    STABLE,
+    Owner,
+    deployment_name,
+    selector_labels,
+    selector_string,
+    service_name,
+)
+from moe_operator.operator_metrics import METRICS
+from moe_operator.plan import in_step, plan_deployment
+from moe_operator.pods import count_pods, pod_problem
+from moe_operator.policy import Policy, violations
+from moe_operator.render import (
+    Revision,
+    deployment,
+    render_revision,
+    revision_config_map,
+    revision_from_config_map,
+    service,
+)
+from moe_operator.rollout import CONTINUE, RolloutInputs, RolloutState, plan_rollout
+from moe_operator.scaling import Scaler
+from moe_operator.spec import InvalidSpec, ModelDeploymentSpec, parse_spec
+from moe_operator.status import DeploymentState, Problem, StatusInputs, compute_status
 
-# Refusals that retrying cannot fix: the status reports them until the spec changes.
-REFUSED = (400, 422)
-LOCK_STRIPES = 64
-MESSAGE_LIMIT = 1024
-DEPLOYMENT_OUTCOME = {"create": "created", "update": "updated", "keep": "unchanged"}
+log = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
-Emit = Callable[[Mapping[str, Any], Event], None]
+RESYNC_SECONDS = 60.0
+SERVICE_DOMAIN = "svc.cluster.local"
 
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, emit: Emit, clock: Callable[[], str] = utc_now) -> None:
-        self._kube = kube
-        self._emit = emit
-        self._clock = clock
-        # Serialises the passes over one ModelDeployment (its own handlers and its Deployment's events run
-        # concurrently), so that each reads what the previous one wrote; striped so that memory stays
-        # bounded however many objects come and go.
-        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-
-    def reconcile(self, namespace: str, name: str, full: bool = True) -> None:
-        """One pass over the ModelDeployment as it is now. A partial pass (after a change to the Deployment,
-        which is all that can have moved) leaves the ConfigMap and Service to the next full one."""
-        with self._locks[zlib.crc32(f"{namespace}/{name}".encode()) % LOCK_STRIPES]:
-            md = self._kube.get_model_deployment(namespace, name)
-            if md is None or md["metadata"].get("deletionTimestamp"):
-                return  # the garbage collector removes the children
-            owner = Owner.of(md)
-            children = render(owner, parse_spec(md["spec"]))
-            observed = self._kube.read(children.deployment)
-            plan = plan_deployment(children.deployment, observed)
-            try:
-                current = self._apply(children, plan, observed, full)
-            except ApiException as err:
-                if err.status not in REFUSED:
-                    raise
-                self._record(md, owner, children, DeploymentPlan("keep"), observed, refusal=_refusal(err))
-                return
-            self._record(md, owner, children, plan, current, refusal=None)
-
-    def _apply(
-        self, children: Children, plan: DeploymentPlan, observed: dict[str, Any] | None, full: bool
-    ) -> dict[str, Any] | None:
-        """Applies what differs from the cluster; returns the Deployment as it is afterwards."""
-        settings_and_service = (children.config_map, children.service)
-        if plan.action == "create":
-            for desired in settings_and_service:
-                self._kube.apply(desired)
-        elif full:
-            for desired in settings_and_service:
-                if not in_step(desired, self._kube.read(desired)):
-                    self._kube.apply(desired)
-        return observed if plan.action == "keep" else self._kube.apply(children.deployment)
-
-    def _record(
+    def __init__(
         self,
-        md: Mapping[str, Any],
-        owner: Owner,
-        children: Children,
-        plan: DeploymentPlan,
-        current: Mapping[str, Any] | None,
-        refusal: str | None,
+        kube,
+        cache: ObjectCache,
+        recorder,
+        policy: Callable[[], Policy] = Policy,
+        scaler=None,
+        analyzer=None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        previous = md.get("status") or {}
-        status = compute_status(
-            generation=md["metadata"].get("generation", 0),
-            desired_replicas=children.deployment["spec"]["replicas"],
-            revision=children.revision,
-            selector=selector_string(owner.name),
-            deployment=DeploymentState.of(current) if current else None,
-            previous=previous,
-            now=self._clock(),
-            apply_error=refusal,
+        self._kube, self._cache, self._recorder = kube, cache, recorder
+        self._policy = policy
+        self._scaler = scaler or Scaler()
+        self._analyzer = analyzer or Analyzer()
+        self._clock = clock
+
+    def reconcile(self, namespace: str, name: str) -> Result:
+        md = self._cache.get("ModelDeployment", namespace, name)
+        if md is None or md["metadata"].get("deletionTimestamp"):
+            return Result()  # the garbage collector removes the children
+        return _Pass(self, md, self._clock()).run()
+
+
+class _Pass:
+    """The state of one pass; `run` does it."""
+
+    def __init__(self, reconciler: Reconciler, md: dict[str, Any], now: float) -> None:
+        self.r = reconciler
+        self.md = md
+        self.now = now
+        self.owner = Owner.of(md)
+        self.status_in: Mapping[str, Any] = md.get("status") or {}
+        self.events: list[Event] = []
+        self.writer = Writer(reconciler._kube, reconciler._cache, self.owner.uid)
+        ns, md_name = self.owner.namespace, self.owner.name
+        cache = reconciler._cache
+        self.stable = cache.get("Deployment", ns, deployment_name(md_name, STABLE))
+        self.canary = cache.get("Deployment", ns, deployment_name(md_name, CANARY))
+        self.service = cache.get("Service", ns, service_name(md_name))
+        self.pods = cache.select("Pod", ns, selector_labels(md_name))
+        self.config_maps = [
+            cm
+            for cm in cache.select("ConfigMap", ns, {MODEL_DEPLOYMENT_LABEL: md_name})
+            if REVISION_LABEL in (cm["metadata"].get("labels") or {})
+        ]
+
+    # ---- the pass ------------------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        try:
+            spec = parse_spec(self.md["spec"])
+        except InvalidSpec as err:
+            return self._refuse(Problem("InvalidSpec", str(err)))
+        problems = violations(spec, self.r._policy())
+        if problems:
+            return self._refuse(
+                Problem("PolicyViolation", "the operator policy refuses: " + "; ".join(problems))
+            )
+        try:
+            return self._converge(spec)
+        except NameConflict as conflict:
+            return self._refuse(Problem("NameConflict", str(conflict)))
+        except Refused as refused:
+            self._refuse(refused.problem)
+            raise
+
+    def _converge(self, spec: ModelDeploymentSpec) -> Result:
+        target = render_revision(self.owner.name, spec)
+        revisions = self._known_revisions(target)
+        state = RolloutState.from_status(self.status_in)
+        if state.stable is not None and state.stable not in revisions:
+            self.events.append(
+                Event(
+                    "Warning",
+                    "StableRevisionLost",
+                    f"revision {state.stable} cannot be restored: using {target.hash}",
+                )
+            )
+            state = replace(state, stable=None, canary=None)
+        for observed in (self.stable, self.canary, self.service):
+            self.writer.check(observed)
+
+        stable_state = DeploymentState.of(self.stable) if self.stable else None
+        canary_state = DeploymentState.of(self.canary) if self.canary else None
+        floor = state.canary.baseline_replicas if state.canary and state.canary.phase != "Promoting" else 0
+        scaling = self.r._scaler.scale(
+            self.md,
+            spec,
+            count_pods(self.pods, STABLE),
+            stable_state.desired if stable_state else None,
+            floor,
+            self.now,
         )
-        status_changed = any(previous.get(key) != value for key, value in status.items())
-        if status_changed:
-            self._kube.patch_model_deployment_status(owner.namespace, owner.name, status)
-        if status_changed or plan.action != "keep":
-            logger.info(
-                "reconciled %s/%s: phase %s at revision %s (Deployment %s)",
-                owner.namespace, owner.name, status["phase"], children.revision, DEPLOYMENT_OUTCOME[plan.action],
+        analysis_due = None
+        verdict = CONTINUE
+        if (
+            state.canary is not None
+            and state.canary.phase in ("Analyzing", "Holding")
+            and spec.slo is not None
+        ):
+            canary, verdict, analysis_due = self.r._analyzer.analyse(self.md, spec, state.canary, self.now)
+            state = replace(state, canary=canary)
+        canary_ready = (
+            canary_state.ready_replicas
+            if canary_state and state.canary and canary_state.revision == state.canary.revision
+            else 0
+        )
+        plan = plan_rollout(
+            state,
+            RolloutInputs(
+                target=target.hash,
+                strategy=spec.rollout.strategy,
+                now=self.now,
+                stable_replicas=stable_state.desired if stable_state else scaling.replicas,
+                canary_replicas=spec.rollout.canary_replicas,
+                canary_ready=canary_ready,
+                stable_done=stable_state is not None
+                and state.stable is not None
+                and stable_state.settled_at(state.stable),
+                startup_timeout_s=spec.runtime.startup_timeout_seconds,
+                analysed=spec.slo is not None,
+                verdict=verdict,
+                retry_token=(self.md["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
+            ),
+        )
+        self.events.extend(plan.events)
+        self.events.extend(scaling.events)
+        self._count_decisions(plan)
+        stable_revision = revisions[plan.stable_revision]
+        canary_revision = revisions[plan.canary_revision] if plan.canary_revision else None
+
+        for revision in {
+            stable_revision.hash: stable_revision,
+            **({canary_revision.hash: canary_revision} if canary_revision else {}),
+        }.values():
+            self._ensure_config_map(revision)
+        self._ensure_service()
+        stable_now = self._ensure_deployment(
+            spec, stable_revision, STABLE, self.stable, scaling.replicas, scaling.reason
+        )
+        canary_now = None
+        if canary_revision is not None:
+            canary_now = self._ensure_deployment(
+                spec, canary_revision, CANARY, self.canary, spec.rollout.canary_replicas
+            )
+        elif self.canary is not None:
+            self.writer.delete(self.canary)
+        self._prune_config_maps(
+            spec, {stable_revision.hash, target.hash, *([canary_revision.hash] if canary_revision else [])}
+        )
+
+        rejected = plan.state.is_rejected(target.hash)
+        inputs = StatusInputs(
+            generation=self.md["metadata"].get("generation", 0),
+            selector=selector_string(self.owner.name),
+            target_revision=target.hash,
+            stable_revision=plan.stable_revision,
+            desired_replicas=scaling.replicas,
+            stable=DeploymentState.of(stable_now) if stable_now else None,
+            canary=DeploymentState.of(canary_now) if canary_now else None,
+            rollout=plan.state.to_status(),
+            canary_phase=plan.state.canary.phase if plan.state.canary else None,
+            pod_problem=pod_problem(self.pods),
+            rejected_target=Problem(
+                rejected.reason,
+                f"revision {rejected.revision} was rolled back: {rejected.message}; change the spec, or annotate "
+                f"the ModelDeployment with {RETRY_ANNOTATION}=<any new value> to analyse it again",
+            )
+            if rejected
+            else None,
+            extra={**scaling.status, **self._address(spec)},
+            extra_conditions=scaling.conditions,
+        )
+        self._write_status(inputs)
+        return Result(self._next_look(spec, plan.state, scaling.next_due, analysis_due))
+
+    # ---- children ------------------------------------------------------------------------------------
+
+    def _known_revisions(self, target: Revision) -> dict[str, Revision]:
+        """Every revision this ModelDeployment can still run: those its ConfigMaps keep, and the spec's."""
+        revisions = {}
+        for config_map in self.config_maps:
+            if is_ours(config_map, self.owner.uid) and (revision := revision_from_config_map(config_map)):
+                revisions[revision.hash] = revision
+        revisions[target.hash] = target
+        return revisions
+
+    def _ensure_config_map(self, revision: Revision) -> None:
+        desired = revision_config_map(self.owner, revision)
+        observed = next(
+            (cm for cm in self.config_maps if cm["metadata"]["name"] == desired["metadata"]["name"]), None
+        )
+        if observed is None:
+            observed = self.r._cache.get("ConfigMap", self.owner.namespace, desired["metadata"]["name"])
+        self.writer.check(observed)
+        if observed is None:
+            self.writer.create(desired)
+        # immutable: an existing one holds exactly this revision's settings (its name is their hash)
+
+    def _ensure_service(self) -> None:
+        desired = service(self.owner)
+        if self.service is None:
+            self.writer.create(desired)
+        elif not in_step(desired, self.service):
+            self.writer.apply(desired, self.service)
+            self.events.append(
+                Event("Normal", "DriftRepaired", "put back Service fields changed outside the operator")
+            )
+
+    def _ensure_deployment(
+        self,
+        spec: ModelDeploymentSpec,
+        revision: Revision,
+        track: str,
+        observed: dict[str, Any] | None,
+        replicas: int,
+        scaling_reason: str | None = None,
+    ) -> dict[str, Any]:
+        desired = deployment(self.owner, spec, revision, track, replicas)
+        plan = plan_deployment(desired, observed)
+        what = "canary Deployment" if track == CANARY else "Deployment"
+        if plan.action == "create":
+            created = self.writer.create(desired)
+            if track == STABLE:
+                self.events.append(
+                    Event(
+                        "Normal",
+                        "Created",
+                        f"created the {what} at revision {revision.hash} with {replicas} replicas",
+                    )
+                )
+            return created
+        if plan.action == "keep":
+            return observed
+        if plan.scale and track == STABLE:
+            why = f": {scaling_reason}" if scaling_reason else ""
+            message = f"scaled from {plan.previous_replicas} to {replicas} replicas{why}"
+            self.events.append(Event("Normal", "Scaled", message))
+        if plan.drift:
+            self.events.append(
+                Event("Normal", "DriftRepaired", f"put back {what} fields changed outside the operator")
+            )
+        return self.writer.apply(desired, observed)
+
+    def _prune_config_maps(self, spec: ModelDeploymentSpec, keep: set[str]) -> None:
+        ours = [cm for cm in self.config_maps if is_ours(cm, self.owner.uid)]
+        history = sorted(
+            (cm for cm in ours if cm["metadata"]["labels"][REVISION_LABEL] not in keep),
+            key=lambda cm: cm["metadata"].get("creationTimestamp") or "",
+            reverse=True,
+        )
+        for config_map in history[spec.rollout.revision_history_limit :]:
+            self.writer.delete(config_map)
+
+    def _count_decisions(self, plan) -> None:
+        for event in plan.events:
+            if event.reason == "RolledBack":
+                METRICS.rollbacks.labels(plan.state.rejected[-1].reason).inc()
+            elif event.reason == "Promoted":
+                METRICS.promotions.inc()
+
+    # ---- status --------------------------------------------------------------------------------------
+
+    def _address(self, spec: ModelDeploymentSpec) -> dict[str, Any]:
+        host = f"{service_name(self.owner.name)}.{self.owner.namespace}.{SERVICE_DOMAIN}"
+        return {"url": f"http://{host}", "model": spec.model.name or self.owner.name}
+
+    def _refuse(self, problem: Problem) -> Result:
+        """Reports why nothing was applied, leaving the children as they are."""
+        spec_revision = self.status_in.get("currentRevision") or ""
+        inputs = StatusInputs(
+            generation=self.md["metadata"].get("generation", 0),
+            selector=selector_string(self.owner.name),
+            target_revision=spec_revision,
+            stable_revision=self.status_in.get("stableRevision"),
+            desired_replicas=(self.stable or {}).get("spec", {}).get("replicas", 0),
+            stable=DeploymentState.of(self.stable)
+            if self.stable and is_ours(self.stable, self.owner.uid)
+            else None,
+            rollout=RolloutState.from_status(self.status_in).to_status(),
+            refusal=problem,
+        )
+        self._write_status(inputs)
+        return Result()
+
+    def _write_status(self, inputs: StatusInputs) -> None:
+        status = compute_status(inputs, self.status_in, utc_now())
+        if status != self.status_in:
+            try:
+                updated = self.r._kube.replace_status(self.md, status)
+            except ApiException as err:
+                if err.status == 409:
+                    raise StaleRead("the ModelDeployment changed since it was read") from err
+                if err.status == 404:
+                    return
+                raise
+            self.r._cache.put(updated)
+            log.info(
+                "%s/%s: phase %s, revision %s (stable %s)",
+                self.owner.namespace, self.owner.name, status["phase"], inputs.target_revision, inputs.stable_revision,
             )  # fmt: skip
-        for event in events_for(plan, children.deployment, previous, status):
-            self._emit(md, event)
+        for event in [*self.events, *condition_flips(self.status_in, status)]:
+            self.r._recorder.post(self.md, event)
 
-
-def _refusal(err: ApiException) -> str:
-    try:
-        detail = json.loads(err.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        detail = err.body or err.reason
-    return f"the API server refused a child object ({err.status}): {detail}"[:MESSAGE_LIMIT]
+    def _next_look(self, spec: ModelDeploymentSpec, state: RolloutState, *due: float | None) -> float:
+        times = [t - self.now for t in due if t is not None]
+        canary = state.canary
+        if canary is not None and canary.phase == "Starting":
+            times.append(canary.started_at + spec.runtime.startup_timeout_seconds + 1 - self.now)
+        return max(0.0, min([RESYNC_SECONDS, *times]))

@@ -27,7 +27,18 @@ class ImageSource:
     path: str
 
 
-ModelSource = PvcSource | HostPathSource | ImageSource
+@dataclass(frozen=True)
+class UriSource:
+    """Object storage (s3://bucket/prefix): the runtime downloads the checkpoint before it loads."""
+
+    uri: str
+    endpoint: str | None = None
+    region: str | None = None
+    credentials_secret: str | None = None
+    cache_host_path: str | None = None  # a node folder shared by the pods of the node; None: per pod
+
+
+ModelSource = PvcSource | HostPathSource | ImageSource | UriSource
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,12 @@ class Model:
     family: str
     source: ModelSource
     name: str | None = None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    source: ModelSource
 
 
 @dataclass(frozen=True)
@@ -61,26 +78,79 @@ class Attention:
 
 
 @dataclass(frozen=True)
+class KvCache:
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Runtime:
     image: str
     image_pull_policy: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+    runtime_class_name: str | None = None
+    priority_class_name: str | None = None
     args: tuple[str, ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
     resources: Resources = Resources()
     tolerations: tuple[Mapping[str, Any], ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    affinity: Mapping[str, Any] | None = None
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+    shm_size: str | None = None
     batching: Batching = Batching()
     attention: Attention = Attention()
+    kv_cache: KvCache = KvCache()
     quantization: str = "none"
     dtype: str = "auto"
     startup_timeout_seconds: int = 1200
+    drain_delay_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class ScaleRule:
+    stabilization_window_seconds: int
+    max_pods: int
+    period_seconds: int
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    enabled: bool = False
+    target_queue_depth: float = 4.0
+    tolerance: float = 0.1
+    interval_seconds: int = 15
+    metric_window_seconds: int = 30
+    query: str | None = None
+    scale_up: ScaleRule = ScaleRule(0, 4, 15)
+    scale_down: ScaleRule = ScaleRule(300, 1, 60)
 
 
 @dataclass(frozen=True)
 class Rollout:
+    strategy: str = "Canary"
+    canary_replicas: int = 1
     max_surge: int | str = 1
     max_unavailable: int | str = 0
     auto_rollback: bool = True
+    revision_history_limit: int = 3
+
+
+@dataclass(frozen=True)
+class SLO:
+    p99_latency_seconds: float
+    max_error_ratio: float | None = None
+    analysis_interval_seconds: int = 60
+    initial_delay_seconds: int = 0
+    measurements: int = 5
+    failure_limit: int = 1
+    inconclusive_limit: int = 3
+    error_limit: int = 4
+    on_inconclusive: str = "Hold"
+    min_requests: int = 10
+    p99_latency_query: str | None = None
+    error_ratio_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +160,10 @@ class ModelDeploymentSpec:
     replicas: int = 1
     min_replicas: int = 1
     max_replicas: int = 10
+    adapters: tuple[Adapter, ...] = ()
+    autoscaling: Autoscaling = Autoscaling()
     rollout: Rollout = Rollout()
+    slo: SLO | None = None
 
 
 class InvalidSpec(ValueError):
@@ -100,17 +173,27 @@ class InvalidSpec(ValueError):
 def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
     try:
         return ModelDeploymentSpec(
-            model=_model(spec["model"]),
+            model=Model(
+                family=spec["model"]["family"],
+                source=_source(spec["model"]["source"]),
+                name=spec["model"].get("name"),
+            ),
             runtime=_runtime(spec["runtime"]),
             **_pick(spec, replicas="replicas", min_replicas="minReplicas", max_replicas="maxReplicas"),
+            adapters=tuple(Adapter(a["name"], _source(a["source"])) for a in spec.get("adapters") or ()),
+            autoscaling=_autoscaling(spec.get("autoscaling") or {}),
             rollout=Rollout(
                 **_pick(
-                    spec.get("rollout", {}),
+                    spec.get("rollout") or {},
+                    strategy="strategy",
+                    canary_replicas="canaryReplicas",
                     max_surge="maxSurge",
                     max_unavailable="maxUnavailable",
                     auto_rollback="autoRollback",
+                    revision_history_limit="revisionHistoryLimit",
                 )
             ),
+            slo=_slo(spec["slo"]) if spec.get("slo") else None,
         )
     except (KeyError, TypeError) as err:
         raise InvalidSpec(f"spec is incomplete: {err}") from err
@@ -121,10 +204,6 @@ def _pick(raw: Mapping[str, Any], **names: str) -> dict[str, Any]:
     return {ours: raw[theirs] for ours, theirs in names.items() if raw.get(theirs) is not None}
 
 
-def _model(raw: Mapping[str, Any]) -> Model:
-    return Model(family=raw["family"], source=_source(raw["source"]), name=raw.get("name"))
-
-
 def _source(raw: Mapping[str, Any]) -> ModelSource:
     if "pvc" in raw:
         return PvcSource(**_pick(raw["pvc"], claim_name="claimName", path="path"))
@@ -132,7 +211,14 @@ def _source(raw: Mapping[str, Any]) -> ModelSource:
         return HostPathSource(path=raw["hostPath"]["path"])
     if "image" in raw:
         return ImageSource(path=raw["image"]["path"])
-    raise InvalidSpec("spec.model.source sets none of pvc, hostPath, image")
+    if "uri" in raw:
+        s3 = raw.get("s3") or {}
+        return UriSource(
+            uri=raw["uri"],
+            **_pick(s3, endpoint="endpoint", region="region", credentials_secret="credentialsSecret"),
+            cache_host_path=(raw.get("cache") or {}).get("hostPath", {}).get("path"),
+        )
+    raise InvalidSpec("a source sets none of pvc, hostPath, image, uri")
 
 
 def _runtime(raw: Mapping[str, Any]) -> Runtime:
@@ -141,20 +227,29 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
         **_pick(
             raw,
             image_pull_policy="imagePullPolicy",
+            service_account_name="serviceAccountName",
+            runtime_class_name="runtimeClassName",
+            priority_class_name="priorityClassName",
+            affinity="affinity",
+            shm_size="shmSize",
             quantization="quantization",
             dtype="dtype",
             startup_timeout_seconds="startupTimeoutSeconds",
+            drain_delay_seconds="drainDelaySeconds",
         ),
-        args=tuple(raw.get("args", ())),
-        env=tuple(dict(var) for var in raw.get("env", ())),
+        image_pull_secrets=tuple(s["name"] for s in raw.get("imagePullSecrets") or ()),
+        args=tuple(raw.get("args") or ()),
+        env=tuple(dict(var) for var in raw.get("env") or ()),
         resources=Resources(
-            **_pick(raw.get("resources", {}), gpu="gpu", gpu_type="gpuType", cpu="cpu", memory="memory")
+            **_pick(raw.get("resources") or {}, gpu="gpu", gpu_type="gpuType", cpu="cpu", memory="memory")
         ),
-        tolerations=tuple(dict(t) for t in raw.get("tolerations", ())),
-        node_selector=dict(raw.get("nodeSelector", {})),
+        tolerations=tuple(dict(t) for t in raw.get("tolerations") or ()),
+        node_selector=dict(raw.get("nodeSelector") or {}),
+        volumes=tuple(dict(v) for v in raw.get("volumes") or ()),
+        volume_mounts=tuple(dict(m) for m in raw.get("volumeMounts") or ()),
         batching=Batching(
             **_pick(
-                raw.get("batching", {}),
+                raw.get("batching") or {},
                 max_queue="maxQueue",
                 max_batch_sequences="maxBatchSequences",
                 token_budget="tokenBudget",
@@ -162,5 +257,61 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
                 request_timeout_seconds="requestTimeoutSeconds",
             )
         ),
-        attention=Attention(**_pick(raw.get("attention", {}), window="window", global_tokens="globalTokens")),
+        attention=Attention(
+            **_pick(raw.get("attention") or {}, window="window", global_tokens="globalTokens")
+        ),
+        kv_cache=KvCache(**_pick(raw.get("kvCache") or {}, max_tokens="maxTokens")),
+    )
+
+
+def _scale_rule(raw: Mapping[str, Any], default: ScaleRule) -> ScaleRule:
+    return ScaleRule(
+        **{
+            "stabilization_window_seconds": default.stabilization_window_seconds,
+            "max_pods": default.max_pods,
+            "period_seconds": default.period_seconds,
+            **_pick(
+                raw,
+                stabilization_window_seconds="stabilizationWindowSeconds",
+                max_pods="maxPods",
+                period_seconds="periodSeconds",
+            ),
+        }
+    )
+
+
+def _autoscaling(raw: Mapping[str, Any]) -> Autoscaling:
+    defaults = Autoscaling()
+    return Autoscaling(
+        **_pick(
+            raw,
+            enabled="enabled",
+            target_queue_depth="targetQueueDepth",
+            tolerance="tolerance",
+            interval_seconds="intervalSeconds",
+            metric_window_seconds="metricWindowSeconds",
+            query="query",
+        ),
+        scale_up=_scale_rule(raw.get("scaleUp") or {}, defaults.scale_up),
+        scale_down=_scale_rule(raw.get("scaleDown") or {}, defaults.scale_down),
+    )
+
+
+def _slo(raw: Mapping[str, Any]) -> SLO:
+    queries = raw.get("queries") or {}
+    return SLO(
+        p99_latency_seconds=raw["p99LatencySeconds"],
+        **_pick(
+            raw,
+            max_error_ratio="maxErrorRatio",
+            analysis_interval_seconds="analysisIntervalSeconds",
+            initial_delay_seconds="initialDelaySeconds",
+            measurements="measurements",
+            failure_limit="failureLimit",
+            inconclusive_limit="inconclusiveLimit",
+            error_limit="errorLimit",
+            on_inconclusive="onInconclusive",
+            min_requests="minRequests",
+        ),
+        **_pick(queries, p99_latency_query="p99Latency", error_ratio_query="errorRatio"),
     )

@@ -1,14 +1,21 @@
-"""A ModelDeployment's status, computed from what is observed of its Deployment. Pure.
+"""A ModelDeployment's whole status, computed in one place from everything one reconcile pass decided and
+observed. Pure.
 
-Conditions follow the Kubernetes conventions (and kstatus): `Progressing` while pods are being replaced,
-scaled or started, `Degraded` only on what the Deployment reports as a failure (progress deadline
-exceeded, pods that cannot be created) or an apply the API server refused.
+One writer computes every field (conditions included) and replaces the status as a whole, with the
+resourceVersion it read, so two parts of the operator can never flip each other's fields back and forth.
+
+Conditions follow the Kubernetes conventions (and kstatus):
+- `Ready`: the stable Deployment serves with all its desired pods Ready.
+- `Progressing`: pods are being replaced, scaled or started, or a canary is being analysed.
+- `Degraded`: something failed and needs attention: a refusal (policy, name conflict, the API server), pods that
+  cannot start (image pulls, scheduling, crash loops), a rollout past its deadline, or a rejected revision
+  that the spec still asks for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from moe_operator.naming import REVISION_LABEL
@@ -24,6 +31,7 @@ class DeploymentState:
     updated_replicas: int
     deadline_exceeded: bool
     replica_failure: str | None
+    desired: int = 0
 
     @classmethod
     def of(cls, deployment: Mapping[str, Any]) -> DeploymentState:
@@ -43,6 +51,16 @@ class DeploymentState:
             replica_failure=failure.get("message", "ReplicaFailure")
             if failure.get("status") == "True"
             else None,
+            desired=deployment["spec"].get("replicas", 0),
+        )
+
+    def settled_at(self, revision: str) -> bool:
+        """Runs `revision` on exactly its desired pods, all of them Ready."""
+        return (
+            self.observed_generation >= self.generation
+            and self.revision == revision
+            and self.updated_replicas == self.desired == self.replicas
+            and self.ready_replicas >= self.desired
         )
 
 
@@ -54,6 +72,30 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Problem:
+    reason: str  # CamelCase, the Degraded condition's reason and the Warning Event's
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    generation: int
+    selector: str
+    target_revision: str  # what the spec describes
+    stable_revision: str | None
+    desired_replicas: int  # of the stable Deployment
+    stable: DeploymentState | None
+    canary: DeploymentState | None = None
+    rollout: Mapping[str, Any] = field(default_factory=dict)  # RolloutState.to_status()
+    canary_phase: str | None = None
+    refusal: Problem | None = None  # nothing could be applied: policy, name conflict, API refusal
+    pod_problem: Problem | None = None
+    rejected_target: Problem | None = None  # the spec's revision was rejected and stays so
+    extra: Mapping[str, Any] = field(default_factory=dict)  # autoscaling, adapters, url, model
+    extra_conditions: Sequence[tuple[str, Verdict]] = ()
+
+
+@dataclass(frozen=True)
 class Assessment:
     phase: str
     ready: Verdict
@@ -61,82 +103,89 @@ class Assessment:
     degraded: Verdict
 
 
-def assess(desired: int, revision: str, seen: DeploymentState | None, apply_error: str | None) -> Assessment:
-    if apply_error is not None:
+NO_FAILURE = Verdict(False, "AsExpected", "no failure observed")
+
+
+def assess(i: StatusInputs) -> Assessment:
+    stable, desired = i.stable, i.desired_replicas
+    if stable is None:
+        message = i.refusal.message if i.refusal else "creating the Deployment"
+        reason = i.refusal.reason if i.refusal else "DeploymentMissing"
         return Assessment(
-            phase="Degraded",
-            ready=Verdict(False, "ApplyFailed", apply_error),
-            progressing=Verdict(False, "ApplyFailed", apply_error),
-            degraded=Verdict(True, "ApplyFailed", apply_error),
+            phase="Degraded" if i.refusal else "Pending",
+            ready=Verdict(False, reason, message),
+            progressing=Verdict(i.refusal is None, i.refusal.reason if i.refusal else "Creating", message),
+            degraded=Verdict(True, i.refusal.reason, i.refusal.message) if i.refusal else NO_FAILURE,
         )
-    if seen is None:
-        message = "creating the Deployment"
-        return Assessment(
-            phase="Pending",
-            ready=Verdict(False, "DeploymentMissing", message),
-            progressing=Verdict(True, "Creating", message),
-            degraded=Verdict(False, "AsExpected", "no failure observed"),
-        )
-    current = seen.observed_generation >= seen.generation and seen.revision == revision
-    updated = seen.updated_replicas if current else 0
-    counts = f"{seen.ready_replicas}/{desired} ready, {updated}/{desired} at revision {revision}"
-    if not current or seen.replicas > updated:
+    revision = i.stable_revision or i.target_revision
+    current = stable.observed_generation >= stable.generation and stable.revision == revision
+    updated = stable.updated_replicas if current else 0
+    counts = f"{stable.ready_replicas}/{desired} ready, {updated}/{desired} at revision {revision}"
+    if not current or stable.replicas > updated:
         progress = Verdict(True, "RolloutInProgress", f"rolling out revision {revision}: {counts}")
     elif updated != desired:
         progress = Verdict(True, "Scaling", f"scaling to {desired}: {counts}")
-    elif seen.ready_replicas < desired:
+    elif stable.ready_replicas < desired:
         progress = Verdict(True, "WaitingForReady", f"waiting for pods to become ready: {counts}")
+    elif i.canary_phase is not None:
+        canary = f"canary of revision {i.target_revision}: {i.canary_phase}"
+        progress = Verdict(True, f"Canary{i.canary_phase}", f"{canary}; stable: {counts}")
     else:
         progress = Verdict(False, "RolloutComplete", f"revision {revision} is running: {counts}")
 
-    if current and seen.deadline_exceeded:
+    if i.refusal is not None:
+        degraded = Verdict(True, i.refusal.reason, i.refusal.message)
+    elif i.pod_problem is not None:
+        degraded = Verdict(True, i.pod_problem.reason, i.pod_problem.message)
+    elif current and stable.deadline_exceeded:
         degraded = Verdict(
             True, "ProgressDeadlineExceeded", f"the rollout made no progress in time: {counts}"
         )
         progress = Verdict(False, "ProgressDeadlineExceeded", degraded.message)
-    elif seen.replica_failure is not None:
-        degraded = Verdict(True, "ReplicaFailure", seen.replica_failure)
+    elif stable.replica_failure is not None:
+        degraded = Verdict(True, "ReplicaFailure", stable.replica_failure)
+    elif i.rejected_target is not None:
+        degraded = Verdict(True, i.rejected_target.reason, i.rejected_target.message)
     else:
-        degraded = Verdict(False, "AsExpected", "no failure observed")
+        degraded = NO_FAILURE
 
-    if not progress.status and not degraded.status:
-        ready = Verdict(True, "AllReplicasReady", counts)
-    else:
-        ready = Verdict(False, "ReplicasNotReady" if current else progress.reason, counts)
-    phase = "Degraded" if degraded.status else "Ready" if ready.status else "Progressing"
+    serving = current and updated == desired and stable.ready_replicas >= desired
+    not_ready = Verdict(False, "ReplicasNotReady" if current else progress.reason, counts)
+    ready = Verdict(True, "AllReplicasReady", counts) if serving else not_ready
+    phase = (
+        "Degraded"
+        if degraded.status
+        else "Progressing"
+        if progress.status
+        else "Ready"
+        if serving
+        else "Pending"
+    )
     return Assessment(phase=phase, ready=ready, progressing=progress, degraded=degraded)
 
 
-def compute_status(
-    *,
-    generation: int,
-    desired_replicas: int,
-    revision: str,
-    selector: str,
-    deployment: DeploymentState | None,
-    previous: Mapping[str, Any],
-    now: str,
-    apply_error: str | None = None,
-) -> dict[str, Any]:
-    verdicts = assess(desired_replicas, revision, deployment, apply_error)
+def compute_status(i: StatusInputs, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    verdicts = assess(i)
     earlier = previous.get("conditions") or ()
-    current = deployment is not None and deployment.revision == revision
+    stable, canary = i.stable, i.canary
+    kinds = [
+        ("Ready", verdicts.ready),
+        ("Progressing", verdicts.progressing),
+        ("Degraded", verdicts.degraded),
+        *i.extra_conditions,
+    ]
     return {
-        "observedGeneration": generation,
-        "replicas": deployment.replicas if deployment else 0,
-        "readyReplicas": deployment.ready_replicas if deployment else 0,
-        "updatedReplicas": deployment.updated_replicas if current else 0,
-        "currentRevision": revision,
-        "selector": selector,
+        "observedGeneration": i.generation,
+        "replicas": (stable.replicas if stable else 0) + (canary.replicas if canary else 0),
+        "readyReplicas": (stable.ready_replicas if stable else 0) + (canary.ready_replicas if canary else 0),
+        "desiredReplicas": i.desired_replicas,
+        "updatedReplicas": stable.updated_replicas if stable and stable.revision == i.target_revision else 0,
+        "currentRevision": i.target_revision,
+        "selector": i.selector,
         "phase": verdicts.phase,
-        "conditions": [
-            condition(kind, verdict, earlier, generation, now)
-            for kind, verdict in (
-                ("Ready", verdicts.ready),
-                ("Progressing", verdicts.progressing),
-                ("Degraded", verdicts.degraded),
-            )
-        ],
+        **i.rollout,
+        **i.extra,
+        "conditions": [condition(kind, verdict, earlier, i.generation, now) for kind, verdict in kinds],
     }
 
 
@@ -151,12 +200,7 @@ def condition(
         "type": kind,
         "status": status,
         "reason": verdict.reason,
-        "message": verdict.message,
+        "message": verdict.message[:1024],
         "lastTransitionTime": before["lastTransitionTime"] if unchanged else now,
         "observedGeneration": generation,
     }
-
-
-def find_condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    """The condition of that type, or an empty mapping."""
-    return next((c for c in status.get("conditions") or () if c.get("type") == kind), {})

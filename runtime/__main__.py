@@ -1,13 +1,13 @@
-"""Command line: `python -m moe_runtime {make-checkpoint,generate,serve} ...`."""
+"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,loadgen} ...`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
-
-from .checkpoint import CheckpointSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,14 +16,29 @@ def main(argv: list[str] | None = None) -> int:
         from .serve import main as serve_main  # the HTTP layer pulls in fastapi/uvicorn: load it only here
 
         return serve_main(argv[1:]) or 0
-    args = _parser().parse_args(argv)
+    if argv and argv[0] == "loadgen":
+        from .loadgen import main as loadgen_main
+
+        return loadgen_main(argv[1:])
+    # progress of s3:// downloads goes to stderr, away from what the commands print
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "download":  # without torch: quick to start, e.g. as an init container
+        args = _download_parser().parse_args(argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     return args.run(args)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .checkpoint import CheckpointSpec  # torch: not for `loadgen` or `download`, which must start fast
+
     parser = argparse.ArgumentParser(prog="python -m moe_runtime")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP server (see `serve --help`)")
+    commands.add_parser(
+        "loadgen", help="drive runtime servers and print a JSON summary (see `loadgen --help`)"
+    )
+    commands.add_parser("download", help="download an s3:// checkpoint (see `download --help`)")
 
     make = commands.add_parser("make-checkpoint", help="write a random-weight checkpoint with a tokenizer")
     make.add_argument("--family", required=True, choices=["qwen2_moe", "qwen3_moe", "mixtral"])
@@ -41,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     make.set_defaults(run=_make_checkpoint)
 
     gen = commands.add_parser("generate", help="generate text from a prompt")
-    gen.add_argument("--model", required=True, help="checkpoint directory")
+    gen.add_argument("--model", required=True, help="checkpoint directory, or s3://bucket/prefix")
+    _add_download_dir(gen)
     gen.add_argument("--prompt", required=True)
     gen.add_argument(
         "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
@@ -60,12 +76,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _download_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_runtime download",
+        description="Download an s3:// checkpoint into the cache and print its local directory",
+    )
+    parser.add_argument("--model", required=True, help="s3://bucket/prefix")
+    _add_download_dir(parser)
+    parser.set_defaults(run=_download)
+    return parser
+
+
+def _add_download_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--download-dir",
+        default=os.environ.get("MOE_RUNTIME_DOWNLOAD_DIR") or None,
+        help="cache for s3:// checkpoints [env MOE_RUNTIME_DOWNLOAD_DIR]",
+    )
+
+
 def _type_of(annotation: str):
     return float if "float" in annotation else str if "str" in annotation else int
 
 
 def _make_checkpoint(args) -> int:
-    from .checkpoint import write_checkpoint
+    from .checkpoint import CheckpointSpec, write_checkpoint
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CheckpointSpec)}
     values["mlp_only_layers"] = tuple(values["mlp_only_layers"])
@@ -74,12 +109,28 @@ def _make_checkpoint(args) -> int:
     return 0
 
 
+def _download(args) -> int:
+    from .download import DownloadError, local_model_dir
+    from .download_plan import is_s3_uri
+
+    if not is_s3_uri(args.model):
+        print(f"--model {args.model!r}: not an s3:// URI", file=sys.stderr)
+        return 2
+    try:
+        print(local_model_dir(args.model, args.download_dir))
+    except DownloadError as err:
+        logging.getLogger("moe_runtime.download").error("%s", err)
+        return 1
+    return 0
+
+
 def _generate(args) -> int:
+    from .download import local_model_dir
     from .engine import Engine
     from .sampling import SamplingParams
 
     engine = Engine.load(
-        args.model,
+        local_model_dir(args.model, args.download_dir),
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,

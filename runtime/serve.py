@@ -6,7 +6,8 @@ flag has vLLM's name; the older names still work.
 
 | flag | environment variable | default | meaning |
 |---|---|---|---|
-| --model | MOE_RUNTIME_MODEL | (required) | checkpoint directory |
+| --model | MOE_RUNTIME_MODEL | (required) | checkpoint directory, or `s3://bucket/prefix` to download first |
+| --download-dir | MOE_RUNTIME_DOWNLOAD_DIR | $HOME/.cache/moedeploy/models, else /tmp/moedeploy/models | where s3:// checkpoints are cached (see runtime/download.py) |
 | --served-model-name | MOE_RUNTIME_SERVED_MODEL_NAME | the checkpoint's name | `model` the API answers to |
 | --host | MOE_RUNTIME_HOST | 0.0.0.0 | listen address |
 | --port | MOE_RUNTIME_PORT | 8000 | listen port |
@@ -105,11 +106,12 @@ def limits(args: argparse.Namespace, engine) -> Limits:
 
 
 def load_engine(args: argparse.Namespace):
+    from moe_runtime.download import local_model_dir
     from moe_runtime.engine import Engine
     from moe_runtime.sampling import SamplingParams
 
     engine = Engine.load(
-        args.model,
+        local_model_dir(args.model, args.download_dir),
         device=args.device,
         dtype=None if args.dtype == "auto" else args.dtype,
         quantize=None if args.quantize == "none" else args.quantize,

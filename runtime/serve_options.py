@@ -64,7 +64,10 @@ LIMITS = RequestLimits()
 ENGINE = "(engine's choice)"
 
 OPTIONS = (
-    Option(("--model",), "MOE_RUNTIME_MODEL", help="checkpoint directory", default_text="(required)"),
+    Option(("--model",), "MOE_RUNTIME_MODEL", help="checkpoint directory, or s3://bucket/prefix",
+           default_text="(required)"),
+    Option(("--download-dir",), "MOE_RUNTIME_DOWNLOAD_DIR", help="cache for s3:// checkpoints",
+           default_text="$HOME/.cache/moedeploy/models, else /tmp/moedeploy/models"),
     Option(("--served-model-name",), "MOE_RUNTIME_SERVED_MODEL_NAME", help="`model` the API answers to",
            default_text="the checkpoint's name"),
     Option(("--host",), "MOE_RUNTIME_HOST", default="0.0.0.0", help="listen address"),

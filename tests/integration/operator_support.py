@@ -27,17 +27,31 @@ def install_crd(cluster) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
 
 
+# Tests deploy from host folders and test images: a policy that allows what the tests use.
+OPEN_POLICY = {
+    "allowedSourceKinds": ["*"],
+    "allowedHostPathPrefixes": ["*"],
+    "allowedImagePrefixes": ["*"],
+    "allowedTolerationKeys": ["*"],
+}
+
+
 class OperatorProcess:
     """`python -m moe_operator run` in a child process, with its log in a file."""
 
-    def __init__(self, cluster, args: list[str], log_path: Path) -> None:
+    def __init__(
+        self, cluster, args: list[str], log_path: Path, policy: dict | None = None, env: dict | None = None
+    ) -> None:
         self._cluster = cluster
-        self._args = args
+        self._extra_env = env or {}
+        self.policy_path = log_path.with_name("policy.yaml")
+        self.policy_path.write_text(yaml.safe_dump(OPEN_POLICY if policy is None else policy))
+        self._args = [*args, "--policy-file", str(self.policy_path)]
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**self._cluster.env(), "PYTHONUNBUFFERED": "1"}
+        env = {**self._cluster.env(), "PYTHONUNBUFFERED": "1", **self._extra_env}
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "moe_operator", "run", *self._args],
@@ -129,7 +143,8 @@ class Models:
     def wait_ready(
         self, name: str, revision: str | None = None, replicas: int | None = None, timeout: float = 90
     ):
-        """Waits until Ready=True for the current generation (and revision / replica count if given)."""
+        """Waits until the current generation is fully rolled out (no canary left, the stable revision is the
+        spec's) and Ready=True (and at that revision / replica count if given)."""
 
         def ready() -> dict[str, Any] | None:
             md = self.get(name)
@@ -139,6 +154,9 @@ class Models:
                 md is not None
                 and status.get("observedGeneration") == md["metadata"]["generation"]
                 and conditions.get("Ready", {}).get("status") == "True"
+                and conditions.get("Progressing", {}).get("status") == "False"
+                and status.get("stableRevision") == status.get("currentRevision")
+                and "canary" not in status
                 and (revision is None or status.get("currentRevision") == revision)
                 and (replicas is None or status.get("readyReplicas") == replicas)
             )

@@ -25,16 +25,15 @@ KUBE_VERSION = "1.37.0"
 SCENARIOS = {
     "defaults": {},
     "namespaced": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
-    "peering-cluster-wide": {"replicaCount": 2, "peering": {"enabled": True}},
-    "peering-namespaced": {
-        "replicaCount": 3,
-        "peering": {"enabled": True, "name": "moe-peers"},
-        "operator": {"watchNamespaces": ["team-a"]},
-    },
+    "replicas-namespaced": {"replicaCount": 3, "operator": {"watchNamespaces": ["team-a"]}},
+    "no-leader-election": {"operator": {"leaderElection": {"enabled": False}}},
     "everything": {
         "image": {"digest": "sha256:" + "0" * 64},
         "imagePullSecrets": [{"name": "regcred"}],
-        "operator": {"logLevel": "debug", "prometheusUrl": "https://prom.example:9090"},
+        "operator": {"logLevel": "debug", "prometheusUrl": "https://prom.example:9090", "workers": 16,
+                     "prometheus": {"bearerTokenSecret": {"name": "prom-token", "key": "token"},
+                                    "caConfigMap": {"name": "prom-ca", "key": "ca.crt"}, "insecureSkipVerify": False},
+                     "policy": {"allowedSourceKinds": ["*"], "allowedImagePrefixes": ["registry.example/"]}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -137,7 +136,10 @@ def test_rbac_has_no_wildcards_and_no_secrets(helm, scenario):
 
 def test_cluster_wide_operator_gets_one_cluster_role(helm):
     docs = render(helm, {})
-    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    workload_roles = [
+        r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert not workload_roles
     (role,) = by_kind(docs, "ClusterRole")
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -150,8 +152,9 @@ def test_cluster_wide_operator_gets_one_cluster_role(helm):
 
 def test_namespaced_operator_gets_a_role_per_namespace_and_nothing_cluster_wide(helm):
     docs = render(helm, SCENARIOS["namespaced"])
-    roles = {role["metadata"]["namespace"]: role for role in by_kind(docs, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in by_kind(docs, "RoleBinding")}
+    workload = [d for d in docs if not d["metadata"]["name"].endswith("-leader-election")]
+    roles = {role["metadata"]["namespace"]: role for role in by_kind(workload, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(workload, "RoleBinding")}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for binding in bindings.values():
         assert binding["subjects"][0]["namespace"] == "moe-system"
@@ -171,41 +174,57 @@ def granted(rules: list[dict]) -> set[tuple[str, str, str]]:
     }
 
 
+def declared(permissions) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for group, resource, verbs in permissions for verb in verbs}
+
+
 @pytest.mark.parametrize("scenario", ["defaults", "namespaced"])
 def test_rbac_grants_exactly_the_permissions_the_operator_declares(helm, scenario):
-    from moe_operator.kube import PERMISSIONS
+    from moe_operator.kube import LEADER_ELECTION_PERMISSIONS, PERMISSIONS
 
-    declared = {(group, resource, verb) for group, resource, verbs in PERMISSIONS for verb in verbs}
-    for doc in render(helm, SCENARIOS[scenario]):
-        if doc["kind"] in ("Role", "ClusterRole"):
-            assert granted(doc["rules"]) == declared, doc["metadata"]
+    roles = [doc for doc in render(helm, SCENARIOS[scenario]) if doc["kind"] in ("Role", "ClusterRole")]
+    election = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    assert len(election) == 1 and election[0]["metadata"]["namespace"] == "moe-system"
+    assert granted(election[0]["rules"]) == declared(LEADER_ELECTION_PERMISSIONS)
+    for role in roles:
+        if role not in election:
+            assert granted(role["rules"]) == declared(PERMISSIONS), role["metadata"]
 
 
-def test_standalone_by_default_peering_when_asked(helm):
-    standalone = render(helm, {})
-    assert "--standalone" in operator_container(standalone)["args"]
-    (deployment,) = by_kind(standalone, "Deployment")
+def test_leader_election_by_default_recreate_without_it(helm):
+    elected = render(helm, SCENARIOS["replicas-namespaced"])
+    (deployment,) = by_kind(elected, "Deployment")
+    assert deployment["spec"]["replicas"] == 3 and "strategy" not in deployment["spec"]
+    args = operator_container(elected)["args"]
+    assert "--leader-elect" in args and "--leader-election-id=moe-moedeploy" in args
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in operator_container(elected)["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+    alone = render(helm, SCENARIOS["no-leader-election"])
+    (deployment,) = by_kind(alone, "Deployment")
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert not by_kind(standalone, "ClusterKopfPeering")
+    assert "--leader-elect" not in operator_container(alone)["args"]
+    assert not [r for r in by_kind(alone, "Role") if r["metadata"]["name"].endswith("-leader-election")]
 
-    peered = render(helm, SCENARIOS["peering-cluster-wide"])
-    (deployment,) = by_kind(peered, "Deployment")
-    assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
-    (peering,) = by_kind(peered, "ClusterKopfPeering")
-    assert f"--peering={peering['metadata']['name']}" in operator_container(peered)["args"]
-    patch_rules = [
-        r for r in rules_of(peered) if "clusterkopfpeerings" in r["resources"] and "patch" in r["verbs"]
-    ]
-    assert patch_rules == [
-        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
-         "resourceNames": [peering["metadata"]["name"]], "verbs": ["patch"]}
-    ]  # fmt: skip
 
-    namespaced = render(helm, SCENARIOS["peering-namespaced"])
-    (peering,) = by_kind(namespaced, "KopfPeering")
-    assert peering["metadata"] == {**peering["metadata"], "name": "moe-peers", "namespace": "team-a"}
-    (role,) = by_kind(namespaced, "Role")
-    assert any("kopfpeerings" in rule["resources"] for rule in role["rules"])
+def test_the_policy_reaches_the_operator_as_a_mounted_file(helm):
+    docs = render(helm, SCENARIOS["everything"])
+    (policy,) = [cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].endswith("-policy")]
+    from moe_operator.policy import Policy
+
+    loaded = Policy.from_mapping(yaml.safe_load(policy["data"]["policy.yaml"]))
+    assert loaded.allowed_source_kinds == ("*",) and loaded.allowed_image_prefixes == ("registry.example/",)
+    default = Policy.from_mapping(yaml.safe_load(
+        next(cm for cm in by_kind(render(helm, {}), "ConfigMap") if cm["metadata"]["name"].endswith("-policy"))["data"]["policy.yaml"]
+    ))  # fmt: skip
+    assert default == Policy(), "the chart's default policy is the operator's built-in one"
+    container = operator_container(docs)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert "--policy-file=/etc/moe-operator/policy/policy.yaml" in container["args"]
+    assert mounts["policy"] == "/etc/moe-operator/policy"
+    assert "--prometheus-bearer-token-file=/etc/moe-operator/prometheus-token/token" in container["args"]
+    assert "--prometheus-ca-file=/etc/moe-operator/prometheus-ca/ca.crt" in container["args"]
+    assert "--workers=16" in container["args"]
 
 
 def test_operator_pod_is_locked_down_and_takes_the_values(helm):
@@ -256,19 +275,22 @@ def test_pod_monitor_needs_prometheus_operator_and_relabels_for_the_queries(helm
 
 def test_grafana_dashboard_configmap_carries_valid_json(helm):
     docs = render(helm, SCENARIOS["everything"])
-    (configmap,) = by_kind(docs, "ConfigMap")
+    (configmap,) = [cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].endswith("-dashboard")]
     assert configmap["metadata"]["namespace"] == "monitoring"
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(configmap["data"]["moedeploy.json"])
     assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
-    assert not by_kind(render(helm, {}), "ConfigMap")
+    assert [cm["metadata"]["name"] for cm in by_kind(render(helm, {}), "ConfigMap")] == [
+        "moe-moedeploy-policy"
+    ]
 
 
 # (--set arguments, text the error must contain)
 REFUSED = [
     (["--set", "operator.logLevel=warning"], "/operator/logLevel"),
     (["--set", "replicaCount=0"], "/replicaCount"),
-    (["--set", "replicaCount=2"], "replicaCount is 2 but peering.enabled is false"),
+    (["--set", "replicaCount=2", "--set", "operator.leaderElection.enabled=false"], "replicaCount is 2 but operator.leaderElection.enabled is false"),
+    (["--set", "operator.policy.allowedSourceKinds={nfs}"], "/operator/policy/allowedSourceKinds/0"),
     (["--set", "operator.watchNamespaces={Team_A}"], "/operator/watchNamespaces/0"),
     (["--set", "operator.prometheusUrl=prometheus:9090"], "/operator/prometheusUrl"),
     (["--set", "image.pullPolicy=sometimes"], "/image/pullPolicy"),
@@ -289,7 +311,7 @@ def test_bad_values_are_refused_with_a_message_naming_the_value(helm, args, mess
 
 def test_chart_args_are_accepted_by_the_operator_cli(helm):
     """Every flag the chart passes is one `python -m moe_operator run` knows."""
-    for scenario in ("defaults", "peering-namespaced", "everything"):
+    for scenario in ("defaults", "replicas-namespaced", "everything"):
         args = operator_container(render(helm, SCENARIOS[scenario]))["args"]
         assert args[0] == "run"
         help_text = subprocess.run(
@@ -299,3 +321,21 @@ def test_chart_args_are_accepted_by_the_operator_cli(helm):
         for arg in args[1:]:
             flag = arg.split("=", 1)[0]
             assert flag in help_text.stdout, f"the chart passes {flag}, which the operator's CLI lacks"
+
+
+def test_operator_metrics_are_exposed_and_optionally_monitored(helm):
+    docs = render(helm, {})
+    (service,) = by_kind(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert "--metrics-port=9100" in operator_container(docs)["args"]
+    values = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}}
+    assert not by_kind(render(helm, values), "ServiceMonitor")
+    (monitor,) = by_kind(
+        render(helm, values, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"), "ServiceMonitor"
+    )
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]

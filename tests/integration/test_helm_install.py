@@ -104,9 +104,6 @@ def test_install_creates_everything(release):
     crd = release.kubectl_json("get", "crd", CRD_NAME)
     established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert established["Established"] == "True"
-    for kind in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
-        release.cluster.kubectl("get", "crd", kind)
-
     ns = release.namespace
     release.cluster.kubectl("get", "serviceaccount", release.fullname, "-n", ns)
     deployment = release.kubectl_json("get", "deployment", release.fullname, "-n", ns)
@@ -114,6 +111,9 @@ def test_install_creates_everything(release):
     role = release.kubectl_json("get", "role", release.fullname, "-n", release.watched)
     assert any("modeldeployments" in rule["resources"] for rule in role["rules"])
     release.cluster.kubectl("get", "rolebinding", release.fullname, "-n", release.watched)
+    release.cluster.kubectl("get", "configmap", f"{release.fullname}-policy", "-n", ns)
+    assert release.can_i("update", f"leases.coordination.k8s.io/{release.fullname}", ns)
+    assert not release.can_i("update", "leases.coordination.k8s.io", release.watched)
     assert (
         release.cluster.kubectl("get", "role", release.fullname, "-n", release.other, check=False).returncode
         != 0
@@ -160,12 +160,20 @@ def operator_as_service_account(release, tmp_path):
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "moe_operator"]
     kubeconfig = service_account_kubeconfig(release, tmp_path / "kubeconfig")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": "helm-test-operator"}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "helm-test-operator",
+           "POD_NAMESPACE": release.namespace}  # fmt: skip
     env.pop("KUBERNETES_SERVICE_HOST", None)
+    # the policy file the pod would have mounted from the chart's ConfigMap
+    policy = release.kubectl_json("get", "configmap", f"{release.fullname}-policy", "-n", release.namespace)
+    (tmp_path / "policy.yaml").write_text(policy["data"]["policy.yaml"])
+    args = [
+        f"--policy-file={tmp_path / 'policy.yaml'}" if arg.startswith("--policy-file=") else arg
+        for arg in container["args"]
+    ]
     log_path = tmp_path / "operator.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_operator", *container["args"]],
+            [sys.executable, "-m", "moe_operator", *args],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -204,6 +212,8 @@ def test_operator_with_the_chart_identity_reconciles_an_example(release, operato
         "get", "deployments,services,configmaps", "-n", ns, "-l", f"moedeploy.dev/model-deployment={name}"
     )["items"]  # fmt: skip
     assert {child["kind"] for child in children} == {"Deployment", "Service", "ConfigMap"}
+    lease = release.kubectl_json("get", "lease", release.fullname, "-n", release.namespace)
+    assert lease["spec"]["holderIdentity"] == "helm-test-operator", "it reconciled as the elected leader"
     for child in children:
         assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "moe-operator"
         assert [ref["uid"] for ref in child["metadata"]["ownerReferences"]] == [uid]
@@ -215,7 +225,9 @@ def test_service_account_can_do_what_the_operator_needs_and_nothing_else(release
     watched, other = release.watched, release.other
     for verb, resource in [
         ("watch", "modeldeployments.moedeploy.dev"),
-        ("patch", "modeldeployments.moedeploy.dev:status"),
+        ("update", "modeldeployments.moedeploy.dev:status"),
+        ("delete", "deployments.apps"),
+        ("list", "pods"),
         ("create", "deployments.apps"),
         ("patch", "services"),
         ("create", "configmaps"),
@@ -228,7 +240,9 @@ def test_service_account_can_do_what_the_operator_needs_and_nothing_else(release
         ("list", "secrets", watched),
         ("get", "secrets", release.namespace),
         ("create", "pods", watched),
-        ("delete", "deployments.apps", watched),
+        ("get", "pods", watched),
+        ("delete", "services", watched),
+        ("patch", "modeldeployments.moedeploy.dev", watched),
         ("create", "pods:exec", watched),
         ("create", "serviceaccounts:token", release.namespace),
         ("create", "rolebindings.rbac.authorization.k8s.io", watched),
@@ -256,7 +270,6 @@ def test_upgrade_with_changed_values(release):
         "--set", f"operator.watchNamespaces={{{release.watched},{release.other}}}",
         "--set", "operator.logLevel=debug",
         "--set", "replicaCount=2",
-        "--set", "peering.enabled=true",
         "--set", "monitoring.podMonitor.enabled=true",
     )  # fmt: skip
     notes = release.helm("get", "notes", release.name, "-n", release.namespace).stdout
@@ -267,13 +280,8 @@ def test_upgrade_with_changed_values(release):
     deployment = release.kubectl_json("get", "deployment", release.fullname, "-n", release.namespace)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--namespace={release.other}" in args and "--verbose" in args
-    assert f"--peering={release.fullname}" in args and "--standalone" not in args
+    assert "--leader-elect" in args
     assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
-
-    for namespace in (release.watched, release.other):
-        release.cluster.kubectl("get", "kopfpeering", release.fullname, "-n", namespace)
-        assert release.can_i("patch", f"kopfpeerings.kopf.dev/{release.fullname}", namespace)
-        assert not release.can_i("patch", "kopfpeerings.kopf.dev/someone-else", namespace)
     assert release.can_i("create", "deployments.apps", release.other)
 
 

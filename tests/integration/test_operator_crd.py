@@ -76,7 +76,7 @@ INVALID = [
     (
         "two-model-sources",
         variant(set_in("model.source.pvc", {"claimName": "weights"})),
-        "spec.model.source must set exactly one",
+        "spec.model.source: Invalid value: a source must set exactly one",
     ),
     (
         "relative-host-path",
@@ -156,6 +156,52 @@ INVALID = [
     ),
     ("slo-without-threshold", variant(set_in("slo", {"failureLimit": 1})), "spec.slo.p99LatencySeconds"),
     ("unknown-field", variant(set_in("replica", 2)), "spec.replica"),
+    (
+        "env-the-operator-sets",
+        variant(set_in("runtime.env", [{"name": "OMP_NUM_THREADS", "value": "64"}])),
+        "spec.runtime.env[].name must not be one the operator sets",
+    ),
+    ("uri-not-s3", variant(set_in("model.source", {"uri": "gs://bucket/m"})), "spec.model.source.uri"),
+    (
+        "s3-settings-without-uri",
+        variant(set_in("model.source.s3", {"region": "eu-west-1"})),
+        "s3 and cache apply to a uri source only",
+    ),
+    (
+        "autoscaling-from-zero",
+        variant(both(set_in("minReplicas", 0), set_in("autoscaling", {"enabled": True}))),
+        "spec.minReplicas must be at least 1",
+    ),
+    (
+        "adapter-named-like-the-model",
+        variant(
+            both(
+                set_in("model.name", "base"),
+                set_in("adapters", [{"name": "base", "source": {"image": {"path": "/a"}}}]),
+            )
+        ),
+        "spec.adapters[].name must differ",
+    ),
+    (
+        "adapter-two-sources",
+        variant(
+            set_in(
+                "adapters", [{"name": "a", "source": {"image": {"path": "/a"}, "hostPath": {"path": "/b"}}}]
+            )
+        ),
+        "an adapter source must set exactly one",
+    ),
+    (
+        "volume-named-like-the-operator-s",
+        variant(set_in("runtime.volumes", [{"name": "model", "emptyDir": {}}])),
+        "spec.runtime.volumes[].name must not be one of the operator's own",
+    ),
+    ("unknown-strategy", variant(set_in("rollout.strategy", "BlueGreen")), "spec.rollout.strategy"),
+    (
+        "unknown-on-inconclusive",
+        variant(set_in("slo", {"p99LatencySeconds": 1, "onInconclusive": "Promote"})),
+        "spec.slo.onInconclusive",
+    ),
     ("name-starts-with-digit", variant(lambda spec: None, name="7b-model"), "metadata.name"),
     ("name-too-long", variant(lambda spec: None, name="m" * 64), "metadata.name"),
 ]
@@ -198,7 +244,15 @@ def test_defaults_are_filled_in(custom, md_namespace):
         "auto",
         1200,
     )
-    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "autoRollback": True}
+    assert spec["rollout"] == {
+        "strategy": "Canary",
+        "canaryReplicas": 1,
+        "maxSurge": 1,
+        "maxUnavailable": 0,
+        "autoRollback": True,
+        "revisionHistoryLimit": 3,
+    }
+    assert runtime["drainDelaySeconds"] == 10
 
 
 @pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml"])

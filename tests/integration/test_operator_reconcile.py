@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.integration.operator_support import GROUP, PLURAL, VERSION, example, static_pvc
+from tests.integration.operator_support import GROUP, PLURAL, VERSION, OperatorProcess, example, static_pvc
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -64,11 +64,13 @@ def test_example_becomes_ready_on_gpu_nodes(cluster, models, operator):
              "uid": md["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}  # fmt: skip
 
     for kind in ("deployment", "service", "configmap"):
-        child_name = f"{name}-runtime" if kind == "configmap" else name
+        child_name = f"{name}-{revision}" if kind == "configmap" else name
         child = json.loads(models.kubectl("get", kind, child_name, "-o", "json").stdout)
         labels = child["metadata"]["labels"]
         assert labels.items() >= {**FIXED_LABELS, "app.kubernetes.io/instance": name,
                                   "moedeploy.dev/model-deployment": name}.items()  # fmt: skip
+        if kind == "configmap":
+            assert child["immutable"] is True and child["data"]["MOE_RUNTIME_SERVED_MODEL_NAME"]
         assert child["metadata"]["ownerReferences"] == [owner]
 
     deployment = models.deployment(name)
@@ -94,13 +96,17 @@ def test_example_becomes_ready_on_gpu_nodes(cluster, models, operator):
         ready["reason"] == "AllReplicasReady" and ready["observedGeneration"] == md["metadata"]["generation"]
     )
 
+    assert status["stableRevision"] == revision and status["model"] == "qwen3-30b-a3b"
+    assert status["url"] == f"http://{name}.{models.namespace}.svc.cluster.local"
     table = models.kubectl("get", "md", name).stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "REPLICAS", "REVISION", "PHASE", "AGE"]
-    assert table[1].split()[:5] == [name, "2", "2", revision, "Ready"]
+    assert table[0].split() == ["NAME", "READY", "DESIRED", "STABLE", "CANARY", "ANALYSIS", "PHASE", "AGE"]
+    assert table[1].split()[:4] == [name, "2", "2", revision] and "Ready" in table[1].split()
+    wide = models.kubectl("get", "md", name, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-2:] == ["URL", "MODEL"] and wide[1].split()[-1] == "qwen3-30b-a3b"
     wait_for(lambda: {"Created", "Ready"} <= event_reasons(models, name), what="Created and Ready events")
 
 
-def test_spec_change_rolls_out_a_new_revision(models, operator, created):
+def test_spec_change_runs_a_canary_then_rolls_the_stable_track(models, operator, created):
     created(small_md("rolling", replicas=2))
     first = models.wait_ready("rolling", replicas=2)["status"]["currentRevision"]
 
@@ -108,9 +114,28 @@ def test_spec_change_rolls_out_a_new_revision(models, operator, created):
     second = models.wait_ready("rolling", replicas=2)["status"]["currentRevision"]
     assert second != first, "a runtime setting in the ConfigMap is part of the revision"
     only_new_pods(models, "rolling", second, 2)
-    config = json.loads(models.kubectl("get", "configmap", "rolling-runtime", "-o", "json").stdout)
+    config = json.loads(models.kubectl("get", "configmap", f"rolling-{second}", "-o", "json").stdout)
     assert config["data"]["MOE_RUNTIME_MAX_QUEUE"] == "100"
-    wait_for(lambda: "RolloutStarted" in event_reasons(models, "rolling"), what="a RolloutStarted event")
+    assert models.deployment("rolling-canary") is None
+    wait_for(
+        lambda: {"CanaryStarted", "Promoted", "PromotionComplete"} <= event_reasons(models, "rolling"),
+        what="the canary's events",
+    )
+
+
+def test_a_removed_setting_leaves_the_pods(models, operator, created):
+    created(
+        small_md(
+            "unset", runtime={"image": "moe-runtime:1", "resources": {"gpu": 1}, "attention": {"window": 64}}
+        )
+    )
+    models.wait_ready("unset", replicas=1)
+    models.patch_spec("unset", {"runtime": {"attention": None}})
+    revision = models.wait_ready("unset", replicas=1)["status"]["currentRevision"]
+    config = json.loads(models.kubectl("get", "configmap", f"unset-{revision}", "-o", "json").stdout)
+    assert "MOE_RUNTIME_WINDOW" not in config["data"]
+    env_from = models.deployment("unset")["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert env_from == [{"configMapRef": {"name": f"unset-{revision}"}}]
 
 
 def test_kubectl_scale_changes_the_replicas(models, operator, created):
@@ -164,14 +189,7 @@ def test_operator_restarted_mid_rollout_finishes_it(models, operator, created):
     old = models.wait_ready("restarted", replicas=2)["status"]["currentRevision"]
 
     models.patch_spec("restarted", {"runtime": {"image": "moe-runtime:2"}})
-    wait_for(
-        lambda: (
-            models.deployment("restarted")["spec"]["template"]["metadata"]["labels"]["moedeploy.dev/revision"]
-            != old
-        ),
-        timeout=30,
-        what="the operator to start the rollout",
-    )
+    wait_for(lambda: models.deployment("restarted-canary"), timeout=30, what="the operator to start a canary")
     operator.restart(kill=True)
     new = models.wait_ready("restarted", replicas=2)["status"]["currentRevision"]
     assert new != old
@@ -204,6 +222,69 @@ def test_child_refused_by_the_api_server_is_reported(models, operator, created):
 
     models.patch_spec("refused", {"runtime": {"env": None}})
     models.wait_ready("refused", replicas=1)
+
+
+def test_a_namesake_that_belongs_to_someone_else_is_left_alone(models, operator, created):
+    foreign = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "taken", "labels": {"app.kubernetes.io/managed-by": "Helm"}},
+               "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]}}  # fmt: skip
+    models.apply(foreign)
+    created(small_md("taken"))
+
+    def conflict():
+        condition = models.condition("taken", "Degraded")
+        return condition if condition and condition["reason"] == "NameConflict" else None
+
+    condition = wait_for(conflict, timeout=30, what="Degraded=True NameConflict")
+    assert "Service" in condition["message"] and "taken" in condition["message"]
+    service = json.loads(models.kubectl("get", "service", "taken", "-o", "json").stdout)
+    assert service["spec"]["selector"] == {"app": "theirs"} and "ownerReferences" not in service["metadata"]
+    assert models.deployment("taken") is None
+    wait_for(lambda: "NameConflict" in event_reasons(models, "taken"), what="a NameConflict event")
+    models.kubectl("delete", "md", "taken", "--wait=true", "--timeout=60s")
+    models.kubectl("get", "service", "taken")  # deleting the ModelDeployment did not take it along
+    models.kubectl("delete", "service", "taken")
+
+
+def test_a_pod_that_cannot_be_scheduled_says_why_at_once(models, operator, created):
+    gpu_type = {"image": "moe-runtime:1", "resources": {"gpu": 1, "gpuType": "NVIDIA-B200"}}
+    created(small_md("nowhere", runtime=gpu_type))
+
+    def unschedulable():
+        condition = models.condition("nowhere", "Degraded")
+        return condition if condition and condition["reason"] == "Unschedulable" else None
+
+    condition = wait_for(unschedulable, timeout=30, what="Degraded=True Unschedulable")
+    assert "node" in condition["message"], condition["message"]
+
+
+def test_the_operator_policy_refuses_before_anything_is_created(cluster, models, tmp_path):
+    # the running operator of this module would reconcile it too: give the strict one a namespace of its own
+    namespace = f"{models.namespace}-strict"
+    cluster.kubectl("create", "namespace", namespace)
+    strict = OperatorProcess(cluster, ["--namespace", namespace], tmp_path / "strict.log", policy={})
+    strict.start()
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(small_md("hostpath")))
+
+        def refused():
+            md = json.loads(cluster.kubectl("get", "md", "hostpath", "-n", namespace, "-o", "json").stdout)
+            degraded = next(
+                (c for c in md.get("status", {}).get("conditions", ()) if c["type"] == "Degraded"), {}
+            )
+            return degraded if degraded.get("reason") == "PolicyViolation" else None
+
+        degraded = wait_for(refused, timeout=60, what="Degraded=True PolicyViolation")
+        assert (
+            "spec.model.source.hostPath" in degraded["message"]
+            and "spec.runtime.image" in degraded["message"]
+        )
+        children = cluster.kubectl("get", "deployment,service,configmap", "-n", namespace, "-l",
+                                   "moedeploy.dev/model-deployment=hostpath", "-o", "name").stdout  # fmt: skip
+        assert children.strip() == ""
+    finally:
+        strict.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_deleting_the_model_deployment_removes_its_children(models, operator, created):

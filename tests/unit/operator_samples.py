@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from moe_operator.naming import Owner
@@ -26,3 +27,26 @@ def set_path(obj: dict[str, Any], dotted: str, value: Any) -> None:
     for key in parents:
         obj = obj.setdefault(key, {})
     obj[last] = copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class Children:
+    revision: str
+    config_map: dict[str, Any]
+    service: dict[str, Any]
+    deployment: dict[str, Any]
+
+
+def render_children(raw: dict[str, Any], track: str = "stable") -> Children:
+    """What the operator renders for a spec whose revision runs on `track`."""
+    from moe_operator.render import deployment, render_revision, revision_config_map, service
+    from moe_operator.spec import parse_spec
+
+    parsed = parse_spec(raw)
+    revision = render_revision(OWNER.name, parsed)
+    return Children(
+        revision=revision.hash,
+        config_map=revision_config_map(OWNER, revision),
+        service=service(OWNER),
+        deployment=deployment(OWNER, parsed, revision, track, parsed.replicas),
+    )

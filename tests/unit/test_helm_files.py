@@ -33,11 +33,7 @@ def test_chart_crds_folder_holds_only_known_definitions():
         for doc in yaml.safe_load_all(path.read_text()):
             assert doc["kind"] == "CustomResourceDefinition", path
             kinds[doc["metadata"]["name"]] = doc["spec"]["scope"]
-    assert kinds == {
-        "modeldeployments.moedeploy.dev": "Namespaced",
-        "clusterkopfpeerings.kopf.dev": "Cluster",
-        "kopfpeerings.kopf.dev": "Namespaced",
-    }
+    assert kinds == {"modeldeployments.moedeploy.dev": "Namespaced"}
 
 
 def test_schema_is_valid_and_accepts_the_defaults():
@@ -64,7 +60,8 @@ VALID = [
     ("resources", {"requests": {"cpu": 0.5, "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1.5Gi"}}),
     ("tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
     ("nodeSelector", {"kubernetes.io/os": "linux"}),
-    ("peering", {"enabled": True, "name": "moedeploy.example"}),
+    ("operator.leaderElection", {"enabled": False}),
+    ("operator.policy", {"allowedSourceKinds": ["*"], "allowedHostPathPrefixes": ["/srv/models"]}),
 ]
 
 
@@ -91,7 +88,13 @@ INVALID = [
     ("nodeSelector", {"gpu": True}, ["nodeSelector", "gpu"]),
     ("nodeselector", {"gpu": "yes"}, []),
     ("monitoring.podMonitor.interval", "15", ["monitoring", "podMonitor", "interval"]),
-    ("peering.name", "Not A Name", ["peering", "name"]),
+    (
+        "operator.policy.allowedHostPathPrefixes",
+        ["srv"],
+        ["operator", "policy", "allowedHostPathPrefixes", 0],
+    ),
+    ("operator.policy.allowSecrets", True, ["operator", "policy"]),
+    ("operator.workers", 0, ["operator", "workers"]),
     ("serviceAccount.create", "yes", ["serviceAccount", "create"]),
 ]
 
@@ -151,6 +154,11 @@ def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
         for name in re.findall(r"moe_runtime_\w+", expr)
     }
     assert used <= RUNTIME_METRIC_NAMES, f"metrics DESIGN.md does not name: {used - RUNTIME_METRIC_NAMES}"
+    from moe_operator.operator_metrics import METRICS
+
+    operator_names = {metric.name for metric in METRICS.registry.collect()}
+    assert {name for expr in exprs for name in re.findall(r"moe_operator_\w+", expr)} <= operator_names
+    assert any("moe_operator_desired_replicas" in e for e in exprs), "no autoscaling panel"
     latency = [e for e in exprs if "moe_runtime_request_latency_seconds_bucket" in e]
     assert latency and all(e.startswith("histogram_quantile(0.99,") for e in latency)
     for expr in exprs:  # every query follows the dashboard's namespace / ModelDeployment selectors

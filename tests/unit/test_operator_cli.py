@@ -1,52 +1,40 @@
 import pytest
 
-from moe_operator.__main__ import parse_args
+from moe_operator.__main__ import options, parse_args
 
 
-def test_defaults_serve_every_namespace_standalone():
+def test_defaults_serve_every_namespace_without_leader_election():
     args = parse_args(["run"])
-    assert args.namespaces == [] and args.peering is None and args.prometheus_url is None
+    assert args.namespaces == [] and args.prometheus_url is None and not args.leader_elect
+    assert options(args).workers > 1
 
 
 def test_namespaces_and_flags():
     args = parse_args(
         [
-            "run",
-            "-n",
-            "a",
-            "--namespace",
-            "b",
-            "--prometheus-url",
-            "http://prom:9090",
-            "--peering",
-            "moe",
-            "--priority",
-            "10",
-            "--liveness",
-            "http://0.0.0.0:8080/healthz",
+            "run", "-n", "a", "--namespace", "b", "--prometheus-url", "http://prom:9090",
+            "--prometheus-bearer-token-file", "/var/run/token", "--leader-elect", "--leader-election-id", "moe",
+            "--metrics-port", "9100", "--policy-file", "/etc/policy.yaml", "--liveness", "http://0.0.0.0:8080/healthz",
         ]
+    )  # fmt: skip
+    chosen = options(args)
+    assert chosen.namespaces == ("a", "b")
+    assert (chosen.prometheus_url, chosen.prometheus_bearer_token_file) == (
+        "http://prom:9090",
+        "/var/run/token",
     )
-    assert args.namespaces == ["a", "b"]
-    assert (args.prometheus_url, args.peering, args.priority) == ("http://prom:9090", "moe", 10)
-    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    assert (chosen.leader_elect, chosen.leader_election_id, chosen.metrics_port) == (True, "moe", 9100)
+    assert chosen.policy_file == "/etc/policy.yaml" and args.liveness == "http://0.0.0.0:8080/healthz"
 
 
-def test_prometheus_url_from_the_environment(monkeypatch):
+def test_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("MOE_OPERATOR_PROMETHEUS_URL", "http://env:9090")
-    assert parse_args(["run"]).prometheus_url == "http://env:9090"
+    monkeypatch.setenv("MOE_OPERATOR_POLICY_FILE", "/p.yaml")
+    args = parse_args(["run"])
+    assert (args.prometheus_url, args.policy_file) == ("http://env:9090", "/p.yaml")
 
 
-@pytest.mark.parametrize(
-    "argv", [["run", "-n", "a", "--all-namespaces"], ["run", "--standalone", "--peering", "x"], []]
-)
-def test_contradictions_are_refused(argv):
+@pytest.mark.parametrize("argv", [["run", "-n", "a", "--all-namespaces"], [], ["run", "--peering", "x"]])
+def test_contradictions_and_retired_flags_are_refused(argv):
     with pytest.raises(SystemExit):
         parse_args(argv)
-
-
-def test_peering_replicas_draw_distinct_priorities_unless_one_is_given():
-    from moe_operator.__main__ import peering_priority
-
-    assert peering_priority(7) == 7
-    drawn = {peering_priority(None) for _ in range(20)}
-    assert len(drawn) > 1 and all(p > 0 for p in drawn)

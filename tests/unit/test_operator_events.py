@@ -1,52 +1,54 @@
-from moe_operator.events import Event, events_for
-from moe_operator.plan import DeploymentPlan
-from moe_operator.render import render
-from moe_operator.spec import parse_spec
-from tests.unit.operator_samples import OWNER, spec
-
-DESIRED = render(OWNER, parse_spec(spec(replicas=3, maxReplicas=3))).deployment
-REV = DESIRED["spec"]["template"]["metadata"]["labels"]["moedeploy.dev/revision"]
+from moe_operator.events import Event, condition_flips
 
 
-def status(ready="False", degraded="False", degraded_reason="AsExpected"):
+def status(ready="False", degraded="False", degraded_reason="AsExpected", message="stuck"):
     return {
         "conditions": [
             {"type": "Ready", "status": ready, "reason": "r", "message": "3/3 ready"},
             {"type": "Progressing", "status": "True", "reason": "r", "message": "m"},
-            {"type": "Degraded", "status": degraded, "reason": degraded_reason, "message": "stuck"},
+            {"type": "Degraded", "status": degraded, "reason": degraded_reason, "message": message},
         ]
     }
 
 
-def test_create():
-    assert events_for(DeploymentPlan("create"), DESIRED, {}, status()) == [
-        Event("Normal", "Created", f"created the Deployment at revision {REV} with 3 replicas")
-    ]
+def test_nothing_to_say_when_nothing_flipped():
+    assert condition_flips(status(), status()) == []
+    assert condition_flips(status(ready="True"), status(ready="True")) == []
 
 
-def test_rollout_scale_and_drift_in_one_pass():
-    plan = DeploymentPlan("update", True, True, True, previous_revision="old", previous_replicas=1)
-    assert [e.reason for e in events_for(plan, DESIRED, status(), status())] == [
-        "RolloutStarted",
-        "Scaled",
-        "DriftRepaired",
-    ]
-    messages = [e.message for e in events_for(plan, DESIRED, status(), status())]
-    assert f"rolling out revision {REV} (was old)" in messages
-    assert "scaled from 1 to 3 replicas" in messages
-
-
-def test_nothing_to_say_when_nothing_changed():
-    assert events_for(DeploymentPlan("keep"), DESIRED, status(), status()) == []
-    assert events_for(DeploymentPlan("keep"), DESIRED, status(ready="True"), status(ready="True")) == []
-
-
-def test_condition_flips():
-    assert events_for(DeploymentPlan("keep"), DESIRED, status(), status(ready="True")) == [
-        Event("Normal", "Ready", "3/3 ready")
-    ]
+def test_ready_and_degraded_flips():
+    assert condition_flips(status(), status(ready="True")) == [Event("Normal", "Ready", "3/3 ready")]
     degraded = status(degraded="True", degraded_reason="ProgressDeadlineExceeded")
-    assert events_for(DeploymentPlan("keep"), DESIRED, status(), degraded) == [
-        Event("Warning", "ProgressDeadlineExceeded", "stuck")
+    assert condition_flips(status(), degraded) == [Event("Warning", "ProgressDeadlineExceeded", "stuck")]
+    assert condition_flips(degraded, degraded) == [], "a condition that stays broken is reported once"
+    assert condition_flips(degraded, status()) == [
+        Event("Normal", "Recovered", "no longer degraded (ProgressDeadlineExceeded is over)")
     ]
-    assert events_for(DeploymentPlan("keep"), DESIRED, degraded, degraded) == []
+
+
+def test_a_new_reason_or_message_while_degraded_is_news():
+    before = status(degraded="True", degraded_reason="ImagePullBackOff", message="pod a")
+    after = status(degraded="True", degraded_reason="CrashLoopBackOff", message="pod a")
+    assert [e.reason for e in condition_flips(before, after)] == ["CrashLoopBackOff"]
+
+
+def test_first_status_of_a_new_object():
+    assert condition_flips({}, status(ready="True")) == [Event("Normal", "Ready", "3/3 ready")]
+
+
+def metrics(status, reason):
+    return {
+        "conditions": [{"type": "MetricsAvailable", "status": status, "reason": reason, "message": "refused"}]
+    }
+
+
+def test_missing_metrics_are_reported_once_and_their_return_too():
+    down = metrics("False", "PrometheusUnavailable")
+    assert [e.reason for e in condition_flips(metrics("True", "QueueDepthRead"), down)] == [
+        "PrometheusUnavailable"
+    ]
+    assert condition_flips(down, down) == []
+    assert [e.reason for e in condition_flips(down, metrics("False", "NoSeries"))] == ["NoSeries"]
+    assert [e.reason for e in condition_flips(down, metrics("True", "QueueDepthRead"))] == [
+        "MetricsAvailable"
+    ]

@@ -1,44 +1,59 @@
+"""The operator's API calls give up on a server that accepts a connection and never answers."""
+
+import socket
+import threading
+import time
+
 import pytest
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
-from moe_operator.kube import not_found_is_none, retry_on_conflict
-
-
-def failing(*statuses):
-    """A call that fails with these HTTP statuses in turn, then returns 'done'."""
-    remaining = list(statuses)
-    calls = []
-
-    def call():
-        calls.append(1)
-        if remaining:
-            raise ApiException(status=remaining.pop(0))
-        return "done"
-
-    return call, calls
+from moe_operator.kube import Kube, api_client
 
 
-def test_conflicts_are_retried():
-    call, calls = failing(409, 409)
-    assert retry_on_conflict(call) == "done"
-    assert len(calls) == 3
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never sends a byte (a half-open API server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
 
 
-def test_other_errors_are_not_retried():
-    call, calls = failing(422)
-    with pytest.raises(ApiException):
-        retry_on_conflict(call)
-    assert len(calls) == 1
+def test_a_call_to_a_silent_server_times_out_without_retrying_the_sent_request(silent_server):
+    configuration = client.Configuration(host=silent_server)
+    kube = Kube(api_client(connections=2, configuration=configuration), timeout=(1.0, 1.0))
+    started = time.monotonic()
+    with pytest.raises(Exception) as failure:
+        kube.get("Deployment", "ns", "d")
+    elapsed = time.monotonic() - started
+    assert "timed out" in str(failure.value).lower() or "timeout" in type(failure.value).__name__.lower()
+    assert elapsed < 2.5, f"gave up after {elapsed:.1f}s: the read was retried"
 
 
-def test_persistent_conflict_gives_up():
-    call, calls = failing(*[409] * 10)
-    with pytest.raises(ApiException):
-        retry_on_conflict(call, attempts=3)
-    assert len(calls) == 3
+def test_paths():
+    from moe_operator.kube import path
 
-
-def test_not_found_is_none():
-    assert not_found_is_none(failing(404)[0]) is None
-    with pytest.raises(ApiException):
-        not_found_is_none(failing(500)[0])
+    assert path("Deployment", "ns", "d") == "/apis/apps/v1/namespaces/ns/deployments/d"
+    assert (
+        path("ModelDeployment", "ns", "m", "status")
+        == "/apis/moedeploy.dev/v1alpha1/namespaces/ns/modeldeployments/m/status"
+    )
+    assert path("Pod", None) == "/api/v1/pods"

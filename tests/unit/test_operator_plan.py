@@ -3,13 +3,9 @@ import copy
 import pytest
 
 from moe_operator.plan import covers, plan_deployment, template_revision
-from moe_operator.render import render
-from moe_operator.spec import parse_spec
-from tests.unit.operator_samples import OWNER, spec
+from tests.unit.operator_samples import render_children, spec
 
-DESIRED = render(
-    OWNER, parse_spec(spec(runtime__resources={"gpu": 2, "cpu": "1000m", "memory": "1Gi"}))
-).deployment
+DESIRED = render_children(spec(runtime__resources={"gpu": 2, "cpu": "1000m", "memory": "1Gi"})).deployment
 
 
 def as_stored(deployment):
@@ -59,9 +55,7 @@ def scaled_by_hand(d):
 
 
 def older_revision(d):
-    d["spec"]["template"] = render(OWNER, parse_spec(spec(runtime__image="old:1"))).deployment["spec"][
-        "template"
-    ]
+    d["spec"]["template"] = render_children(spec(runtime__image="old:1")).deployment["spec"]["template"]
 
 
 # (id, Deployment in the cluster, action, what changed, replicas it had)

@@ -1,158 +1,283 @@
-"""The reconciler's I/O shell against an in-memory stand-in for the API server."""
+"""The reconcile pass (I/O shell) against an in-memory API server: what it writes, what it refuses to touch,
+how it reports, and how a canary comes and goes."""
 
-import copy
+import contextlib
+import threading
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from moe_operator.children import Refused, StaleRead
+from moe_operator.policy import Policy
 from moe_operator.reconcile import Reconciler
+from moe_operator.rollout import Verdict
+from tests.unit.operator_fake_api import Events, FakeApi
 from tests.unit.operator_samples import OWNER, spec
 
+NS, NAME = OWNER.namespace, OWNER.name
+OPEN_POLICY = Policy(
+    allowed_source_kinds=("*",), allowed_host_path_prefixes=("*",), allowed_image_prefixes=("*",)
+)
+T0 = 1_800_000_000.0
 
-class FakeKube:
+
+class Clock:
     def __init__(self):
-        self.objects = {}
-        self.status_patches = []
-        self.refuse = None
-        self.reads = []
-        self.applies = []
+        self.now = T0
 
-    def get_model_deployment(self, namespace, name):
-        return copy.deepcopy(self.objects.get(("ModelDeployment", namespace, name)))
+    def __call__(self):
+        return self.now
 
-    def patch_model_deployment_status(self, namespace, name, status):
-        self.status_patches.append(status)
-        self.objects[("ModelDeployment", namespace, name)]["status"] = copy.deepcopy(status)
 
-    def read(self, obj):
-        self.reads.append(obj["kind"])
-        return copy.deepcopy(
-            self.objects.get((obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]))
+class Verdicts:
+    """An analyser whose verdict the test sets."""
+
+    def __init__(self):
+        self.verdict = Verdict("Continue", "Analyzing", "1/5 passed")
+
+    def analyse(self, md, spec, canary, now):
+        return canary, self.verdict, now + 10
+
+
+class World:
+    def __init__(self, policy=OPEN_POLICY, **md_spec):
+        self.api = FakeApi()
+        self.events = Events()
+        self.clock = Clock()
+        self.analyser = Verdicts()
+        self.reconciler = Reconciler(
+            self.api,
+            self.api.cache,
+            self.events,
+            policy=lambda: policy,
+            analyzer=self.analyser,
+            clock=self.clock,
+        )
+        self.api.put(
+            {
+                "apiVersion": "moedeploy.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": NAME, "namespace": NS, "uid": OWNER.uid},
+                "spec": spec(**{"replicas": 2, **md_spec}),
+            }
         )
 
-    def apply(self, obj):
-        if self.refuse == obj["kind"]:
-            raise ApiException(status=422, reason="Unprocessable Entity")
-        self.applies.append(obj["kind"])
-        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        stored = copy.deepcopy(obj)
-        before = self.objects.get(key, {})
-        stored["metadata"]["generation"] = before.get("metadata", {}).get("generation", 0) + 1
-        stored["status"] = before.get("status", {})
-        self.objects[key] = stored
-        return copy.deepcopy(stored)
+    def reconcile(self):
+        """One pass; a stale read is retried at once, as the workers do."""
+        for _ in range(5):
+            try:
+                return self.reconciler.reconcile(NS, NAME)
+            except StaleRead:
+                continue
+        raise AssertionError("stale five times in a row")
 
-    def deployment_controller_catches_up(self, ready):
-        deployment = self.objects[("Deployment", OWNER.namespace, OWNER.name)]
-        replicas = deployment["spec"]["replicas"]
-        deployment["status"] = {
-            "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": replicas,
-            "updatedReplicas": replicas,
-            "readyReplicas": ready,
-        }
+    def md(self):
+        return self.api.get_obj("ModelDeployment", NS, NAME)
 
+    def status(self):
+        return self.md().get("status", {})
 
-@pytest.fixture
-def world():
-    kube = FakeKube()
-    kube.objects[("ModelDeployment", OWNER.namespace, OWNER.name)] = {
-        "apiVersion": "moedeploy.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid, "generation": 1},
-        "spec": spec(replicas=2),
-    }
-    events = []
-    reconciler = Reconciler(
-        kube, lambda md, event: events.append(event.reason), clock=lambda: "2026-01-01T00:00:00Z"
-    )
-    return kube, reconciler, events
+    def condition(self, kind):
+        return next(c for c in self.status()["conditions"] if c["type"] == kind)
+
+    def change_spec(self, **fields):
+        md = self.md()
+        md["spec"] = spec(**{"replicas": 2, **fields})
+        self.api.put(md)
+
+    def deployment(self, track="stable"):
+        return self.api.get_obj("Deployment", NS, NAME if track == "stable" else f"{NAME}-canary")
+
+    def settle(self, track="stable", ready=None):
+        self.api.deployment_controller_catches_up(NAME if track == "stable" else f"{NAME}-canary", NS, ready)
 
 
-def md_of(kube):
-    return kube.get_model_deployment(OWNER.namespace, OWNER.name)
+def env_source(deployment):
+    return deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
 
 
-def test_first_pass_creates_children_and_reports_progress(world):
-    kube, reconciler, events = world
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    assert {key[0] for key in kube.objects} == {"ModelDeployment", "ConfigMap", "Service", "Deployment"}
-    assert md_of(kube)["status"]["phase"] == "Progressing"
-    assert events == ["Created"]
+def test_first_pass_creates_the_children_and_reports_progress():
+    world = World()
+    world.reconcile()
+    kinds = sorted({kind for (kind, _, _) in world.api.objects})
+    assert kinds == ["ConfigMap", "Deployment", "ModelDeployment", "Service"]
+    (config_map,) = world.api.of_kind("ConfigMap")
+    assert config_map["immutable"] is True
+    assert env_source(world.deployment()) == config_map["metadata"]["name"]
+    status = world.status()
+    assert status["phase"] == "Progressing" and status["stableRevision"] == status["currentRevision"]
+    assert status["url"] == f"http://{NAME}.{NS}.svc.cluster.local" and status["model"] == NAME
+    assert world.events.reasons == ["Created"]
 
 
-def test_ready_once_the_pods_are(world):
-    kube, reconciler, events = world
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    kube.deployment_controller_catches_up(ready=2)
-    reconciler.reconcile(OWNER.namespace, OWNER.name, full=False)
-    status = md_of(kube)["status"]
-    assert status["phase"] == "Ready" and status["readyReplicas"] == 2
-    assert events == ["Created", "Ready"]
-    patches = len(kube.status_patches)
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    assert len(kube.status_patches) == patches, "an unchanged status is not written again"
-    assert events == ["Created", "Ready"]
+def test_ready_once_the_pods_are_and_an_unchanged_status_is_not_written_again():
+    world = World()
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    assert world.status()["phase"] == "Ready" and world.events.reasons == ["Created", "Ready"]
+    writes = len(world.api.writes)
+    world.reconcile()
+    assert len(world.api.writes) == writes, "nothing changed: nothing written"
 
 
-def test_drift_is_put_back(world):
-    kube, reconciler, events = world
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    kube.deployment_controller_catches_up(ready=2)
-    deployment = kube.objects[("Deployment", OWNER.namespace, OWNER.name)]
-    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
-    reconciler.reconcile(OWNER.namespace, OWNER.name, full=False)
-    container = kube.objects[("Deployment", OWNER.namespace, OWNER.name)]["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    assert container["image"] == "registry.local/moe-runtime:1"
-    assert "DriftRepaired" in events
+def test_a_removed_setting_does_not_stay_in_the_pods():
+    """Hardening 7: a ConfigMap updated in place kept keys the spec no longer sets."""
+    world = World(runtime__attention={"window": 512}, rollout={"strategy": "RollingUpdate"})
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    world.change_spec(rollout={"strategy": "RollingUpdate"})  # the window removed
+    world.reconcile()
+    config = world.api.get_obj("ConfigMap", NS, env_source(world.deployment()))
+    assert "MOE_RUNTIME_WINDOW" not in config["data"]
 
 
-def test_refused_child_is_reported_not_retried(world):
-    kube, reconciler, events = world
-    kube.refuse = "Deployment"
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    status = md_of(kube)["status"]
-    assert status["phase"] == "Degraded"
-    assert status["conditions"][2]["reason"] == "ApplyFailed"
-    assert events == ["ApplyFailed"]
+def test_an_object_someone_else_owns_is_never_taken_over():
+    """Hardening 8: a Service of the same name from a Helm release must not be force-applied and adopted."""
+    world = World()
+    foreign = {"apiVersion": "v1", "kind": "Service", "spec": {"selector": {"app": "theirs"}},
+               "metadata": {"name": NAME, "namespace": NS, "labels": {"app.kubernetes.io/managed-by": "Helm"}}}  # fmt: skip
+    world.api.put(foreign)
+    world.api.cache.delete(
+        world.api.get_obj("Service", NS, NAME)
+    )  # not ours: the operator's watch never sees it
+    world.reconcile()
+    service = world.api.get_obj("Service", NS, NAME)
+    assert service["spec"] == {"selector": {"app": "theirs"}} and "ownerReferences" not in service["metadata"]
+    assert world.condition("Degraded")["reason"] == "NameConflict"
+    assert "Service" in world.condition("Degraded")["message"]
+    assert "NameConflict" in world.events.reasons
+    assert not [w for w in world.api.writes if w[1] in ("Service", "Deployment")]
 
 
-def test_other_api_errors_propagate_for_kopf_to_retry(world):
-    kube, reconciler, _ = world
-
-    def unavailable(obj):
-        raise ApiException(status=503, reason="Service Unavailable")
-
-    kube.apply = unavailable
-    with pytest.raises(ApiException):
-        reconciler.reconcile(OWNER.namespace, OWNER.name)
-
-
-def test_deleted_model_deployment_is_left_to_the_garbage_collector(world):
-    kube, reconciler, events = world
-    kube.objects[("ModelDeployment", OWNER.namespace, OWNER.name)]["metadata"]["deletionTimestamp"] = (
-        "2026-01-01T00:00:00Z"
-    )
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    reconciler.reconcile(OWNER.namespace, "gone", full=False)
-    assert {key[0] for key in kube.objects} == {"ModelDeployment"}
-    assert events == []
+def test_a_child_labelled_like_ours_but_owned_by_another_object_is_a_conflict_too():
+    world = World()
+    world.reconcile()
+    deployment = world.deployment()
+    deployment["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    world.api.put(deployment)
+    writes = len(world.api.writes)
+    world.change_spec(replicas=3, maxReplicas=10)
+    world.reconcile()
+    assert world.condition("Degraded")["reason"] == "NameConflict"
+    assert [w for w in world.api.writes[writes:] if w[1] == "Deployment"] == []
 
 
-def test_settings_edited_by_hand_are_put_back_by_a_full_pass_only(world):
-    kube, reconciler, _ = world
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    config_map = kube.objects[("ConfigMap", OWNER.namespace, f"{OWNER.name}-runtime")]
-    config_map["data"]["MOE_RUNTIME_MAX_QUEUE"] = "1"
-    kube.applies.clear()
-    reconciler.reconcile(OWNER.namespace, OWNER.name, full=False)
-    assert kube.applies == []
-    reconciler.reconcile(OWNER.namespace, OWNER.name)
-    assert kube.applies == ["ConfigMap"], "only what differs is applied"
-    assert config_map is not kube.objects[("ConfigMap", OWNER.namespace, f"{OWNER.name}-runtime")]
+def test_a_refusal_lands_in_the_status_once_and_is_retried_with_back_off():
+    """Hardening 9: a 403 from a quota or webhook looped every 5 s with an Event each time."""
+    world = World()
+    forbidden = ApiException(status=403, reason="Forbidden")
+    forbidden.body = '{"message": "deployments is forbidden: exceeded quota"}'
+    world.api.refuse["Deployment"] = forbidden
+    for _ in range(3):
+        with pytest.raises(Refused):  # the workers back off on it
+            world.reconcile()
+    degraded = world.condition("Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
+    assert world.events.reasons.count("ApplyFailed") == 1
+
+
+def test_a_policy_violation_touches_nothing():
+    world = World(policy=Policy(), runtime__image="evil.io/x:1")
+    world.reconcile()
+    assert [w for w in world.api.writes if w[0] != "status"] == []
+    assert world.condition("Degraded")["reason"] == "PolicyViolation"
+    assert "spec.runtime.image" in world.condition("Degraded")["message"]
+
+
+def test_a_good_canary_runs_beside_the_stable_track_and_is_promoted():
+    world = World(slo={"p99LatencySeconds": 1.0})
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    stable_template = world.deployment()["spec"]["template"]
+    world.change_spec(slo={"p99LatencySeconds": 1.0}, runtime__image="registry.local/moe-runtime:2")
+    world.reconcile()
+    canary = world.deployment("canary")
+    assert canary["spec"]["replicas"] == 1
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/moe-runtime:2"
+    assert world.deployment()["spec"]["template"] == stable_template, "the stable track is not touched"
+    world.settle("canary")
+    world.reconcile()
+    assert world.status()["canary"]["phase"] == "Analyzing"
+    world.analyser.verdict = Verdict("Promote", "AnalysisPassed", "5/5 windows passed")
+    world.reconcile()
     assert (
-        kube.objects[("ConfigMap", OWNER.namespace, f"{OWNER.name}-runtime")]["data"]["MOE_RUNTIME_MAX_QUEUE"]
-        == "256"
+        world.deployment()["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "registry.local/moe-runtime:2"
     )
+    assert world.deployment("canary") is not None, "the canary serves until the stable pods have moved"
+    world.settle()
+    world.reconcile()
+    assert world.deployment("canary") is None
+    status = world.status()
+    assert status["stableRevision"] == status["currentRevision"] and "canary" not in status
+    reasons = world.events.reasons
+    assert reasons.index("CanaryStarted") < reasons.index("Promoted") < reasons.index("PromotionComplete")
+
+
+def test_a_bad_canary_is_rolled_back_without_the_stable_track_ever_changing():
+    world = World(slo={"p99LatencySeconds": 1.0})
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    stable = world.deployment()
+    world.change_spec(slo={"p99LatencySeconds": 1.0}, runtime__batching={"maxBatchSequences": 1})
+    world.reconcile()
+    world.settle("canary")
+    world.reconcile()
+    world.analyser.verdict = Verdict("Rollback", "SLOBreached", "p99 4.2s over 1s", ({"p99": 4.2},))
+    world.reconcile()
+    assert world.deployment("canary") is None
+    assert world.deployment()["spec"] == stable["spec"]
+    status = world.status()
+    assert status["rejectedRevisions"][0]["revision"] == status["currentRevision"]
+    assert world.condition("Degraded")["reason"] == "SLOBreached"
+    assert world.condition("Ready")["status"] == "True", "the stable pods still serve"
+    for _ in range(2):
+        world.clock.now += 120
+        world.reconcile()
+        assert world.deployment("canary") is None, "a rejected revision is not deployed again"
+
+
+def test_old_revisions_are_pruned_past_the_history_limit():
+    world = World(rollout={"strategy": "RollingUpdate", "revisionHistoryLimit": 1})
+    world.reconcile()
+    for queue in (10, 20, 30):
+        world.change_spec(
+            rollout={"strategy": "RollingUpdate", "revisionHistoryLimit": 1},
+            runtime__batching={"maxQueue": queue},
+        )
+        world.reconcile()
+    names = {cm["metadata"]["name"] for cm in world.api.of_kind("ConfigMap")}
+    assert env_source(world.deployment()) in names and len(names) == 2
+
+
+def test_two_writers_never_make_the_status_flap():
+    """Hardening 12: passes run from several threads at once never write a status computed from a stale read,
+    so the status moves forward only."""
+    world = World()
+    world.reconcile()
+    world.settle()
+    phases = []
+    original = world.api.replace_status
+
+    def recording(md, status):
+        result = original(md, status)
+        phases.append(status["phase"])
+        return result
+
+    world.api.replace_status = recording
+
+    def passes():
+        for _ in range(20):
+            with contextlib.suppress(StaleRead):
+                world.reconciler.reconcile(NS, NAME)
+
+    threads = [threading.Thread(target=passes) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert phases == ["Ready"], phases

@@ -1,10 +1,9 @@
 import pytest
 
 from moe_operator.config import RUNTIME_SETTINGS
-from moe_operator.naming import REVISION_LABEL
-from moe_operator.render import render
+from moe_operator.naming import REVISION_LABEL, TRACK_LABEL
 from moe_operator.spec import parse_spec
-from tests.unit.operator_samples import OWNER, spec
+from tests.unit.operator_samples import OWNER, render_children, spec
 
 FIXED_LABELS = {
     "app.kubernetes.io/name": "moe-runtime",
@@ -12,6 +11,7 @@ FIXED_LABELS = {
     "app.kubernetes.io/managed-by": "moe-operator",
     "moedeploy.dev/model-deployment": OWNER.name,
 }
+RUNTIME_IMAGE_USER = 10001  # images/runtime.Dockerfile
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 # (id, spec, expectations on the pod: model path, GPU limit, node selector, tolerations, model volume)
@@ -77,7 +77,7 @@ def pod_of(children):
     ids=[case[0] for case in CASES],
 )
 def test_pod_shape(raw, model_path, gpus, node_selector, tolerations, model_volume):
-    children = render(OWNER, parse_spec(raw))
+    children = render_children(raw)
     pod = pod_of(children)["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "moe_runtime", "serve"]
@@ -98,10 +98,11 @@ def test_pod_shape(raw, model_path, gpus, node_selector, tolerations, model_volu
 @pytest.mark.parametrize("raw", [case[1] for case in CASES], ids=[case[0] for case in CASES])
 def test_invariants(raw):
     parsed = parse_spec(raw)
-    children = render(OWNER, parsed)
+    children = render_children(raw)
     objects = [children.config_map, children.service, children.deployment]
-    for obj in objects:
-        assert obj["metadata"]["labels"] == FIXED_LABELS
+    extra_labels = [{REVISION_LABEL: children.revision}, {}, {TRACK_LABEL: "stable"}]
+    for obj, extra in zip(objects, extra_labels, strict=True):
+        assert obj["metadata"]["labels"] == {**FIXED_LABELS, **extra}
         assert obj["metadata"]["namespace"] == OWNER.namespace
         (ref,) = obj["metadata"]["ownerReferences"]
         assert ref == {
@@ -114,10 +115,10 @@ def test_invariants(raw):
         }
     template = pod_of(children)
     labels = template["metadata"]["labels"]
-    assert labels == {**FIXED_LABELS, REVISION_LABEL: children.revision}
+    assert labels == {**FIXED_LABELS, REVISION_LABEL: children.revision, TRACK_LABEL: "stable"}
     selector = children.deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= labels.items() and REVISION_LABEL not in selector
-    assert children.service["spec"]["selector"] == selector
+    assert children.service["spec"]["selector"].items() < selector.items(), "the Service selects both tracks"
     assert children.deployment["spec"]["replicas"] == parsed.replicas
 
     pod = template["spec"]
@@ -137,7 +138,9 @@ def test_invariants(raw):
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    assert (
+        pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == RUNTIME_IMAGE_USER
+    )
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "8000"
 
 
@@ -155,7 +158,7 @@ def test_runtime_settings_reach_the_config_map():
         runtime__dtype="float32",
         model__name="served-name",
     )
-    data = render(OWNER, parse_spec(raw)).config_map["data"]
+    data = render_children(raw).config_map["data"]
     assert data == {
         "MOE_RUNTIME_MODEL": "/models/qwen3",
         "MOE_RUNTIME_SERVED_MODEL_NAME": "served-name",
@@ -173,7 +176,7 @@ def test_runtime_settings_reach_the_config_map():
 
 
 def test_unset_settings_leave_the_runtime_defaults_and_name_defaults_to_the_md():
-    data = render(OWNER, parse_spec(spec())).config_map["data"]
+    data = render_children(spec()).config_map["data"]
     assert "MOE_RUNTIME_WINDOW" not in data and "MOE_RUNTIME_GLOBAL_TOKENS" not in data
     assert "MOE_RUNTIME_DTYPE" not in data, "dtype auto is the runtime's own choice"
     assert data["MOE_RUNTIME_SERVED_MODEL_NAME"] == OWNER.name
@@ -187,7 +190,7 @@ def test_user_args_env_and_resources():
         runtime__resources={"gpu": 1, "cpu": "4", "memory": "32Gi"},
         runtime__imagePullPolicy="IfNotPresent",
     )
-    container = pod_of(render(OWNER, parse_spec(raw)))["spec"]["containers"][0]
+    container = pod_of(render_children(raw))["spec"]["containers"][0]
     assert container["args"] == ["--model", "/models/qwen3", "--log-level", "debug"]
     # env comes after envFrom, so the user's value wins over the ConfigMap's
     assert container["env"][-1] == {"name": "MOE_RUNTIME_MAX_QUEUE", "value": "5"}
@@ -200,14 +203,14 @@ def test_user_args_env_and_resources():
 
 def test_rollout_strategy_and_deadline():
     raw = spec(rollout={"maxSurge": "50%", "maxUnavailable": 1}, runtime__startupTimeoutSeconds=3000)
-    deployment = render(OWNER, parse_spec(raw)).deployment["spec"]
+    deployment = render_children(raw).deployment["spec"]
     assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": "50%", "maxUnavailable": 1}
     assert deployment["progressDeadlineSeconds"] > 3000
 
 
 def test_torch_threads_follow_the_cpu_request_when_there_is_one():
     def thread_env(raw):
-        env = pod_of(render(OWNER, parse_spec(raw)))["spec"]["containers"][0]["env"]
+        env = pod_of(render_children(raw))["spec"]["containers"][0]["env"]
         return [e for e in env if e["name"] == "OMP_NUM_THREADS"]
 
     (threads,) = thread_env(spec(runtime__resources={"cpu": "6"}))

@@ -1,13 +1,11 @@
 import pytest
 
-from moe_operator.render import render
 from moe_operator.revision import revision_hash
-from moe_operator.spec import parse_spec
-from tests.unit.operator_samples import OWNER, spec
+from tests.unit.operator_samples import render_children, spec
 
 
 def revision_of(raw):
-    return render(OWNER, parse_spec(raw)).revision
+    return render_children(raw).revision
 
 
 BASE = revision_of(spec())

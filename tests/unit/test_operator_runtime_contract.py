@@ -6,10 +6,9 @@ import pytest
 import yaml
 
 from moe_operator.config import RUNTIME_SETTINGS
-from moe_operator.render import render
 from moe_operator.spec import parse_spec
 from moe_runtime.serve import OPTIONS, parse_args
-from tests.unit.operator_samples import OWNER, spec
+from tests.unit.operator_samples import render_children, spec
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
@@ -33,7 +32,7 @@ def test_every_variable_the_operator_sets_is_one_the_runtime_reads():
 )
 def test_the_runtime_accepts_the_config_map_the_operator_renders(raw):
     model_spec = parse_spec(raw)
-    config = render(OWNER, model_spec).config_map["data"]
+    config = render_children(raw).config_map["data"]
     # the pod's container runs `serve --model <path>` with the ConfigMap as its environment
     args = parse_args(["--model", config["MOE_RUNTIME_MODEL"]], environ=config)
     batching = model_spec.runtime.batching

@@ -17,14 +17,10 @@ from tests.unit.operator_samples import spec
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "modeldeployments.yaml").read_text())
 SPEC_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-# reserved for later issues: not part of the typed view yet
-NOT_TYPED = {"autoscaling", "slo"}
 
 
 def schema_defaults(schema: dict, path: tuple[str, ...] = ()):
     for name, sub in schema.get("properties", {}).items():
-        if path == () and name in NOT_TYPED:
-            continue
         if "default" in sub and sub.get("type") != "object":
             yield (*path, name), sub["default"]
         yield from schema_defaults(sub, (*path, name))
@@ -40,9 +36,13 @@ def snake(name: str) -> str:
     ids=lambda p: ".".join(p) if isinstance(p, tuple) else None,
 )
 def test_python_defaults_equal_the_crd_defaults(path, default):
-    value = parse_spec(spec(model__source={"pvc": {"claimName": "weights"}}))
+    raw = spec(model__source={"pvc": {"claimName": "weights"}}, slo={"p99LatencySeconds": 1.0})
+    raw["adapters"] = [{"name": "a", "source": {"pvc": {"claimName": "weights"}}}]
+    value = parse_spec(raw)
     for name in path:
-        if name != "pvc":  # the source's variant is its type, not an attribute
+        if name == "adapters":
+            value = value.adapters[0]
+        elif name != "pvc":  # the source's variant is its type, not an attribute
             value = getattr(value, snake(name))
     assert value == default
 

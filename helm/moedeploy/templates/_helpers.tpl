@@ -26,10 +26,6 @@
 {{- end }}
 {{- end }}
 
-{{- define "moedeploy.peeringName" -}}
-{{- default (include "moedeploy.fullname" .) .Values.peering.name }}
-{{- end }}
-
 {{/* "true" when the operator serves every namespace (no watchNamespaces list), "" otherwise. */}}
 {{- define "moedeploy.clusterWide" -}}
 {{- if not .Values.operator.watchNamespaces }}true{{ end }}
@@ -37,8 +33,8 @@
 
 {{/* Rules across values that values.schema.json cannot explain well; the Deployment includes this. */}}
 {{- define "moedeploy.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
-{{- fail (printf "replicaCount is %d but peering.enabled is false: several operators without peering would all reconcile the same ModelDeployments; set peering.enabled=true or replicaCount=1" (int .Values.replicaCount)) }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail (printf "replicaCount is %d but operator.leaderElection.enabled is false: several operators without leader election would all reconcile the same ModelDeployments; enable it or set replicaCount=1" (int .Values.replicaCount)) }}
 {{- end }}
 {{- end }}
 
@@ -79,10 +75,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- with .Values.operator.prometheusUrl }}
 - --prometheus-url={{ . }}
 {{- end }}
-{{- if .Values.peering.enabled }}
-- --peering={{ include "moedeploy.peeringName" . }}
-{{- else }}
-- --standalone
+{{- if .Values.operator.prometheus.bearerTokenSecret.name }}
+- --prometheus-bearer-token-file=/etc/moe-operator/prometheus-token/{{ .Values.operator.prometheus.bearerTokenSecret.key }}
+{{- end }}
+{{- if .Values.operator.prometheus.caConfigMap.name }}
+- --prometheus-ca-file=/etc/moe-operator/prometheus-ca/{{ .Values.operator.prometheus.caConfigMap.key }}
+{{- end }}
+{{- if .Values.operator.prometheus.insecureSkipVerify }}
+- --prometheus-insecure-skip-verify
+{{- end }}
+- --policy-file=/etc/moe-operator/policy/policy.yaml
+- --workers={{ .Values.operator.workers }}
+- --metrics-port={{ .Values.operator.metricsPort }}
+{{- if .Values.operator.leaderElection.enabled }}
+- --leader-elect
+- --leader-election-id={{ include "moedeploy.fullname" . }}
 {{- end }}
 - --liveness=http://0.0.0.0:{{ include "moedeploy.healthPort" . }}/healthz
 {{- if eq .Values.operator.logLevel "debug" }}
@@ -94,8 +101,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* RBAC rules ---------------------------------------------------------------------------------------
 Exactly moe_operator.kube.PERMISSIONS (tests/integration/test_helm_chart.py compares them): the calls of
-the reconciler and of kopf itself, which runs with resource scanning disabled and so needs no access to
-CRDs or Namespaces. No wildcards, no Secrets. */}}
+the reconciler and of kopf's watches (kopf runs with resource scanning disabled, so it needs no access to CRDs
+or Namespaces). No wildcards, no Secrets, no pod creation. */}}
 
 {{- define "moedeploy.rbacSubjects" -}}
 - kind: ServiceAccount
@@ -105,38 +112,33 @@ CRDs or Namespaces. No wildcards, no Secrets. */}}
 
 {{/* Namespaced resources the operator reads and writes: granted cluster-wide or per watched namespace. */}}
 {{- define "moedeploy.rules.workload" -}}
-# kopf lists and watches them, and keeps its progress in their annotations
 - apiGroups: [moedeploy.dev]
   resources: [modeldeployments]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
+# the whole status is written in one update, conditioned on the resourceVersion the operator read
 - apiGroups: [moedeploy.dev]
   resources: [modeldeployments/status]
-  verbs: [patch]
+  verbs: [update]
 # children carry ownerReferences with blockOwnerDeletion, which needs update on the owner's finalizers
 - apiGroups: [moedeploy.dev]
   resources: [modeldeployments/finalizers]
   verbs: [update]
-# watched for drift and progress; written by server-side apply (a patch that creates when absent)
+# the stable and the canary Deployment; a finished or rejected canary is deleted
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
-# read on full passes to apply only what differs
+  verbs: [get, list, watch, create, patch, delete]
+# one immutable ConfigMap per revision, pruned past the history limit
 - apiGroups: [""]
-  resources: [services, configmaps]
-  verbs: [get, create, patch]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
+# read only: readiness, and why a pod cannot start (image pulls, scheduling, crash loops)
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
-{{- end }}
-
-{{/* kopf's keep-alives in the peering object: it lists and watches them all, but patches only its own. */}}
-{{- define "moedeploy.rules.peering" -}}
-{{- $resource := ternary "clusterkopfpeerings" "kopfpeerings" (eq (include "moedeploy.clusterWide" .) "true") -}}
-- apiGroups: [kopf.dev]
-  resources: [{{ $resource }}]
-  verbs: [list, watch]
-- apiGroups: [kopf.dev]
-  resources: [{{ $resource }}]
-  resourceNames: [{{ include "moedeploy.peeringName" . | quote }}]
-  verbs: [patch]
+  verbs: [create, patch]
 {{- end }}

@@ -1,0 +1,120 @@
+"""The kubelet's hands: volumes on disk, processes, probes over loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import stat
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from localkubelet.launch import Launch
+from localkubelet.probes import Probe
+from localkubelet.volumes import Volume
+
+
+class MountError(Exception):
+    """A volume cannot be set up now (the kubelet's FailedMount); it may work on a later try."""
+
+
+_HOST_PATH_TYPES = {
+    "Directory": stat.S_ISDIR,
+    "File": stat.S_ISREG,
+    "Socket": stat.S_ISSOCK,
+    "CharDevice": stat.S_ISCHR,
+    "BlockDevice": stat.S_ISBLK,
+}
+
+
+def prepare_volumes(
+    volumes: Mapping[str, Volume], read: Callable[[Volume], Mapping[str, str] | None]
+) -> None:
+    """Checks hostPath types, creates emptyDirs, writes configMap/secret volumes; `read` fetches their data."""
+    for volume in volumes.values():
+        path = Path(volume.host_path)
+        if volume.kind == "hostPath":
+            _check_host_path(volume, path)
+        elif volume.kind == "emptyDir":
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            data = read(volume)
+            if data is None and not volume.optional:
+                raise MountError(
+                    f'MountVolume.SetUp failed for volume "{volume.name}" : {volume.kind.lower()} '
+                    f'"{volume.source}" not found'
+                )
+            path.mkdir(parents=True, exist_ok=True)
+            items = volume.items or tuple((key, key) for key in data or {})
+            for key, relative in items:
+                if data and key in data:
+                    target = path / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[key])
+
+
+def _check_host_path(volume: Volume, path: Path) -> None:
+    kind = volume.host_path_type
+    if kind == "DirectoryOrCreate":
+        path.mkdir(parents=True, exist_ok=True)
+    elif kind == "FileOrCreate":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    elif kind in _HOST_PATH_TYPES:
+        try:
+            ok = _HOST_PATH_TYPES[kind](path.stat().st_mode)
+        except OSError:
+            ok = False
+        if not ok:
+            article = "an" if kind[0] in "AEIOU" else "a"
+            raise MountError(
+                f'MountVolume.SetUp failed for volume "{volume.name}" : hostPath type check failed: '
+                f"{path} is not {article} {kind.lower()}"
+            )
+
+
+def spawn(launch: Launch, log_path: Path) -> subprocess.Popen:
+    """The container's process, its output appended to the pod's log. It stays in the kubelet's process
+    group, so that stopping the kubelet's group stops every pod with it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    Path(launch.cwd).mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            cwd=launch.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def send(process: subprocess.Popen, sig: signal.Signals) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+
+
+def run_probe(probe: Probe, host: str = "127.0.0.1") -> tuple[bool, str]:
+    """(passed, what failed): HTTP 200-399 or an open TCP port, within the probe's timeout."""
+    try:
+        if probe.action == "tcp":
+            with socket.create_connection((host, probe.port), timeout=probe.timeout):
+                return True, ""
+        connection = http.client.HTTPConnection(host, probe.port, timeout=probe.timeout)
+        try:
+            connection.request(
+                "GET", probe.path, headers={"User-Agent": "kube-probe/local", **dict(probe.headers)}
+            )
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+    except (OSError, http.client.HTTPException) as err:
+        return False, f'Get "http://{host}:{probe.port}{probe.path}": {err}'
+    if 200 <= response.status < 400:
+        return True, ""
+    return False, f"HTTP probe failed with statuscode: {response.status}"

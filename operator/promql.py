@@ -1,0 +1,138 @@
+"""The PromQL the operator sends, built from templates. Pure.
+
+Every runtime series carries the labels `namespace`, `model_deployment`, `revision` and `pod` (DESIGN.md).
+
+Templates (the defaults below, and the user's overrides `spec.autoscaling.query`,
+`spec.slo.queries.p99Latency` and `spec.slo.queries.errorRatio`) may use these placeholders:
+
+  {namespace}  the ModelDeployment's namespace     (escaped: put it inside double quotes)
+  {name}       the ModelDeployment's name          (escaped: put it inside double quotes)
+  {revision}   the canary's revision hash          (escaped; SLO queries only)
+  {window}     a PromQL duration such as 30s: the queue's averaging window, or the analysis interval
+  {lookback}   a PromQL duration: how far back the queue query looks for stale series (queue query only)
+
+Values are escaped as the contents of a PromQL string literal, every character other than letters,
+digits, `_`, `.` and `-` as a \\x or \\u escape, so a namespace or name can never end the string it sits in
+and inject PromQL. Inside a regex matcher (=~) they are not regex-escaped. Any other `{word}` is an error.
+
+The queue override must return one value per pod (a `pod` label): an instant vector, used as it is, such
+as `avg by (pod) (avg_over_time(my_queue{namespace="{namespace}",model_deployment="{name}"}[{window}]))`,
+or a range vector of raw samples, which the operator averages per pod over the window as it does for the
+default. The SLO overrides must return a single value for the window: the p99 latency in seconds, or the
+ratio of failed requests (0 to 1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+QUEUE_DEPTH = "moe_runtime_queue_depth"
+REQUEST_LATENCY = "moe_runtime_request_latency_seconds"
+REQUESTS = "moe_runtime_requests_total"
+OLDEST_REQUEST_AGE = "moe_runtime_oldest_request_age_seconds"
+
+_MD = 'namespace="{namespace}",model_deployment="{name}"'
+_REVISION = _MD + ',revision="{revision}"'
+
+# Raw samples per pod: the operator averages the last window itself and sees how old the newest sample is.
+DEFAULT_QUEUE_DEPTH = QUEUE_DEPTH + "{" + _MD + "}[{lookback}]"
+DEFAULT_P99_LATENCY = (
+    f"histogram_quantile(0.99, sum by (le) (increase({REQUEST_LATENCY}_bucket{{{_REVISION}}}[{{window}}])))"
+)
+# Requests answered in the window, by HTTP status; the default error ratio is 5xx over all but 429.
+REQUESTS_BY_STATUS = f"sum by (status) (increase({REQUESTS}{{{_REVISION}}}[{{window}}]))"
+OLDEST_IN_FLIGHT = f"max(max_over_time({OLDEST_REQUEST_AGE}{{{_REVISION}}}[{{window}}]))"
+# Pods of the revision seen in the window: none means Prometheus does not scrape them (no data, not zero).
+PODS_SCRAPED = f"count(count_over_time({QUEUE_DEPTH}{{{_REVISION}}}[{{window}}]))"
+
+ESCAPED = ("namespace", "name", "revision")
+PLACEHOLDERS = (*ESCAPED, "window", "lookback")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]")
+
+
+class TemplateError(ValueError):
+    """A template names a placeholder that is unknown or has no value in its context."""
+
+
+def escape(value: str) -> str:
+    """`value` as the contents of a PromQL string literal (single or double quoted)."""
+    out = []
+    for char in value:
+        if _PLAIN.fullmatch(char):
+            out.append(char)
+        elif ord(char) < 0x80:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
+def duration(seconds: float) -> str:
+    """A PromQL duration: whole seconds as `30s`, anything finer in milliseconds."""
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {seconds}")
+    millis = max(round(seconds * 1000), 1)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """`template` with its placeholders replaced; namespace, name and revision escaped."""
+
+    def substitute(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in PLACEHOLDERS:
+            raise TemplateError(f"unknown placeholder {{{key}}} (known: {', '.join(PLACEHOLDERS)})")
+        if key not in values:
+            raise TemplateError(f"placeholder {{{key}}} has no value in this query")
+        return escape(values[key]) if key in ESCAPED else values[key]
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def queue_depth(
+    namespace: str, name: str, window_s: float, lookback_s: float, template: str | None = None
+) -> str:
+    values = {
+        "namespace": namespace,
+        "name": name,
+        "window": duration(window_s),
+        "lookback": duration(lookback_s),
+    }
+    return render(template or DEFAULT_QUEUE_DEPTH, values)
+
+
+@dataclass(frozen=True)
+class SLOQueries:
+    """User overrides of the SLO queries (spec.slo.queries); None keeps the default."""
+
+    p99_latency: str | None = None
+    error_ratio: str | None = None
+
+
+@dataclass(frozen=True)
+class CanaryQueries:
+    pods: str
+    requests_by_status: str
+    p99_latency: str
+    oldest_in_flight: str
+    error_ratio: str | None  # None: computed from requests_by_status
+
+
+def canary_window(
+    namespace: str, name: str, revision: str, interval_s: float, overrides: SLOQueries | None = None
+) -> CanaryQueries:
+    """The queries of one analysis window of `revision`, each over [interval] (evaluated at its end)."""
+    overrides = overrides or SLOQueries()
+    values = {"namespace": namespace, "name": name, "revision": revision, "window": duration(interval_s)}
+    return CanaryQueries(
+        pods=render(PODS_SCRAPED, values),
+        requests_by_status=render(REQUESTS_BY_STATUS, values),
+        p99_latency=render(overrides.p99_latency or DEFAULT_P99_LATENCY, values),
+        oldest_in_flight=render(OLDEST_IN_FLIGHT, values),
+        error_ratio=render(overrides.error_ratio, values) if overrides.error_ratio else None,
+    )

@@ -1,0 +1,456 @@
+"""`python -m moe_runtime loadgen`: load on runtime pods over the OpenAI completions API, and a JSON summary.
+
+Where requests go: `--url` (repeatable; taken in turn), or `--targets .cluster/targets.json --model-deployment
+NAME`: the Ready pods of that ModelDeployment as the local kubelet lists them, re-read whenever the file
+changes and taken in turn, as a Service spreads connections over its ready endpoints.
+
+How they come: closed loop (`--concurrency N` clients, each sending its next request when the last one is
+answered) or open loop (`--rate R` requests per second, Poisson arrivals, at most `--concurrency` in flight;
+arrivals beyond that are dropped and counted). It ends after `--duration` seconds or `--requests` requests,
+whichever comes first (one of them is required), or on SIGINT/SIGTERM: no new requests, the ones in flight
+finish (a second signal abandons them), and the summary so far is printed. Every request streams, so that
+the time to first token is measured; prompt and output lengths come from `--mix PROMPT_WORDS:MAX_TOKENS[:WEIGHT]`.
+
+Loopback only: it refuses any other host. As a library:
+
+    summary = run_load(LoadConfig(urls=("http://127.0.0.1:8000",), requests=20))
+    with LoadGenerator(config).background() as load:   # in a thread until the block ends
+        ...
+    load.result
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+MAX_CONCURRENCY = 1024
+MAX_RATE = 1000.0
+MAX_DURATION_S = 24 * 3600.0
+MAX_REQUESTS = 10_000_000
+MAX_TIMEOUT_S = 3600.0
+NO_TARGET_WAIT_S = 0.1
+PERCENTILES = (50, 90, 99)
+WORDS = (
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "experts", "route",
+    "tokens", "to", "few", "that", "know", "best", "and", "scheduler", "batches", "short", "prompts",
+    "ahead", "of", "long", "ones", "on", "busy", "machine",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One kind of request in the mix: prompt length in words, output limit in tokens, relative weight."""
+
+    prompt_words: int
+    max_tokens: int
+    weight: float = 1.0
+
+
+def parse_mix(text: str) -> tuple[Shape, ...]:
+    """`32:16:3,512:64:1` -> shapes; ValueError naming the bad entry."""
+    shapes = []
+    for entry in (part.strip() for part in text.split(",")):
+        parts = entry.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            shape = Shape(int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) == 3 else 1.0)
+        except ValueError:
+            raise ValueError(f"--mix entry {entry!r}: want PROMPT_WORDS:MAX_TOKENS[:WEIGHT]") from None
+        if shape.prompt_words < 1 or shape.max_tokens < 1 or not shape.weight > 0:
+            raise ValueError(f"--mix entry {entry!r}: lengths must be at least 1 and the weight positive")
+        shapes.append(shape)
+    return tuple(shapes)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    urls: tuple[str, ...] = ()
+    targets_file: Path | None = None
+    model_deployment: str | None = None
+    namespace: str | None = None
+    concurrency: int = 4
+    rate: float | None = None
+    duration_s: float | None = None
+    requests: int | None = None
+    mix: tuple[Shape, ...] = (Shape(32, 16),)
+    timeout_s: float = 60.0
+    model: str | None = None
+    temperature: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        """ValueError naming the setting that is out of bounds."""
+        if bool(self.urls) == (self.targets_file is not None):
+            raise ValueError("give --url (one or more) or --targets, not both")
+        if self.targets_file is not None and not self.model_deployment:
+            raise ValueError("--targets needs --model-deployment")
+        for url in self.urls:
+            require_loopback(url)
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"--concurrency must be 1..{MAX_CONCURRENCY}")
+        if self.rate is not None and not 0 < self.rate <= MAX_RATE:
+            raise ValueError(f"--rate must be in (0, {MAX_RATE:g}]")
+        if self.duration_s is None and self.requests is None:
+            raise ValueError("give --duration or --requests (or both): the load must end")
+        if self.duration_s is not None and not 0 < self.duration_s <= MAX_DURATION_S:
+            raise ValueError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds")
+        if self.requests is not None and not 1 <= self.requests <= MAX_REQUESTS:
+            raise ValueError(f"--requests must be 1..{MAX_REQUESTS}")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
+        if not self.mix:
+            raise ValueError("--mix needs at least one shape")
+
+
+def require_loopback(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if urlsplit(url).scheme not in ("http", "https") or not loopback:
+        raise ValueError(f"{url!r}: the load generator only talks to http(s) on loopback")
+    return url.rstrip("/")
+
+
+def targets_from(entries: Any, model_deployment: str, namespace: str | None) -> list[str]:
+    """Base URLs of one ModelDeployment's pods in a file_sd list (loopback entries only)."""
+    urls = []
+    for entry in entries if isinstance(entries, list) else ():
+        labels = entry.get("labels") or {}
+        if labels.get("model_deployment") != model_deployment:
+            continue
+        if namespace is not None and labels.get("namespace") != namespace:
+            continue
+        for target in entry.get("targets") or ():
+            with contextlib.suppress(ValueError):
+                urls.append(require_loopback(f"http://{target}"))
+    return urls
+
+
+class Endpoints:
+    """Where the next request goes: fixed URLs, or a targets file re-read whenever it changes; in turn."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        self._config = config
+        self._urls = [require_loopback(url) for url in config.urls]
+        self._seen: tuple[int, int, int] | None = None
+        self._turn = 0
+
+    def next(self) -> str | None:
+        if self._config.targets_file is not None:
+            self._reload(self._config.targets_file)
+        if not self._urls:
+            return None
+        self._turn += 1
+        return self._urls[self._turn % len(self._urls)]
+
+    def _reload(self, path: Path) -> None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            self._urls, self._seen = [], None
+            return
+        version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if version == self._seen:
+            return
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # keep the last good list; the writer replaces the file whole
+        self._seen = version
+        self._urls = targets_from(entries, self._config.model_deployment or "", self._config.namespace)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    url: str
+    error: str | None  # None: a complete answer; else the HTTP status or what broke
+    latency_s: float
+    ttft_s: float | None
+    output_tokens: int
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float] | None:
+    """mean, p50/p90/p99 (linear interpolation between ranks) and max; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    out = {"mean": sum(ordered) / len(ordered)}
+    for p in PERCENTILES:
+        rank = (len(ordered) - 1) * p / 100
+        low, high = math.floor(rank), math.ceil(rank)
+        out[f"p{p}"] = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    out["max"] = ordered[-1]
+    return {key: round(value, 4) for key, value in out.items()}
+
+
+def summarize(
+    outcomes: Sequence[Outcome], issued: int, dropped: int, no_target_waits: int, elapsed_s: float
+) -> dict:
+    done = [o for o in outcomes if o.error is None]
+    tokens = sum(o.output_tokens for o in done)
+    elapsed = max(elapsed_s, 1e-9)
+    return {
+        "requests": issued,
+        "completed": len(done),
+        "errors": dict(sorted(Counter(o.error for o in outcomes if o.error is not None).items())),
+        "in_flight": issued - len(outcomes),
+        "dropped": dropped,
+        "no_target_waits": no_target_waits,
+        "duration_s": round(elapsed_s, 3),
+        "requests_per_s": round(len(done) / elapsed, 3),
+        "output_tokens": tokens,
+        "output_tokens_per_s": round(tokens / elapsed, 3),
+        "latency_s": percentiles([o.latency_s for o in done]),
+        "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
+        "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
+    }
+
+
+@dataclass
+class LoadGenerator:
+    config: LoadConfig
+    result: dict | None = None
+    _outcomes: list[Outcome] = field(default_factory=list)
+    _issued: int = 0
+    _dropped: int = 0
+    _no_target_waits: int = 0
+    _started: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _tasks: set[asyncio.Task] = field(default_factory=set)
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def __post_init__(self) -> None:
+        self.config.check()
+        self._rng = random.Random(self.config.seed)
+        self._endpoints = Endpoints(self.config)
+
+    # ---- control -----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """No new requests; the ones in flight finish. Safe from any thread or a signal handler."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def abandon(self) -> None:
+        """Stop, and cancel the requests in flight (they count as errors `abandoned`)."""
+        self.stop()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: [task.cancel() for task in list(self._tasks)])
+
+    def summary(self) -> dict:
+        """The figures so far (or final, once run() returned)."""
+        elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
+        return {
+            **summarize(list(self._outcomes), self._issued, self._dropped, self._no_target_waits, elapsed),
+            "config": _config_json(self.config),
+        }
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[LoadGenerator]:
+        """Runs in a thread while the block runs; then stops it, waits for it, and leaves `result`."""
+        thread = threading.Thread(target=lambda: asyncio.run(self.run()), name="loadgen", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            thread.join(timeout=self.config.timeout_s + 30)
+
+    # ---- running -----------------------------------------------------------------------------------------
+
+    async def run(self) -> dict:
+        self._loop = asyncio.get_running_loop()
+        self._started = time.perf_counter()
+        limits = httpx.Limits(
+            max_connections=self.config.concurrency, max_keepalive_connections=self.config.concurrency
+        )
+        async with httpx.AsyncClient(limits=limits, timeout=self.config.timeout_s) as client:
+            if self.config.rate is None:
+                await asyncio.gather(*(self._client_loop(client) for _ in range(self.config.concurrency)))
+            else:
+                await self._arrivals(client)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.result = self.summary()
+        return self.result
+
+    def _may_send(self) -> bool:
+        assert self._started is not None
+        if self._stop.is_set():
+            return False
+        if self.config.requests is not None and self._issued >= self.config.requests:
+            return False
+        return self.config.duration_s is None or time.perf_counter() - self._started < self.config.duration_s
+
+    async def _client_loop(self, client: httpx.AsyncClient) -> None:
+        while self._may_send():
+            url = self._endpoints.next()
+            if url is None:
+                self._no_target_waits += 1
+                await asyncio.sleep(NO_TARGET_WAIT_S)
+                continue
+            self._issued += 1
+            task = asyncio.ensure_future(self._request(client, url))
+            self._tasks.add(task)
+            try:
+                await task
+            finally:
+                self._tasks.discard(task)
+
+    async def _arrivals(self, client: httpx.AsyncClient) -> None:
+        assert self.config.rate is not None and self._started is not None
+        next_at = time.perf_counter()
+        while True:
+            next_at += self._rng.expovariate(self.config.rate)
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            if not self._may_send():
+                return
+            url = self._endpoints.next()
+            if url is None:
+                self._no_target_waits += 1
+                continue
+            if len(self._tasks) >= self.config.concurrency:
+                self._dropped += 1
+                continue
+            self._issued += 1
+            task = asyncio.ensure_future(self._request(client, url))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _request(self, client: httpx.AsyncClient, url: str) -> None:
+        shape = self._rng.choices(self.config.mix, weights=[s.weight for s in self.config.mix])[0]
+        body: dict[str, Any] = {
+            "prompt": " ".join(self._rng.choice(WORDS) for _ in range(shape.prompt_words)),
+            "max_tokens": shape.max_tokens,
+            "temperature": self.config.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.config.model:
+            body["model"] = self.config.model
+        start = time.perf_counter()
+        ttft, tokens, error = None, 0, None
+        try:
+            async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    error = str(response.status_code)
+                else:
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        event = json.loads(line[6:])
+                        if "error" in event:
+                            error = f"stream_{event['error'].get('code') or event['error'].get('type') or 'error'}"
+                        choices = event.get("choices") or ()
+                        if ttft is None and choices and choices[0].get("text"):
+                            ttft = time.perf_counter() - start
+                        if event.get("usage"):
+                            tokens = event["usage"].get("completion_tokens", 0)
+        except asyncio.CancelledError:
+            error = "abandoned"
+        except httpx.TimeoutException:
+            error = "timeout"
+        except httpx.ConnectError:
+            error = "connect_error"
+        except (httpx.HTTPError, ValueError) as err:
+            error = type(err).__name__
+        self._outcomes.append(Outcome(url, error, time.perf_counter() - start, ttft, tokens))
+
+
+def run_load(config: LoadConfig) -> dict:
+    """Runs the load to its end in this thread; the summary."""
+    return asyncio.run(LoadGenerator(config).run())
+
+
+def _config_json(config: LoadConfig) -> dict:
+    values = asdict(config)
+    values["targets_file"] = None if config.targets_file is None else str(config.targets_file)
+    values["mix"] = [f"{s.prompt_words}:{s.max_tokens}:{s.weight:g}" for s in config.mix]
+    values["urls"] = list(config.urls)
+    return values
+
+
+def parse_args(argv: Sequence[str]) -> LoadConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_runtime loadgen", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--url", action="append", default=[], help="a runtime's base URL (repeatable)")
+    parser.add_argument("--targets", type=Path, help="file_sd targets file, e.g. .cluster/targets.json")
+    parser.add_argument("--model-deployment", help="with --targets: whose pods")
+    parser.add_argument("--namespace", help="with --targets: only pods in this namespace")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="clients (closed loop) or most in flight (open)"
+    )
+    parser.add_argument("--rate", type=float, help="requests per second, Poisson arrivals (open loop)")
+    parser.add_argument("--duration", type=float, help="seconds to send requests for")
+    parser.add_argument("--requests", type=int, help="requests to send in all")
+    parser.add_argument("--mix", default="32:16", help="PROMPT_WORDS:MAX_TOKENS[:WEIGHT],... (default 32:16)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    parser.add_argument("--model", help="`model` in the requests (default: the server's)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        config = LoadConfig(
+            urls=tuple(args.url),
+            targets_file=args.targets,
+            model_deployment=args.model_deployment,
+            namespace=args.namespace,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            duration_s=args.duration,
+            requests=args.requests,
+            mix=parse_mix(args.mix),
+            timeout_s=args.timeout,
+            model=args.model,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+        config.check()
+    except ValueError as err:
+        parser.error(str(err))
+    return config
+
+
+def main(argv: Sequence[str]) -> int:
+    generator = LoadGenerator(parse_args(argv))
+
+    async def run() -> dict:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # the first signal stops sending, a second one abandons the requests in flight
+            loop.add_signal_handler(
+                sig, lambda: generator.abandon() if generator.stopping else generator.stop()
+            )
+        return await generator.run()
+
+    summary = asyncio.run(run())
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0 if summary["completed"] else 1
