@@ -2,11 +2,14 @@
 
 Contract (the serving layer codes against it):
 
-- `Engine.load(model_dir, device=, dtype=, quantize=, window=, global_tokens=, max_kv_tokens=)` reads a
-  Hugging Face checkpoint directory. device defaults to CUDA when present, else CPU; dtype to bfloat16 on
-  CUDA and float32 on CPU; quantize None or "int8" (weight-only). `window` (None: the model's own config)
-  turns on sliding-window attention for every layer, with `global_tokens` sink tokens kept besides it.
-  `max_kv_tokens` is the budget `kv_cache_usage()` divides by (default: 8 sequences of `max_context`).
+- `Engine.load(model_dir, device=, dtype=, quantize=, window=, global_tokens=, max_kv_tokens=,
+  max_model_len=)` reads a Hugging Face checkpoint directory. device defaults to CUDA when present, else CPU;
+  dtype to bfloat16 on CUDA and float32 on CPU; quantize None or "int8" (weight-only). `window` (None: the
+  model's own config) turns on sliding-window attention for every layer, with `global_tokens` sink tokens
+  kept besides it. `max_kv_tokens` is the budget `kv_cache_usage()` divides by (default: 8 sequences of
+  `max_context`; the server sizes it from memory, see `kv_budget`). `max_model_len` caps `max_context`
+  below the checkpoint's `max_position_embeddings`.
+- `kv_bytes_per_token()` = bytes one token takes in the KV cache of every layer.
 - `new_sequence()` gives an empty per-sequence cache; `release(seq)` drops it.
 - `forward([(seq, new_token_ids), ...])` appends each item's new tokens (1 for a decode step, N for a
   prefill chunk; items may differ in length and in how much they already hold) to that sequence's cache,
@@ -58,13 +61,19 @@ class Engine:
         layer_windows: tuple[int | None, ...],
         global_tokens: int = 0,
         max_kv_tokens: int | None = None,
+        max_model_len: int | None = None,
     ):
+        if max_model_len is not None and not 1 < max_model_len <= config.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len {max_model_len} must be in 2..{config.max_position_embeddings} "
+                "(the checkpoint's max_position_embeddings)"
+            )
         self.config = config
         self.weights = weights
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.device = device
-        self.max_context = config.max_position_embeddings
+        self.max_context = max_model_len or config.max_position_embeddings
         self.layer_windows = layer_windows
         self.global_tokens = global_tokens
         self.max_kv_tokens = max_kv_tokens or 8 * self.max_context
@@ -85,6 +94,7 @@ class Engine:
         window: int | None = None,
         global_tokens: int = 0,
         max_kv_tokens: int | None = None,
+        max_model_len: int | None = None,
     ) -> Engine:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype_name = dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -105,6 +115,7 @@ class Engine:
             layer_windows=config.layer_windows if window is None else (window,) * config.num_layers,
             global_tokens=global_tokens,
             max_kv_tokens=max_kv_tokens,
+            max_model_len=max_model_len,
         )
 
     def new_sequence(self) -> SequenceCache:
@@ -120,6 +131,10 @@ class Engine:
 
     def release(self, seq: SequenceCache) -> None:
         self._live.pop(id(seq), None)
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.config
+        return c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.dtype.itemsize
 
     def kv_cache_usage(self) -> float:
         return sum(seq.tokens_held for seq in self._live.values()) / self.max_kv_tokens
