@@ -8,6 +8,7 @@ import json
 import sys
 
 from .checkpoint import CheckpointSpec
+from .layout import LAYOUTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         if field.type.startswith("bool"):
             make.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        elif field.name == "layout":
+            make.add_argument(flag, choices=LAYOUTS, default=field.default)
         elif field.name == "mlp_only_layers":
             make.add_argument(flag, type=int, nargs="*", default=[])
         else:
