@@ -95,7 +95,9 @@ def main() -> int:
     text = render()
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(ROOT)} is out of date: run python hack/crd_reference.py", file=sys.stderr)
+            print(
+                f"{OUT.relative_to(ROOT)} is out of date: run python hack/crd_reference.py", file=sys.stderr
+            )
             return 1
         return 0
     OUT.parent.mkdir(exist_ok=True)
