@@ -172,6 +172,9 @@ def test_runtime_settings_reach_the_config_map():
         "MOE_RUNTIME_GLOBAL_TOKENS": "4",
         "MOE_RUNTIME_QUANTIZE": "int8",
         "MOE_RUNTIME_DTYPE": "float32",
+        "MOE_RUNTIME_GPU_MEMORY_UTILIZATION": "0.9",
+        "MOE_RUNTIME_EXPERT_METRICS": "expert",
+        "MOE_RUNTIME_LOG_FORMAT": "text",
     }
 
 
