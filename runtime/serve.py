@@ -75,6 +75,7 @@ __all__ = ["OPTIONS", "main", "parse_args"]
 log = logging.getLogger("moe_runtime.serve")
 
 DRAIN_POLL_S = 0.05
+LOADER_THREAD = "load-engine"
 CUDA_TOKEN_BUDGET = 8192  # vLLM's default max-num-batched-tokens
 CPU_TOKEN_BUDGET = 512
 
@@ -164,7 +165,7 @@ def _in_daemon_thread(function, *args) -> asyncio.Future:
         with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
             loop.call_soon_threadsafe(settle, *outcome)
 
-    threading.Thread(target=run, name="load", daemon=True).start()
+    threading.Thread(target=run, name=LOADER_THREAD, daemon=True).start()
     return future
 
 
@@ -226,4 +227,9 @@ def main(argv: list[str]) -> int:
         log_config=None,  # uvicorn's loggers go through ours (and its format)
     )  # fmt: skip
     server = _DrainingServer(config, state)
-    return asyncio.run(server.run_with_engine(args))
+    code = asyncio.run(server.run_with_engine(args))
+    if any(thread.name == LOADER_THREAD for thread in threading.enumerate()):
+        # stopped while still downloading or loading: the download's worker threads would hold the exit
+        logging.shutdown()
+        os._exit(code)
+    return code
