@@ -44,7 +44,7 @@ cluster-down: install
 	$(PY) hack/localcluster.py down --state-dir .cluster
 
 demo: install testbin prometheus
-	KUBEBUILDER_ASSETS=$(TESTBIN) bash hack/demo.sh
+	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) hack/demo $(DEMO_ARGS)
 
 bench: install testbin
 	KUBEBUILDER_ASSETS=$(TESTBIN) bash bench/run_all.sh

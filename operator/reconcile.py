@@ -150,7 +150,9 @@ class _Pass:
 
         stable_state = DeploymentState.of(self.stable) if self.stable else None
         canary_state = DeploymentState.of(self.canary) if self.canary else None
-        floor = state.canary.baseline_replicas if state.canary and state.canary.phase != "Promoting" else 0
+        # while a canary runs, promoted or not, the stable track keeps at least what it had when it began: the
+        # canary takes part of the traffic, so the stable pods' queues read low
+        floor = state.canary.baseline_replicas if state.canary else 0
         scaling = self.r._scaler.scale(
             self.md,
             spec,
