@@ -124,7 +124,7 @@ class Demo:
         concurrency = 10 if self.args.quick else 12
         self.load = LoadGenerator(
             LoadConfig(targets_file=self.cluster.targets_file, model_deployment=NAME, namespace=NS,
-                       concurrency=concurrency, duration_s=1800, mix=(Shape(24, 48),), timeout_s=120, temperature=0)
+                       concurrency=concurrency, duration_s=1800, mix=(Shape(12, 24),), timeout_s=120, temperature=0)
         )  # fmt: skip
         self._load_context = self.load.background()
         self._load_context.__enter__()
