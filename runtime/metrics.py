@@ -31,9 +31,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily
 
 # CPU runs of tiny models answer in milliseconds, real models on busy pods in tens of seconds, and a request
-# may run until its timeout (600 s by default) or longer when there is none.
+# may run until its timeout (300 s by default) or longer when there is none. Dense between 0.1 s and 60 s,
+# where latency SLOs sit (as vLLM's): a p99 is interpolated inside one bucket, so a coarse bucket blurs a
+# breach of a threshold inside it.
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5,
+    10, 15, 20, 30, 45, 60, 120, 300, 600, 1200, 1800, 3600,
 )  # fmt: skip
 TOKEN_INTERVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

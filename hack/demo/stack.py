@@ -102,11 +102,12 @@ def _token_kubeconfig(stack: LocalCluster, path: Path) -> Path:
     return path
 
 
-def checkpoint(out: Path) -> Path:
+def checkpoint(out: Path, layers: int = 4, hidden: int = 128) -> Path:
     """A small random Qwen3-MoE: big enough to queue under load on two cores, small enough to start fast."""
     subprocess.run(
         [sys.executable, "-m", "moe_runtime", "make-checkpoint", "--family", "qwen3_moe", "--out", str(out),
-         "--num-experts", "8", "--top-k", "2", "--num-layers", "4", "--hidden-size", "128"],
+         "--num-experts", "8", "--top-k", "2", "--num-layers", str(layers), "--hidden-size", str(hidden),
+         "--moe-intermediate-size", str(hidden)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return out
