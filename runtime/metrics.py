@@ -60,6 +60,8 @@ class ExpertTokenCounts:
     """Cumulative tokens routed to each (layer, expert). The engine thread adds, scrapes read a snapshot:
     thousands of labelled children updated every step would cost more than the step itself."""
 
+    LABELS = ("layer", "expert")
+
     def __init__(self, mode: ExpertMetrics = ExpertMetrics.EXPERT) -> None:
         self.mode = mode
         self._lock = threading.Lock()
@@ -76,7 +78,7 @@ class ExpertTokenCounts:
 
     def collect(self):
         family = CounterMetricFamily(
-            "moe_runtime_expert_tokens", "Tokens routed to each expert", labels=["layer", "expert"]
+            "moe_runtime_expert_tokens", "Tokens routed to each expert", labels=list(self.LABELS)
         )
         with self._lock:
             totals = None if self._totals is None else self._totals.tolist()
