@@ -160,7 +160,7 @@ class Demo:
         )
         self.apply(manifests.model_deployment(str(self.slow_checkpoint), threshold, maxBatchSequences=1))
         status = self.wait(
-            lambda s: bool(s.get("rejectedRevisions")) and "canary" not in s, 240, "the rollback"
+            lambda s: bool(s.get("rejectedRevisions")) and "canary" not in s, 300, "the rollback"
         )
         rejected = status["rejectedRevisions"][-1]
         unchanged = self.stable_template() == before
@@ -291,6 +291,8 @@ class Demo:
             "load": getattr(self, "load_summary", None),
             "events": self.recorder.events() if self.recorder else [],
             "ok": all(step.ok for step in self.steps) and len(self.steps) == 8,
+            "workdir": str(self.workdir),
+            "state_dir": str(self.args.state_dir.resolve()),
         }
         (self.out / "timeline.json").write_text(json.dumps(timeline, indent=2, default=str))
         if self.recorder is not None and self.recorder.samples:
