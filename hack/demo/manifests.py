@@ -14,7 +14,7 @@ MAX_REPLICAS = 3
 def model_deployment(checkpoint: str, p99_seconds: float, **runtime: object) -> dict:
     """The demo's ModelDeployment; `runtime` overrides fields of spec.runtime.batching (a new revision)."""
     batching = {"maxQueue": 256, "maxBatchSequences": 2, "tokenBudget": 256, "prefillChunk": 128,
-                "requestTimeoutSeconds": 60, **runtime}  # fmt: skip
+                "requestTimeoutSeconds": 300, **runtime}  # fmt: skip
     return copy.deepcopy(
         {
             "apiVersion": "moedeploy.dev/v1alpha1",
@@ -44,7 +44,7 @@ def model_deployment(checkpoint: str, p99_seconds: float, **runtime: object) -> 
                 "slo": {
                     "p99LatencySeconds": round(p99_seconds, 3),
                     "maxErrorRatio": 0.01,
-                    "analysisIntervalSeconds": 5,
+                    "analysisIntervalSeconds": 6,
                     "initialDelaySeconds": 2,
                     "measurements": 2,
                     "failureLimit": 1,
