@@ -99,8 +99,8 @@ class Demo:
         self.operator = stack.Operator(self.cluster, self.workdir)
         say(f"  python -m moe_operator {' '.join(self.operator.args)}  (log: {self.operator.log_path})")
         self.checkpoint = stack.checkpoint(self.workdir / "qwen3-moe-demo")
-        # the bad revision: a much deeper model of the same family, several times slower per token
-        self.slow_checkpoint = stack.checkpoint(self.workdir / "qwen3-moe-demo-deep", layers=24, hidden=256)
+        # the bad revision: a deeper and wider model of the same family, several times slower per token
+        self.slow_checkpoint = stack.checkpoint(self.workdir / "qwen3-moe-demo-deep", layers=12, hidden=256)
         api = config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
         prometheus_url = self.cluster.prometheus_url
         self.recorder = Recorder(
@@ -155,10 +155,8 @@ class Demo:
         )
         self.threshold = threshold
         before = self.stable_template()
-        say(
-            "  the new revision serves a much deeper checkpoint with batching off: several times slower per request"
-        )
-        self.apply(manifests.model_deployment(str(self.slow_checkpoint), threshold, maxBatchSequences=1))
+        say("  the new revision serves a much deeper and wider checkpoint: several times slower per request")
+        self.apply(manifests.model_deployment(str(self.slow_checkpoint), threshold))
         status = self.wait(
             lambda s: bool(s.get("rejectedRevisions")) and "canary" not in s, 300, "the rollback"
         )
