@@ -1,7 +1,7 @@
 """Prometheus metrics of one runtime process, in their own registry (names fixed by DESIGN.md).
 
 `moe_runtime_requests_total{status}` counts generation requests by the HTTP status of their outcome: "200",
-"400" (bad input), "413" (body too large), "429" (queue full), "503" (loading, draining or engine failed),
+"400" (bad input), "404" (no such model or LoRA adapter), "413" (body too large), "429" (queue full), "503" (loading, draining or engine failed),
 "504" (timed out), "500" (engine failure) and "499" (the client went away first).
 
 `moe_runtime_request_latency_seconds` (end to end: accepted to last event) and
@@ -19,6 +19,22 @@ latency objective.
 `--expert-metrics` sets: `off` (no samples), `expert` (one series per expert, summed over the layers, with
 layer="all"; the default: bounded by the expert count) or `layer_expert` (one series per layer and expert:
 thousands on a real model). The same query works in every mode, e.g. `sum by (expert) (rate(...[5m]))`.
+
+LoRA adapters (only when the server serves adapters: `--lora-modules` or `--lora-list`), every `adapter` label
+one of the adapters configured now (a removed adapter's series go with it):
+- `moe_runtime_lora_adapter_loaded{adapter}` (gauge): 1 when the adapter loaded and serves (in memory, or
+  evicted for room and reloaded on the next request), 0 while it loads for the first time or after its last load
+  failed. The operator counts the Ready pods where it is 1.
+- `moe_runtime_lora_adapter_load_error{adapter,reason}` (gauge): 1 while the adapter's last load failed, with
+  the reason word of lora_reasons.py (the full message is in the log).
+- `moe_runtime_lora_load_failures_total{adapter,reason}`, `moe_runtime_lora_adapters_resident` (gauge, at
+  most --max-loras), `moe_runtime_lora_evictions_total`, and per adapter `moe_runtime_lora_requests_total`
+  (accepted), `moe_runtime_lora_prompt_tokens_total`, `moe_runtime_lora_generation_tokens_total`.
+- `vllm:lora_requests_info{max_lora,running_lora_adapters,waiting_lora_adapters}`: vLLM's gauge, which the
+  Gateway API Inference Extension's endpoint picker reads to route by adapter: the adapters with running and
+  with waiting requests, comma-joined, and the time of the last engine step as the value. vLLM keeps a series
+  for every combination it ever exported and the picker takes the one with the highest value; this exports only
+  the current one, which the picker reads the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ from enum import StrEnum
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # CPU runs of tiny models answer in milliseconds, real models on busy pods in tens of seconds, and a request
 # may run until its timeout (600 s by default) or longer when there is none.
@@ -84,6 +100,116 @@ class ExpertTokenCounts:
         yield family
 
 
+class LoraMetrics:
+    """The LoRA series. The engine thread publishes a snapshot each step; requests are counted on the event
+    loop; scrapes read under a lock."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.max_loras = 1
+        self._lock = threading.Lock()
+        self._adapters: dict[
+            str, str | None
+        ] = {}  # configured adapter -> None (loaded), "" (loading), reason
+        self._resident = 0
+        self._running: tuple[str, ...] = ()
+        self._waiting: tuple[str, ...] = ()
+        self._stepped_at = 0.0
+        self._failures: dict[tuple[str, str], int] = {}
+        self._evictions = 0
+        self._counts: dict[str, list[int]] = {}  # adapter -> [requests, prompt tokens, generation tokens]
+
+    def publish(
+        self,
+        adapters: dict[str, str | None],
+        resident: int,
+        running: tuple[str, ...],
+        waiting: tuple[str, ...],
+        now: float,
+    ) -> None:
+        with self._lock:
+            self._adapters, self._resident = adapters, resident
+            self._running, self._waiting, self._stepped_at = running, waiting, now
+            for gone in [name for name in self._counts if name not in adapters]:
+                del self._counts[gone]
+            for key in [key for key in self._failures if key[0] not in adapters]:
+                del self._failures[key]
+
+    def load_failed(self, adapter: str, reason: str) -> None:
+        with self._lock:
+            self._failures[adapter, reason] = self._failures.get((adapter, reason), 0) + 1
+
+    def evicted(self, count: int) -> None:
+        with self._lock:
+            self._evictions += count
+
+    def count(
+        self, adapter: str, requests: int = 0, prompt_tokens: int = 0, generation_tokens: int = 0
+    ) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(adapter, [0, 0, 0])
+            counts[0] += requests
+            counts[1] += prompt_tokens
+            counts[2] += generation_tokens
+
+    def collect(self):
+        if not self.enabled:
+            return
+        with self._lock:
+            adapters, counts, failures = dict(self._adapters), dict(self._counts), dict(self._failures)
+            resident, running, waiting, stepped_at = (
+                self._resident,
+                self._running,
+                self._waiting,
+                self._stepped_at,
+            )
+            evictions = self._evictions
+        info = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+        )
+        info.add_metric([str(self.max_loras), ",".join(waiting), ",".join(running)], stepped_at)
+        yield info
+        loaded = GaugeMetricFamily(
+            "moe_runtime_lora_adapter_loaded",
+            "1 when the adapter loaded and serves (in memory or reloaded on demand), else 0",
+            labels=["adapter"],
+        )
+        errors = GaugeMetricFamily(
+            "moe_runtime_lora_adapter_load_error",
+            "1 while the adapter's last load failed, with the reason",
+            labels=["adapter", "reason"],
+        )
+        for name, state in sorted(adapters.items()):
+            loaded.add_metric([name], 1.0 if state is None else 0.0)
+            if state:
+                errors.add_metric([name, state], 1.0)
+        yield loaded
+        yield errors
+        failed = CounterMetricFamily(
+            "moe_runtime_lora_load_failures", "Adapter loads that failed", labels=["adapter", "reason"]
+        )
+        for (name, reason), count in sorted(failures.items()):
+            failed.add_metric([name, reason], count)
+        yield failed
+        yield GaugeMetricFamily("moe_runtime_lora_adapters_resident", "Adapters in memory", value=resident)
+        yield CounterMetricFamily(
+            "moe_runtime_lora_evictions", "Adapters evicted to make room for another", value=evictions
+        )
+        for index, (metric, text) in enumerate(
+            (
+                ("moe_runtime_lora_requests", "Generation requests accepted for the adapter"),
+                ("moe_runtime_lora_prompt_tokens", "Prompt tokens prefilled with the adapter"),
+                ("moe_runtime_lora_generation_tokens", "Tokens generated with the adapter"),
+            )
+        ):
+            family = CounterMetricFamily(metric, text, labels=["adapter"])
+            for name in sorted(adapters):
+                family.add_metric([name], counts.get(name, [0, 0, 0])[index])
+            yield family
+
+
 class RuntimeMetrics:
     def __init__(
         self, request_timeout_s: float | None = None, expert_metrics: ExpertMetrics = ExpertMetrics.EXPERT
@@ -135,6 +261,8 @@ class RuntimeMetrics:
         )
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
+        self.lora = LoraMetrics()
+        r.register(self.lora)
 
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)

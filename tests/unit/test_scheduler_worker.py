@@ -49,7 +49,7 @@ class FakeEngine:
     def forward(self, batch):
         self.batch_sizes.append(len(batch))
         rows = []
-        for i, (sequence, tokens) in enumerate(batch):
+        for i, (sequence, tokens, *_) in enumerate(batch):
             if self.fail_when_batch_has in tokens:
                 raise RuntimeError("boom")
             sequence.tokens += tokens
