@@ -102,6 +102,8 @@ class Runtime:
     batching: Batching = Batching()
     attention: Attention = Attention()
     kv_cache: KvCache = KvCache()
+    max_loras: int = 1
+    max_lora_rank: int = 16
     quantization: str = "none"
     dtype: str = "auto"
     startup_timeout_seconds: int = 1200
@@ -232,6 +234,8 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
             priority_class_name="priorityClassName",
             affinity="affinity",
             shm_size="shmSize",
+            max_loras="maxLoras",
+            max_lora_rank="maxLoraRank",
             quantization="quantization",
             dtype="dtype",
             startup_timeout_seconds="startupTimeoutSeconds",
