@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from moe_operator.spec import (
@@ -24,7 +25,7 @@ RUNTIME_PORT = 8000
 MODEL_MOUNT_PATH = "/models"
 DOWNLOAD_MOUNT_PATH = "/var/cache/moe-runtime"
 # LoRA adapters: the list the runtime watches (the ConfigMap <md>-adapters, mounted by every pod of every
-# revision), and one volume per PVC claim or hostPath folder the adapters come from, each under ADAPTER_ROOT.
+# revision), and one volume per PVC claim or node folder the adapters come from, each under ADAPTER_ROOT.
 ADAPTER_LIST_VOLUME = "adapters"
 ADAPTER_LIST_MOUNT_PATH = "/etc/moe-runtime/adapters"
 ADAPTER_LIST_KEY = "adapters.json"
@@ -63,11 +64,20 @@ def adapter_volume(spec: ModelDeploymentSpec, source: ModelSource) -> AdapterVol
                 f"{ADAPTER_ROOT}/{name}",
             )
         case HostPathSource(path=path):
-            name = f"adapter-host-{_digest(path)}"
+            folder = adapter_host_folder(path)
+            name = f"adapter-host-{_digest(folder)}"
             return AdapterVolume(
-                name, {"hostPath": {"path": path, "type": "Directory"}}, f"{ADAPTER_ROOT}/{name}"
+                name, {"hostPath": {"path": folder, "type": "Directory"}}, f"{ADAPTER_ROOT}/{name}"
             )
     return None
+
+
+def adapter_host_folder(path: str) -> str:
+    """The node folder a hostPath adapter is mounted through: the folder that holds it, so that adapters side
+    by side in one node folder share one volume (adding one there changes no pod); the adapter's own folder
+    when it sits right under /."""
+    parent = str(PurePosixPath(path).parent)
+    return path if parent == "/" else parent
 
 
 def adapter_volumes(spec: ModelDeploymentSpec) -> list[AdapterVolume]:
@@ -84,8 +94,10 @@ def adapter_path(spec: ModelDeploymentSpec, adapter: Adapter) -> str:
         case PvcSource(path=path):
             root = volume.mount_path if volume else MODEL_MOUNT_PATH
             return f"{root}/{path}".rstrip("/")
-        case HostPathSource():
-            return volume.mount_path
+        case HostPathSource(path=path):
+            if adapter_host_folder(path) == path:
+                return volume.mount_path
+            return f"{volume.mount_path}/{PurePosixPath(path).name}"
         case ImageSource(path=path):
             return path
     raise ValueError(f"adapter {adapter.name}: unsupported source {adapter.source!r}")

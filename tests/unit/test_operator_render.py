@@ -235,6 +235,8 @@ ADAPTERS = [
     {"name": "same-own-claim", "source": {"pvc": {"claimName": "loras", "path": "math/v2"}}},
     {"name": "on-the-node", "source": {"hostPath": {"path": "/data/loras/legal"}}},
     {"name": "in-the-image", "source": {"image": {"path": "/opt/loras/code"}}},
+    {"name": "next-to-it", "source": {"hostPath": {"path": "/data/loras/medical/"}}},
+    {"name": "under-the-root", "source": {"hostPath": {"path": "/finance"}}},
 ]
 
 
@@ -252,21 +254,23 @@ def test_adapters_go_to_their_config_map_with_the_paths_the_pods_see_them_at():
     own = next(
         name for name, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") == "loras"
     )
-    host = next(
-        name for name, v in volumes.items() if v.get("hostPath", {}).get("path") == "/data/loras/legal"
-    )
+    host = next(name for name, v in volumes.items() if v.get("hostPath", {}).get("path") == "/data/loras")
+    root = next(name for name, v in volumes.items() if v.get("hostPath", {}).get("path") == "/finance")
     assert listed == {
         "on-the-model-claim": "/models/loras/sql",
         "own-claim": f"/adapters/{own}/chat",
         "same-own-claim": f"/adapters/{own}/math/v2",
-        "on-the-node": f"/adapters/{host}",
+        "on-the-node": f"/adapters/{host}/legal",
         "in-the-image": "/opt/loras/code",
+        "next-to-it": f"/adapters/{host}/medical",
+        "under-the-root": f"/adapters/{root}",
     }
     assert (
         volumes[own]["persistentVolumeClaim"]["readOnly"] and volumes[host]["hostPath"]["type"] == "Directory"
     )
     assert mounts[f"/adapters/{own}"] == own and mounts[f"/adapters/{host}"] == host
     assert sum("persistentVolumeClaim" in v for v in volumes.values()) == 2, "one volume per claim"
+    assert sum("hostPath" in v for v in volumes.values()) == 2, "one volume per node folder"
     assert volumes["adapters"]["configMap"] == {"name": f"{OWNER.name}-adapters"}
     assert mounts["/etc/moe-runtime/adapters"] == "adapters"
 
@@ -281,3 +285,4 @@ def test_adding_or_removing_adapters_makes_no_new_revision_unless_a_new_volume_i
     assert with_claim != none, "a claim the pods do not mount yet"
     assert revision(ADAPTERS[1], ADAPTERS[2]) == revision(ADAPTERS[2], ADAPTERS[0], ADAPTERS[1]) == with_claim
     assert revision(ADAPTERS[3], ADAPTERS[1]) == revision(ADAPTERS[1], ADAPTERS[3]) != with_claim
+    assert revision(ADAPTERS[3]) == revision(ADAPTERS[3], ADAPTERS[5]), "side by side in one node folder"
