@@ -19,6 +19,7 @@ import pytest
 from moe_runtime.sampling import SamplingParams
 from tests.integration.local_stack import (
     START_TIMEOUT_S,
+    container_status,
     local_md,
     pod_ready,
     processes,
@@ -120,11 +121,15 @@ def every_ready_pod_has(models, name: str, wanted: set[str]):
         )
         return ok and found
 
-    return wait_for(check, timeout=STATUS_TIMEOUT_S, what=f"status.adapters: {sorted(wanted)} loaded on both pods")
+    return wait_for(
+        check, timeout=STATUS_TIMEOUT_S, what=f"status.adapters: {sorted(wanted)} loaded on both pods"
+    )
 
 
 def test_every_pod_serves_both_adapters_and_the_status_counts_them(cluster, models, tuned, reference):
-    live = wait_for(lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods")
+    live = wait_for(
+        lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods"
+    )
     for process in live.values():
         listed = served(process["port"])
         assert listed["a"] == listed["b"] == MD and listed[MD] is None
@@ -141,7 +146,9 @@ def test_every_pod_serves_both_adapters_and_the_status_counts_them(cluster, mode
 
 
 def test_a_third_adapter_is_added_without_restarting_a_pod(cluster, models, tuned, loras, reference):
-    before = wait_for(lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods")
+    before = wait_for(
+        lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods"
+    )
     revision = models.get(tuned)["status"]["currentRevision"]
     models.patch_spec(tuned, {"adapters": adapters(loras, "a", "b", "c")})
     wait_for(
@@ -158,18 +165,30 @@ def test_a_third_adapter_is_added_without_restarting_a_pod(cluster, models, tune
 
 
 def test_a_broken_adapter_is_reported_while_the_others_serve(cluster, models, tuned, loras, reference):
-    live = wait_for(lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods")
+    live = wait_for(
+        lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods"
+    )
     models.patch_spec(tuned, {"adapters": adapters(loras, "a", "b", "c", "wide")})
 
     def reported():
         wide = status_of(models, tuned).get("wide", {})
         condition = models.condition(tuned, "AdaptersReady") or {}
-        return wide.get("failedReplicas") == 2 and condition.get("reason") == "AdapterLoadFailed" and (wide, condition)
+        return (
+            wide.get("failedReplicas") == 2
+            and condition.get("reason") == "AdapterLoadFailed"
+            and (wide, condition)
+        )
 
     wide, condition = wait_for(reported, timeout=STATUS_TIMEOUT_S, what="the broken adapter in status")
     assert wide["reason"] == "rank_above_max" and "rank_above_max" in condition["message"]
     assert condition["status"] == "False" and "wide" in condition["message"]
-    assert any(e["reason"] == "AdapterLoadFailed" and e["type"] == "Warning" for e in models.events(tuned))
+    wait_for(  # posted right after the status is written
+        lambda: any(
+            e["reason"] == "AdapterLoadFailed" and e["type"] == "Warning" for e in models.events(tuned)
+        ),
+        timeout=10,
+        what="a Warning AdapterLoadFailed Event",
+    )
     for process in live.values():
         assert "wide" not in served(process["port"])
         assert answer(process["port"], "b", "Still") == expected(reference, "Still", "b")
@@ -178,8 +197,13 @@ def test_a_broken_adapter_is_reported_while_the_others_serve(cluster, models, tu
 
 
 def test_a_killed_pod_comes_back_with_all_its_adapters_before_it_is_ready(cluster, models, tuned):
-    live = wait_for(lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods")
+    live = wait_for(
+        lambda: settled(cluster, models, tuned, 2), timeout=START_TIMEOUT_S, what="two Ready pods"
+    )
     name, process = sorted(live.items())[0]
+    restarts = container_status(next(p for p in models.pods(tuned) if p["metadata"]["name"] == name))[
+        "restartCount"
+    ]
     os.kill(process["pid"], signal.SIGKILL)
     seen = []
 
@@ -188,7 +212,8 @@ def test_a_killed_pod_comes_back_with_all_its_adapters_before_it_is_ready(cluste
         now = processes(cluster.state_dir, models.namespace, tuned).get(name)
         if pod is None or now is None or now["pid"] == process["pid"]:
             return None
-        ready = pod_ready(pod)  # read the pod first: a Ready pod must already serve every adapter
+        # read the pod first: once its status is about the new process, Ready must mean every adapter serves
+        ready = pod_ready(pod) and container_status(pod)["restartCount"] > restarts
         listed = served(now["port"])
         seen.append((ready, listed))
         return ready and listed

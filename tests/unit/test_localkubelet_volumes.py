@@ -26,7 +26,9 @@ def test_json_values_have_their_container_paths_mapped_and_other_text_stays():
         "/opt/in-the-image",
     ]
     assert files["notes.txt"] == "/models stays as written"
-    only = Volume("adapters", "configMap", "/p", source="md-adapters", items=(("adapters.json", "list/a.json"),))
+    only = Volume(
+        "adapters", "configMap", "/p", source="md-adapters", items=(("adapters.json", "list/a.json"),)
+    )
     assert list(volume_files(only, data, MOUNTS)) == ["list/a.json"]
 
 
@@ -48,8 +50,12 @@ def test_a_running_pods_volumes_follow_their_objects(tmp_path):
     read = lambda v: objects.get(v.source)  # noqa: E731
     assert refresh_config_volumes({"adapters": volume}, read, MOUNTS) == ["adapters"]
     assert refresh_config_volumes({"adapters": volume}, read, MOUNTS) == []
-    objects["md-adapters"] = {"adapters.json": json.dumps([{"name": "legal", "path": "/adapters/adapter-host-1"}])}
+    objects["md-adapters"] = {
+        "adapters.json": json.dumps([{"name": "legal", "path": "/adapters/adapter-host-1"}])
+    }
     assert refresh_config_volumes({"adapters": volume}, read, MOUNTS) == ["adapters"]
     assert json.loads((tmp_path / "adapters" / "adapters.json").read_text())[0]["path"] == "/data/loras/legal"
     del objects["md-adapters"]
-    assert refresh_config_volumes({"adapters": volume}, read, MOUNTS) == [], "a vanished object changes nothing"
+    assert refresh_config_volumes({"adapters": volume}, read, MOUNTS) == [], (
+        "a vanished object changes nothing"
+    )
