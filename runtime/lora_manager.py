@@ -11,6 +11,7 @@ and wake the engine thread.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -100,6 +101,10 @@ class LoraManager:
         self._take_news(now)
         if not self.enabled:
             return AdapterStep()
+        if not self._residency.entries:  # no request can name an adapter: nothing to look at
+            self._metrics.publish({}, 0, (), (), time.time())
+            self._mark_ready()
+            return AdapterStep()
         demand = _demand(scheduler)
         plan = self._residency.plan(demand, now)
         for name in plan.unload:
@@ -117,10 +122,10 @@ class LoraManager:
                 log.info("unloaded LoRA adapter %r to load it from its new path", name)
         for name, path in plan.load:
             self._loader.submit(self._load_off_thread, name, path)
-        self._publish(scheduler)
+        self._publish(demand)
         if not self.ready.is_set() and self._residency.all_tried:
             self._mark_ready()
-        doomed = [r for r in scheduler.waiting if r.adapter in plan.unservable]
+        doomed = [r for r in scheduler.waiting if r.adapter in plan.unservable] if plan.unservable else []
         return AdapterStep(plan.admissible, doomed)
 
     def after_step(self, work, sampled: list[int | None], now: float) -> None:
@@ -205,13 +210,13 @@ class LoraManager:
             self._inbox.put(("loaded", name, adapter))
         self.wake()
 
-    def _publish(self, scheduler) -> None:
+    def _publish(self, demand: dict[str, Demand]) -> None:
         # None: loaded; "": loading; else the reason of its failed load. A removed adapter keeps its series
         # until its last request finished.
         states = {e.name: None if e.loaded else e.reason or "" for e in self._residency.entries.values()}
         resident = sum(e.status is Status.RESIDENT for e in self._residency.entries.values())
-        running = tuple(dict.fromkeys(r.adapter for r in scheduler.running if r.adapter is not None))
-        waiting = tuple(dict.fromkeys(r.adapter for r in scheduler.waiting if r.adapter is not None))
+        running = tuple(sorted(name for name, use in demand.items() if use.running))
+        waiting = tuple(sorted(name for name, use in demand.items() if use.waiting))
         self._metrics.publish(states, resident, running, waiting, time.time())
 
     def _mark_ready(self) -> None:
@@ -222,17 +227,24 @@ class LoraManager:
 
 
 def _demand(scheduler) -> dict[str, Demand]:
-    waiting: dict[str, list] = {}
+    """Each adapter's requests in the scheduler (runs every step: kept to plain loops)."""
+    waiting: dict[str, int] = {}
+    oldest: dict[str, float] = {}
     for request in scheduler.waiting:
-        if request.adapter is not None:
-            waiting.setdefault(request.adapter, []).append(request.arrival)
+        name = request.adapter
+        if name is None:
+            continue
+        if name in waiting:
+            waiting[name] += 1
+            if request.arrival < oldest[name]:
+                oldest[name] = request.arrival
+        else:
+            waiting[name], oldest[name] = 1, request.arrival
     running: dict[str, int] = {}
     for request in scheduler.running:
         if request.adapter is not None:
             running[request.adapter] = running.get(request.adapter, 0) + 1
     return {
-        name: Demand(
-            len(waiting.get(name, ())), running.get(name, 0), min(waiting.get(name, ()), default=float("inf"))
-        )
-        for name in set(waiting) | set(running)
+        name: Demand(waiting.get(name, 0), running.get(name, 0), oldest.get(name, math.inf))
+        for name in waiting.keys() | running.keys()
     }
