@@ -132,6 +132,11 @@ RUNTIME_SETTINGS: tuple[tuple[str, Callable[[ModelDeploymentSpec, str], object]]
     ("MOE_RUNTIME_QUANTIZE", lambda spec, _: spec.runtime.quantization),
     ("MOE_RUNTIME_DTYPE", lambda spec, _: _dtype(spec)),
     ("MOE_RUNTIME_MAX_KV_TOKENS", lambda spec, _: spec.runtime.kv_cache.max_tokens),
+    ("MOE_RUNTIME_KV_CACHE_MEMORY_BYTES", lambda spec, _: spec.runtime.kv_cache.memory_bytes),
+    ("MOE_RUNTIME_GPU_MEMORY_UTILIZATION", lambda spec, _: spec.runtime.kv_cache.gpu_memory_utilization),
+    ("MOE_RUNTIME_MAX_MODEL_LEN", lambda spec, _: spec.runtime.max_model_len),
+    ("MOE_RUNTIME_EXPERT_METRICS", lambda spec, _: spec.runtime.expert_metrics),
+    ("MOE_RUNTIME_LOG_FORMAT", lambda spec, _: spec.runtime.log_format),
     # every pod watches the adapter list, adapters or not: adding the first one must not change the pods
     ("MOE_RUNTIME_LORA_LIST", lambda spec, _: f"{ADAPTER_LIST_MOUNT_PATH}/{ADAPTER_LIST_KEY}"),
     ("MOE_RUNTIME_MAX_LORAS", lambda spec, _: spec.runtime.max_loras),

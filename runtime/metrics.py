@@ -40,6 +40,7 @@ one of the adapters configured now (a removed adapter's series go with it):
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import torch
@@ -47,9 +48,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # CPU runs of tiny models answer in milliseconds, real models on busy pods in tens of seconds, and a request
-# may run until its timeout (600 s by default) or longer when there is none.
+# may run until its timeout (300 s by default) or longer when there is none. Dense between 0.1 s and 60 s,
+# where latency SLOs sit (as vLLM's): a p99 is interpolated inside one bucket, so a coarse bucket blurs a
+# breach of a threshold inside it.
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5,
+    10, 15, 20, 30, 45, 60, 120, 300, 600, 1200, 1800, 3600,
 )  # fmt: skip
 TOKEN_INTERVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -73,6 +77,8 @@ class ExpertTokenCounts:
     """Cumulative tokens routed to each (layer, expert). The engine thread adds, scrapes read a snapshot:
     thousands of labelled children updated every step would cost more than the step itself."""
 
+    LABELS = ("layer", "expert")
+
     def __init__(self, mode: ExpertMetrics = ExpertMetrics.EXPERT) -> None:
         self.mode = mode
         self._lock = threading.Lock()
@@ -89,7 +95,7 @@ class ExpertTokenCounts:
 
     def collect(self):
         family = CounterMetricFamily(
-            "moe_runtime_expert_tokens", "Tokens routed to each expert", labels=["layer", "expert"]
+            "moe_runtime_expert_tokens", "Tokens routed to each expert", labels=list(self.LABELS)
         )
         with self._lock:
             totals = None if self._totals is None else self._totals.tolist()
@@ -100,24 +106,43 @@ class ExpertTokenCounts:
         yield family
 
 
+@dataclass(frozen=True)
+class _LoraSnapshot:
+    adapters: dict[str, str | None] = field(
+        default_factory=dict
+    )  # None: loaded; "": loading; else the reason
+    counts: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # adapter -> [requests, prompt, generation tokens]
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (adapter, reason) -> failed loads
+    resident: int = 0
+    running: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    stepped_at: float = 0.0
+    evictions: int = 0
+
+
 class LoraMetrics:
-    """The LoRA series. The engine thread publishes a snapshot each step; requests are counted on the event
-    loop; scrapes read under a lock."""
+    """The LoRA series, exported only when the server serves adapters. The engine thread publishes a snapshot
+    each step, requests are counted on the event loop, scrapes read a copy under a lock."""
+
+    LABELS = {
+        "vllm:lora_requests_info": ("max_lora", "running_lora_adapters", "waiting_lora_adapters"),
+        "moe_runtime_lora_adapter_loaded": ("adapter",),
+        "moe_runtime_lora_adapter_load_error": ("adapter", "reason"),
+        "moe_runtime_lora_load_failures": ("adapter", "reason"),
+        "moe_runtime_lora_adapters_resident": (),
+        "moe_runtime_lora_evictions": (),
+        "moe_runtime_lora_requests": ("adapter",),
+        "moe_runtime_lora_prompt_tokens": ("adapter",),
+        "moe_runtime_lora_generation_tokens": ("adapter",),
+    }
 
     def __init__(self) -> None:
         self.enabled = False
         self.max_loras = 1
         self._lock = threading.Lock()
-        self._adapters: dict[
-            str, str | None
-        ] = {}  # configured adapter -> None (loaded), "" (loading), reason
-        self._resident = 0
-        self._running: tuple[str, ...] = ()
-        self._waiting: tuple[str, ...] = ()
-        self._stepped_at = 0.0
-        self._failures: dict[tuple[str, str], int] = {}
-        self._evictions = 0
-        self._counts: dict[str, list[int]] = {}  # adapter -> [requests, prompt tokens, generation tokens]
+        self._now = _LoraSnapshot()
 
     def publish(
         self,
@@ -127,87 +152,96 @@ class LoraMetrics:
         waiting: tuple[str, ...],
         now: float,
     ) -> None:
+        """The adapters configured now (a removed one's series go with it), from the engine thread."""
         with self._lock:
-            self._adapters, self._resident = adapters, resident
-            self._running, self._waiting, self._stepped_at = running, waiting, now
-            for gone in [name for name in self._counts if name not in adapters]:
-                del self._counts[gone]
-            for key in [key for key in self._failures if key[0] not in adapters]:
-                del self._failures[key]
+            was = self._now
+            counts = {name: c for name, c in was.counts.items() if name in adapters}
+            failures = {key: n for key, n in was.failures.items() if key[0] in adapters}
+            self._now = _LoraSnapshot(
+                adapters, counts, failures, resident, running, waiting, now, was.evictions
+            )
 
     def load_failed(self, adapter: str, reason: str) -> None:
         with self._lock:
-            self._failures[adapter, reason] = self._failures.get((adapter, reason), 0) + 1
+            failures = self._now.failures
+            failures[adapter, reason] = failures.get((adapter, reason), 0) + 1
 
     def evicted(self, count: int) -> None:
         with self._lock:
-            self._evictions += count
+            self._now = replace(self._now, evictions=self._now.evictions + count)
 
     def count(
         self, adapter: str, requests: int = 0, prompt_tokens: int = 0, generation_tokens: int = 0
     ) -> None:
         with self._lock:
-            counts = self._counts.setdefault(adapter, [0, 0, 0])
+            counts = self._now.counts.setdefault(adapter, [0, 0, 0])
             counts[0] += requests
             counts[1] += prompt_tokens
             counts[2] += generation_tokens
 
+    def describe(self):
+        """The families without samples (what the registry and the metrics reference read)."""
+        return self._families(None)
+
     def collect(self):
         if not self.enabled:
-            return
+            return []
         with self._lock:
-            adapters, counts, failures = dict(self._adapters), dict(self._counts), dict(self._failures)
-            resident, running, waiting, stepped_at = (
-                self._resident,
-                self._running,
-                self._waiting,
-                self._stepped_at,
+            now = self._now
+            now = replace(
+                now, counts={k: list(v) for k, v in now.counts.items()}, failures=dict(now.failures)
             )
-            evictions = self._evictions
+        return self._families(now)
+
+    def _families(self, now: _LoraSnapshot | None) -> list:
+        labels = self.LABELS
         info = GaugeMetricFamily(
             "vllm:lora_requests_info",
             "Running stats on lora requests.",
-            labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+            labels=labels["vllm:lora_requests_info"],
         )
-        info.add_metric([str(self.max_loras), ",".join(waiting), ",".join(running)], stepped_at)
-        yield info
         loaded = GaugeMetricFamily(
             "moe_runtime_lora_adapter_loaded",
             "1 when the adapter loaded and serves (in memory or reloaded on demand), else 0",
-            labels=["adapter"],
+            labels=labels["moe_runtime_lora_adapter_loaded"],
         )
         errors = GaugeMetricFamily(
             "moe_runtime_lora_adapter_load_error",
             "1 while the adapter's last load failed, with the reason",
-            labels=["adapter", "reason"],
+            labels=labels["moe_runtime_lora_adapter_load_error"],
         )
-        for name, state in sorted(adapters.items()):
-            loaded.add_metric([name], 1.0 if state is None else 0.0)
-            if state:
-                errors.add_metric([name, state], 1.0)
-        yield loaded
-        yield errors
         failed = CounterMetricFamily(
-            "moe_runtime_lora_load_failures", "Adapter loads that failed", labels=["adapter", "reason"]
+            "moe_runtime_lora_load_failures",
+            "Adapter loads that failed",
+            labels=labels["moe_runtime_lora_load_failures"],
         )
-        for (name, reason), count in sorted(failures.items()):
-            failed.add_metric([name, reason], count)
-        yield failed
-        yield GaugeMetricFamily("moe_runtime_lora_adapters_resident", "Adapters in memory", value=resident)
-        yield CounterMetricFamily(
-            "moe_runtime_lora_evictions", "Adapters evicted to make room for another", value=evictions
+        resident = GaugeMetricFamily("moe_runtime_lora_adapters_resident", "Adapters in memory", labels=[])
+        evictions = CounterMetricFamily(
+            "moe_runtime_lora_evictions", "Adapters evicted to make room for another", labels=[]
         )
-        for index, (metric, text) in enumerate(
-            (
+        per_adapter = [
+            CounterMetricFamily(name, text, labels=["adapter"])
+            for name, text in (
                 ("moe_runtime_lora_requests", "Generation requests accepted for the adapter"),
                 ("moe_runtime_lora_prompt_tokens", "Prompt tokens prefilled with the adapter"),
                 ("moe_runtime_lora_generation_tokens", "Tokens generated with the adapter"),
             )
-        ):
-            family = CounterMetricFamily(metric, text, labels=["adapter"])
-            for name in sorted(adapters):
-                family.add_metric([name], counts.get(name, [0, 0, 0])[index])
-            yield family
+        ]
+        if now is not None:
+            info.add_metric(
+                [str(self.max_loras), ",".join(now.running), ",".join(now.waiting)], now.stepped_at
+            )
+            for name, state in sorted(now.adapters.items()):
+                loaded.add_metric([name], 1.0 if state is None else 0.0)
+                if state:
+                    errors.add_metric([name, state], 1.0)
+                for family, count in zip(per_adapter, now.counts.get(name, [0, 0, 0]), strict=True):
+                    family.add_metric([name], count)
+            for (name, reason), count in sorted(now.failures.items()):
+                failed.add_metric([name, reason], count)
+            resident.add_metric([], now.resident)
+            evictions.add_metric([], now.evictions)
+        return [info, loaded, errors, failed, resident, evictions, *per_adapter]
 
 
 class RuntimeMetrics:

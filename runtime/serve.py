@@ -13,11 +13,11 @@ flag has vLLM's name; the older names still work.
 | --port | MOE_RUNTIME_PORT | 8000 | listen port |
 | --max-queue | MOE_RUNTIME_MAX_QUEUE | 256 | waiting requests before 429 |
 | --max-num-seqs, --max-batch-seqs | MOE_RUNTIME_MAX_BATCH_SEQS | 32 | sequences running at once (1 = no batching) |
-| --max-num-batched-tokens, --max-batch-tokens | MOE_RUNTIME_MAX_BATCH_TOKENS | 512 | tokens per engine step (decodes + prefill chunks) |
-| --prefill-chunk | MOE_RUNTIME_PREFILL_CHUNK | 256 | most prompt tokens of one sequence per step |
+| --max-num-batched-tokens, --max-batch-tokens | MOE_RUNTIME_MAX_BATCH_TOKENS | 8192 on CUDA, 512 on CPU | tokens per engine step (decodes + prefill chunks) |
+| --prefill-chunk | MOE_RUNTIME_PREFILL_CHUNK | 512 | most prompt tokens of one sequence per step |
 | --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware` or `fcfs` |
 | --aging-tokens-per-s | MOE_RUNTIME_AGING_TOKENS_PER_S | 64.0 | length_aware: priority a waiting second earns |
-| --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 600.0 | seconds from arrival to last token (0: none) |
+| --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 300.0 | seconds from arrival to last token (0: none) |
 | --default-max-tokens | MOE_RUNTIME_DEFAULT_MAX_TOKENS | 256 | chat output limit when the request sets none |
 | --max-model-len | MOE_RUNTIME_MAX_MODEL_LEN | the checkpoint's max_position_embeddings | context length (prompt + output) |
 | --window | MOE_RUNTIME_WINDOW | the checkpoint's | sliding attention window in tokens |
@@ -68,9 +68,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import threading
 
 import uvicorn
 
@@ -89,12 +91,24 @@ __all__ = ["OPTIONS", "main", "parse_args"]
 log = logging.getLogger("moe_runtime.serve")
 
 DRAIN_POLL_S = 0.05
+LOADER_THREAD = "load-engine"
+CUDA_TOKEN_BUDGET = 8192  # vLLM's default max-num-batched-tokens
+CPU_TOKEN_BUDGET = 512
 
 
 def kv_tokens_per_sequence(engine) -> int | None:
     """The most KV cache one sequence can hold: window + global tokens when every layer is windowed."""
     windows = engine.layer_windows
     return None if None in windows else max(windows) + engine.global_tokens
+
+
+def resolve_token_budget(args: argparse.Namespace, engine) -> int:
+    """--max-num-batched-tokens, or the device's default when it is unset: a GPU step runs thousands of
+    tokens in the time a CPU step runs hundreds."""
+    if args.max_batch_tokens is None:
+        default = CUDA_TOKEN_BUDGET if engine.device.type == "cuda" else CPU_TOKEN_BUDGET
+        args.max_batch_tokens = max(default, args.max_batch_seqs)
+    return args.max_batch_tokens
 
 
 def scheduler_config(args: argparse.Namespace, engine) -> SchedulerConfig:
@@ -142,12 +156,34 @@ def load_engine(args: argparse.Namespace):
         max_kv_tokens=args.max_kv_tokens,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        step_tokens=args.max_batch_tokens,
+        step_tokens=resolve_token_budget(args, engine),
         tokens_per_sequence=kv_tokens_per_sequence(engine),
     )
     engine.take_expert_token_counts()
     engine.max_lora_rank = args.max_lora_rank
     return engine
+
+
+def _in_daemon_thread(function, *args) -> asyncio.Future:
+    """`function(*args)` on a daemon thread: unlike asyncio.to_thread, a stop while it runs (a SIGTERM
+    during a long download or load) does not wait for it."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(setter, value) -> None:
+        if not future.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            outcome = (future.set_result, function(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting side
+            outcome = (future.set_exception, err)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=LOADER_THREAD, daemon=True).start()
+    return future
 
 
 class _DrainingServer(uvicorn.Server):
@@ -174,7 +210,7 @@ class _DrainingServer(uvicorn.Server):
     async def run_with_engine(self, args: argparse.Namespace) -> int:
         self._loop = asyncio.get_running_loop()
         serving = asyncio.create_task(self.serve())
-        loaded = asyncio.ensure_future(asyncio.to_thread(load_engine, args))
+        loaded = _in_daemon_thread(load_engine, args)
         await asyncio.wait([serving, loaded], return_when=asyncio.FIRST_COMPLETED)
         if not loaded.done():  # the server stopped first (port taken, or a signal while loading)
             loaded.cancel()
@@ -222,4 +258,9 @@ def main(argv: list[str]) -> int:
         log_config=None,  # uvicorn's loggers go through ours (and its format)
     )  # fmt: skip
     server = _DrainingServer(config, state)
-    return asyncio.run(server.run_with_engine(args))
+    code = asyncio.run(server.run_with_engine(args))
+    if any(thread.name == LOADER_THREAD for thread in threading.enumerate()):
+        # stopped while still downloading or loading: the download's worker threads would hold the exit
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -86,14 +86,15 @@ OPTIONS = (
     Option(("--max-num-seqs", "--max-batch-seqs"), "MOE_RUNTIME_MAX_BATCH_SEQS", _positive_int, 32,
            "sequences running at once (1 = no batching)", dest_name="max_batch_seqs"),
     Option(("--max-num-batched-tokens", "--max-batch-tokens"), "MOE_RUNTIME_MAX_BATCH_TOKENS", _positive_int,
-           512, "tokens per engine step (decodes + prefill chunks)", dest_name="max_batch_tokens"),
-    Option(("--prefill-chunk",), "MOE_RUNTIME_PREFILL_CHUNK", _positive_int, 256,
+           help="tokens per engine step (decodes + prefill chunks)", dest_name="max_batch_tokens",
+           default_text="8192 on CUDA, 512 on CPU"),
+    Option(("--prefill-chunk",), "MOE_RUNTIME_PREFILL_CHUNK", _positive_int, 512,
            "most prompt tokens of one sequence per step"),
     Option(("--schedule-policy",), "MOE_RUNTIME_SCHEDULE_POLICY", default="length_aware",
            choices=tuple(p.value for p in Policy), help="prefill order"),
     Option(("--aging-tokens-per-s",), "MOE_RUNTIME_AGING_TOKENS_PER_S", _non_negative_float, 64.0,
            "length_aware: priority a waiting second earns"),
-    Option(("--request-timeout",), "MOE_RUNTIME_REQUEST_TIMEOUT", _non_negative_float, 600.0,
+    Option(("--request-timeout",), "MOE_RUNTIME_REQUEST_TIMEOUT", _non_negative_float, 300.0,
            "seconds from arrival to last token (0: none)"),
     Option(("--default-max-tokens",), "MOE_RUNTIME_DEFAULT_MAX_TOKENS", _positive_int, 256,
            "chat output limit when the request sets none"),
@@ -190,7 +191,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespac
             parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
     if not args.model:
         parser.error("--model (or MOE_RUNTIME_MODEL) is required")
-    if args.max_batch_tokens < args.max_batch_seqs:
+    if args.max_batch_tokens is not None and args.max_batch_tokens < args.max_batch_seqs:
         parser.error("--max-num-batched-tokens must be at least --max-num-seqs")
     return args
 

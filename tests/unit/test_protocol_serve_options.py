@@ -18,7 +18,7 @@ def test_environment_supplies_every_option_and_flags_win():
 
 def test_defaults_and_empty_variables():
     args = parse_args(["--model", "m"], {"MOE_RUNTIME_MAX_BATCH_SEQS": ""})
-    assert (args.max_batch_seqs, args.max_batch_tokens, args.port, args.window) == (32, 512, 8000, None)
+    assert (args.max_batch_seqs, args.max_batch_tokens, args.port, args.window) == (32, None, 8000, None)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,23 @@ def test_json_logs_are_one_object_per_line_with_the_traceback():
     entry = json.loads(JsonFormatter().format(record))
     assert (entry["level"], entry["logger"], entry["message"]) == ("error", "x", "failed a")
     assert "RuntimeError: boom" in entry["exception"] and "\n" not in JsonFormatter().format(record)
+
+
+def test_the_token_budget_follows_the_device_unless_set():
+    from types import SimpleNamespace
+
+    from moe_runtime.serve import resolve_token_budget
+
+    def engine(kind):
+        return SimpleNamespace(device=SimpleNamespace(type=kind))
+
+    def args(**given):
+        return SimpleNamespace(**{"max_batch_tokens": None, "max_batch_seqs": 32, **given})
+
+    assert resolve_token_budget(args(), engine("cuda")) == 8192
+    assert resolve_token_budget(args(), engine("cpu")) == 512
+    assert resolve_token_budget(args(max_batch_seqs=1024), engine("cpu")) == 1024
+    assert resolve_token_budget(args(max_batch_tokens=64), engine("cuda")) == 64
 
 
 def test_lora_options_from_flags_and_from_the_environment():
