@@ -40,10 +40,12 @@ def _metric_objects(metrics):
         if hasattr(value, "_name") and hasattr(value, "_type"):
             yield value._name, value._type, tuple(value._labelnames), value._documentation
         elif hasattr(value, "collect") and not hasattr(value, "register"):  # a custom collector
-            for family in value.collect():
-                labels = tuple(
-                    sorted({key for sample in family.samples for key in sample.labels})
-                ) or getattr(value, "LABELS", ())
+            # describe(): the families of a collector that exports nothing until it has something to say
+            for family in value.describe() if hasattr(value, "describe") else value.collect():
+                named = getattr(value, "LABELS", ())
+                labels = tuple(sorted({key for sample in family.samples for key in sample.labels})) or (
+                    named.get(family.name, ()) if isinstance(named, dict) else named
+                )
                 yield family.name, family.type, labels, family.documentation
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes import client
 
 from moe_operator import operator_metrics
+from moe_operator.adapters import AdapterReader
 from moe_operator.cache import ObjectCache
 from moe_operator.canary_analysis import Analyzer
 from moe_operator.controller import Controller
@@ -86,6 +87,7 @@ class Manager:
             policy=PolicySource(options.policy_file),
             scaler=Scaler(prometheus),
             analyzer=Analyzer(prometheus),
+            adapters=AdapterReader(prometheus),
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers)
         self.elector = None

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from moe_operator.config import adapter_host_folder
 from moe_operator.spec import (
     HostPathSource,
     ImageSource,
@@ -94,6 +95,15 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
     yield from _source_violations("spec.model.source", spec.model.source, policy)
     for i, adapter in enumerate(spec.adapters):
         yield from _source_violations(f"spec.adapters[{i}].source", adapter.source, policy)
+        source = adapter.source
+        if isinstance(source, HostPathSource) and _under(source.path, policy.allowed_host_path_prefixes):
+            folder = adapter_host_folder(source.path)
+            if not _under(folder, policy.allowed_host_path_prefixes):
+                yield (
+                    f"spec.adapters[{i}].source.hostPath.path {source.path!r}: the pods mount the folder that "
+                    f"holds it, {folder!r}, which is outside the allowed folders "
+                    f"{_listing(policy.allowed_host_path_prefixes)}"
+                )
     runtime = spec.runtime
     if ANY not in policy.allowed_image_prefixes and not any(
         runtime.image.startswith(prefix) for prefix in policy.allowed_image_prefixes

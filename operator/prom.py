@@ -33,6 +33,7 @@ from moe_operator.promdata import (
     PROMETHEUS_UNAVAILABLE,
     QUERY_FAILED,
     STALE_SERIES,
+    AdapterStates,
     Measurement,
     NoData,
     PodSamples,
@@ -119,6 +120,15 @@ class Prometheus:
             return self._failed(result)
         samples = _per_pod(result, now, window_s, f"{namespace}/{name}")
         return self._failed(samples) if isinstance(samples, NoData) else samples
+
+    def adapter_states(self, namespace: str, name: str, now: float | None = None) -> AdapterStates | NoData:
+        """Every pod's LoRA adapters: loaded, loading, or failed with a reason. One HTTP query."""
+        now = time.time() if now is None else now
+        result = self._query("adapter_states", promql.adapter_states(namespace, name), now)
+        if isinstance(result, NoData):
+            return self._failed(result)
+        states = _adapter_states(result, f"{namespace}/{name}")
+        return self._failed(states) if isinstance(states, NoData) else states
 
     def canary_window(
         self,
@@ -280,6 +290,32 @@ def _per_pod(result: Sequence[Any], now: float, window_s: float, what: str) -> P
             f"{window_s:g}s window: Prometheus stopped scraping its pods?",
         )
     return NoData(NO_SERIES, f"the queue depth series of {what} hold no numbers (NaN)")
+
+
+def _adapter_states(result: Sequence[Any], what: str) -> AdapterStates | NoData:
+    if _is_scalar(result) or not result:
+        return NoData(
+            NO_SERIES,
+            f"no {promql.ADAPTER_LOADED} series for {what}: do its pods run, and does Prometheus scrape them?",
+        )
+    loaded: dict[str, dict[str, str | None]] = {}
+    errors: dict[tuple[str, str], str] = {}
+    try:
+        for item in result:
+            labels, value = item["metric"], float(item["value"][1])
+            pod, adapter = labels["pod"], labels["adapter"]
+            if labels.get("__name__") == promql.ADAPTER_LOAD_ERROR:
+                if value == 1:
+                    errors[pod, adapter] = labels.get("reason") or "other"
+            else:
+                loaded.setdefault(pod, {})[adapter] = None if value == 1 else ""
+    except (KeyError, IndexError, TypeError, ValueError):
+        return NoData(
+            QUERY_FAILED, f"unexpected series in the adapter states of {what}: {_excerpt(result[:3])}"
+        )
+    for (pod, adapter), reason in errors.items():  # the runtime exports an error only while not loaded
+        loaded.setdefault(pod, {})[adapter] = reason
+    return AdapterStates(loaded)
 
 
 def _by_label(result: Sequence[Any], label: str) -> dict[str, float] | NoData:

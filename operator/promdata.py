@@ -63,3 +63,15 @@ class Measurement:
     p99_latency_s: float | None
     error_ratio: float | None
     oldest_in_flight_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AdapterStates:
+    """Per pod, each LoRA adapter's state as its runtime reports it: None when loaded, "" while loading, else
+    the reason its last load failed."""
+
+    pods: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        frozen = {pod: MappingProxyType(dict(states)) for pod, states in self.pods.items()}
+        object.__setattr__(self, "pods", MappingProxyType(frozen))

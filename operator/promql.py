@@ -47,6 +47,11 @@ OLDEST_IN_FLIGHT = f"max(max_over_time({OLDEST_REQUEST_AGE}{{{_REVISION}}}[{{win
 # Pods of the revision seen in the window: none means Prometheus does not scrape them (no data, not zero).
 PODS_SCRAPED = f"count(count_over_time({QUEUE_DEPTH}{{{_REVISION}}}[{{window}}]))"
 
+# Every pod's LoRA adapters, in one query: loaded (1/0) and, for a failed load, the reason.
+ADAPTER_LOADED = "moe_runtime_lora_adapter_loaded"
+ADAPTER_LOAD_ERROR = "moe_runtime_lora_adapter_load_error"
+ADAPTER_STATES = '{__name__=~"' + ADAPTER_LOADED + "|" + ADAPTER_LOAD_ERROR + '",' + _MD + "}"
+
 ESCAPED = ("namespace", "name", "revision")
 PLACEHOLDERS = (*ESCAPED, "window", "lookback")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -136,3 +141,7 @@ def canary_window(
         oldest_in_flight=render(OLDEST_IN_FLIGHT, values),
         error_ratio=render(overrides.error_ratio, values) if overrides.error_ratio else None,
     )
+
+
+def adapter_states(namespace: str, name: str) -> str:
+    return render(ADAPTER_STATES, {"namespace": namespace, "name": name})

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from moe_operator.adapters import AdapterReader
 from moe_operator.cache import ObjectCache
 from moe_operator.canary_analysis import Analyzer
 from moe_operator.children import NameConflict, Refused, StaleRead, Writer, is_ours
@@ -39,6 +40,7 @@ from moe_operator.pods import count_pods, pod_problem
 from moe_operator.policy import Policy, violations
 from moe_operator.render import (
     Revision,
+    adapters_config_map,
     deployment,
     render_revision,
     revision_config_map,
@@ -75,11 +77,13 @@ class Reconciler:
         scaler=None,
         analyzer=None,
         clock: Callable[[], float] = time.time,
+        adapters=None,
     ) -> None:
         self._kube, self._cache, self._recorder = kube, cache, recorder
         self._policy = policy
         self._scaler = scaler or Scaler()
         self._analyzer = analyzer or Analyzer()
+        self._adapters = adapters or AdapterReader()
         self._clock = clock
 
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -194,8 +198,10 @@ class _Pass:
             floor,
             self.now,
         )
+        adapters = self.r._adapters.report(self.md, spec, self.pods, self.now)
         self.events.extend(plan.events)
         self.events.extend(scaling.events)
+        self.events.extend(adapters.events)
         self._count_decisions(plan)
         stable_revision = revisions[plan.stable_revision]
         canary_revision = revisions[plan.canary_revision] if plan.canary_revision else None
@@ -205,6 +211,7 @@ class _Pass:
             **({canary_revision.hash: canary_revision} if canary_revision else {}),
         }.values():
             self._ensure_config_map(revision)
+        self._ensure_adapters_config_map(spec)
         self._ensure_service()
         stable_now = self._ensure_deployment(
             spec, stable_revision, STABLE, self.stable, scaling.replicas, scaling.reason
@@ -239,11 +246,11 @@ class _Pass:
             )
             if rejected
             else None,
-            extra={**scaling.status, **self._address(spec)},
-            extra_conditions=scaling.conditions,
+            extra={**scaling.status, **adapters.status, **self._address(spec)},
+            extra_conditions=(*scaling.conditions, *adapters.conditions),
         )
         self._write_status(inputs)
-        return Result(self._next_look(spec, plan.state, scaling.next_due, analysis_due))
+        return Result(self._next_look(spec, plan.state, scaling.next_due, analysis_due, adapters.next_due))
 
     # ---- children ------------------------------------------------------------------------------------
 
@@ -267,6 +274,16 @@ class _Pass:
         if observed is None:
             self.writer.create(desired)
         # immutable: an existing one holds exactly this revision's settings (its name is their hash)
+
+    def _ensure_adapters_config_map(self, spec: ModelDeploymentSpec) -> None:
+        """The adapter list the pods watch: not part of any revision, so it changes in place."""
+        desired = adapters_config_map(self.owner, spec)
+        observed = self.r._cache.get("ConfigMap", self.owner.namespace, desired["metadata"]["name"])
+        self.writer.check(observed)
+        if observed is None:
+            self.writer.create(desired)
+        elif not in_step(desired, observed):
+            self.writer.apply(desired, observed)
 
     def _ensure_service(self) -> None:
         desired = service(self.owner)

@@ -5,6 +5,11 @@ revision's settings live in their own immutable ConfigMap, named by the hash, wh
 pod template, so that the pods of any revision still on record can be recreated exactly (a rollback needs the
 stable revision while the spec already describes another one). The stable Deployment and the canary
 Deployment run revisions; one Service selects the pods of both.
+
+LoRA adapters are not part of a revision: their list lives in the ConfigMap <md>-adapters, which the pods of
+every revision mount at the same place and the runtime watches, so adding or removing one changes no pod. Only
+the volumes the adapters come from are part of the pod template (one per PVC claim or hostPath folder): an
+adapter on a volume no pod mounts yet makes a new revision.
 """
 
 from __future__ import annotations
@@ -16,9 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_operator.config import (
+    ADAPTER_LIST_KEY,
+    ADAPTER_LIST_MOUNT_PATH,
+    ADAPTER_LIST_VOLUME,
     DOWNLOAD_MOUNT_PATH,
     MODEL_MOUNT_PATH,
     RUNTIME_PORT,
+    adapter_path,
+    adapter_volumes,
     model_path,
     runtime_config,
 )
@@ -27,6 +37,7 @@ from moe_operator.naming import (
     REVISION_LABEL,
     TRACK_LABEL,
     Owner,
+    adapters_config_map_name,
     child_labels,
     deployment_name,
     revision_config_map_name,
@@ -102,6 +113,13 @@ def revision_from_config_map(config_map: Mapping[str, Any]) -> Revision | None:
     return Revision(digest, dict(config_map.get("data") or {}), template)
 
 
+def adapters_config_map(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The adapter list every pod watches (`--lora-list`): [{"name", "path"}] with the paths in the pods."""
+    listed = [{"name": a.name, "path": adapter_path(spec, a)} for a in spec.adapters]
+    body = _object("v1", "ConfigMap", adapters_config_map_name(owner.name), owner)
+    return {**body, "data": {ADAPTER_LIST_KEY: json.dumps(listed, indent=1)}}
+
+
 def service(owner: Owner) -> dict[str, Any]:
     spec = {
         "type": "ClusterIP",
@@ -163,7 +181,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [_container(spec)],
-        "volumes": _volumes(spec),
+        "volumes": _volumes(md_name, spec),
     }
     optional = {
         "serviceAccountName": runtime.service_account_name,
@@ -297,7 +315,7 @@ def _node_selector(spec: ModelDeploymentSpec) -> dict[str, str]:
     return selector
 
 
-def _volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     match spec.model.source:
         case PvcSource(claim_name=claim):
@@ -310,6 +328,8 @@ def _volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
             volumes.append({"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
     if spec.runtime.shm_size:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}})
+    volumes.append({"name": ADAPTER_LIST_VOLUME, "configMap": {"name": adapters_config_map_name(md_name)}})
+    volumes.extend({"name": v.name, **v.source} for v in adapter_volumes(spec))
     volumes.extend(dict(v) for v in spec.runtime.volumes)
     return volumes
 
@@ -322,5 +342,9 @@ def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         mounts.append({"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH})
     if spec.runtime.shm_size:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    mounts.append({"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True})
+    mounts.extend(
+        {"name": v.name, "mountPath": v.mount_path, "readOnly": True} for v in adapter_volumes(spec)
+    )
     mounts.extend(dict(m) for m in spec.runtime.volume_mounts)
     return mounts

@@ -104,6 +104,8 @@ class Runtime:
     batching: Batching = Batching()
     attention: Attention = Attention()
     kv_cache: KvCache = KvCache()
+    max_loras: int = 4
+    max_lora_rank: int = 16
     quantization: str = "none"
     dtype: str = "auto"
     max_model_len: int | None = None
@@ -237,6 +239,8 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
             priority_class_name="priorityClassName",
             affinity="affinity",
             shm_size="shmSize",
+            max_loras="maxLoras",
+            max_lora_rank="maxLoraRank",
             quantization="quantization",
             dtype="dtype",
             max_model_len="maxModelLen",

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--quantize", choices=["int8"])
     gen.add_argument("--window", type=int)
     gen.add_argument("--global-tokens", type=int, default=0)
+    gen.add_argument("--lora", help="a PEFT LoRA adapter directory to generate with")
+    gen.add_argument("--max-lora-rank", type=int, default=16, help="highest rank --lora may have")
     gen.add_argument("--json", action="store_true", help="print token ids and text as one JSON object")
     gen.set_defaults(run=_generate)
     return parser
@@ -141,6 +143,16 @@ def _generate(args) -> int:
         window=args.window,
         global_tokens=args.global_tokens,
     )
+    adapter = None
+    if args.lora:
+        from .lora import AdapterError
+
+        engine.max_lora_rank = args.max_lora_rank
+        try:
+            adapter = engine.load_adapter("lora", args.lora).name
+        except AdapterError as err:
+            print(f"--lora {args.lora}: {err.reason}", file=sys.stderr)
+            return 2
     tokenizer = engine.tokenizer
     if args.chat:
         prompt_ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
@@ -149,7 +161,7 @@ def _generate(args) -> int:
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
-    token_ids = engine.generate([prompt_ids], params)[0]
+    token_ids = engine.generate([prompt_ids], params, adapters=[adapter])[0]
     text = tokenizer.decode(token_ids)
     if args.json:
         print(

@@ -25,6 +25,8 @@ Contract (the serving layer codes against it):
   and the reason: DoRA, modules_to_save, rank above `max_lora_rank`, a target the model lacks, a shape that
   does not match, unused tensors, a name already loaded) leaves the loaded adapters as they were.
   `unload_adapter(name)` drops one (AdapterNotFound if unknown); `adapters` maps names to loaded adapters.
+  `add_adapter(adapter)` serves one that `lora.load_adapter` loaded elsewhere (the server loads off the engine
+  thread and registers on it).
   `max_lora_rank` (default 16, vLLM's) bounds the rank of any adapter target; set it before loading.
 - `kv_cache_usage()` = tokens held by live caches / max_kv_tokens (a windowed cache holds at most
   window + global_tokens per layer, so it stops growing).
@@ -173,6 +175,12 @@ class Engine:
         )
         self.adapters[name] = adapter
         return adapter
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        """Serves an adapter `lora.load_adapter` loaded (possibly on another thread) under its name."""
+        if adapter.name in self.adapters:
+            raise AdapterError(adapter.name, "already loaded (unload it first)")
+        self.adapters[adapter.name] = adapter
 
     def unload_adapter(self, name: str) -> None:
         if self.adapters.pop(name, None) is None:

@@ -1,7 +1,7 @@
 """Prometheus metrics of one runtime process, in their own registry (names fixed by DESIGN.md).
 
 `moe_runtime_requests_total{status}` counts generation requests by the HTTP status of their outcome: "200",
-"400" (bad input), "413" (body too large), "429" (queue full), "503" (loading, draining or engine failed),
+"400" (bad input), "404" (no such model or LoRA adapter), "413" (body too large), "429" (queue full), "503" (loading, draining or engine failed),
 "504" (timed out), "500" (engine failure) and "499" (the client went away first).
 
 `moe_runtime_request_latency_seconds` (end to end: accepted to last event) and
@@ -19,16 +19,33 @@ latency objective.
 `--expert-metrics` sets: `off` (no samples), `expert` (one series per expert, summed over the layers, with
 layer="all"; the default: bounded by the expert count) or `layer_expert` (one series per layer and expert:
 thousands on a real model). The same query works in every mode, e.g. `sum by (expert) (rate(...[5m]))`.
+
+LoRA adapters (only when the server serves adapters: `--lora-modules` or `--lora-list`), every `adapter` label
+one of the adapters configured now (a removed adapter's series go with it):
+- `moe_runtime_lora_adapter_loaded{adapter}` (gauge): 1 when the adapter loaded and serves (in memory, or
+  evicted for room and reloaded on the next request), 0 while it loads for the first time or after its last load
+  failed. The operator counts the Ready pods where it is 1.
+- `moe_runtime_lora_adapter_load_error{adapter,reason}` (gauge): 1 while the adapter's last load failed, with
+  the reason word of lora_reasons.py (the full message is in the log).
+- `moe_runtime_lora_load_failures_total{adapter,reason}`, `moe_runtime_lora_adapters_resident` (gauge, at
+  most --max-loras), `moe_runtime_lora_evictions_total`, and per adapter `moe_runtime_lora_requests_total`
+  (accepted), `moe_runtime_lora_prompt_tokens_total`, `moe_runtime_lora_generation_tokens_total`.
+- `vllm:lora_requests_info{max_lora,running_lora_adapters,waiting_lora_adapters}`: vLLM's gauge, which the
+  Gateway API Inference Extension's endpoint picker reads to route by adapter: the adapters with running and
+  with waiting requests, comma-joined, and the time of the last engine step as the value. vLLM keeps a series
+  for every combination it ever exported and the picker takes the one with the highest value; this exports only
+  the current one, which the picker reads the same way.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # CPU runs of tiny models answer in milliseconds, real models on busy pods in tens of seconds, and a request
 # may run until its timeout (300 s by default) or longer when there is none. Dense between 0.1 s and 60 s,
@@ -89,6 +106,144 @@ class ExpertTokenCounts:
         yield family
 
 
+@dataclass(frozen=True)
+class _LoraSnapshot:
+    adapters: dict[str, str | None] = field(
+        default_factory=dict
+    )  # None: loaded; "": loading; else the reason
+    counts: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # adapter -> [requests, prompt, generation tokens]
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (adapter, reason) -> failed loads
+    resident: int = 0
+    running: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    stepped_at: float = 0.0
+    evictions: int = 0
+
+
+class LoraMetrics:
+    """The LoRA series, exported only when the server serves adapters. The engine thread publishes a snapshot
+    each step, requests are counted on the event loop, scrapes read a copy under a lock."""
+
+    LABELS = {
+        "vllm:lora_requests_info": ("max_lora", "running_lora_adapters", "waiting_lora_adapters"),
+        "moe_runtime_lora_adapter_loaded": ("adapter",),
+        "moe_runtime_lora_adapter_load_error": ("adapter", "reason"),
+        "moe_runtime_lora_load_failures": ("adapter", "reason"),
+        "moe_runtime_lora_adapters_resident": (),
+        "moe_runtime_lora_evictions": (),
+        "moe_runtime_lora_requests": ("adapter",),
+        "moe_runtime_lora_prompt_tokens": ("adapter",),
+        "moe_runtime_lora_generation_tokens": ("adapter",),
+    }
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.max_loras = 1
+        self._lock = threading.Lock()
+        self._now = _LoraSnapshot()
+
+    def publish(
+        self,
+        adapters: dict[str, str | None],
+        resident: int,
+        running: tuple[str, ...],
+        waiting: tuple[str, ...],
+        now: float,
+    ) -> None:
+        """The adapters configured now (a removed one's series go with it), from the engine thread."""
+        with self._lock:
+            was = self._now
+            counts = {name: c for name, c in was.counts.items() if name in adapters}
+            failures = {key: n for key, n in was.failures.items() if key[0] in adapters}
+            self._now = _LoraSnapshot(
+                adapters, counts, failures, resident, running, waiting, now, was.evictions
+            )
+
+    def load_failed(self, adapter: str, reason: str) -> None:
+        with self._lock:
+            failures = self._now.failures
+            failures[adapter, reason] = failures.get((adapter, reason), 0) + 1
+
+    def evicted(self, count: int) -> None:
+        with self._lock:
+            self._now = replace(self._now, evictions=self._now.evictions + count)
+
+    def count(
+        self, adapter: str, requests: int = 0, prompt_tokens: int = 0, generation_tokens: int = 0
+    ) -> None:
+        with self._lock:
+            counts = self._now.counts.setdefault(adapter, [0, 0, 0])
+            counts[0] += requests
+            counts[1] += prompt_tokens
+            counts[2] += generation_tokens
+
+    def describe(self):
+        """The families without samples (what the registry and the metrics reference read)."""
+        return self._families(None)
+
+    def collect(self):
+        if not self.enabled:
+            return []
+        with self._lock:
+            now = self._now
+            now = replace(
+                now, counts={k: list(v) for k, v in now.counts.items()}, failures=dict(now.failures)
+            )
+        return self._families(now)
+
+    def _families(self, now: _LoraSnapshot | None) -> list:
+        labels = self.LABELS
+        info = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=labels["vllm:lora_requests_info"],
+        )
+        loaded = GaugeMetricFamily(
+            "moe_runtime_lora_adapter_loaded",
+            "1 when the adapter loaded and serves (in memory or reloaded on demand), else 0",
+            labels=labels["moe_runtime_lora_adapter_loaded"],
+        )
+        errors = GaugeMetricFamily(
+            "moe_runtime_lora_adapter_load_error",
+            "1 while the adapter's last load failed, with the reason",
+            labels=labels["moe_runtime_lora_adapter_load_error"],
+        )
+        failed = CounterMetricFamily(
+            "moe_runtime_lora_load_failures",
+            "Adapter loads that failed",
+            labels=labels["moe_runtime_lora_load_failures"],
+        )
+        resident = GaugeMetricFamily("moe_runtime_lora_adapters_resident", "Adapters in memory", labels=[])
+        evictions = CounterMetricFamily(
+            "moe_runtime_lora_evictions", "Adapters evicted to make room for another", labels=[]
+        )
+        per_adapter = [
+            CounterMetricFamily(name, text, labels=["adapter"])
+            for name, text in (
+                ("moe_runtime_lora_requests", "Generation requests accepted for the adapter"),
+                ("moe_runtime_lora_prompt_tokens", "Prompt tokens prefilled with the adapter"),
+                ("moe_runtime_lora_generation_tokens", "Tokens generated with the adapter"),
+            )
+        ]
+        if now is not None:
+            info.add_metric(
+                [str(self.max_loras), ",".join(now.running), ",".join(now.waiting)], now.stepped_at
+            )
+            for name, state in sorted(now.adapters.items()):
+                loaded.add_metric([name], 1.0 if state is None else 0.0)
+                if state:
+                    errors.add_metric([name, state], 1.0)
+                for family, count in zip(per_adapter, now.counts.get(name, [0, 0, 0]), strict=True):
+                    family.add_metric([name], count)
+            for (name, reason), count in sorted(now.failures.items()):
+                failed.add_metric([name, reason], count)
+            resident.add_metric([], now.resident)
+            evictions.add_metric([], now.evictions)
+        return [info, loaded, errors, failed, resident, evictions, *per_adapter]
+
+
 class RuntimeMetrics:
     def __init__(
         self, request_timeout_s: float | None = None, expert_metrics: ExpertMetrics = ExpertMetrics.EXPERT
@@ -140,6 +295,8 @@ class RuntimeMetrics:
         )
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
+        self.lora = LoraMetrics()
+        r.register(self.lora)
 
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)

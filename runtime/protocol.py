@@ -239,8 +239,20 @@ def usage_chunk_body(request_id: str, model: str, object_: str, usage_: dict) ->
     }
 
 
-def models_body(model: str, created: int) -> dict:
+def models_body(model: str, created: int, adapters: Sequence[tuple[str, str]] = ()) -> dict:
+    """The base model, then each LoRA adapter (name, path) with the base model as its parent (vLLM's shape)."""
+    entries = [(model, model, None), *((name, path, model) for name, path in adapters)]
     return {
         "object": "list",
-        "data": [{"id": model, "object": "model", "created": created, "owned_by": "moedeploy"}],
+        "data": [
+            {
+                "id": id_,
+                "object": "model",
+                "created": created,
+                "owned_by": "moedeploy",
+                "root": root,
+                "parent": parent,
+            }
+            for id_, root, parent in entries
+        ],
     }

@@ -29,6 +29,9 @@ starts before it. `fcfs` admits strictly in arrival order. With a = 0, length_aw
 stream of shorter prompts can hold a long one back for as long as it lasts. (A request put back after an
 out-of-memory step keeps its arrival time and waits with its generated tokens as prompt.)
 
+LoRA: a waiting request whose adapter is not in memory is passed over (it neither starts nor holds up others);
+a running request's adapter stays in memory until it finishes (lora_residency.py).
+
 KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens, capped per
 sequence for windowed attention), so a running sequence never runs out of room and nothing is preempted
 for lack of reserved cache.
@@ -42,7 +45,7 @@ halves the sequences and tokens a step may take, and `requeue` puts that step's 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -101,6 +104,7 @@ class Request:
     arrival: float
     stop_token_ids: frozenset[int] = frozenset()
     deadline: float | None = None
+    adapter: str | None = None  # the LoRA adapter it runs with; None: the base model
     prefilled: int = 0
     output: list[int] = field(default_factory=list)
     cancelled: bool = False
@@ -174,7 +178,10 @@ class Scheduler:
         if (request := self._by_id.get(request_id)) is not None:
             request.cancelled = True
 
-    def schedule(self, now: float) -> Step:
+    def schedule(self, now: float, adapters: Container[str] | None = None) -> Step:
+        """`adapters`: the LoRA adapters ready to take new requests (None: all). A waiting request for any other
+        adapter is passed over without holding up the requests behind it (lora_residency.py brings its
+        adapter in)."""
         dropped = self._drop_cancelled_and_expired(now)
         work = [Work(r, [r.output[-1]], samples=True) for r in self.running if not r.is_prefilling]
         budget = self.token_budget - len(work)
@@ -183,7 +190,9 @@ class Scheduler:
             if budget <= 0:
                 break
             if request not in self.running:
-                if not admitting:
+                if not admitting or (
+                    request.adapter is not None and adapters is not None and request.adapter not in adapters
+                ):
                     continue
                 if not self._can_admit(request):
                     admitting = False  # nobody may overtake it; the running prefills behind it go on

@@ -33,6 +33,10 @@ flag has vLLM's name; the older names still work.
 | --max-messages | MOE_RUNTIME_MAX_MESSAGES | 2048 | most messages in a chat request |
 | --max-stop-strings | MOE_RUNTIME_MAX_STOP_STRINGS | 4 | most stop strings in a request |
 | --max-stop-string-chars | MOE_RUNTIME_MAX_STOP_STRING_CHARS | 256 | longest stop string |
+| --lora-modules | MOE_RUNTIME_LORA_MODULES | none | LoRA adapters besides the base model: NAME=PATH or `{"name": ..., "path": ...}`, repeatable (the variable: a JSON list, or NAME=PATH items separated by spaces) |
+| --lora-list | MOE_RUNTIME_LORA_LIST | none | JSON file `[{"name": ..., "path": ...}]` of LoRA adapters, watched while serving (a mounted ConfigMap in a pod) |
+| --max-loras | MOE_RUNTIME_MAX_LORAS | 4 | LoRA adapters in memory at once (the least recently used idle one makes room) |
+| --max-lora-rank | MOE_RUNTIME_MAX_LORA_RANK | 16 | highest rank a LoRA adapter may have |
 | --expert-metrics | MOE_RUNTIME_EXPERT_METRICS | expert | `off`, `expert` (summed over layers) or `layer_expert` |
 | --log-level | MOE_RUNTIME_LOG_LEVEL | info | `debug`, `info`, `warning`, `error` |
 | --log-format | MOE_RUNTIME_LOG_FORMAT | text | `text`, or `json` (one object per line) |
@@ -40,6 +44,16 @@ flag has vLLM's name; the older names still work.
 KV cache: a request starts only when its prompt + max_tokens fits in the cache beside the running ones; the
 capacity comes from memory (`moe_runtime.kv_budget`). A step that runs out of memory anyway fails nobody: its
 requests wait again and the following steps are smaller.
+
+LoRA adapters: a request selects one by its `model` field (the served model name selects none); `/v1/models`
+lists the adapters that loaded, each with `parent` set to the base model; any other name is a 404
+(`model_not_found`). Adapters load on a thread of their own, never stalling the decode steps. Of the
+`--lora-list` file (re-read when its content changes, checked every second), added entries load, removed
+ones unload once their accepted requests finish, and a failed load is logged, counted in the metrics and
+retried with back-off, while the other adapters serve on. Beyond `--max-loras` adapters in memory, the least
+recently used one without requests makes room and loads again when asked for; requests for an adapter that is
+not in memory wait for it, they do not fail (lora_residency.py). `/ready` turns 200 only after every adapter
+configured at startup was tried once (loaded or failed), so a restarted pod comes back with its adapters.
 
 Lifecycle: `/health` answers as soon as the port is open; `/ready` answers 503 while the weights load, 200
 once they have, and 503 again after SIGTERM or SIGINT. Then new generation requests get 503, the ones already
@@ -64,6 +78,8 @@ import uvicorn
 
 from moe_runtime import kv_budget, logs
 from moe_runtime.generation import Limits
+from moe_runtime.lora_manager import LoraManager
+from moe_runtime.lora_watch import LoraListWatcher
 from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 from moe_runtime.scheduler import Policy, SchedulerConfig
 from moe_runtime.serve_options import OPTIONS, parse_args, request_limits
@@ -144,6 +160,7 @@ def load_engine(args: argparse.Namespace):
         tokens_per_sequence=kv_tokens_per_sequence(engine),
     )
     engine.take_expert_token_counts()
+    engine.max_lora_rank = args.max_lora_rank
     return engine
 
 
@@ -205,13 +222,27 @@ class _DrainingServer(uvicorn.Server):
             await serving
             return 1
         engine = loaded.result()
-        worker = EngineWorker(engine, scheduler_config(args, engine), self._state.metrics, self._loop)
+        model_name = args.served_model_name or engine.model_name
+        metrics = self._state.metrics
+        adapters = LoraManager(
+            engine, metrics.lora, base_model=model_name, max_loras=args.max_loras, fixed=args.lora_modules,
+            watched=args.lora_list is not None,
+        )  # fmt: skip
+        worker = EngineWorker(engine, scheduler_config(args, engine), metrics, self._loop, adapters)
+        watcher = LoraListWatcher(args.lora_list, adapters.set_listed) if args.lora_list else None
+        if watcher is not None:
+            watcher.start()
         worker.start()
-        self._state.activate(worker, args.served_model_name or engine.model_name, limits(args, engine))
-        log.info("serving %s on %s:%s", self._state.model_name, args.host, args.port)
         try:
+            # /ready waits until every adapter configured now was tried once
+            while not adapters.ready.is_set() and worker.failure is None and not self.should_exit:
+                await asyncio.sleep(DRAIN_POLL_S)
+            self._state.activate(worker, model_name, limits(args, engine))
+            log.info("serving %s on %s:%s", self._state.model_name, args.host, args.port)
             await serving
         finally:
+            if watcher is not None:
+                watcher.stop()
             worker.stop()
         return 1 if worker.failure is not None else 0
 

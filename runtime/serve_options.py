@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from moe_runtime.limits import RequestLimits
+from moe_runtime.lora_sources import SourceError, parse_lora_module, parse_lora_modules_variable
 from moe_runtime.metrics import ExpertMetrics
 from moe_runtime.scheduler import Policy
 
@@ -23,6 +24,8 @@ class Option:
     choices: tuple[str, ...] | None = None
     default_text: str | None = None  # what --help says when `default` is None
     dest_name: str | None = None  # the attribute, when not the first flag's name (kept for older callers)
+    # repeatable, each flag taking one value or more (a list); the variable's whole value goes to `parse_all`
+    parse_all: Callable[[str], list] | None = None
 
     @property
     def dest(self) -> str:
@@ -51,6 +54,13 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
+
+
+def _lora_module(text: str):
+    try:
+        return parse_lora_module(text)
+    except SourceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _fraction(text: str) -> float:
@@ -119,6 +129,18 @@ OPTIONS = (
            "most stop strings in a request"),
     Option(("--max-stop-string-chars",), "MOE_RUNTIME_MAX_STOP_STRING_CHARS", _positive_int,
            LIMITS.max_stop_string_chars, "longest stop string in characters"),
+    Option(("--lora-modules",), "MOE_RUNTIME_LORA_MODULES", _lora_module,
+           help="LoRA adapters served besides the base model, each NAME=PATH or vLLM's JSON form "
+           '{"name": ..., "path": ...}; repeatable, several per flag; the variable takes a JSON list or '
+           "whitespace-separated NAME=PATH items", default_text="none", parse_all=parse_lora_modules_variable),
+    Option(("--lora-list",), "MOE_RUNTIME_LORA_LIST",
+           help="a JSON file listing LoRA adapters as [{\"name\": ..., \"path\": ...}], watched while serving: "
+           "added ones load, removed ones unload once their requests finish", default_text="none"),
+    Option(("--max-loras",), "MOE_RUNTIME_MAX_LORAS", _positive_int, 4,
+           "LoRA adapters in memory at once; beyond it the least recently used idle one is evicted and loaded "
+           "again on demand (vLLM's default is 1: each swap costs a load, so a few more are kept here)"),
+    Option(("--max-lora-rank",), "MOE_RUNTIME_MAX_LORA_RANK", _positive_int, 16,
+           "highest LoRA rank an adapter may have"),
     Option(("--expert-metrics",), "MOE_RUNTIME_EXPERT_METRICS", default=ExpertMetrics.EXPERT.value,
            choices=tuple(m.value for m in ExpertMetrics), help="expert token counters: off, per expert "
            "(layer=\"all\") or per layer and expert"),
@@ -147,12 +169,22 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespac
             *option.flags,
             dest=option.dest,
             type=option.type,
-            default=environ.get(option.env) or option.default,
+            default=None if option.parse_all else environ.get(option.env) or option.default,
             choices=option.choices,
             metavar=None if option.choices else option.flags[0].removeprefix("--").replace("-", "_").upper(),
             help=f"{option.help} (default: {option.shown_default()}) [env {option.env}]".lstrip(),
+            **({"action": "extend", "nargs": "+"} if option.parse_all else {}),
         )
     args = parser.parse_args(argv)
+    for option in OPTIONS:  # repeatable: the flags, else the variable (a flag wins, as for the others)
+        if option.parse_all and getattr(args, option.dest) is None:
+            try:
+                setattr(args, option.dest, option.parse_all(environ.get(option.env) or ""))
+            except SourceError as err:
+                parser.error(f"{option.env}: {err}")
+    names = [module.name for module in args.lora_modules]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        parser.error(f"--lora-modules names {', '.join(repeated)} more than once")
     for option in OPTIONS:  # argparse checks choices on the command line only, not on defaults
         value = getattr(args, option.dest)
         if option.choices and value is not None and value not in option.choices:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from moe_runtime.body_limit import BodyLimit
 from moe_runtime.generation import Job, Limits, chat_job, completion_job
 from moe_runtime.limits import RequestLimits
+from moe_runtime.lora import AdapterError, AdapterNotFound
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.protocol import (
     ApiError,
@@ -88,6 +89,7 @@ class ServingState:
 
 GENERATION_ERRORS = {
     400: {"model": ErrorResponse, "description": "Invalid request"},
+    404: {"model": ErrorResponse, "description": "No such model or LoRA adapter (model_not_found)"},
     429: {"model": ErrorResponse, "description": "Waiting queue full"},
     503: {"model": ErrorResponse, "description": "Loading or shutting down"},
     504: {"model": ErrorResponse, "description": "Request timed out"},
@@ -119,7 +121,7 @@ def create_app(state: ServingState) -> FastAPI:
     async def models() -> dict:
         if state.worker is None:
             raise _unavailable(state)
-        return models_body(state.model_name, state.created)
+        return models_body(state.model_name, state.created, state.worker.adapter_models())
 
     @app.post("/v1/completions", responses=GENERATION_ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -154,8 +156,9 @@ async def _generate(
 ) -> Response:
     if state.current_phase is not Phase.READY or state.worker is None or state.limits is None:
         raise _unavailable(state)
-    if body.model is not None and body.model != state.model_name:
-        raise ApiError(400, f"The model `{body.model}` does not exist", "model", code="model_not_found")
+    adapter = None if body.model in (None, state.model_name) else body.model
+    if adapter is not None:
+        _check_adapter(state.worker, adapter)
     tokenizer = state.worker.engine.tokenizer
     job = await asyncio.to_thread(make_job, body, tokenizer, state.limits)
     if state.current_phase is not Phase.READY:  # it may have changed while the prompt was tokenized
@@ -164,7 +167,9 @@ async def _generate(
     backstop = state.backstop_s()
     deadline = None if backstop is None else loop.time() + backstop
     try:
-        stream = state.worker.submit(job.prompt_ids, job.params, state.request_timeout_s)
+        stream = state.worker.submit(job.prompt_ids, job.params, state.request_timeout_s, adapter)
+    except AdapterError as error:
+        raise _model_not_found(error) from None
     except EngineFailed:
         raise _unavailable(state) from None
     except QueueFull:
@@ -176,12 +181,27 @@ async def _generate(
             headers={"Retry-After": RETRY_AFTER_S},
         ) from None
     count = functools.partial(_count, state)
-    answer = Answer(endpoint, state.model_name, tokenizer, request, stream, job, count, deadline)
+    answer = Answer(endpoint, adapter or state.model_name, tokenizer, request, stream, job, count, deadline)
     if not body.stream:
         return JSONResponse(await answer.whole())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
         answer.events(include_usage), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _check_adapter(worker: EngineWorker, name: str) -> None:
+    """404 before any work when `name` is neither the base model nor an adapter that serves."""
+    try:
+        worker.check_adapter(name)
+    except AdapterError as error:
+        raise _model_not_found(error) from None
+
+
+def _model_not_found(error: AdapterError) -> ApiError:
+    detail = "" if isinstance(error, AdapterNotFound) else f": adapter {error.reason}"
+    return ApiError(
+        404, f"The model `{error.adapter}` does not exist{detail}", "model", code="model_not_found"
     )
 
 

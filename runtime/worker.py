@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_runtime.lora_manager import LoraManager
 from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 from moe_runtime.sampling import SamplingParams, make_generator, sample_next
 from moe_runtime.scheduler import FinishReason, Request, Scheduler, SchedulerConfig, Step
@@ -54,7 +55,12 @@ class _Live:
 
 class EngineWorker:
     def __init__(
-        self, engine, config: SchedulerConfig, metrics: RuntimeMetrics, loop: asyncio.AbstractEventLoop
+        self,
+        engine,
+        config: SchedulerConfig,
+        metrics: RuntimeMetrics,
+        loop: asyncio.AbstractEventLoop,
+        adapters: LoraManager | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -70,6 +76,8 @@ class EngineWorker:
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._last_expert_flush = 0.0
+        self.adapters = adapters or LoraManager(engine, metrics.lora, base_model="", max_loras=1)
+        self.adapters.wake = self._wake.set  # loads that finish and list changes wake an idle engine thread
 
     def start(self) -> None:
         self._thread.start()
@@ -78,6 +86,7 @@ class EngineWorker:
         self._stopping = True
         self._wake.set()
         self._thread.join()
+        self.adapters.close()
 
     @property
     def idle(self) -> bool:
@@ -87,9 +96,11 @@ class EngineWorker:
         with self._lock:
             return self._scheduler.idle
 
-    def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float | None) -> GenerationStream:
-        """Queues a request; raises `QueueFull` when the waiting queue is full and `EngineFailed` after the
-        engine loop died. Call from the event loop."""
+    def submit(
+        self, prompt: list[int], params: SamplingParams, timeout_s: float | None, adapter: str | None = None
+    ) -> GenerationStream:
+        """Queues a request; raises `QueueFull` when the waiting queue is full, `EngineFailed` after the
+        engine loop died, and `AdapterError` for an adapter that cannot serve. Call from the event loop."""
         if self.failure is not None:
             raise EngineFailed(str(self.failure))
         now = time.monotonic()
@@ -101,14 +112,29 @@ class EngineWorker:
             arrival=now,
             stop_token_ids=frozenset(params.stop_token_ids),
             deadline=None if timeout_s is None else now + timeout_s,
+            adapter=adapter,
         )
         with self._lock:
+            if adapter is not None:
+                self.adapters.check(adapter)
             self._scheduler.add(request)
+            if adapter is not None:
+                self.adapters.count_request(adapter)
             stream = GenerationStream(request_id, len(prompt), self.cancel, self._streams)
             self._live[request_id] = _Live(stream, params, make_generator(params))
             self.metrics.queue_depth.set(len(self._scheduler.waiting))
         self._wake.set()
         return stream
+
+    def check_adapter(self, name: str) -> None:
+        """AdapterError unless new requests may ask for the adapter `name`."""
+        with self._lock:
+            self.adapters.check(name)
+
+    def adapter_models(self) -> list[tuple[str, str]]:
+        """(name, path) of the adapters that serve, for /v1/models."""
+        with self._lock:
+            return self.adapters.models()
 
     def cancel(self, request_id: str) -> None:
         with self._lock:
@@ -132,9 +158,11 @@ class EngineWorker:
 
     def _step(self) -> None:
         with self._lock:
-            step = self._scheduler.schedule(time.monotonic())
+            now = time.monotonic()
+            adapters = self.adapters.step(self._scheduler, now)
+            step = self._scheduler.schedule(now, adapters.admissible)
             self._publish_gauges()
-        deliveries = [self._end(r) for r in step.dropped]
+        deliveries = [self._end(r) for r in step.dropped] + self._fail(adapters.unservable)
         if step.work:
             deliveries += self._execute(step)
         self._deliver(deliveries)
@@ -151,7 +179,9 @@ class EngineWorker:
     def _execute(self, step: Step) -> list:
         self.metrics.batch_size.observe(len(step.work))
         try:
-            logits = self.engine.forward([(self._cache(item.request.id), item.tokens) for item in step.work])
+            logits = self.engine.forward(
+                [(self._cache(w.request.id), w.tokens, w.request.adapter) for w in step.work]
+            )
         except Exception as error:
             if is_out_of_memory(error):
                 return self._push_back(step, error)
@@ -161,6 +191,7 @@ class EngineWorker:
         deliveries = self._fail(unsampled)
         self.metrics.prompt_tokens.inc(sum(len(w.tokens) for w in step.work if w.request.is_prefilling))
         with self._lock:
+            self.adapters.after_step(step.work, sampled, time.monotonic())
             finished = self._scheduler.complete(step, sampled)
         tokens = self._token_deliveries(step, sampled)
         self.metrics.generation_tokens.inc(len(tokens))

@@ -24,12 +24,19 @@ from typing import Any
 from localkubelet import POD_MARKER
 from localkubelet.api import Api, Events
 from localkubelet.env import ConfigError, PodContext
-from localkubelet.launch import plan_launch
+from localkubelet.launch import Launch, plan_launch
 from localkubelet.lifecycle import BACKOFF_CAP_S, BACKOFF_INITIAL_S, Container, Signal, plan_stop, stop_signal
 from localkubelet.node import node_status
 from localkubelet.podstatus import placeholder_status, pod_status
 from localkubelet.probes import container_probes
-from localkubelet.process import MountError, prepare_volumes, run_probe, send, spawn
+from localkubelet.process import (
+    MountError,
+    prepare_volumes,
+    refresh_config_volumes,
+    run_probe,
+    send,
+    spawn,
+)
 from localkubelet.targets import MODEL_DEPLOYMENT_LABEL, Serving, file_sd, write_atomically
 from localkubelet.volumes import UnsupportedVolume
 
@@ -37,6 +44,8 @@ log = logging.getLogger("localkubelet")
 
 TICK_S = 0.2
 RETRY_S = 5.0  # a container that could not be created is tried again after this long
+# A running pod's configMap/secret volumes follow their objects this often (a real kubelet: about a minute).
+CONFIG_SYNC_S = 1.0
 GONE_GRACE_S = 2.0  # a pod removed from the API without us: its process gets this long after SIGTERM
 DEFAULT_GRACE_S = 30.0
 WATCH_TIMEOUT_S = 300
@@ -72,6 +81,8 @@ class PodWorker:
     reported: dict[str, Any] | None = None
     gone: bool = False  # removed from the API by someone else
     told: set[str] = field(default_factory=set)  # messages already written to the pod's log
+    launch: Launch | None = None  # how its process was started: its volumes are kept in step with the API
+    config_synced_at: float = 0.0
 
     @property
     def key(self) -> str:
@@ -229,6 +240,8 @@ class Kubelet:
         if worker.process is None and not worker.terminating and container.due_to_start(now):
             self._start(worker, now)
         self._probe(worker, now)
+        if worker.process is not None and now >= worker.config_synced_at + CONFIG_SYNC_S:
+            self._sync_config_volumes(worker, now)
         if not worker.gone:
             self._report(worker, now)
 
@@ -249,12 +262,7 @@ class Kubelet:
         pod_dir = self.settings.pods_dir / worker.key
         try:
             launch = plan_launch(context, str(pod_dir), port, sys.executable, self._host_env)
-            prepare_volumes(
-                launch.volumes,
-                lambda v: (self.api.config_map if v.kind == "configMap" else self.api.secret)(
-                    namespace, v.source
-                ),
-            )
+            prepare_volumes(launch.volumes, self._reader(namespace), launch.mounts)
             if missing := [path for path in launch.image_paths if not os.path.exists(path)]:
                 raise ImagePathError(
                     f"{', '.join(missing)} is in no volume: it would come from the image "
@@ -288,6 +296,7 @@ class Kubelet:
                 )
         container.probes = {kind: probe for kind, probe in probes.items() if probe.action != "unsupported"}
         worker.process = spawn(launch, self._log_path(worker))
+        worker.launch = launch
         worker.port = port
         container.started_process(now)
         name = spec_container["name"]
@@ -298,6 +307,27 @@ class Kubelet:
             f"Started container {name} (restart {container.restart_count}): pid {worker.process.pid}, "
             f"listening on 127.0.0.1:{port}",
         )  # fmt: skip
+
+    def _reader(self, namespace: str):
+        return lambda v: (self.api.config_map if v.kind == "configMap" else self.api.secret)(
+            namespace, v.source
+        )
+
+    def _sync_config_volumes(self, worker: PodWorker, now: float) -> None:
+        """ConfigMap and Secret volumes follow their objects while the pod runs (the kubelet's sync)."""
+        worker.config_synced_at = now
+        if worker.launch is None:
+            return
+        try:
+            namespace = worker.pod["metadata"]["namespace"]
+            changed = refresh_config_volumes(
+                worker.launch.volumes, self._reader(namespace), worker.launch.mounts
+            )
+        except Exception as err:
+            log.warning("%s: refreshing its configMap/secret volumes failed: %s", worker.key, err)
+            return
+        if changed:
+            log.info("%s: updated volume(s) %s", worker.key, ", ".join(changed))
 
     def _could_not_start(
         self, worker: PodWorker, waiting: str, reason: str, message: str, retry_at: float

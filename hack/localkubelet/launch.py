@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from localkubelet.env import ConfigError, PodContext, container_env, cpu_request, expand
-from localkubelet.volumes import Volume, container_mounts, plan_volumes
+from localkubelet.volumes import Mounts, Volume, container_mounts, plan_volumes
 
 PORT_ENV, HOST_ENV = "MOE_RUNTIME_PORT", "MOE_RUNTIME_HOST"
 LOOPBACK = "127.0.0.1"
@@ -34,6 +34,7 @@ class Launch:
     env: dict[str, str]
     cwd: str
     volumes: dict[str, Volume]
+    mounts: Mounts
     image_paths: list[str]  # container paths outside every mount: the caller checks them on the host
 
 
@@ -74,6 +75,7 @@ def plan_launch(ctx: PodContext, pod_dir: str, port: int, python: str, host_env:
         env=env,
         cwd=(mounts.host_path(working_dir) or working_dir) if working_dir else pod_dir,
         volumes=volumes,
+        mounts=mounts,
         image_paths=mounts.unmapped_paths([*command[1:], *args, *defined.values()]),
     )
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from localkubelet.launch import Launch
 from localkubelet.probes import Probe
-from localkubelet.volumes import Volume
+from localkubelet.volumes import Mounts, Volume, volume_files
 
 
 class MountError(Exception):
@@ -31,7 +33,7 @@ _HOST_PATH_TYPES = {
 
 
 def prepare_volumes(
-    volumes: Mapping[str, Volume], read: Callable[[Volume], Mapping[str, str] | None]
+    volumes: Mapping[str, Volume], read: Callable[[Volume], Mapping[str, str] | None], mounts: Mounts
 ) -> None:
     """Checks hostPath types, creates emptyDirs, writes configMap/secret volumes; `read` fetches their data."""
     for volume in volumes.values():
@@ -47,13 +49,60 @@ def prepare_volumes(
                     f'MountVolume.SetUp failed for volume "{volume.name}" : {volume.kind.lower()} '
                     f'"{volume.source}" not found'
                 )
-            path.mkdir(parents=True, exist_ok=True)
-            items = volume.items or tuple((key, key) for key in data or {})
-            for key, relative in items:
-                if data and key in data:
-                    target = path / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(data[key])
+            write_config_volume(path, volume_files(volume, data, mounts))
+
+
+def refresh_config_volumes(
+    volumes: Mapping[str, Volume], read: Callable[[Volume], Mapping[str, str] | None], mounts: Mounts
+) -> list[str]:
+    """Brings the configMap/secret volumes of a running pod up to date, as the kubelet's periodic sync does;
+    the names of those that changed. An object that vanished leaves its files as they were."""
+    changed = []
+    for volume in volumes.values():
+        if volume.kind not in ("configMap", "secret") or (data := read(volume)) is None:
+            continue
+        if write_config_volume(Path(volume.host_path), volume_files(volume, data, mounts)):
+            changed.append(volume.name)
+    return changed
+
+
+def write_config_volume(path: Path, files: Mapping[str, str]) -> bool:
+    """The kubelet's atomic writer: the files go to a new `..<timestamp>` folder, the `..data` symlink is swapped
+    to it in one rename, and each top-level name is a symlink through `..data`. A reader sees the old files or
+    the new ones, never a mix; the files' own paths never change. False when the files are as they were."""
+    data = path / "..data"
+    if data.is_dir() and _files_in(data) == dict(files):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    old = data.resolve() if data.is_symlink() else None
+    folder = path / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.time_ns()}"
+    for relative, text in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+    folder.mkdir(exist_ok=True)
+    staging = path / "..data_tmp"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(folder.name)
+    staging.replace(data)
+    tops = {PurePosixPath(relative).parts[0] for relative in files}
+    for top in tops:
+        link = path / top
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)  # written by hand before: the symlink takes its place
+        elif link.exists() and not link.is_symlink():
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{top}")
+    for entry in path.iterdir():
+        if not entry.name.startswith("..") and entry.is_symlink() and entry.name not in tops:
+            entry.unlink()
+    if old is not None and old != folder.resolve():
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def _files_in(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): f.read_text() for f in folder.rglob("*") if f.is_file()}
 
 
 def _check_host_path(volume: Volume, path: Path) -> None:

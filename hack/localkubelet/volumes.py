@@ -3,10 +3,15 @@
 hostPath is the host path itself; emptyDir, configMap and secret volumes are folders of the pod's own
 (`<pod dir>/volumes/<name>`). Volumes that need a storage plugin or an image (PVCs, image volumes, CSI, ...)
 have no local meaning: `plan_volumes` refuses them with a message the pod's Event carries.
+
+A configMap or secret volume's files (`volume_files`) are their keys' values, with one more local stand-in: a
+value that is JSON has the container paths in its strings mapped to host paths, as argv and env are (a runtime
+reading its LoRA adapter list finds the adapters where the volumes really are).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -105,3 +110,28 @@ def container_mounts(container: Mapping[str, Any], volumes: Mapping[str, Volume]
         table.append((mount["mountPath"], host))
     table.sort(key=lambda entry: len(entry[0].rstrip("/")), reverse=True)
     return Mounts(tuple(table))
+
+
+def volume_files(volume: Volume, data: Mapping[str, str] | None, mounts: Mounts) -> dict[str, str]:
+    """Relative path -> content of a configMap or secret volume holding `data`."""
+    items = volume.items or tuple((key, key) for key in data or {})
+    return {relative: _map_json_paths(data[key], mounts) for key, relative in items if data and key in data}
+
+
+def _map_json_paths(text: str, mounts: Mounts) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    mapped = _map_strings(value, mounts)
+    return text if mapped == value else json.dumps(mapped, indent=1)
+
+
+def _map_strings(value, mounts: Mounts):
+    if isinstance(value, str):
+        return mounts.map_value(value)
+    if isinstance(value, list):
+        return [_map_strings(item, mounts) for item in value]
+    if isinstance(value, dict):
+        return {key: _map_strings(item, mounts) for key, item in value.items()}
+    return value

@@ -59,3 +59,28 @@ def test_bad_checkpoint_fails_with_the_reason(tmp_path):
         timeout=300,
     )
     assert done.returncode != 0 and "config.json: missing" in done.stderr
+
+
+def test_generate_with_a_lora_adapter_gives_the_engines_output_with_it(tmp_path):
+    from moe_runtime.engine import Engine
+    from moe_runtime.sampling import SamplingParams
+    from tests.integration.lora_support import edited, peft_adapter
+
+    model = tmp_path / "model"
+    run("make-checkpoint", "--family", "qwen3_moe", "--out", str(model), "--num-layers", "2")
+    adapter = peft_adapter(model, tmp_path / "adapter", seed=1)
+    args = ("generate", "--model", str(model), "--prompt", "Once upon", "--max-tokens", "8", "--json")
+    with_lora, without = json.loads(run(*args, "--lora", str(adapter))), json.loads(run(*args))
+    engine = Engine.load(str(model), device="cpu")
+    engine.load_adapter("x", str(adapter))
+    expected = engine.generate([with_lora["prompt_token_ids"]], SamplingParams(max_tokens=8), ["x"])[0]
+    assert with_lora["token_ids"] == expected != without["token_ids"]
+
+    wide = edited(adapter, tmp_path / "wide", config=lambda c: c.update(r=2))
+    done = subprocess.run(
+        [sys.executable, "-m", "moe_runtime", *args, "--lora", str(wide)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and f"--lora {wide}: shape of " in done.stderr

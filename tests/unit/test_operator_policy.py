@@ -105,3 +105,15 @@ def test_unknown_policy_keys_are_an_error():
 def test_several_violations_are_all_named():
     found = check(runtime__image="evil:1", model__source={"hostPath": {"path": "/"}})
     assert len(found) == 2
+
+
+def test_a_host_path_adapter_is_checked_by_the_folder_the_pods_mount():
+    policy = Policy(allowed_source_kinds=("*",), allowed_host_path_prefixes=("/srv/loras",))
+
+    def adapter_at(path):
+        return check(policy, adapters=[{"name": "a", "source": {"hostPath": {"path": path}}}])
+
+    assert adapter_at("/srv/loras/sql") == []
+    [found] = adapter_at("/srv/loras")
+    assert "the pods mount the folder that holds it, '/srv'" in found
+    assert len(adapter_at("/etc/sql")) == 1, "outside: refused once, not twice"

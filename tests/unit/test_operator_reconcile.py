@@ -101,7 +101,10 @@ def test_first_pass_creates_the_children_and_reports_progress():
     world.reconcile()
     kinds = sorted({kind for (kind, _, _) in world.api.objects})
     assert kinds == ["ConfigMap", "Deployment", "ModelDeployment", "Service"]
-    (config_map,) = world.api.of_kind("ConfigMap")
+    by_name = {cm["metadata"]["name"]: cm for cm in world.api.of_kind("ConfigMap")}
+    adapters_config = by_name.pop(f"{NAME}-adapters")
+    assert adapters_config["data"] == {"adapters.json": "[]"} and "immutable" not in adapters_config
+    (config_map,) = by_name.values()
     assert config_map["immutable"] is True
     assert env_source(world.deployment()) == config_map["metadata"]["name"]
     status = world.status()
@@ -250,7 +253,7 @@ def test_old_revisions_are_pruned_past_the_history_limit():
             runtime__batching={"maxQueue": queue},
         )
         world.reconcile()
-    names = {cm["metadata"]["name"] for cm in world.api.of_kind("ConfigMap")}
+    names = {cm["metadata"]["name"] for cm in world.api.of_kind("ConfigMap")} - {f"{NAME}-adapters"}
     assert env_source(world.deployment()) in names and len(names) == 2
 
 

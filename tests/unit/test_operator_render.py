@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from moe_operator.config import RUNTIME_SETTINGS
@@ -156,6 +158,8 @@ def test_runtime_settings_reach_the_config_map():
         runtime__attention={"window": 256, "globalTokens": 4},
         runtime__quantization="int8",
         runtime__dtype="float32",
+        runtime__maxLoras=4,
+        runtime__maxLoraRank=32,
         model__name="served-name",
     )
     data = render_children(raw).config_map["data"]
@@ -175,6 +179,9 @@ def test_runtime_settings_reach_the_config_map():
         "MOE_RUNTIME_GPU_MEMORY_UTILIZATION": "0.9",
         "MOE_RUNTIME_EXPERT_METRICS": "expert",
         "MOE_RUNTIME_LOG_FORMAT": "text",
+        "MOE_RUNTIME_LORA_LIST": "/etc/moe-runtime/adapters/adapters.json",
+        "MOE_RUNTIME_MAX_LORAS": "4",
+        "MOE_RUNTIME_MAX_LORA_RANK": "32",
     }
 
 
@@ -277,3 +284,62 @@ def test_object_storage_renders_the_download():
     )
     volume = {v["name"]: v for v in pod_of(shared)["spec"]["volumes"]}["model-cache"]
     assert volume["hostPath"] == {"path": "/var/cache/models", "type": "DirectoryOrCreate"}
+
+
+ADAPTERS = [
+    {"name": "on-the-model-claim", "source": {"pvc": {"claimName": "weights", "path": "loras/sql"}}},
+    {"name": "own-claim", "source": {"pvc": {"claimName": "loras", "path": "chat"}}},
+    {"name": "same-own-claim", "source": {"pvc": {"claimName": "loras", "path": "math/v2"}}},
+    {"name": "on-the-node", "source": {"hostPath": {"path": "/data/loras/legal"}}},
+    {"name": "in-the-image", "source": {"image": {"path": "/opt/loras/code"}}},
+    {"name": "next-to-it", "source": {"hostPath": {"path": "/data/loras/medical/"}}},
+    {"name": "under-the-root", "source": {"hostPath": {"path": "/finance"}}},
+]
+
+
+def test_adapters_go_to_their_config_map_with_the_paths_the_pods_see_them_at():
+    from moe_operator.render import adapters_config_map
+
+    raw = spec(adapters=ADAPTERS)
+    config_map = adapters_config_map(OWNER, parse_spec(raw))
+    assert config_map["metadata"]["name"] == f"{OWNER.name}-adapters"
+    assert config_map["metadata"]["labels"] == FIXED_LABELS and "immutable" not in config_map
+    listed = {a["name"]: a["path"] for a in json.loads(config_map["data"]["adapters.json"])}
+    pod = pod_of(render_children(raw))["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    own = next(
+        name for name, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") == "loras"
+    )
+    host = next(name for name, v in volumes.items() if v.get("hostPath", {}).get("path") == "/data/loras")
+    root = next(name for name, v in volumes.items() if v.get("hostPath", {}).get("path") == "/finance")
+    assert listed == {
+        "on-the-model-claim": "/models/loras/sql",
+        "own-claim": f"/adapters/{own}/chat",
+        "same-own-claim": f"/adapters/{own}/math/v2",
+        "on-the-node": f"/adapters/{host}/legal",
+        "in-the-image": "/opt/loras/code",
+        "next-to-it": f"/adapters/{host}/medical",
+        "under-the-root": f"/adapters/{root}",
+    }
+    assert (
+        volumes[own]["persistentVolumeClaim"]["readOnly"] and volumes[host]["hostPath"]["type"] == "Directory"
+    )
+    assert mounts[f"/adapters/{own}"] == own and mounts[f"/adapters/{host}"] == host
+    assert sum("persistentVolumeClaim" in v for v in volumes.values()) == 2, "one volume per claim"
+    assert sum("hostPath" in v for v in volumes.values()) == 2, "one volume per node folder"
+    assert volumes["adapters"]["configMap"] == {"name": f"{OWNER.name}-adapters"}
+    assert mounts["/etc/moe-runtime/adapters"] == "adapters"
+
+
+def test_adding_or_removing_adapters_makes_no_new_revision_unless_a_new_volume_is_needed():
+    def revision(*adapters):
+        return render_children(spec(adapters=list(adapters))).revision
+
+    none = revision()
+    assert revision(ADAPTERS[0]) == revision(ADAPTERS[4]) == none, "on the model's claim, or in the image"
+    with_claim = revision(ADAPTERS[1])
+    assert with_claim != none, "a claim the pods do not mount yet"
+    assert revision(ADAPTERS[1], ADAPTERS[2]) == revision(ADAPTERS[2], ADAPTERS[0], ADAPTERS[1]) == with_claim
+    assert revision(ADAPTERS[3], ADAPTERS[1]) == revision(ADAPTERS[1], ADAPTERS[3]) != with_claim
+    assert revision(ADAPTERS[3]) == revision(ADAPTERS[3], ADAPTERS[5]), "side by side in one node folder"

@@ -44,3 +44,30 @@ def test_the_runtime_accepts_the_config_map_the_operator_renders(raw):
     assert args.quantize == model_spec.runtime.quantization
     assert args.window == model_spec.runtime.attention.window
     assert args.port == int(config["MOE_RUNTIME_PORT"])
+
+
+def test_the_lora_defaults_of_the_crd_are_the_runtimes():
+    options = {option.env: option for option in OPTIONS}
+    runtime = parse_spec(spec()).runtime
+    assert runtime.max_loras == options["MOE_RUNTIME_MAX_LORAS"].default
+    assert runtime.max_lora_rank == options["MOE_RUNTIME_MAX_LORA_RANK"].default
+
+
+def test_the_runtime_reads_the_adapter_list_the_operator_writes(tmp_path):
+    import json
+
+    from moe_operator.render import adapters_config_map
+    from moe_runtime.lora_sources import AdapterSource, parse_lora_list
+    from tests.unit.operator_samples import OWNER
+
+    raw = spec(
+        adapters=[{"name": "sql", "source": {"pvc": {"claimName": "weights", "path": "loras/sql"}}}],
+        runtime__maxLoras=3,
+    )
+    config = render_children(raw).config_map["data"]
+    args = parse_args(["--model", config["MOE_RUNTIME_MODEL"]], environ=config)
+    assert args.lora_list == "/etc/moe-runtime/adapters/adapters.json" and args.max_loras == 3
+    data = adapters_config_map(OWNER, parse_spec(raw))["data"]
+    assert list(data) == [args.lora_list.rsplit("/", 1)[1]]
+    assert parse_lora_list(data["adapters.json"]) == ([AdapterSource("sql", "/models/loras/sql")], [])
+    assert json.loads(data["adapters.json"]) == [{"name": "sql", "path": "/models/loras/sql"}]

@@ -44,7 +44,7 @@ class SilentWorker:
         self._streams = OpenStreams(metrics)
         self._ids = itertools.count()
 
-    def submit(self, prompt, params, timeout_s) -> GenerationStream:
+    def submit(self, prompt, params, timeout_s, adapter=None) -> GenerationStream:
         return GenerationStream(f"req-{next(self._ids)}", len(prompt), self.cancelled.append, self._streams)
 
 

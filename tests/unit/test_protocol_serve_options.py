@@ -122,3 +122,37 @@ def test_the_token_budget_follows_the_device_unless_set():
     assert resolve_token_budget(args(), engine("cpu")) == 512
     assert resolve_token_budget(args(max_batch_seqs=1024), engine("cpu")) == 1024
     assert resolve_token_budget(args(max_batch_tokens=64), engine("cuda")) == 64
+
+
+def test_lora_options_from_flags_and_from_the_environment():
+    from moe_runtime.lora_sources import AdapterSource
+
+    args = parse_args(["--model", "m"], {})
+    assert (args.lora_modules, args.lora_list, args.max_loras, args.max_lora_rank) == ([], None, 1, 16)
+    env = {
+        "MOE_RUNTIME_MODEL": "m",
+        "MOE_RUNTIME_LORA_MODULES": "a=/x/a b=/x/b",
+        "MOE_RUNTIME_LORA_LIST": "/etc/adapters.json",
+        "MOE_RUNTIME_MAX_LORAS": "4",
+        "MOE_RUNTIME_MAX_LORA_RANK": "64",
+    }
+    args = parse_args([], env)
+    assert args.lora_modules == [AdapterSource("a", "/x/a"), AdapterSource("b", "/x/b")]
+    assert (args.lora_list, args.max_loras, args.max_lora_rank) == ("/etc/adapters.json", 4, 64)
+    flags = ["--lora-modules", "c=/y/c", '{"name": "d", "path": "/y/d"}', "--lora-modules", "e=/y/e"]
+    args = parse_args(flags, env)
+    assert [m.name for m in args.lora_modules] == ["c", "d", "e"], "the flags win over the variable"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--model", "m", "--lora-modules", "nopath"], {}),
+        (["--model", "m", "--lora-modules", "a=/x", "a=/y"], {}),
+        (["--model", "m"], {"MOE_RUNTIME_LORA_MODULES": "[nope"}),
+        (["--model", "m", "--max-loras", "0"], {}),
+    ],
+)
+def test_bad_lora_options_are_refused_at_startup(argv, env):
+    with pytest.raises(SystemExit):
+        parse_args(argv, env)

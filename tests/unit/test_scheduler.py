@@ -237,3 +237,14 @@ def test_the_smallest_step_cannot_back_off_and_limits_recover_after_good_steps()
     for _ in range(RECOVERY_STEPS):
         run_step(s)
     assert (s.max_running, s.token_budget) == (2, 2)
+
+
+def test_a_request_whose_adapter_is_not_in_memory_is_passed_over_without_holding_up_the_others():
+    s = Scheduler(SchedulerConfig(policy=Policy.FCFS))
+    s.add(request("lora", 3, arrival=0, adapter="sql"))
+    s.add(request("base", 3, arrival=1))
+    s.add(request("other", 3, arrival=2, adapter="chat"))
+    step = s.schedule(0, adapters={"chat"})
+    assert plan(step) == {"base": 3, "other": 3} and [r.id for r in s.waiting] == ["lora"]
+    step = s.schedule(1, adapters={"chat", "sql"})
+    assert "lora" in plan(step)

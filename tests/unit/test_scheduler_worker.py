@@ -49,7 +49,7 @@ class FakeEngine:
     def forward(self, batch):
         self.batch_sizes.append(len(batch))
         rows = []
-        for i, (sequence, tokens) in enumerate(batch):
+        for i, (sequence, tokens, *_) in enumerate(batch):
             if self.fail_when_batch_has in tokens:
                 raise RuntimeError("boom")
             sequence.tokens += tokens
@@ -244,7 +244,9 @@ def test_every_ending_counts_in_latency_and_the_oldest_open_request_has_an_age()
         assert sample("moe_runtime_oldest_request_age_seconds") == 0
         timed_out = worker.submit([1], SamplingParams(max_tokens=10**6), timeout_s=0.3)
         cancelled = worker.submit([2], SamplingParams(max_tokens=10**6), None)
-        await anext(aiter(cancelled))
+        events = aiter(cancelled)
+        await anext(events)
+        await anext(events)  # two tokens, so that it counts in the time per output token however soon it ends
         assert sample("moe_runtime_oldest_request_age_seconds") > 0
         cancelled.cancel()
         return await collect(timed_out), await collect(cancelled)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from moe_runtime.engine import Engine
 from moe_runtime.lora import AdapterError, AdapterNotFound
+from moe_runtime.lora_reasons import REASONS, adapter_error_reason
 
 from .helpers import prompt_ids
 from .lora_adapters import ATTENTION, randomize, write_per_expert_adapter
@@ -158,14 +159,40 @@ CASES = {
 }
 
 
+# The reason word each refusal is counted under in the server's metrics (lora_reasons.py).
+REASON_WORDS = {
+    "dora": "dora",
+    "modules_to_save": "modules_to_save",
+    "rank_above_max": "rank_above_max",
+    "layer_not_in_model": "target_not_in_model",
+    "expert_not_in_model": "target_not_in_model",
+    "dense_target_on_a_moe_layer": "target_not_in_model",
+    "target_modules_match_nothing": "target_not_in_model",
+    "router_target": "unsupported_target",
+    "shape_mismatch": "shape_mismatch",
+    "rank_disagrees_with_config": "shape_mismatch",
+    "unused_tensor": "unused_tensors",
+    "lora_b_missing": "invalid_files",
+    "fused_tensors_without_target_parameters": "unused_tensors",
+    "mixed_layouts": "invalid_files",
+    "trained_biases": "unsupported_config",
+    "not_lora": "unsupported_config",
+    "no_config": "missing_files",
+    "pickled_weights": "missing_files",
+    "not_a_directory": "missing_files",
+    "name_in_use": "other",  # the server never loads a name twice
+}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_refused_by_name_and_reason_and_the_loaded_adapters_keep_working(engine, model, good, tmp_path, case):
     make, reason = CASES[case]
     before = {name: logits(engine, name) for name in (None, "good")}
     path = make(good, tmp_path / "bad", model[1])
     name = "good" if case == "name_in_use" else "bad"
-    with pytest.raises(AdapterError, match=f"adapter '{name}': .*{reason}"):
+    with pytest.raises(AdapterError, match=f"adapter '{name}': .*{reason}") as refused:
         engine.load_adapter(name, str(path))
+    assert adapter_error_reason(refused.value.reason) == REASON_WORDS[case]
     assert list(engine.adapters) == ["good"]
     for adapter, expected in before.items():
         assert torch.equal(logits(engine, adapter), expected)
@@ -187,3 +214,7 @@ def test_max_lora_rank_admits_what_it_names(engine, model, tmp_path):
         "wide", str(write_per_expert_adapter(model[1], "qwen2_moe", tmp_path / "wide", seed=3, r=32))
     )
     assert engine.adapters["wide"].rank == 32
+
+
+def test_every_refusal_has_its_reason_word():
+    assert set(REASON_WORDS) == set(CASES) and set(REASON_WORDS.values()) <= set(REASONS)
