@@ -128,7 +128,7 @@ def test_lora_options_from_flags_and_from_the_environment():
     from moe_runtime.lora_sources import AdapterSource
 
     args = parse_args(["--model", "m"], {})
-    assert (args.lora_modules, args.lora_list, args.max_loras, args.max_lora_rank) == ([], None, 1, 16)
+    assert (args.lora_modules, args.lora_list, args.max_loras, args.max_lora_rank) == ([], None, 4, 16)
     env = {
         "MOE_RUNTIME_MODEL": "m",
         "MOE_RUNTIME_LORA_MODULES": "a=/x/a b=/x/b",
