@@ -178,15 +178,15 @@ class Demo:
         self.apply(manifests.model_deployment(str(self.checkpoint), self.threshold, maxQueue=200))
         self.wait(
             lambda s: s.get("canary", {}).get("phase") in ("Analyzing", "Promoting"),
-            180,
+            600,  # a pod's start takes seconds here, minutes on a machine busy with other work
             "the canary's analysis",
         )
-        canary_p99 = [s.p99_canary for s in self.recorder.between(step.started, time.time()) if s.p99_canary]
         status = self.wait(
             lambda s: self.settled(s) and s.get("readyReplicas", 0) >= s.get("desiredReplicas", 9),
-            300,
+            600,
             "the promotion",
         )
+        canary_p99 = [s.p99_canary for s in self.recorder.between(step.started, time.time()) if s.p99_canary]
         step.figures = {
             "promoted": status["stableRevision"],
             "canary_p99": round(statistics.median(canary_p99), 3) if canary_p99 else None,

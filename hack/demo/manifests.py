@@ -29,7 +29,7 @@ def model_deployment(checkpoint: str, p99_seconds: float, **runtime: object) -> 
                     "image": "moedeploy/runtime:0.1.0",
                     "resources": {"gpu": 1, "cpu": "1"},
                     "batching": batching,
-                    "startupTimeoutSeconds": 120,
+                    "startupTimeoutSeconds": 600,
                     "drainDelaySeconds": 2,
                 },
                 "autoscaling": {
