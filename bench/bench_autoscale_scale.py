@@ -36,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
 
+import machine  # noqa: E402
 from localcluster import LocalCluster, fake_node  # noqa: E402
 from operator_harness import OperatorUnderTest, free_port, reconcile_passes  # noqa: E402
 
@@ -286,7 +287,7 @@ def main() -> int:
             result = run(cluster, count, interval, args.steady_intervals, workdir)
         finally:
             cluster.down()
-    print(json.dumps(result, indent=2))
+    machine.print_result(result)
     return 0
 
 

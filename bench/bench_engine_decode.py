@@ -15,12 +15,12 @@ object.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 
+import machine
 import torch
 import transformers
 
@@ -190,7 +190,7 @@ def main() -> None:
     result["speedup_vs_best_transformers"] = {
         k: round(v["tok_s"] / best_hf, 2) for k, v in result["ours"].items()
     }
-    print(json.dumps(result))
+    machine.print_result(result, indent=None)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ seconds to tens of seconds). Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
+import machine
 import torch
 
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
@@ -78,18 +78,16 @@ def main() -> None:
                     "prefill_speedup": round(full_s / window_s, 2),
                 }
             )
-    print(
-        json.dumps(
-            {
-                "bench": "engine_long",
-                "threads": args.threads,
-                "window": args.window,
-                "global_tokens": args.global_tokens,
-                "chunk": args.chunk,
-                "cases": cases,
-                "goal_memory_ratio_at_most": 0.15,
-            }
-        )
+    machine.print_result(
+        {
+            "bench": "engine_long",
+            "threads": args.threads,
+            "window": args.window,
+            "global_tokens": args.global_tokens,
+            "chunk": args.chunk,
+            "cases": cases,
+            "goal_memory_ratio_at_most": 0.15,
+        }
     )
 
 

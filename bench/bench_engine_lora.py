@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import torch
 from safetensors.torch import save_file
 
@@ -53,14 +54,6 @@ QUICK = dataclasses.replace(
     moe_intermediate_size=512,
 )
 SPREADS = (1, 4, 16)
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-
-
-def cpu() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    flags = {k.strip(): v.strip() for k, v in fields.items()}.get("flags", "").split()
-    return {"model": fields.get("model name\t", "").strip(), "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 def write_adapter(engine: Engine, out: Path, rank: int, seed: int) -> Path:
@@ -171,7 +164,6 @@ def main() -> None:
     rows = args.batch * steps
     result = {
         "bench": "engine_lora",
-        "cpu": cpu(),
         "threads": args.threads,
         "batch": args.batch,
         "rank": args.rank,
@@ -230,7 +222,7 @@ def main() -> None:
         lora_vs_merged={str(n): ratio(f"lora_{n}", f"merged_{n}") for n in SPREADS},
         goal={"lora_16_vs_base_at_least": 0.7, "met": ratio("lora_16") >= 0.7},
     )
-    print(json.dumps(result))
+    machine.print_result(result, indent=None)
 
 
 def check_merged_matches(engine: Engine) -> None:

@@ -10,10 +10,10 @@ a 32-token and 256-token batch. Prints one JSON object (median seconds per layer
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
+import machine
 import torch
 import torch.nn.functional as F
 
@@ -79,17 +79,15 @@ def main() -> None:
                     "goal_met": naive / sparse >= num_experts / (2 * top_k),
                 }
             )
-    print(
-        json.dumps(
-            {
-                "bench": "engine_moe",
-                "threads": args.threads,
-                "hidden": hidden,
-                "expert_inner": inner,
-                "repeats": repeats,
-                "cases": cases,
-            }
-        )
+    machine.print_result(
+        {
+            "bench": "engine_moe",
+            "threads": args.threads,
+            "hidden": hidden,
+            "expert_inner": inner,
+            "repeats": repeats,
+            "cases": cases,
+        }
     )
 
 

@@ -30,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
+import machine  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 
 from tests.integration.local_stack import local_md, processes, ready_status, targets  # noqa: E402
@@ -133,18 +134,6 @@ def stack_rss_mib(state_dir: Path) -> float:
     return round(total / 1024, 1)
 
 
-def cpu_info() -> dict:
-    text = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), ""
-    )
-    flags = set(
-        next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    )
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {"cpu_model": model, "cpus": os.cpu_count(), "isa_flags": [f for f in wanted if f in flags]}
-
-
 def one_round(cluster, core, namespace: str, model_dir: Path, index: int) -> dict:
     md = f"bench-{index}"
     body = local_md(md, {"hostPath": {"path": str(model_dir)}})
@@ -220,7 +209,6 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
         "pods_that_fit_by_memory": math.floor((total_mib - stack - shared) / memory["uss_mib"]),
         "pods_that_fit_by_rss": math.floor((total_mib - stack) / memory["rss_mib"]),
         "runs": results,
-        **cpu_info(),
     }
 
 
@@ -246,7 +234,7 @@ def main() -> int:
                 result = {**run(cluster, rounds, workdir), "cluster": "fresh local stack"}
             finally:
                 cluster.down()
-    print(json.dumps(result, indent=2))
+    machine.print_result(result)
     return 0
 
 

@@ -11,7 +11,6 @@ The pods ask for no GPU so that 200 of them fit on the fake nodes: the operator'
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from kubernetes import client, config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
 
+import machine  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from operator_harness import OperatorUnderTest, reconcile_passes  # noqa: E402
 
@@ -151,7 +151,7 @@ def main() -> int:
                 cluster.down()
         if args.operator_log:
             shutil.copy(workdir / "operator.log", args.operator_log)
-    print(json.dumps(result, indent=2))
+    machine.print_result(result)
     return 0
 
 

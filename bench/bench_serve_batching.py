@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+import machine  # noqa: E402
+
 from tests.integration.runtime_server.harness import RuntimeServer, timed_request, write_checkpoint  # noqa: E402
 
 WORDS = [
@@ -113,7 +114,7 @@ def main() -> None:
                 )
 
     median = {name: statistics.median(r["tokens_per_s"] for r in rs) for name, rs in runs.items()}
-    print(json.dumps({
+    machine.print_result({
         "benchmark": "serve_batching",
         "clients": args.clients,
         "requests_per_client": requests_per_client,
@@ -127,7 +128,7 @@ def main() -> None:
         "load_average_1m": os.getloadavg()[0],
         "failed_requests": sum(r["failed"] for rs in runs.values() for r in rs),
         "runs": runs,
-    }, indent=2))  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

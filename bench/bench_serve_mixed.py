@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+import machine  # noqa: E402
+
 from tests.integration.runtime_server.harness import RuntimeServer, timed_completion, write_checkpoint  # noqa: E402
 
 SHORT_TOKENS, LONG_TOKENS, OUTPUT_TOKENS = 16, 3000, 8
@@ -90,7 +92,7 @@ def main() -> None:
                     runs[name].append(asyncio.run(run_load(server.url, seconds, vocab)))
 
     median = {name: statistics.median(r["short_ttft_p99_s"] for r in rs) for name, rs in runs.items()}
-    print(json.dumps({
+    machine.print_result({
         "benchmark": "serve_mixed_lengths",
         "short_prompt_tokens": SHORT_TOKENS,
         "long_prompt_tokens": LONG_TOKENS,
@@ -104,7 +106,7 @@ def main() -> None:
         "load_average_1m": os.getloadavg()[0],
         "failed_requests": sum(r["failed"] for rs in runs.values() for r in rs),
         "runs": runs,
-    }, indent=2))  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

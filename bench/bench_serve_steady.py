@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+import machine  # noqa: E402
+
 from tests.integration.runtime_server.harness import RuntimeServer, timed_request, write_checkpoint  # noqa: E402
 
 PROMPT_TOKENS, OUTPUT_TOKENS = 32, 16
@@ -94,7 +96,7 @@ def main() -> None:
     latencies = [t.latency_s for t in results if t.status == 200]
     lost = sum(t.status != 200 or t.completion_tokens != OUTPUT_TOKENS for t in results)
     mean, std = statistics.mean(latencies), statistics.pstdev(latencies)
-    print(json.dumps({
+    machine.print_result({
         "benchmark": "serve_steady",
         "requests": total,
         "answered": len(results),
@@ -111,7 +113,7 @@ def main() -> None:
         "goal_std_over_mean": 0.05,
         "engine_only_std_over_mean": round(noise_floor, 4),
         "load_average_1m": os.getloadavg()[0],
-    }, indent=2))  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ description, in the order of the schema. tests/unit/test_crd_reference.py fails 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import generated
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,23 +88,5 @@ def render() -> str:
     return text
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(
-                f"{OUT.relative_to(ROOT)} is out of date: run python hack/crd_reference.py", file=sys.stderr
-            )
-            return 1
-        return 0
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(text)
-    print(OUT.relative_to(ROOT))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(generated.main(OUT, render, __doc__, "crd_reference.py"))

@@ -7,9 +7,10 @@ type, labels and help, and the modules' notes. tests/unit/test_metrics_reference
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+import generated
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "metrics.md"
@@ -64,23 +65,5 @@ def render() -> str:
     return text
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(
-                f"{OUT.relative_to(ROOT)} is out of date: run python hack/metrics_reference.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(OUT.relative_to(ROOT))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(generated.main(OUT, render, __doc__, "metrics_reference.py"))

@@ -7,10 +7,11 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import shutil
 from pathlib import Path
 
 import torch
+
+from tests.adapter_files import edited
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 FUSED_EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
@@ -37,22 +38,6 @@ def peft_adapter(checkpoint: Path, out: Path, seed: int, experts: bool = True, *
     model = peft.get_peft_model(copy.deepcopy(hf_model(str(checkpoint))), config)
     randomize(model, seed)
     model.save_pretrained(out)
-    return out
-
-
-def edited(good: Path, out: Path, tensors=None, config=None) -> Path:
-    """A copy of `good` with its tensors and/or adapter_config.json changed in place by the functions given."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(good, out)
-    if tensors:
-        weights = load_file(out / "adapter_model.safetensors")
-        tensors(weights)
-        save_file(weights, out / "adapter_model.safetensors")
-    if config:
-        raw = json.loads((out / "adapter_config.json").read_text())
-        config(raw)
-        (out / "adapter_config.json").write_text(json.dumps(raw))
     return out
 
 

@@ -4,18 +4,16 @@ loaded keeps working exactly as before."""
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from pathlib import Path
 
 import peft
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from moe_runtime.engine import Engine
 from moe_runtime.lora import AdapterError, AdapterNotFound
 from moe_runtime.lora_reasons import REASONS, adapter_error_reason
+from tests.adapter_files import edited
 
 from .helpers import prompt_ids
 from .lora_adapters import ATTENTION, randomize, write_per_expert_adapter
@@ -42,20 +40,6 @@ def engine(model, good) -> Engine:
 
 def logits(engine: Engine, adapter: str | None) -> torch.Tensor:
     return engine.forward([(engine.new_sequence(), PROMPT, adapter)])[0]
-
-
-def edited(good: Path, out: Path, tensors=None, config=None) -> Path:
-    """A copy of the good adapter with its tensors and/or adapter_config.json changed by the functions given."""
-    shutil.copytree(good, out)
-    if tensors:
-        weights = load_file(out / "adapter_model.safetensors")
-        tensors(weights)
-        save_file(weights, out / "adapter_model.safetensors")
-    if config:
-        raw = json.loads((out / "adapter_config.json").read_text())
-        config(raw)
-        (out / "adapter_config.json").write_text(json.dumps(raw))
-    return out
 
 
 def peft_made(hf, out: Path, **options) -> Path:
