@@ -51,7 +51,7 @@ TARGET = 8.0
 TOLERANCE = 0.1  # the CRD's default
 INTERVAL_S = 2
 WINDOW_S = 3  # metricWindowSeconds
-SCALE_DOWN_WINDOW_S = 20
+SCALE_DOWN_WINDOW_S = 25  # long enough for a killed operator to come back inside it on busy cores
 MIN_REPLICAS, NEEDED, MAX_REPLICAS = 1, 2, 3
 # a pass, its writes and the recorder's poll, on two busy cores
 SLACK_S = 2.0
