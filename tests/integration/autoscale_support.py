@@ -27,6 +27,7 @@ from tests.waiting import wait_for, wait_until_serving
 
 SCRAPE_INTERVAL = "1s"
 QUEUE_DEPTH = "moe_runtime_queue_depth"
+FRESH_S = 2.0  # two scrapes: a pod without a sample that recent is no longer scraped
 
 
 def autoscaled_md(
@@ -129,21 +130,20 @@ class PrivatePrometheus(PromReader):
 
 
 def first_over(
-    samples: dict[str, list[tuple[float, float]]], threshold: float, window_s: float = 0
+    samples: dict[str, list[tuple[float, float]]], threshold: float, window_s: float = 0, since: float = 0
 ) -> float | None:
-    """The first scrape time at which the queue per pod, each pod's samples averaged over (t - window, t] (its
-    latest sample alone with window 0) and then averaged over the pods, is over `threshold`: when Prometheus
-    shows the queue over target (window 0), or when the operator's windowed read can show it."""
-    times = sorted({t for points in samples.values() for t, _ in points})
-    for at in times:
+    """The first scrape time at which the queue per pod is over `threshold`: each pod's latest sample (window
+    0: what Prometheus shows) or its samples averaged over (t - window, t] (what the operator reads), averaged
+    over the pods. Like the operator, which counts Ready pods only, it leaves out pods no longer scraped: with
+    no sample since `since`, or none within the window (the last two scrapes with window 0)."""
+    live = {pod: points for pod, points in samples.items() if any(t >= since for t, _ in points)}
+    span = window_s or FRESH_S
+    for at in sorted({t for points in live.values() for t, _ in points}):
         per_pod = []
-        for points in samples.values():
-            if window_s:
-                recent = [v for t, v in points if at - window_s < t <= at]
-            else:
-                recent = [v for t, v in points if t <= at][-1:]
+        for points in live.values():
+            recent = [v for t, v in points if at - span < t <= at]
             if recent:
-                per_pod.append(sum(recent) / len(recent))
+                per_pod.append(sum(recent) / len(recent) if window_s else recent[-1])
         if per_pod and sum(per_pod) / len(per_pod) > threshold:
             return at
     return None

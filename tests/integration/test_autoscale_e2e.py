@@ -226,9 +226,9 @@ def test_load_scales_out_within_one_interval_and_not_again_while_the_new_pod_loa
 
     # the queue as Prometheus has it: when did it first show over the target?
     samples = prometheus.queue_samples(models.namespace, MD, started - 5, change.at + 1)
-    seen = first_over(samples, TARGET)
+    seen = first_over(samples, TARGET, since=started)
     # the operator reads each pod's mean over the metric window, and acts outside the tolerance band
-    readable = first_over(samples, TARGET * (1 + TOLERANCE), window_s=WINDOW_S)
+    readable = first_over(samples, TARGET * (1 + TOLERANCE), window_s=WINDOW_S, since=started)
     assert seen is not None and readable is not None, samples
     assert started <= seen <= readable <= change.at, (started, seen, readable, change)
     # within one interval of the windowed read showing it, i.e. at most one window later than the first
