@@ -358,7 +358,7 @@ def test_load_stop_scales_in_after_the_window_even_across_an_operator_restart(
     assert change.at - window_ends <= INTERVAL_S + SLACK_S, change.at - window_ends
     wait_for(lambda: len(models.pods(MD)) == MIN_REPLICAS, timeout=60, what="the removed pod gone")
     scaled = [e for e in models.events(MD) if e["reason"] == "Scaled" and f"from {NEEDED} to" in e["message"]]
-    assert len(scaled) == 1 and "scale-down window" in scaled[0]["message"], scaled
+    assert len(scaled) == 1 and "under target" in scaled[0]["message"], scaled
 
 
 def test_kubectl_scale_while_autoscaling_is_reported_and_the_autoscaler_keeps_deciding(
