@@ -235,6 +235,26 @@ class Bench:
         }
 
 
+def scrape_health(prometheus: PromReader, namespace: str, seconds: float) -> dict:
+    """How the runtime pods' scrapes went (1 s interval, so 1 s timeout): failed ones leave gaps in the queue."""
+    match, span = f'namespace="{namespace}"', f"{math.ceil(seconds)}s"
+
+    def value(expr: str) -> float | None:
+        result = prometheus.query(expr)
+        return round(float(result[0]["value"][1]), 3) if result else None
+
+    return {
+        "scrapes": value(f"sum(count_over_time(up{{{match}}}[{span}]))"),
+        "failed_scrapes": value(
+            f"sum(count_over_time(up{{{match}}}[{span}]) - sum_over_time(up{{{match}}}[{span}]))"
+        ),
+        "scrape_duration_p99_s": value(
+            f"max(quantile_over_time(0.99, scrape_duration_seconds{{{match}}}[{span}]))"
+        ),
+        "scrape_duration_max_s": value(f"max(max_over_time(scrape_duration_seconds{{{match}}}[{span}]))"),
+    }
+
+
 def _under_load(changes: list[ScaleChange]) -> dict:
     directions = [1 if c.after > c.before else -1 for c in changes]
     return {
@@ -278,8 +298,10 @@ def run(cluster, args: argparse.Namespace, workdir: Path) -> dict:
             cpu_before, clock_before = operator.cpu_seconds(), time.monotonic()
             steps = [bench.step(recorder, i) for i in range(args.repeats)]
             ramp = bench.ramp(recorder)
-            cpu = (operator.cpu_seconds() - cpu_before) / (time.monotonic() - clock_before)
+            elapsed = time.monotonic() - clock_before
+            cpu = (operator.cpu_seconds() - cpu_before) / elapsed
         problems = operator.log_problems()
+        scrapes = scrape_health(prometheus, namespace, elapsed)
     finally:
         operator.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -315,6 +337,7 @@ def run(cluster, args: argparse.Namespace, workdir: Path) -> dict:
             ),
         },
         "operator_cpu_cores": round(cpu, 3),
+        **scrapes,
         **problems,
         "step_runs": steps,
         **cpu_info(),

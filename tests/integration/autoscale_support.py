@@ -85,7 +85,7 @@ class PromReader:
         for series in self.query(selector, at=end):
             points = [(float(t), float(v)) for t, v in series["values"] if float(t) >= start]
             out.setdefault(series["metric"]["pod"], []).extend(points)
-        return out
+        return {pod: sorted(points) for pod, points in out.items()}
 
     def mean_queue(self, namespace: str, md: str, window_s: float) -> float | None:
         """The queue per pod now, each pod's averaged over the window (as the operator reads it)."""
@@ -132,18 +132,21 @@ class PrivatePrometheus(PromReader):
 def first_over(
     samples: dict[str, list[tuple[float, float]]], threshold: float, window_s: float = 0, since: float = 0
 ) -> float | None:
-    """The first scrape time at which the queue per pod is over `threshold`: each pod's latest sample (window
-    0: what Prometheus shows) or its samples averaged over (t - window, t] (what the operator reads), averaged
-    over the pods. Like the operator, which counts Ready pods only, it leaves out pods no longer scraped: with
-    no sample since `since`, or none within the window (the last two scrapes with window 0)."""
-    live = {pod: points for pod, points in samples.items() if any(t >= since for t, _ in points)}
-    span = window_s or FRESH_S
-    for at in sorted({t for points in live.values() for t, _ in points}):
+    """The first scrape time at which the queue per pod is over `threshold`, the pods' values averaged.
+
+    Window 0: each pod's latest sample, as Prometheus shows it (gone after FRESH_S without a scrape). Else as
+    the operator reads it (operator/prom.py): each pod's mean over (t - window, t], or its latest sample when a
+    scrape came late, nothing once that is older than two windows. Pods without a sample since `since` (no
+    longer scraped, so no longer Ready, which the operator leaves out) are left out."""
+    live = [points for points in samples.values() if any(t >= since for t, _ in points)]
+    for at in sorted({t for points in live for t, _ in points}):
         per_pod = []
-        for points in live.values():
-            recent = [v for t, v in points if at - span < t <= at]
-            if recent:
-                per_pod.append(sum(recent) / len(recent) if window_s else recent[-1])
+        for points in live:
+            past = [(t, v) for t, v in points if t <= at]
+            if not past or at - past[-1][0] > (2 * window_s if window_s else FRESH_S):
+                continue
+            recent = [v for t, v in past if t > at - window_s] if window_s else []
+            per_pod.append(sum(recent) / len(recent) if recent else past[-1][1])
         if per_pod and sum(per_pod) / len(per_pod) > threshold:
             return at
     return None
