@@ -198,8 +198,10 @@ class Recorder:
             self._stop.wait(self.period)
 
     def snapshot(self) -> Snapshot:
-        deployment = self.models.deployment(self.md)
+        # the pods before the Deployment: a snapshot whose replicas are still the old count then cannot hold
+        # a pod that the new count created
         pods = [p for p in self.models.pods(self.md) if not p["metadata"].get("deletionTimestamp")]
+        deployment = self.models.deployment(self.md)
         ready = sum(pod_ready(p) for p in pods)
         status = (self.models.get(self.md) or {}).get("status") or {}
         return Snapshot(
