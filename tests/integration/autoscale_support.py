@@ -154,7 +154,7 @@ def first_over(
 
 @dataclass(frozen=True)
 class Snapshot:
-    at: float
+    at: float  # when the Deployment was read
     replicas: int | None  # the stable Deployment's spec.replicas
     ready: int  # pods Ready and not terminating
     starting: int  # pods neither Ready nor terminating
@@ -202,10 +202,11 @@ class Recorder:
         # a pod that the new count created
         pods = [p for p in self.models.pods(self.md) if not p["metadata"].get("deletionTimestamp")]
         deployment = self.models.deployment(self.md)
+        seen_at = time.time()
         ready = sum(pod_ready(p) for p in pods)
         status = (self.models.get(self.md) or {}).get("status") or {}
         return Snapshot(
-            time.time(),
+            seen_at,
             deployment["spec"]["replicas"] if deployment else None,
             ready,
             len(pods) - ready,
