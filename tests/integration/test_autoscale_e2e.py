@@ -55,7 +55,6 @@ SCALE_DOWN_WINDOW_S = 25  # long enough for a killed operator to come back insid
 MIN_REPLICAS, NEEDED, MAX_REPLICAS = 1, 2, 3
 # a pass, its writes and the recorder's poll, on two busy cores
 SLACK_S = 2.0
-NO_DATA_REASONS = {"PrometheusUnavailable", "QueryFailed", "NoSeries", "StaleSeries"}
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
