@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -340,6 +341,8 @@ def run(cluster, args: argparse.Namespace, workdir: Path) -> dict:
         **scrapes,
         **problems,
         "step_runs": steps,
+        # the machine is shared: how busy it was says how far the pods' start times stretched
+        "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()],
         **cpu_info(),
     }
 
