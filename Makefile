@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # e.g. CLUSTER_ARGS="--scrape-interval 2s --served-nodes gpu-node-0" (hack/localcluster.py up --help)
 CLUSTER_ARGS ?=
 
-.PHONY: install test unit integration lint testbin prometheus cluster-up cluster-down demo bench clean
+.PHONY: install test unit integration lint testbin prometheus cluster-up cluster-down demo bench images push-images chart clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -44,10 +44,26 @@ cluster-down: install
 	$(PY) hack/localcluster.py down --state-dir .cluster
 
 demo: install testbin prometheus
-	KUBEBUILDER_ASSETS=$(TESTBIN) bash hack/demo.sh
+	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) hack/demo $(DEMO_ARGS)
 
 bench: install testbin
 	KUBEBUILDER_ASSETS=$(TESTBIN) bash bench/run_all.sh
+
+# The images and the chart carry the project's version (pyproject.toml); the chart's appVersion names the image tag.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?= ghcr.io/moedeploy
+
+images:
+	docker build -f images/operator.Dockerfile -t $(REGISTRY)/operator:$(VERSION) .
+	docker build -f images/runtime.Dockerfile -t $(REGISTRY)/runtime:$(VERSION) .
+
+push-images: images
+	docker push $(REGISTRY)/operator:$(VERSION)
+	docker push $(REGISTRY)/runtime:$(VERSION)
+
+chart: testbin
+	mkdir -p dist
+	$(TESTBIN)/helm package helm/moedeploy --version $(VERSION) --app-version $(VERSION) -d dist
 
 clean: cluster-down
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -187,8 +187,11 @@ def decide(
         recommendation = current
 
     stabilized, window_note = _stabilize(current, recommendation, state, policy, now)
-    # stored capped at max_replicas (the final bound caps anyway), which bounds how many are kept
-    state = _remember(state, Recommendation(now, min(recommendation, policy.max_replicas)), policy, now)
+    # stored capped at max_replicas (the final bound caps anyway), which bounds how many are kept; and raised
+    # to the floor, so that the scale-down window still holds it for a while after the floor is gone (a canary
+    # that drew the traffic away leaves the stable pods' queues reading low until their clients come back)
+    kept = min(max(recommendation, floor), policy.max_replicas)
+    state = _remember(state, Recommendation(now, kept), policy, now)
     limited, step_note = _limit_step(current, stabilized, state, policy, now)
     target = _clamp(limited, lowest, policy.max_replicas)
 

@@ -48,6 +48,11 @@ RUNTIME_SETTINGS: tuple[tuple[str, Callable[[ModelDeploymentSpec, str], object]]
     ("MOE_RUNTIME_QUANTIZE", lambda spec, _: spec.runtime.quantization),
     ("MOE_RUNTIME_DTYPE", lambda spec, _: _dtype(spec)),
     ("MOE_RUNTIME_MAX_KV_TOKENS", lambda spec, _: spec.runtime.kv_cache.max_tokens),
+    ("MOE_RUNTIME_KV_CACHE_MEMORY_BYTES", lambda spec, _: spec.runtime.kv_cache.memory_bytes),
+    ("MOE_RUNTIME_GPU_MEMORY_UTILIZATION", lambda spec, _: spec.runtime.kv_cache.gpu_memory_utilization),
+    ("MOE_RUNTIME_MAX_MODEL_LEN", lambda spec, _: spec.runtime.max_model_len),
+    ("MOE_RUNTIME_EXPERT_METRICS", lambda spec, _: spec.runtime.expert_metrics),
+    ("MOE_RUNTIME_LOG_FORMAT", lambda spec, _: spec.runtime.log_format),
     # a checkpoint from object storage is downloaded into the pod's cache volume
     (
         "MOE_RUNTIME_DOWNLOAD_DIR",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from moe_operator.naming import TRACK_LABEL
@@ -41,14 +42,31 @@ class PodCounts:
     starting: int  # pods that exist, are not terminating and are not Ready yet
 
 
-def count_pods(pods: Iterable[Mapping[str, Any]], track: str | None = None) -> PodCounts:
+def ready_since(pod: Mapping[str, Any]) -> float | None:
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    ready = next((c for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    try:
+        stamp = datetime.strptime(ready["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, KeyError, ValueError):
+        return None
+    return stamp.replace(tzinfo=UTC).timestamp()
+
+
+def count_pods(
+    pods: Iterable[Mapping[str, Any]], track: str | None = None, settle_s: float = 0, now: float = 0
+) -> PodCounts:
+    """A pod Ready for less than `settle_s` counts as starting: its metrics have not been scraped yet."""
     live = [
         p
         for p in pods
         if not is_terminating(p)
         and (track is None or (p["metadata"].get("labels") or {}).get(TRACK_LABEL) == track)
     ]
-    ready = frozenset(p["metadata"]["name"] for p in live if is_ready(p))
+    ready = frozenset(
+        p["metadata"]["name"]
+        for p in live
+        if is_ready(p) and (not settle_s or (ready_since(p) or 0) <= now - settle_s)
+    )
     return PodCounts(ready=ready, starting=len(live) - len(ready))
 
 

@@ -150,15 +150,6 @@ class _Pass:
 
         stable_state = DeploymentState.of(self.stable) if self.stable else None
         canary_state = DeploymentState.of(self.canary) if self.canary else None
-        floor = state.canary.baseline_replicas if state.canary and state.canary.phase != "Promoting" else 0
-        scaling = self.r._scaler.scale(
-            self.md,
-            spec,
-            count_pods(self.pods, STABLE),
-            stable_state.desired if stable_state else None,
-            floor,
-            self.now,
-        )
         analysis_due = None
         verdict = CONTINUE
         if (
@@ -179,7 +170,7 @@ class _Pass:
                 target=target.hash,
                 strategy=spec.rollout.strategy,
                 now=self.now,
-                stable_replicas=stable_state.desired if stable_state else scaling.replicas,
+                stable_replicas=stable_state.desired if stable_state else spec.replicas,
                 canary_replicas=spec.rollout.canary_replicas,
                 canary_ready=canary_ready,
                 stable_done=stable_state is not None
@@ -190,6 +181,18 @@ class _Pass:
                 verdict=verdict,
                 retry_token=(self.md["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
             ),
+        )
+        # while a canary runs, promoted or not, the stable track keeps at least what it had when it began: the
+        # canary takes part of the traffic, so the stable pods' queues read low
+        floor = plan.state.canary.baseline_replicas if plan.state.canary else 0
+        settle = spec.autoscaling.metric_window_seconds  # a pod Ready for less has no queue samples yet
+        scaling = self.r._scaler.scale(
+            self.md,
+            spec,
+            count_pods(self.pods, STABLE, settle_s=settle, now=self.now),
+            stable_state.desired if stable_state else None,
+            floor,
+            self.now,
         )
         self.events.extend(plan.events)
         self.events.extend(scaling.events)

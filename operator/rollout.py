@@ -76,6 +76,7 @@ class Canary:
     started_at: float
     baseline_replicas: int  # the stable Deployment's replicas when the canary started: its floor meanwhile
     ready_at: float | None = None
+    reason: str = ""  # why it is held, while it is
     message: str = ""
     analysis: Mapping[str, Any] | None = None  # the analysis module's state, as it stores it
 
@@ -87,6 +88,8 @@ class Canary:
             "baselineReplicas": self.baseline_replicas,
             "message": self.message,
         }
+        if self.reason:
+            status["reason"] = self.reason
         if self.ready_at is not None:
             status["readyTime"] = to_time(self.ready_at)
         if self.analysis is not None:
@@ -108,6 +111,7 @@ class Canary:
             started_at=started,
             baseline_replicas=int(raw.get("baselineReplicas") or 0),
             ready_at=from_time(raw.get("readyTime")),
+            reason=str(raw.get("reason") or ""),
             message=str(raw.get("message") or ""),
             analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
         )
@@ -287,14 +291,17 @@ def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) ->
     if verdict.action == "Rollback":
         return _reject(state, verdict, inputs, events)
     if verdict.action == "Hold":
-        if canary.phase != HOLDING or canary.message != verdict.message:
+        if canary.phase != HOLDING or canary.reason != verdict.reason:  # news, not every new count
             events.append(
                 Event(
                     "Warning", verdict.reason, f"holding the canary of {canary.revision}: {verdict.message}"
                 )
             )
         return RolloutPlan(
-            replace(state, canary=replace(canary, phase=HOLDING, message=verdict.message)), tuple(events)
+            replace(
+                state, canary=replace(canary, phase=HOLDING, reason=verdict.reason, message=verdict.message)
+            ),
+            tuple(events),
         )
     analysing = replace(canary, phase=ANALYZING, message=verdict.message or "analysing the canary")
     return RolloutPlan(replace(state, canary=analysing), tuple(events))

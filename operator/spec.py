@@ -66,7 +66,7 @@ class Resources:
 class Batching:
     max_queue: int = 256
     max_batch_sequences: int = 32
-    token_budget: int = 8192
+    token_budget: int | None = None  # the runtime's own choice: 8192 on a GPU, 512 on CPU
     prefill_chunk: int = 512
     request_timeout_seconds: int = 300
 
@@ -79,6 +79,8 @@ class Attention:
 
 @dataclass(frozen=True)
 class KvCache:
+    gpu_memory_utilization: float = 0.9
+    memory_bytes: int | None = None
     max_tokens: int | None = None
 
 
@@ -104,6 +106,9 @@ class Runtime:
     kv_cache: KvCache = KvCache()
     quantization: str = "none"
     dtype: str = "auto"
+    max_model_len: int | None = None
+    expert_metrics: str = "expert"
+    log_format: str = "text"
     startup_timeout_seconds: int = 1200
     drain_delay_seconds: int = 10
 
@@ -234,6 +239,9 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
             shm_size="shmSize",
             quantization="quantization",
             dtype="dtype",
+            max_model_len="maxModelLen",
+            expert_metrics="expertMetrics",
+            log_format="logFormat",
             startup_timeout_seconds="startupTimeoutSeconds",
             drain_delay_seconds="drainDelaySeconds",
         ),
@@ -260,7 +268,14 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
         attention=Attention(
             **_pick(raw.get("attention") or {}, window="window", global_tokens="globalTokens")
         ),
-        kv_cache=KvCache(**_pick(raw.get("kvCache") or {}, max_tokens="maxTokens")),
+        kv_cache=KvCache(
+            **_pick(
+                raw.get("kvCache") or {},
+                gpu_memory_utilization="gpuMemoryUtilization",
+                memory_bytes="memoryBytes",
+                max_tokens="maxTokens",
+            )
+        ),
     )
 
 

@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 
+from .layout import LAYOUTS
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         if field.type.startswith("bool"):
             make.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        elif field.name == "layout":
+            make.add_argument(flag, choices=LAYOUTS, default=field.default)
         elif field.name == "mlp_only_layers":
             make.add_argument(flag, type=int, nargs="*", default=[])
         else:

@@ -1,5 +1,5 @@
 """Write a random-weight checkpoint in the Hugging Face format of a real model: config.json, safetensors
-(single or sharded with an index) with per-expert tensor names, and a byte-level BPE tokenizer trained here
+(single or sharded with an index) with per-expert tensor names (or transformers 5's fused expert tensors), and a byte-level BPE tokenizer trained here
 on built-in text, with tokenizer_config.json holding the chat template."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .config import parse_config
-from .layout import tensor_shapes
+from .layout import FUSED, LAYOUTS, PER_EXPERT, expert_names, fused_expert_names, moe_prefix, tensor_shapes
 from .tokenizer import CHATML_TEMPLATE
 
 MIXTRAL_TEMPLATE = (
@@ -63,6 +63,7 @@ class CheckpointSpec:
     seed: int = 0
     dtype: str = "float32"
     shard_bytes: int | None = None  # split the weights into files of about this size, with an index
+    layout: str = PER_EXPERT  # expert tensors: per_expert, or fused (the same weights as per_expert)
 
 
 def hf_config(spec: CheckpointSpec) -> dict:
@@ -132,10 +133,13 @@ def hf_config(spec: CheckpointSpec) -> dict:
 
 
 def random_tensors(spec: CheckpointSpec, config: dict) -> dict[str, torch.Tensor]:
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {spec.layout!r}")
     generator = torch.Generator().manual_seed(spec.seed)
     dtype = getattr(torch, spec.dtype)
     tensors = {}
-    for name, shape in tensor_shapes(parse_config(config)).items():
+    model_config = parse_config(config)
+    for name, shape in tensor_shapes(model_config).items():
         noise = torch.randn(shape, generator=generator)
         if name.endswith("norm.weight"):  # near one, but not exactly, so a norm's weight is exercised
             value = 1 + 0.1 * noise
@@ -144,6 +148,22 @@ def random_tensors(spec: CheckpointSpec, config: dict) -> dict[str, torch.Tensor
         else:
             value = spec.init_std * noise
         tensors[name] = value.to(dtype).contiguous()
+    return fuse_experts(tensors, model_config) if spec.layout == FUSED else tensors
+
+
+def fuse_experts(tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """Per-expert tensors -> transformers 5's fused ones (gate_up [E, 2I, D], down [E, D, I]), as its
+    checkpoint conversion stacks them; everything else keeps its name (Mixtral's block becomes `mlp`)."""
+    tensors = dict(tensors)
+    for layer in (i for i, sparse in enumerate(config.sparse_layers) if sparse):
+        names = [expert_names(config, layer, j) for j in range(config.num_experts)]
+        gate_up = torch.stack([torch.cat([tensors.pop(g), tensors.pop(u)]) for g, u, _ in names])
+        down = torch.stack([tensors.pop(d) for _, _, d in names])
+        fused_gate_up, fused_down = fused_expert_names(config, layer)
+        tensors.update({fused_gate_up: gate_up, fused_down: down})
+        old, new = moe_prefix(config, layer), moe_prefix(config, layer, FUSED)
+        for name in [n for n in tensors if n.startswith(old + ".")]:
+            tensors[new + name[len(old) :]] = tensors.pop(name)
     return tensors
 
 

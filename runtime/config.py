@@ -12,8 +12,77 @@ ARCHITECTURES = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "MixtralForCausalLM": "mixtral",
 }
-# Defaults of the transformers config classes, for fields a checkpoint may leave out.
+_COMMON = {"hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": None, "eos_token_id": None}
+_QWEN = {
+    **_COMMON,
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 32768,
+    "use_sliding_window": False,
+    "sliding_window": 4096,
+    "decoder_sparse_step": 1,
+    "norm_topk_prob": False,
+    "mlp_only_layers": None,
+}
+# transformers' config classes, as (the defaults of the fields we read, attribute_map): a checkpoint may leave
+# any field out, and an aliased field may be written under either name (transformers 5 writes Qwen3-MoE's
+# expert count as num_local_experts).
+FAMILY_FIELDS: dict[str, tuple[dict, dict[str, str]]] = {
+    "qwen2_moe": (
+        {
+            **_QWEN,
+            "intermediate_size": 5632,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+            "max_window_layers": 28,
+            "moe_intermediate_size": 1408,
+            "shared_expert_intermediate_size": 5632,
+            "num_experts_per_tok": 4,
+            "num_experts": 60,
+            "qkv_bias": True,
+            "layer_types": None,
+        },
+        {},
+    ),
+    "qwen3_moe": (
+        {
+            **_QWEN,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "attention_bias": False,
+            "moe_intermediate_size": 768,
+            "num_experts_per_tok": 8,
+            "num_experts": 128,
+        },
+        {"num_experts": "num_local_experts"},
+    ),
+    "mixtral": (
+        {
+            **_COMMON,
+            "vocab_size": 32000,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": None,
+            "max_position_embeddings": 4096 * 32,
+            "rms_norm_eps": 1e-5,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "sliding_window": None,
+            "num_experts_per_tok": 2,
+            "num_local_experts": 8,
+        },
+        {"num_experts": "num_local_experts"},
+    ),
+}
 DEFAULT_ROPE_THETA = {"qwen2_moe": 10_000.0, "qwen3_moe": 10_000.0, "mixtral": 1_000_000.0}
+LEGACY_LAYER_TYPES = {"attention": "full_attention"}
 
 
 class ConfigError(ValueError):
@@ -60,39 +129,44 @@ def load_config(model_dir: str | Path) -> ModelConfig:
 
 
 def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
+    """What transformers' config class and modeling code make of `raw`; a field set to null where the model
+    needs a value, or anything our engine does not run, is a ConfigError naming the field."""
     family = _family(raw, source)
+    attrs = _attributes(raw, family)
 
-    def field(name: str, default=None):
-        value = raw.get(name, default)
+    def field(name: str):
+        value = attrs[name]
         if value is None:
-            raise ConfigError(f"{source}: field '{name}' is required for model_type '{family}'")
+            raise ConfigError(f"{source}: field '{name}' is null; model_type '{family}' needs a value")
         return value
 
     num_layers = int(field("num_hidden_layers"))
     num_heads = int(field("num_attention_heads"))
     hidden_size = int(field("hidden_size"))
-    num_kv_heads = int(field("num_key_value_heads", num_heads))
+    if family == "mixtral" and attrs["num_key_value_heads"] is None:
+        attrs["num_key_value_heads"] = num_heads
+    num_kv_heads = int(field("num_key_value_heads"))
     if num_heads % num_kv_heads:
         raise ConfigError(
             f"{source}: field 'num_attention_heads' ({num_heads}) must be a multiple of "
             f"'num_key_value_heads' ({num_kv_heads})"
         )
+    if field("hidden_act") != "silu":
+        raise ConfigError(
+            f"{source}: field 'hidden_act' {attrs['hidden_act']!r} is not supported (only silu)"
+        )
+    num_experts = int(field(FAMILY_FIELDS[family][1].get("num_experts", "num_experts")))
     if family == "mixtral":
-        num_experts = int(field("num_local_experts"))
         sparse_layers = (True,) * num_layers
         moe_intermediate = int(field("intermediate_size"))
-        shared_intermediate = 0
     else:
-        num_experts = int(field("num_experts"))
         moe_intermediate = int(field("moe_intermediate_size"))
-        shared_intermediate = (
-            int(raw.get("shared_expert_intermediate_size") or 0) if family == "qwen2_moe" else 0
-        )
-        sparse_layers = _sparse_layers(raw, num_layers, num_experts, source)
+        sparse_layers = _sparse_layers(attrs, num_layers, num_experts, source)
     top_k = int(field("num_experts_per_tok"))
     if not 0 < top_k <= num_experts:
         raise ConfigError(f"{source}: field 'num_experts_per_tok' ({top_k}) must be in 1..{num_experts}")
-    attention_bias = bool(raw.get("attention_bias", False))
+    qkv_bias = {"qwen2_moe": attrs.get("qkv_bias"), "qwen3_moe": attrs.get("attention_bias")}.get(family)
+    head_dim = attrs.get("head_dim") or hidden_size // num_heads  # Mixtral writes head_dim: null
     return ModelConfig(
         family=family,
         vocab_size=int(field("vocab_size")),
@@ -100,25 +174,42 @@ def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
         num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
-        head_dim=int(raw.get("head_dim") or hidden_size // num_heads),
-        intermediate_size=int(raw.get("intermediate_size") or 0),
+        head_dim=int(head_dim),
+        intermediate_size=int(field("intermediate_size")),
         moe_intermediate_size=moe_intermediate,
-        shared_expert_intermediate_size=shared_intermediate,
+        shared_expert_intermediate_size=(
+            int(field("shared_expert_intermediate_size")) if family == "qwen2_moe" else 0
+        ),
         num_experts=num_experts,
         top_k=top_k,
-        norm_topk_prob=True if family == "mixtral" else bool(raw.get("norm_topk_prob", False)),
+        norm_topk_prob=True if family == "mixtral" else bool(field("norm_topk_prob")),
         sparse_layers=sparse_layers,
-        qkv_bias=bool(raw.get("qkv_bias", True)) if family == "qwen2_moe" else attention_bias,
-        o_bias=attention_bias if family == "qwen3_moe" else False,
+        qkv_bias=bool(qkv_bias),
+        o_bias=bool(qkv_bias) if family == "qwen3_moe" else False,
         qk_norm=family == "qwen3_moe",
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_theta(raw, family, source),
+        rms_norm_eps=float(field("rms_norm_eps")),
+        rope_theta=_rope_theta(raw, attrs, family, source),
         max_position_embeddings=int(field("max_position_embeddings")),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        layer_windows=_layer_windows(raw, family, num_layers, source),
-        eos_token_ids=_int_tuple(raw.get("eos_token_id")),
+        tie_word_embeddings=bool(field("tie_word_embeddings")),
+        layer_windows=_layer_windows(attrs, family, num_layers, source),
+        eos_token_ids=_int_tuple(attrs["eos_token_id"]),
         name=raw.get("_name_or_path") or None,
     )
+
+
+def _attributes(raw: dict, family: str) -> dict:
+    """The attributes transformers' config class ends up with: each field from raw or its default, then every
+    other key of raw, in order, each stored under its attribute_map name (so the last one written wins)."""
+    defaults, attribute_map = FAMILY_FIELDS[family]
+    attrs = {}
+    for name, default in defaults.items():
+        attrs[attribute_map.get(name, name)] = raw.get(name, default)
+    for name, value in raw.items():
+        if name not in defaults:
+            attrs[attribute_map.get(name, name)] = value
+    if attrs.get("mlp_only_layers") is None:
+        attrs["mlp_only_layers"] = []
+    return attrs
 
 
 def _family(raw: dict, source: str) -> str:
@@ -139,45 +230,64 @@ def _family(raw: dict, source: str) -> str:
     return model_type
 
 
-def _sparse_layers(raw: dict, num_layers: int, num_experts: int, source: str) -> tuple[bool, ...]:
-    step = int(raw.get("decoder_sparse_step") or 1)
-    mlp_only = set(raw.get("mlp_only_layers") or [])
+def _sparse_layers(attrs: dict, num_layers: int, num_experts: int, source: str) -> tuple[bool, ...]:
+    step = int(attrs["decoder_sparse_step"])
+    mlp_only = set(attrs["mlp_only_layers"])
     if not mlp_only <= set(range(num_layers)):
         raise ConfigError(f"{source}: field 'mlp_only_layers' names layers outside 0..{num_layers - 1}")
     return tuple(i not in mlp_only and num_experts > 0 and (i + 1) % step == 0 for i in range(num_layers))
 
 
-def _layer_windows(raw: dict, family: str, num_layers: int, source: str) -> tuple[int | None, ...]:
-    window = raw.get("sliding_window")
-    if family != "mixtral" and not raw.get("use_sliding_window", False):
+def _layer_windows(attrs: dict, family: str, num_layers: int, source: str) -> tuple[int | None, ...]:
+    """Qwen3-MoE and Mixtral window every layer when sliding_window is set (Qwen3-MoE only with
+    use_sliding_window); Qwen2-MoE windows the layers its layer_types call sliding_attention."""
+    window = attrs["sliding_window"]
+    if family == "qwen3_moe" and not attrs["use_sliding_window"]:
         window = None
-    if not window:
-        return (None,) * num_layers
-    layer_types = raw.get("layer_types")
-    if layer_types is None and family == "qwen2_moe":
-        # transformers 5 windows every other layer below max_window_layers for Qwen2-MoE.
-        max_window_layers = int(raw.get("max_window_layers", 28))
+    if family != "qwen2_moe":
+        return (int(window) if window else None,) * num_layers
+    if not attrs["use_sliding_window"]:
+        window = 0
+    layer_types = attrs["layer_types"]
+    if layer_types is None:
+        max_window_layers = int(attrs["max_window_layers"])
         layer_types = [
-            "sliding_attention" if (i + 1) % 2 and i < max_window_layers else "full_attention"
+            "sliding_attention" if (i + 1) % 2 and i < max_window_layers and window != 0 else "full_attention"
             for i in range(num_layers)
         ]
-    if layer_types is None:
-        return (int(window),) * num_layers
     if len(layer_types) != num_layers:
         raise ConfigError(
             f"{source}: field 'layer_types' has {len(layer_types)} entries for {num_layers} layers"
         )
-    return tuple(int(window) if kind == "sliding_attention" else None for kind in layer_types)
+    kinds = [LEGACY_LAYER_TYPES.get(kind, kind) for kind in layer_types]
+    unknown = set(kinds) - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise ConfigError(f"{source}: field 'layer_types' has unsupported {sorted(unknown)}")
+    if "sliding_attention" in kinds and not window:
+        raise ConfigError(
+            f"{source}: field 'layer_types' has sliding_attention layers, but 'sliding_window' is {window!r}"
+            " (with use_sliding_window false it is 0)"
+        )
+    return tuple(int(window) if kind == "sliding_attention" else None for kind in kinds)
 
 
-def _rope_theta(raw: dict, family: str, source: str) -> float:
-    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+def _rope_theta(raw: dict, attrs: dict, family: str, source: str) -> float:
+    """transformers' RoPE standardisation: a legacy rope_scaling replaces rope_parameters; rope_theta at the
+    top level (or the family's default) fills in a theta the dict lacks."""
+    key = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    params = dict(raw.get(key) or {})
+    layer_types = attrs.get("layer_types") or ()
+    if any(name in layer_types for name in params):
+        raise ConfigError(
+            f"{source}: field '{key}' per layer type is not supported (one RoPE for all layers)"
+        )
     rope_type = params.get("rope_type") or params.get("type") or "default"
     if rope_type != "default":
         raise ConfigError(
-            f"{source}: field 'rope_scaling' type {rope_type!r} is not supported (only default RoPE)"
+            f"{source}: field '{key}' rope_type {rope_type!r} is not supported (only default RoPE)"
         )
-    return float(params.get("rope_theta") or raw.get("rope_theta") or DEFAULT_ROPE_THETA[family])
+    theta = params.get("rope_theta")
+    return float(theta if theta is not None else raw.get("rope_theta", DEFAULT_ROPE_THETA[family]))
 
 
 def _int_tuple(value) -> tuple[int, ...]:

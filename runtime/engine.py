@@ -2,22 +2,36 @@
 
 Contract (the serving layer codes against it):
 
-- `Engine.load(model_dir, device=, dtype=, quantize=, window=, global_tokens=, max_kv_tokens=)` reads a
-  Hugging Face checkpoint directory. device defaults to CUDA when present, else CPU; dtype to bfloat16 on
-  CUDA and float32 on CPU; quantize None or "int8" (weight-only). `window` (None: the model's own config)
-  turns on sliding-window attention for every layer, with `global_tokens` sink tokens kept besides it.
-  `max_kv_tokens` is the budget `kv_cache_usage()` divides by (default: 8 sequences of `max_context`).
+- `Engine.load(model_dir, device=, dtype=, quantize=, window=, global_tokens=, max_kv_tokens=,
+  max_model_len=)` reads a Hugging Face checkpoint directory. device defaults to CUDA when present, else CPU;
+  dtype to bfloat16 on CUDA and float32 on CPU; quantize None or "int8" (weight-only). `window` (None: the
+  model's own config) turns on sliding-window attention for every layer, with `global_tokens` sink tokens
+  kept besides it. `max_kv_tokens` is the budget `kv_cache_usage()` divides by (default: 8 sequences of
+  `max_context`; the server sizes it from memory, see `kv_budget`). `max_model_len` caps `max_context`
+  below the checkpoint's `max_position_embeddings`.
+- `kv_bytes_per_token()` = bytes one token takes in the KV cache of every layer.
 - `new_sequence()` gives an empty per-sequence cache; `release(seq)` drops it.
 - `forward([(seq, new_token_ids), ...])` appends each item's new tokens (1 for a decode step, N for a
   prefill chunk; items may differ in length and in how much they already hold) to that sequence's cache,
   runs all of them as ONE batch, and returns fp32 logits [len(batch), vocab] for each item's LAST new
   token. Feeding a prompt in chunks over several calls gives the same logits as feeding it at once.
-  A sequence may not grow past `max_context` tokens (ValueError).
+  A sequence may not grow past `max_context` tokens (ValueError). An item may carry a third element, the
+  name of a loaded adapter (None: the base model): `(seq, new_token_ids, "sql-lora")`. Items of different
+  adapters and base items share the one forward pass; each row gets exactly its own adapter's update, and a
+  sequence must keep the adapter it was prefilled with (its cache holds that adapter's keys and values).
+  An unknown adapter name raises AdapterNotFound (a ValueError) before anything runs.
+- `load_adapter(name, path) -> Adapter` loads a PEFT LoRA adapter directory (adapter_config.json +
+  adapter_model.safetensors); everything is read and checked first, so an AdapterError (naming the adapter
+  and the reason: DoRA, modules_to_save, rank above `max_lora_rank`, a target the model lacks, a shape that
+  does not match, unused tensors, a name already loaded) leaves the loaded adapters as they were.
+  `unload_adapter(name)` drops one (AdapterNotFound if unknown); `adapters` maps names to loaded adapters.
+  `max_lora_rank` (default 16, vLLM's) bounds the rank of any adapter target; set it before loading.
 - `kv_cache_usage()` = tokens held by live caches / max_kv_tokens (a windowed cache holds at most
   window + global_tokens per layer, so it stops growing).
 - `take_expert_token_counts()` = int64 [layers, experts] tokens routed since the last call (dense layers: 0).
-- `generate(prompts, params)` = generated ids per prompt (without the prompt, without the stop token),
-  stopping on eos / stop ids / max_tokens / max_context.
+- `generate(prompts, params, adapters=None)` = generated ids per prompt (without the prompt, without the stop
+  token), stopping on eos / stop ids / max_tokens / max_context; `adapters`: one adapter name (or None) per
+  prompt.
 
 The engine is used from one thread.
 """
@@ -32,6 +46,7 @@ from . import model
 from .attention import LayerCache, SequenceCache
 from .config import ModelConfig, load_config
 from .loader import load_weights
+from .lora import Adapter, AdapterError, AdapterNotFound, LoraBatch, load_adapter
 from .quant import nbytes
 from .sampling import SamplingParams, make_generator, sample_next
 from .tokenizer import Tokenizer
@@ -44,6 +59,9 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
+# (sequence, new token ids) or (sequence, new token ids, adapter name or None)
+BatchItem = tuple[SequenceCache, list[int]] | tuple[SequenceCache, list[int], str | None]
 
 
 class Engine:
@@ -58,13 +76,19 @@ class Engine:
         layer_windows: tuple[int | None, ...],
         global_tokens: int = 0,
         max_kv_tokens: int | None = None,
+        max_model_len: int | None = None,
     ):
+        if max_model_len is not None and not 1 < max_model_len <= config.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len {max_model_len} must be in 2..{config.max_position_embeddings} "
+                "(the checkpoint's max_position_embeddings)"
+            )
         self.config = config
         self.weights = weights
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.device = device
-        self.max_context = config.max_position_embeddings
+        self.max_context = max_model_len or config.max_position_embeddings
         self.layer_windows = layer_windows
         self.global_tokens = global_tokens
         self.max_kv_tokens = max_kv_tokens or 8 * self.max_context
@@ -73,6 +97,8 @@ class Engine:
         self._expert_counts = torch.zeros(
             config.num_layers, config.num_experts, dtype=torch.int64, device=device
         )
+        self.adapters: dict[str, Adapter] = {}
+        self.max_lora_rank = DEFAULT_MAX_LORA_RANK
 
     @classmethod
     def load(
@@ -85,6 +111,7 @@ class Engine:
         window: int | None = None,
         global_tokens: int = 0,
         max_kv_tokens: int | None = None,
+        max_model_len: int | None = None,
     ) -> Engine:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype_name = dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -105,6 +132,7 @@ class Engine:
             layer_windows=config.layer_windows if window is None else (window,) * config.num_layers,
             global_tokens=global_tokens,
             max_kv_tokens=max_kv_tokens,
+            max_model_len=max_model_len,
         )
 
     def new_sequence(self) -> SequenceCache:
@@ -121,6 +149,10 @@ class Engine:
     def release(self, seq: SequenceCache) -> None:
         self._live.pop(id(seq), None)
 
+    def kv_bytes_per_token(self) -> int:
+        c = self.config
+        return c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.dtype.itemsize
+
     def kv_cache_usage(self) -> float:
         return sum(seq.tokens_held for seq in self._live.values()) / self.max_kv_tokens
 
@@ -133,12 +165,28 @@ class Engine:
         """Bytes of all weights as loaded (int8 weights count their scales)."""
         return sum(nbytes(t) for t in _tensors(self.weights))
 
+    def load_adapter(self, name: str, path: str) -> Adapter:
+        if name in self.adapters:
+            raise AdapterError(name, "already loaded (unload it first)")
+        adapter = load_adapter(
+            name, path, self.config, dtype=self.dtype, device=self.device, max_rank=self.max_lora_rank
+        )
+        self.adapters[name] = adapter
+        return adapter
+
+    def unload_adapter(self, name: str) -> None:
+        if self.adapters.pop(name, None) is None:
+            raise AdapterNotFound(name)
+
     @torch.inference_mode()
-    def forward(self, batch: list[tuple[SequenceCache, list[int]]]) -> torch.Tensor:
+    def forward(self, batch: list[BatchItem]) -> torch.Tensor:
         if not batch:
             raise ValueError("forward needs at least one sequence")
+        order, adapters = self._group_by_adapter(batch)
+        if order is not None:
+            batch = [batch[i] for i in order]
         positions, ids, last = [], [], []
-        for seq, tokens in batch:
+        for seq, tokens, *_ in batch:
             if not tokens:
                 raise ValueError("each batch item needs at least one new token")
             if seq.length + len(tokens) > self.max_context:
@@ -155,24 +203,58 @@ class Engine:
             self.config,
             torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),
-            [(seq, len(tokens)) for seq, tokens in batch],
+            [(seq, len(tokens)) for seq, tokens, *_ in batch],
             expert_counts=self._expert_counts,
+            lora=None if order is None else self._lora_batch(batch, adapters, len(ids)),
         )
         if len(last) < len(ids):  # some item brought several tokens: keep each item's last
             hidden = hidden[torch.tensor(last, device=self.device)]
-        return model.logits(self.weights, hidden)
+        logits = model.logits(self.weights, hidden)
+        if order is not None:  # back to the caller's order
+            logits = logits[torch.tensor(order, device=self.device).argsort()]
+        return logits
+
+    def _group_by_adapter(self, batch: list[BatchItem]):
+        """(order of the items grouped by adapter, base first; the adapter of each item in that order), or
+        (None, None) when no item has an adapter: then the base model runs exactly as without LoRA."""
+        names = [item[2] if len(item) > 2 else None for item in batch]
+        if all(name is None for name in names):
+            return None, None
+        unknown = [name for name in names if name is not None and name not in self.adapters]
+        if unknown:
+            raise AdapterNotFound(unknown[0])
+        rank = {name: i for i, name in enumerate(dict.fromkeys(n for n in names if n is not None), start=1)}
+        order = sorted(range(len(batch)), key=lambda i: rank.get(names[i], 0))
+        return order, [self.adapters[names[i]] if names[i] is not None else None for i in order]
+
+    def _lora_batch(self, batch: list[BatchItem], adapters: list[Adapter | None], rows: int) -> LoraBatch:
+        """One segment of token rows per adapter (the items are grouped by adapter already)."""
+        segments: list[tuple[Adapter, int, int]] = []
+        row = 0
+        for (_, tokens, *_), adapter in zip(batch, adapters, strict=True):
+            if adapter is not None:
+                if segments and segments[-1][0] is adapter:
+                    segments[-1] = (adapter, segments[-1][1], row + len(tokens))
+                else:
+                    segments.append((adapter, row, row + len(tokens)))
+            row += len(tokens)
+        return LoraBatch(segments, rows, self.device)
 
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        adapters: list[str | None] | None = None,
     ) -> list[list[int]]:
         params = params if isinstance(params, list) else [params] * len(prompts)
+        adapters = adapters or [None] * len(prompts)
         seqs = [self.new_sequence() for _ in prompts]
         generators = [make_generator(p) for p in params]
         stops = [self.tokenizer.eos_token_ids | set(p.stop_token_ids) for p in params]
         outputs: list[list[int]] = [[] for _ in prompts]
         try:
             active = list(range(len(prompts)))
-            logits = self.forward([(seqs[i], prompts[i]) for i in active])
+            logits = self.forward([(seqs[i], prompts[i], adapters[i]) for i in active])
             while active:
                 tokens = sample_next(logits, [params[i] for i in active], [generators[i] for i in active])
                 still = []
@@ -184,7 +266,7 @@ class Engine:
                         still.append(i)
                 active = still
                 if active:
-                    logits = self.forward([(seqs[i], [outputs[i][-1]]) for i in active])
+                    logits = self.forward([(seqs[i], [outputs[i][-1]], adapters[i]) for i in active])
         finally:
             for seq in seqs:
                 self.release(seq)

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from moe_runtime.detokenizer import TextAssembler
+from moe_runtime.limits import RequestLimits, check_chat, check_completion
 from moe_runtime.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from moe_runtime.sampling import SamplingParams
 from moe_runtime.scheduler import FinishReason
-from moe_runtime.worker import Finished, GenerationStream, Tokens
+from moe_runtime.streams import Finished, GenerationStream, Tokens
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Limits:
     default_max_tokens: int
     kv_capacity_tokens: int | None = None
     kv_tokens_per_sequence: int | None = None
+    request: RequestLimits = RequestLimits()
 
 
 @dataclass(frozen=True)
@@ -31,29 +33,24 @@ class Job:
 
 
 def completion_job(body: CompletionRequest, tokenizer, limits: Limits) -> Job:
+    """Checks and tokenizes a completion request (seconds for a long prompt: run it off the event loop)."""
+    check_completion(body, limits.request)
     prompt = (
         body.prompt[0] if isinstance(body.prompt, list) and isinstance(body.prompt[0], str) else body.prompt
     )
-    if isinstance(prompt, str):
-        ids = _tokenize(tokenizer.encode, prompt, "prompt")
-        prompt_text = prompt
-    else:
-        if max(prompt) >= limits.vocab_size:
-            raise ApiError(
-                400, f"Token id {max(prompt)} is outside the vocabulary (size {limits.vocab_size})", "prompt"
-            )
-        ids = list(prompt)
-        prompt_text = tokenizer.decode(ids)
+    ids = _tokenize(tokenizer.encode, prompt, "prompt") if isinstance(prompt, str) else list(prompt)
     _check_lengths(ids, body.max_tokens, "prompt", limits)
-    return Job(
-        ids,
-        _sampling(body, body.max_tokens, tokenizer),
-        body.stop_strings(),
-        prompt_text if body.echo else "",
-    )
+    if not isinstance(prompt, str) and max(ids) >= limits.vocab_size:
+        raise ApiError(
+            400, f"Token id {max(ids)} is outside the vocabulary (size {limits.vocab_size})", "prompt"
+        )
+    echoed = "" if not body.echo else prompt if isinstance(prompt, str) else tokenizer.decode(ids)
+    return Job(ids, _sampling(body, body.max_tokens, tokenizer), body.stop_strings(), echoed)
 
 
 def chat_job(body: ChatCompletionRequest, tokenizer, limits: Limits) -> Job:
+    """Checks and tokenizes a chat request (seconds for a long prompt: run it off the event loop)."""
+    check_chat(body, limits.request)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     ids = _tokenize(tokenizer.encode_chat, messages, "messages")
     room = limits.max_context - len(ids)
@@ -125,11 +122,15 @@ class Outcome:
 def _raise_for(event: Finished) -> None:
     """The error a request that ended without an answer maps to."""
     if event.reason is FinishReason.TIMEOUT:
-        raise ApiError(504, "The request timed out before it finished", type="timeout_error", code="timeout")
+        raise _timed_out()
     if event.reason is FinishReason.ERROR:
         raise ApiError(500, "The engine failed while running this request", type="server_error")
     if event.reason is FinishReason.CANCELLED:
         raise ClientGone
+
+
+def _timed_out() -> ApiError:
+    return ApiError(504, "The request timed out before it finished", type="timeout_error", code="timeout")
 
 
 class ClientGone(Exception):
@@ -137,13 +138,19 @@ class ClientGone(Exception):
 
 
 async def deltas(
-    stream: GenerationStream, job: Job, tokenizer, incremental: bool = True
+    stream: GenerationStream, job: Job, tokenizer, incremental: bool = True, deadline: float | None = None
 ) -> AsyncIterator[str | Outcome]:
     """Text deltas as they become safe to show (all at the end unless `incremental`), then the `Outcome`.
-    Raises `ApiError` or `ClientGone`."""
+    Raises `ApiError` or `ClientGone`. Past `deadline` (the event loop's clock) the request is given up with a
+    504 whatever the engine does: a backstop for an engine that never answers."""
     assembler = TextAssembler(tokenizer, job.stop, incremental)
     generated = 0
-    async for event in stream:
+    while True:
+        try:
+            event = await stream.get(deadline)
+        except TimeoutError:
+            stream.abandon()
+            raise _timed_out() from None
         if isinstance(event, Tokens):
             generated += len(event.ids)
             if delta := assembler.add(event.ids):
@@ -158,3 +165,4 @@ async def deltas(
             yield delta
         reason = "stop" if assembler.stopped else event.reason.value
         yield Outcome(assembler.text, reason, event.prompt_tokens, event.output_tokens)
+        return

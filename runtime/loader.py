@@ -9,7 +9,15 @@ import torch
 from safetensors import safe_open
 
 from .config import ModelConfig
-from .layout import expert_names, mlp_names, moe_prefix, tensor_shapes
+from .layout import (
+    FUSED,
+    detect_layout,
+    expert_names,
+    fused_expert_names,
+    mlp_names,
+    moe_prefix,
+    tensor_shapes,
+)
 from .model import Attention, Layer, Weights
 from .moe import DenseMLP, SparseMoE
 from .quant import Int8Weight, Weight, quantize_int8
@@ -23,7 +31,8 @@ class CheckpointError(ValueError):
 
 
 class TensorFiles:
-    """Looks tensors up by name across a checkpoint's safetensors files and checks their shapes."""
+    """Looks tensors up by name across a checkpoint's safetensors files and checks their shapes; `layout` is
+    the checkpoint's expert layout (per-expert or fused tensors)."""
 
     def __init__(self, model_dir: str | Path, config: ModelConfig):
         model_dir = Path(model_dir)
@@ -42,7 +51,8 @@ class TensorFiles:
             raise CheckpointError(
                 f"{model_dir}: missing {SINGLE_FILE} (or {INDEX_FILE} for a sharded checkpoint)"
             )
-        self.shapes = tensor_shapes(config)
+        self.layout = detect_layout(self.files)
+        self.shapes = tensor_shapes(config, self.layout)
         self._open: dict[Path, object] = {}
 
     def get(self, name: str) -> torch.Tensor:
@@ -82,18 +92,25 @@ def load_weights(
         gate, up, down = mlp_names(prefix)
         return DenseMLP(matrix(torch.cat([files.get(gate), files.get(up)])), matrix(files.get(down)))
 
-    def sparse(layer: int) -> SparseMoE:
-        prefix = moe_prefix(config, layer)
+    def experts(layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """gate+up [E, 2I, D] and down [E, D, I], the fused layout as it is stored."""
+        if files.layout == FUSED:
+            return tuple(files.get(name) for name in fused_expert_names(config, layer))
         gate_up, down = [], []
         for j in range(config.num_experts):
             g, u, d = expert_names(config, layer, j)
             gate_up.append(torch.cat([files.get(g), files.get(u)]))
             down.append(files.get(d))
+        return torch.stack(gate_up), torch.stack(down)
+
+    def sparse(layer: int) -> SparseMoE:
+        prefix = moe_prefix(config, layer, files.layout)
+        gate_up, down = experts(layer)
         shared = config.shared_expert_intermediate_size > 0
         return SparseMoE(
             router=plain(f"{prefix}.gate.weight"),
-            gate_up=matrix(torch.stack(gate_up)),
-            down=matrix(torch.stack(down)),
+            gate_up=matrix(gate_up),
+            down=matrix(down),
             top_k=config.top_k,
             norm_topk_prob=config.norm_topk_prob,
             shared=mlp(f"{prefix}.shared_expert") if shared else None,

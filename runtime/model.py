@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .attention import SequenceCache, attend_decode
 from .config import ModelConfig
+from .lora.batch import LayerBatch, LoraBatch
 from .moe import DenseMLP, SparseMoE, dense_mlp, sparse_moe
 from .quant import Weight, embed, linear
 
@@ -80,39 +81,50 @@ def forward(
     batch: list[tuple[SequenceCache, int]],
     expert_counts: torch.Tensor | None = None,
     layer_outputs: list[torch.Tensor] | None = None,
+    lora: LoraBatch | None = None,
 ) -> torch.Tensor:
     """Run the new tokens of each (cache, count) in `batch` (laid end to end in `tokens`) through the decoder,
     appending their keys/values to the caches. Returns the final-normed hidden states [T, D].
-    Adds tokens per expert into `expert_counts` [layers, experts]; appends each layer's output to `layer_outputs`."""
+    Adds tokens per expert into `expert_counts` [layers, experts]; appends each layer's output to `layer_outputs`;
+    `lora` says which rows use which adapter (None: every row runs the base model alone)."""
     dtype = weights.final_norm.dtype
     x = embed(tokens, weights.embed, dtype)
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, dtype)
     for index, layer in enumerate(weights.layers):
         caches = [(cache.layers[index], count) for cache, count in batch]
+        layer_lora = lora.layer(index) if lora is not None else None
         h = rms_norm(x, layer.input_norm, config.rms_norm_eps)
-        x = x + attention(layer.attention, config, h, cos, sin, caches)
+        x = x + attention(layer.attention, config, h, cos, sin, caches, layer_lora)
         h = rms_norm(x, layer.post_attention_norm, config.rms_norm_eps)
         if isinstance(layer.mlp, SparseMoE):
-            out, counts = sparse_moe(layer.mlp, h)
+            out, counts = sparse_moe(layer.mlp, h, layer_lora)
             if expert_counts is not None:
                 expert_counts[index] += counts
         else:
-            out = dense_mlp(layer.mlp, h)
+            out = dense_mlp(layer.mlp, h, layer_lora)
         x = x + out
         if layer_outputs is not None:
             layer_outputs.append(x)
     return rms_norm(x, weights.final_norm, config.rms_norm_eps)
 
 
-def attention(attn: Attention, config: ModelConfig, x, cos, sin, caches) -> torch.Tensor:
+def attention(
+    attn: Attention, config: ModelConfig, x, cos, sin, caches, lora: LayerBatch | None = None
+) -> torch.Tensor:
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-    qkv = linear(x, attn.qkv, attn.qkv_bias).view(-1, heads + 2 * kv_heads, head_dim)
+    qkv = linear(x, attn.qkv, attn.qkv_bias)
+    if lora is not None:
+        lora.add("qkv", qkv, x)
+    qkv = qkv.view(-1, heads + 2 * kv_heads, head_dim)
     qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
     if attn.qk_norm is not None:
         qk = rms_norm(qk, attn.qk_norm, config.rms_norm_eps)
     q, k = apply_rope(qk, cos, sin).split([heads, kv_heads], dim=1)
-    out = attend(caches, q, k, v)
-    return linear(out.reshape(-1, heads * head_dim), attn.o, attn.o_bias)
+    out = attend(caches, q, k, v).reshape(-1, heads * head_dim)
+    projected = linear(out, attn.o, attn.o_bias)
+    if lora is not None:
+        lora.add("o", projected, out)
+    return projected
 
 
 def attend(caches, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

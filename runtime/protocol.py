@@ -8,8 +8,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_STOP_STRINGS = 4
-
 
 class ApiError(Exception):
     """An answer other than success, in the OpenAI error format."""
@@ -104,7 +102,7 @@ class _SamplingFields(_Body):
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stop: str | list[str] | None = None  # how many and how long: `limits.check_stop`
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch.Generator accepts
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0

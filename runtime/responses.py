@@ -20,7 +20,7 @@ from moe_runtime.protocol import (
     usage,
     usage_chunk_body,
 )
-from moe_runtime.worker import GenerationStream
+from moe_runtime.streams import GenerationStream
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away first"; only ever seen in metrics
 
@@ -76,16 +76,18 @@ class Answer:
         stream: GenerationStream,
         job: Job,
         count: Callable[[int], None],
+        deadline: float | None = None,
     ) -> None:
         self.endpoint, self.model, self.tokenizer = endpoint, model, tokenizer
         self.request, self.stream, self.job, self.count = request, stream, job, count
+        self.deadline = deadline  # the event loop's clock; past it the request ends with 504
         self.id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
 
     async def whole(self) -> dict:
         """The complete body; raises `ApiError` (counted by the error handler) when there is none."""
         try:
             async with self._cancel_on_disconnect():
-                async for item in deltas(self.stream, self.job, self.tokenizer, incremental=False):
+                async for item in deltas(self.stream, self.job, self.tokenizer, False, self.deadline):
                     if isinstance(item, Outcome):
                         self.count(200)
                         return self.endpoint.whole(self.id, self.model, self.job, item)
@@ -104,7 +106,7 @@ class Answer:
                 for body in endpoint.opening(rid, model, self.job):
                     yield _sse(body)
                 async with self._cancel_on_disconnect():
-                    async for item in deltas(self.stream, self.job, self.tokenizer):
+                    async for item in deltas(self.stream, self.job, self.tokenizer, True, self.deadline):
                         if not isinstance(item, Outcome):
                             yield _sse(endpoint.delta(rid, model, item))
                             continue

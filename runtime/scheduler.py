@@ -11,11 +11,32 @@ Prefill order:
   `aging_tokens_per_s` tokens shorter, so a long prompt under a steady stream of short ones still reaches the
   front. (Buckets would need tuned boundaries; one continuous key needs one knob.)
 - `fcfs`: arrival order.
-Admission stops at the first request in that order that does not fit (no free sequence slot or not enough
-KV cache left): skipping ahead of it would starve it.
+Walking that order, running prefills get their chunks; waiting requests are admitted until the first one
+that does not fit (no free sequence slot or not enough KV cache left). After it no other waiting request is
+admitted in that step (skipping ahead of it would starve it), but the running prefills behind it still get
+their chunks.
+
+Progress: while the scheduler holds a request, every step has work. Decodes always run; when no running
+sequence decodes, some running one is prefilling and gets at least one token, since the budget left after
+the decodes is at least 1 (`token_budget >= max_running`); when nothing runs, the first waiting request fits
+(requests that could never fit are refused by `add`).
+
+Starvation bound: a waiting request Q of prompt length L_Q is admitted after a request R that arrived later
+only under `length_aware`, and only if L_R + a * arrival_R < L_Q + a * arrival_Q (a = aging_tokens_per_s), that
+is, only if R arrived less than (L_Q - L_R) / a <= (L_Q - 1) / a seconds after Q: the relative order of two
+waiting requests never changes while they wait. So no request arriving (L_Q - 1) / a seconds or more after Q
+starts before it. `fcfs` admits strictly in arrival order. With a = 0, length_aware has no bound: a steady
+stream of shorter prompts can hold a long one back for as long as it lasts. (A request put back after an
+out-of-memory step keeps its arrival time and waits with its generated tokens as prompt.)
 
 KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens, capped per
-sequence for windowed attention), so a running sequence never runs out of room and nothing is preempted.
+sequence for windowed attention), so a running sequence never runs out of room and nothing is preempted
+for lack of reserved cache.
+
+Out of memory: when the device runs out of memory in a step anyway (activations, fragmentation), `back_off`
+halves the sequences and tokens a step may take, and `requeue` puts that step's requests back to waiting
+(their caches were dropped; each one's prompt plus what it generated is prefilled again). After
+`RECOVERY_STEPS` good steps the limits double again, up to the configured ones.
 """
 
 from __future__ import annotations
@@ -24,6 +45,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+RECOVERY_STEPS = 64
 
 
 class Policy(StrEnum):
@@ -82,14 +105,20 @@ class Request:
     output: list[int] = field(default_factory=list)
     cancelled: bool = False
     finish_reason: FinishReason | None = None
+    # What the cache must hold before the next token is sampled: the prompt, or after `requeue` the prompt
+    # and the tokens generated so far.
+    prefill_tokens: list[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prefill_tokens = self.prompt
 
     @property
     def remaining_prompt(self) -> int:
-        return len(self.prompt) - self.prefilled
+        return len(self.prefill_tokens) - self.prefilled
 
     @property
     def is_prefilling(self) -> bool:
-        return self.prefilled < len(self.prompt)
+        return self.prefilled < len(self.prefill_tokens)
 
 
 @dataclass(frozen=True)
@@ -119,6 +148,10 @@ class Scheduler:
         self._by_id: dict[str, Request] = {}
         self._arrival_order = itertools.count()
         self._order: dict[str, int] = {}
+        # lowered by `back_off` after an out-of-memory step, raised again by `step_succeeded`
+        self.max_running = config.max_running
+        self.token_budget = config.token_budget
+        self._good_steps = 0
 
     @property
     def idle(self) -> bool:
@@ -127,6 +160,9 @@ class Scheduler:
     def add(self, request: Request) -> None:
         if request.id in self._by_id:
             raise ValueError(f"duplicate request id {request.id}")
+        capacity = self.config.kv_capacity_tokens
+        if capacity is not None and self._reservation(request) > capacity:
+            raise ValueError(f"request {request.id} needs more KV cache than the {capacity} tokens there are")
         if len(self.waiting) >= self.config.max_queue:
             raise QueueFull
         self.waiting.append(request)
@@ -141,30 +177,30 @@ class Scheduler:
     def schedule(self, now: float) -> Step:
         dropped = self._drop_cancelled_and_expired(now)
         work = [Work(r, [r.output[-1]], samples=True) for r in self.running if not r.is_prefilling]
-        budget = self.config.token_budget - len(work)
+        budget = self.token_budget - len(work)
+        admitting = True
         for request in self._prefill_order(now):
             if budget <= 0:
                 break
             if request not in self.running:
+                if not admitting:
+                    continue
                 if not self._can_admit(request):
-                    break
+                    admitting = False  # nobody may overtake it; the running prefills behind it go on
+                    continue
                 self.waiting.remove(request)
                 self.running.append(request)
             chunk = min(request.remaining_prompt, self.config.prefill_chunk, budget)
             start = request.prefilled
-            work.append(
-                Work(
-                    request,
-                    request.prompt[start : start + chunk],
-                    samples=start + chunk == len(request.prompt),
-                )
-            )
+            end = start + chunk
+            work.append(Work(request, request.prefill_tokens[start:end], end == len(request.prefill_tokens)))
             budget -= chunk
         return Step(work, dropped)
 
     def complete(self, step: Step, sampled: Sequence[int | None]) -> list[Request]:
         """Records a step's outcome (`sampled[i]` is the token for `step.work[i]` where it samples; requests
         failed meanwhile are skipped); returns the requests that finished."""
+        self._step_succeeded()
         finished = []
         for item, token in zip(step.work, sampled, strict=True):
             request = item.request
@@ -192,6 +228,36 @@ class Scheduler:
             self._finish(request, FinishReason.ERROR)
         return failed
 
+    def back_off(self, step: Step) -> bool:
+        """A step ran out of memory: later steps take at most half its sequences and half its tokens.
+        False when it was as small as a step gets (one sequence, one token): nothing smaller can run."""
+        if len(step.work) <= 1 and step.num_tokens <= 1:
+            return False
+        self.max_running = max(1, len(step.work) // 2)
+        self.token_budget = max(self.max_running, step.num_tokens // 2)
+        self._good_steps = 0
+        return True
+
+    def requeue(self, requests: Sequence[Request]) -> None:
+        """Puts running requests back to waiting, their caches gone: each one prefills its prompt and the
+        tokens it generated again, then goes on where it was (it keeps its arrival time and priority)."""
+        for request in requests:
+            if request.finish_reason is not None or request not in self.running:
+                continue
+            self.running.remove(request)
+            self.waiting.append(request)
+            request.prefill_tokens = request.prompt + request.output
+            request.prefilled = 0
+
+    def _step_succeeded(self) -> None:
+        if self.max_running == self.config.max_running and self.token_budget == self.config.token_budget:
+            return
+        self._good_steps += 1
+        if self._good_steps >= RECOVERY_STEPS:
+            self._good_steps = 0
+            self.max_running = min(self.config.max_running, 2 * self.max_running)
+            self.token_budget = min(self.config.token_budget, 2 * self.token_budget)
+
     def _drop_cancelled_and_expired(self, now: float) -> list[Request]:
         dropped = []
         for request in [*self.waiting, *self.running]:
@@ -214,7 +280,7 @@ class Scheduler:
         )
 
     def _can_admit(self, request: Request) -> bool:
-        if len(self.running) >= self.config.max_running:
+        if len(self.running) >= self.max_running:
             return False
         capacity = self.config.kv_capacity_tokens
         if capacity is None:

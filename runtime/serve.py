@@ -1,7 +1,8 @@
 """`python -m moe_runtime serve`: load a checkpoint and serve it over HTTP.
 
 Every option can also come from an environment variable (how the operator configures pods); a flag on the
-command line wins over the variable, an empty variable counts as unset.
+command line wins over the variable, an empty variable counts as unset. Where vLLM has the same setting the
+flag has vLLM's name; the older names still work.
 
 | flag | environment variable | default | meaning |
 |---|---|---|---|
@@ -11,25 +12,39 @@ command line wins over the variable, an empty variable counts as unset.
 | --host | MOE_RUNTIME_HOST | 0.0.0.0 | listen address |
 | --port | MOE_RUNTIME_PORT | 8000 | listen port |
 | --max-queue | MOE_RUNTIME_MAX_QUEUE | 256 | waiting requests before 429 |
-| --max-batch-seqs | MOE_RUNTIME_MAX_BATCH_SEQS | 32 | sequences running at once (1 = no batching) |
-| --max-batch-tokens | MOE_RUNTIME_MAX_BATCH_TOKENS | 512 | tokens per engine step (decodes + prefill chunks) |
-| --prefill-chunk | MOE_RUNTIME_PREFILL_CHUNK | 256 | most prompt tokens of one sequence per step |
+| --max-num-seqs, --max-batch-seqs | MOE_RUNTIME_MAX_BATCH_SEQS | 32 | sequences running at once (1 = no batching) |
+| --max-num-batched-tokens, --max-batch-tokens | MOE_RUNTIME_MAX_BATCH_TOKENS | 8192 on CUDA, 512 on CPU | tokens per engine step (decodes + prefill chunks) |
+| --prefill-chunk | MOE_RUNTIME_PREFILL_CHUNK | 512 | most prompt tokens of one sequence per step |
 | --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware` or `fcfs` |
-| --aging-tokens-per-s | MOE_RUNTIME_AGING_TOKENS_PER_S | 64 | length_aware: priority a waiting second earns |
-| --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 600 | seconds from arrival to last token (0: none) |
+| --aging-tokens-per-s | MOE_RUNTIME_AGING_TOKENS_PER_S | 64.0 | length_aware: priority a waiting second earns |
+| --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 300.0 | seconds from arrival to last token (0: none) |
 | --default-max-tokens | MOE_RUNTIME_DEFAULT_MAX_TOKENS | 256 | chat output limit when the request sets none |
-| --window | MOE_RUNTIME_WINDOW | (none) | sliding attention window in tokens |
+| --max-model-len | MOE_RUNTIME_MAX_MODEL_LEN | the checkpoint's max_position_embeddings | context length (prompt + output) |
+| --window | MOE_RUNTIME_WINDOW | the checkpoint's | sliding attention window in tokens |
 | --global-tokens | MOE_RUNTIME_GLOBAL_TOKENS | 0 | global (sink) tokens kept besides the window |
 | --quantize | MOE_RUNTIME_QUANTIZE | none | `none` or `int8` (weight-only) |
-| --dtype | MOE_RUNTIME_DTYPE | (engine's choice) | `float32`, `bfloat16`, `float16` |
-| --device | MOE_RUNTIME_DEVICE | (engine's choice) | `cpu`, `cuda`, `cuda:N` |
-| --max-kv-tokens | MOE_RUNTIME_MAX_KV_TOKENS | (engine's choice) | KV cache tokens over all sequences; a request
-starts only when its prompt + max_tokens fits beside the running ones |
+| --dtype | MOE_RUNTIME_DTYPE | auto | `auto` (bfloat16 on CUDA, float32 on CPU), `float32`, `bfloat16`, `float16` |
+| --device | MOE_RUNTIME_DEVICE | cuda when present | `cpu`, `cuda`, `cuda:N` |
+| --gpu-memory-utilization | MOE_RUNTIME_GPU_MEMORY_UTILIZATION | 0.9 | CUDA: fraction of the device's memory to use; the KV cache gets what weights and activations leave |
+| --kv-cache-memory-bytes | MOE_RUNTIME_KV_CACHE_MEMORY_BYTES | CUDA: from --gpu-memory-utilization; CPU: half the available memory, at most 4 GiB | KV cache bytes |
+| --max-kv-tokens | MOE_RUNTIME_MAX_KV_TOKENS | sized from memory | KV cache tokens over all sequences (overrides the byte sizing) |
+| --max-request-bytes | MOE_RUNTIME_MAX_REQUEST_BYTES | 4194304 | largest request body (413 above) |
+| --max-prompt-chars | MOE_RUNTIME_MAX_PROMPT_CHARS | 1048576 | longest prompt text, or all messages together |
+| --max-messages | MOE_RUNTIME_MAX_MESSAGES | 2048 | most messages in a chat request |
+| --max-stop-strings | MOE_RUNTIME_MAX_STOP_STRINGS | 4 | most stop strings in a request |
+| --max-stop-string-chars | MOE_RUNTIME_MAX_STOP_STRING_CHARS | 256 | longest stop string |
+| --expert-metrics | MOE_RUNTIME_EXPERT_METRICS | expert | `off`, `expert` (summed over layers) or `layer_expert` |
 | --log-level | MOE_RUNTIME_LOG_LEVEL | info | `debug`, `info`, `warning`, `error` |
+| --log-format | MOE_RUNTIME_LOG_FORMAT | text | `text`, or `json` (one object per line) |
+
+KV cache: a request starts only when its prompt + max_tokens fits in the cache beside the running ones; the
+capacity comes from memory (`moe_runtime.kv_budget`). A step that runs out of memory anyway fails nobody: its
+requests wait again and the following steps are smaller.
 
 Lifecycle: `/health` answers as soon as the port is open; `/ready` answers 503 while the weights load, 200
 once they have, and 503 again after SIGTERM or SIGINT. Then new generation requests get 503, the ones already
-accepted finish, and the process exits 0. A second signal exits without waiting.
+accepted finish, and the process exits 0. A second signal exits without waiting. If the engine loop dies,
+every open request gets a 500, `/health` and `/ready` answer 503, and the process exits 1 at the next signal.
 
 Torch's own OMP_NUM_THREADS applies too: set it to the CPUs the pod may use. Torch otherwise starts a thread
 per host core, and spinning threads that outnumber the CPUs slowed a decode step 30x on a shared host.
@@ -39,129 +54,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
 
 import uvicorn
 
+from moe_runtime import kv_budget, logs
 from moe_runtime.generation import Limits
-from moe_runtime.metrics import RuntimeMetrics
+from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 from moe_runtime.scheduler import Policy, SchedulerConfig
+from moe_runtime.serve_options import OPTIONS, parse_args, request_limits
 from moe_runtime.server import Phase, ServingState, create_app
 from moe_runtime.worker import EngineWorker
+
+__all__ = ["OPTIONS", "main", "parse_args"]
 
 log = logging.getLogger("moe_runtime.serve")
 
 DRAIN_POLL_S = 0.05
-
-
-@dataclass(frozen=True)
-class _Option:
-    flag: str
-    env: str
-    type: type | object = str
-    default: object = None
-    help: str = ""
-    choices: tuple[str, ...] | None = None
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-OPTIONS = (
-    _Option("--model", "MOE_RUNTIME_MODEL", help="checkpoint directory, or s3://bucket/prefix"),
-    _Option("--download-dir", "MOE_RUNTIME_DOWNLOAD_DIR", help="cache for s3:// checkpoints"),
-    _Option("--served-model-name", "MOE_RUNTIME_SERVED_MODEL_NAME", help="model name the API answers to"),
-    _Option("--host", "MOE_RUNTIME_HOST", default="0.0.0.0"),
-    _Option("--port", "MOE_RUNTIME_PORT", _non_negative_int, 8000),
-    _Option("--max-queue", "MOE_RUNTIME_MAX_QUEUE", _positive_int, 256, "waiting requests before 429"),
-    _Option("--max-batch-seqs", "MOE_RUNTIME_MAX_BATCH_SEQS", _positive_int, 32, "sequences running at once"),
-    _Option(
-        "--max-batch-tokens", "MOE_RUNTIME_MAX_BATCH_TOKENS", _positive_int, 512, "tokens per engine step"
-    ),
-    _Option(
-        "--prefill-chunk",
-        "MOE_RUNTIME_PREFILL_CHUNK",
-        _positive_int,
-        256,
-        "prompt tokens per sequence per step",
-    ),
-    _Option(
-        "--schedule-policy",
-        "MOE_RUNTIME_SCHEDULE_POLICY",
-        default="length_aware",
-        choices=tuple(p.value for p in Policy),
-    ),
-    _Option("--aging-tokens-per-s", "MOE_RUNTIME_AGING_TOKENS_PER_S", _non_negative_float, 64.0),
-    _Option(
-        "--request-timeout", "MOE_RUNTIME_REQUEST_TIMEOUT", _non_negative_float, 600.0, "seconds; 0: none"
-    ),
-    _Option("--default-max-tokens", "MOE_RUNTIME_DEFAULT_MAX_TOKENS", _positive_int, 256),
-    _Option("--window", "MOE_RUNTIME_WINDOW", _positive_int, help="sliding attention window in tokens"),
-    _Option("--global-tokens", "MOE_RUNTIME_GLOBAL_TOKENS", _non_negative_int, 0),
-    _Option("--quantize", "MOE_RUNTIME_QUANTIZE", default="none", choices=("none", "int8")),
-    _Option("--dtype", "MOE_RUNTIME_DTYPE", choices=("float32", "bfloat16", "float16")),
-    _Option("--device", "MOE_RUNTIME_DEVICE"),
-    _Option(
-        "--max-kv-tokens", "MOE_RUNTIME_MAX_KV_TOKENS", _positive_int, help="KV cache capacity in tokens"
-    ),
-    _Option(
-        "--log-level", "MOE_RUNTIME_LOG_LEVEL", default="info", choices=("debug", "info", "warning", "error")
-    ),
-)
-
-
-def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m moe_runtime serve", description="Serve a checkpoint over HTTP"
-    )
-    for option in OPTIONS:
-        # argparse runs `type` over string defaults, so values from the environment are checked like flags.
-        default = environ.get(option.env) or option.default
-        parser.add_argument(
-            option.flag,
-            type=option.type,
-            default=default,
-            choices=option.choices,
-            help=f"{option.help} [env {option.env}]".strip(),
-        )
-    args = parser.parse_args(argv)
-    for option in OPTIONS:  # argparse checks choices on the command line only, not on defaults
-        value = getattr(args, option.flag[2:].replace("-", "_"))
-        if option.choices and value is not None and value not in option.choices:
-            parser.error(f"{option.env}={value!r}: choose from {', '.join(option.choices)}")
-    if not args.model:
-        parser.error("--model (or MOE_RUNTIME_MODEL) is required")
-    if args.max_batch_tokens < args.max_batch_seqs:
-        parser.error("--max-batch-tokens must be at least --max-batch-seqs")
-    return args
+LOADER_THREAD = "load-engine"
+CUDA_TOKEN_BUDGET = 8192  # vLLM's default max-num-batched-tokens
+CPU_TOKEN_BUDGET = 512
 
 
 def kv_tokens_per_sequence(engine) -> int | None:
     """The most KV cache one sequence can hold: window + global tokens when every layer is windowed."""
     windows = engine.layer_windows
     return None if None in windows else max(windows) + engine.global_tokens
+
+
+def resolve_token_budget(args: argparse.Namespace, engine) -> int:
+    """--max-num-batched-tokens, or the device's default when it is unset: a GPU step runs thousands of
+    tokens in the time a CPU step runs hundreds."""
+    if args.max_batch_tokens is None:
+        default = CUDA_TOKEN_BUDGET if engine.device.type == "cuda" else CPU_TOKEN_BUDGET
+        args.max_batch_tokens = max(default, args.max_batch_seqs)
+    return args.max_batch_tokens
 
 
 def scheduler_config(args: argparse.Namespace, engine) -> SchedulerConfig:
@@ -184,6 +115,7 @@ def limits(args: argparse.Namespace, engine) -> Limits:
         default_max_tokens=args.default_max_tokens,
         kv_capacity_tokens=engine.max_kv_tokens,
         kv_tokens_per_sequence=kv_tokens_per_sequence(engine),
+        request=request_limits(args),
     )
 
 
@@ -195,16 +127,46 @@ def load_engine(args: argparse.Namespace):
     engine = Engine.load(
         local_model_dir(args.model, args.download_dir),
         device=args.device,
-        dtype=args.dtype,
+        dtype=None if args.dtype == "auto" else args.dtype,
         quantize=None if args.quantize == "none" else args.quantize,
         window=args.window,
         global_tokens=args.global_tokens,
-        max_kv_tokens=args.max_kv_tokens,
+        max_model_len=args.max_model_len,
     )
     # The first forward passes pay for lazy initialisation (seconds on CPU): pay it before /ready says 200.
     engine.generate([[0, 0]], SamplingParams(max_tokens=2))
+    engine.max_kv_tokens = kv_budget.capacity_tokens(
+        engine,
+        max_kv_tokens=args.max_kv_tokens,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        step_tokens=resolve_token_budget(args, engine),
+        tokens_per_sequence=kv_tokens_per_sequence(engine),
+    )
     engine.take_expert_token_counts()
     return engine
+
+
+def _in_daemon_thread(function, *args) -> asyncio.Future:
+    """`function(*args)` on a daemon thread: unlike asyncio.to_thread, a stop while it runs (a SIGTERM
+    during a long download or load) does not wait for it."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(setter, value) -> None:
+        if not future.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            outcome = (future.set_result, function(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting side
+            outcome = (future.set_exception, err)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=LOADER_THREAD, daemon=True).start()
+    return future
 
 
 class _DrainingServer(uvicorn.Server):
@@ -231,7 +193,7 @@ class _DrainingServer(uvicorn.Server):
     async def run_with_engine(self, args: argparse.Namespace) -> int:
         self._loop = asyncio.get_running_loop()
         serving = asyncio.create_task(self.serve())
-        loaded = asyncio.ensure_future(asyncio.to_thread(load_engine, args))
+        loaded = _in_daemon_thread(load_engine, args)
         await asyncio.wait([serving, loaded], return_when=asyncio.FIRST_COMPLETED)
         if not loaded.done():  # the server stopped first (port taken, or a signal while loading)
             loaded.cancel()
@@ -251,17 +213,23 @@ class _DrainingServer(uvicorn.Server):
             await serving
         finally:
             worker.stop()
-        return 0
+        return 1 if worker.failure is not None else 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv, os.environ)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    state = ServingState(RuntimeMetrics(), request_timeout_s=args.request_timeout or None)
+    logs.configure(args.log_level, args.log_format)
+    timeout = args.request_timeout or None
+    metrics = RuntimeMetrics(request_timeout_s=timeout, expert_metrics=ExpertMetrics(args.expert_metrics))
+    state = ServingState(metrics, request_timeout_s=timeout, max_request_bytes=args.max_request_bytes)
     config = uvicorn.Config(
-        create_app(state), host=args.host, port=args.port, log_level=args.log_level, access_log=False
-    )
+        create_app(state), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        log_config=None,  # uvicorn's loggers go through ours (and its format)
+    )  # fmt: skip
     server = _DrainingServer(config, state)
-    return asyncio.run(server.run_with_engine(args))
+    code = asyncio.run(server.run_with_engine(args))
+    if any(thread.name == LOADER_THREAD for thread in threading.enumerate()):
+        # stopped while still downloading or loading: the download's worker threads would hold the exit
+        logging.shutdown()
+        os._exit(code)
+    return code

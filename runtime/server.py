@@ -1,7 +1,18 @@
-"""The OpenAI-compatible HTTP API, health, readiness and metrics endpoints (FastAPI)."""
+"""The OpenAI-compatible HTTP API, health, readiness and metrics endpoints (FastAPI).
+
+Health: /health answers 200 while the process can serve or is getting there, and 503 once the engine loop
+has died (`EngineWorker.failure`), so that the kubelet's liveness probe restarts the pod; /ready answers 200
+only while generation requests are taken.
+
+Every accepted request ends: besides the engine's own timeout, the HTTP side gives up on a request
+`backstop_s` after it came in (the request timeout plus a margin for the step in flight; none without a
+request timeout), whatever the engine does. Tokenizing runs in a thread, so a long prompt does not hold up other requests or the probes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +25,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from moe_runtime.body_limit import BodyLimit
 from moe_runtime.generation import Job, Limits, chat_job, completion_job
+from moe_runtime.limits import RequestLimits
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.protocol import (
     ApiError,
@@ -26,7 +39,7 @@ from moe_runtime.protocol import (
 )
 from moe_runtime.responses import CHAT, COMPLETIONS, Answer, Endpoint
 from moe_runtime.scheduler import QueueFull
-from moe_runtime.worker import EngineWorker
+from moe_runtime.worker import EngineFailed, EngineWorker
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,7 @@ class Phase(StrEnum):
     LOADING = "loading"
     READY = "ready"
     DRAINING = "draining"
+    FAILED = "failed"  # the engine loop died: only a restart helps
 
 
 @dataclass
@@ -45,6 +59,8 @@ class ServingState:
 
     metrics: RuntimeMetrics
     request_timeout_s: float | None
+    max_request_bytes: int = RequestLimits.max_request_bytes
+    backstop_margin_s: float | None = None  # None: max(2 s, 10% of the request timeout)
     phase: Phase = Phase.LOADING
     worker: EngineWorker | None = None
     model_name: str = ""
@@ -55,6 +71,19 @@ class ServingState:
         self.worker, self.model_name, self.limits = worker, model_name, limits
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
+
+    @property
+    def current_phase(self) -> Phase:
+        return Phase.FAILED if self.worker is not None and self.worker.failure is not None else self.phase
+
+    def backstop_s(self) -> float | None:
+        """Seconds after which the HTTP side gives up on an accepted request: the engine times it out first
+        unless it is stuck; the margin covers the step in flight at the deadline."""
+        timeout = self.request_timeout_s
+        if timeout is None:
+            return None
+        margin = self.backstop_margin_s
+        return timeout + (max(2.0, 0.1 * timeout) if margin is None else margin)
 
 
 GENERATION_ERRORS = {
@@ -67,18 +96,20 @@ GENERATION_ERRORS = {
 
 def create_app(state: ServingState) -> FastAPI:
     app = FastAPI(title="moe_runtime", version="0.1.0")
+    app.add_middleware(BodyLimit, max_bytes=state.max_request_bytes, on_refused=lambda: _count(state, 413))
     _install_error_handlers(app, state)
     _document_400_instead_of_422(app)
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    @app.get("/health", responses={503: {"description": "The engine failed: restart"}})
+    async def health() -> JSONResponse:
+        if state.current_phase is Phase.FAILED:
+            return JSONResponse({"status": "failed", "error": str(state.worker.failure)}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", responses={503: {"description": "Loading or draining"}})
+    @app.get("/ready", responses={503: {"description": "Loading, draining or failed"}})
     async def ready() -> JSONResponse:
-        return JSONResponse(
-            {"status": state.phase.value}, status_code=200 if state.phase is Phase.READY else 503
-        )
+        phase = state.current_phase
+        return JSONResponse({"status": phase.value}, status_code=200 if phase is Phase.READY else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -102,11 +133,14 @@ def create_app(state: ServingState) -> FastAPI:
 
 
 def _unavailable(state: ServingState) -> ApiError:
+    phase = state.current_phase
     return ApiError(
         503,
-        f"The server is {state.phase.value}",
+        "The engine failed; the server must restart"
+        if phase is Phase.FAILED
+        else f"The server is {phase.value}",
         type="service_unavailable",
-        code=state.phase.value,
+        code=phase.value,
         headers={"Retry-After": RETRY_AFTER_S},
     )
 
@@ -118,14 +152,21 @@ async def _generate(
     make_job: Callable[..., Job],
     endpoint: Endpoint,
 ) -> Response:
-    if state.phase is not Phase.READY or state.worker is None or state.limits is None:
+    if state.current_phase is not Phase.READY or state.worker is None or state.limits is None:
         raise _unavailable(state)
     if body.model is not None and body.model != state.model_name:
         raise ApiError(400, f"The model `{body.model}` does not exist", "model", code="model_not_found")
     tokenizer = state.worker.engine.tokenizer
-    job = make_job(body, tokenizer, state.limits)
+    job = await asyncio.to_thread(make_job, body, tokenizer, state.limits)
+    if state.current_phase is not Phase.READY:  # it may have changed while the prompt was tokenized
+        raise _unavailable(state)
+    loop = asyncio.get_running_loop()
+    backstop = state.backstop_s()
+    deadline = None if backstop is None else loop.time() + backstop
     try:
         stream = state.worker.submit(job.prompt_ids, job.params, state.request_timeout_s)
+    except EngineFailed:
+        raise _unavailable(state) from None
     except QueueFull:
         raise ApiError(
             429,
@@ -134,7 +175,8 @@ async def _generate(
             code="queue_full",
             headers={"Retry-After": RETRY_AFTER_S},
         ) from None
-    answer = Answer(endpoint, state.model_name, tokenizer, request, stream, job, lambda s: _count(state, s))
+    count = functools.partial(_count, state)
+    answer = Answer(endpoint, state.model_name, tokenizer, request, stream, job, count, deadline)
     if not body.stream:
         return JSONResponse(await answer.whole())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -2,6 +2,12 @@
 
 The HTTP side calls `submit` and `cancel` from the event loop; everything that touches the engine
 (forward passes, caches, expert counters) happens on the worker thread.
+
+Failures: an exception in a forward pass fails that step's requests, and one in sampling fails only the
+requests whose sampling failed; the worker goes on. Running out of device memory in a step fails nobody: the
+step's requests wait again and later steps are smaller (`Scheduler.back_off`). Anything else that raises on
+the worker thread ends the engine loop: `failure` is set, every open request ends with an error, and the
+worker accepts nothing more (`EngineFailed`), which turns /health and /ready to 503.
 """
 
 from __future__ import annotations
@@ -15,48 +21,27 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_runtime.metrics import RuntimeMetrics
+from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 from moe_runtime.sampling import SamplingParams, make_generator, sample_next
 from moe_runtime.scheduler import FinishReason, Request, Scheduler, SchedulerConfig, Step
+from moe_runtime.streams import Finished, GenerationStream, OpenStreams, Tokens
+
+__all__ = ["EngineFailed", "EngineWorker", "Finished", "GenerationStream", "Tokens"]
 
 log = logging.getLogger(__name__)
 
 EXPERT_COUNT_INTERVAL_S = 1.0
 
 
-@dataclass(frozen=True)
-class Tokens:
-    ids: list[int]
+class EngineFailed(Exception):
+    """The engine loop has died; no request can run any more."""
 
 
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    prompt_tokens: int
-    output_tokens: int
-
-
-class GenerationStream:
-    """The asyncio side of one request: yields `Tokens` events, then one `Finished`."""
-
-    def __init__(self, request_id: str, worker: EngineWorker) -> None:
-        self.request_id = request_id
-        self._worker = worker
-        self._events: asyncio.Queue[Tokens | Finished] = asyncio.Queue()
-
-    def cancel(self) -> None:
-        self._worker.cancel(self.request_id)
-
-    def put(self, event: Tokens | Finished) -> None:
-        """Called on the event loop with what the engine thread produced."""
-        self._events.put_nowait(event)
-
-    async def __aiter__(self):
-        while True:
-            event = await self._events.get()
-            yield event
-            if isinstance(event, Finished):
-                return
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "not enough memory" in message)
 
 
 @dataclass
@@ -64,9 +49,7 @@ class _Live:
     stream: GenerationStream
     params: SamplingParams
     generator: torch.Generator | None
-    arrival: float
     cache: object = None
-    first_token_at: float | None = None
 
 
 class EngineWorker:
@@ -75,8 +58,11 @@ class EngineWorker:
     ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.failure: BaseException | None = None
         self._loop = loop
         self._scheduler = Scheduler(config)
+        self._streams = OpenStreams(metrics)
+        metrics.oldest_request_age.set_function(self._streams.oldest_age)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -95,14 +81,19 @@ class EngineWorker:
 
     @property
     def idle(self) -> bool:
+        """Nothing left to do: no request held, or the engine loop died (nothing will happen any more)."""
+        if self.failure is not None:
+            return True
         with self._lock:
             return self._scheduler.idle
 
     def submit(self, prompt: list[int], params: SamplingParams, timeout_s: float | None) -> GenerationStream:
-        """Queues a request; raises `QueueFull` when the waiting queue is full. Call from the event loop."""
+        """Queues a request; raises `QueueFull` when the waiting queue is full and `EngineFailed` after the
+        engine loop died. Call from the event loop."""
+        if self.failure is not None:
+            raise EngineFailed(str(self.failure))
         now = time.monotonic()
         request_id = f"req-{next(self._ids)}"
-        stream = GenerationStream(request_id, self)
         request = Request(
             request_id,
             prompt,
@@ -111,10 +102,10 @@ class EngineWorker:
             stop_token_ids=frozenset(params.stop_token_ids),
             deadline=None if timeout_s is None else now + timeout_s,
         )
-        live = _Live(stream, params, make_generator(params), now)
         with self._lock:
             self._scheduler.add(request)
-            self._live[request_id] = live
+            stream = GenerationStream(request_id, len(prompt), self.cancel, self._streams)
+            self._live[request_id] = _Live(stream, params, make_generator(params))
             self.metrics.queue_depth.set(len(self._scheduler.waiting))
         self._wake.set()
         return stream
@@ -125,18 +116,32 @@ class EngineWorker:
         self._wake.set()
 
     def _run(self) -> None:
-        while not self._stopping:
-            with self._lock:
-                step = self._scheduler.schedule(time.monotonic())
-                self._publish_gauges()
-            deliveries = [self._end(r) for r in step.dropped]
-            if step.work:
-                deliveries += self._execute(step)
-            self._deliver(deliveries)
-            # before going idle, publish what the last steps routed: the next step may be far off
-            self._flush_expert_counts(force=not step.work)
-            if not step.work:
-                self._wait_for_work()
+        try:
+            while not self._stopping:
+                self._step()
+        except Exception as error:
+            self._die(error)
+
+    def _die(self, error: Exception) -> None:
+        log.critical("engine loop failed; failing every open request", exc_info=error)
+        self.failure = error
+        try:
+            self._loop.call_soon_threadsafe(self._streams.fail_all)
+        except RuntimeError:
+            log.warning("event loop closed; open requests not failed")
+
+    def _step(self) -> None:
+        with self._lock:
+            step = self._scheduler.schedule(time.monotonic())
+            self._publish_gauges()
+        deliveries = [self._end(r) for r in step.dropped]
+        if step.work:
+            deliveries += self._execute(step)
+        self._deliver(deliveries)
+        # before going idle, publish what the last steps routed: the next step may be far off
+        self._flush_expert_counts(force=not step.work)
+        if not step.work:
+            self._wait_for_work()
 
     def _wait_for_work(self) -> None:
         # Wake at least once a second: waiting requests may time out with nothing else happening.
@@ -147,7 +152,9 @@ class EngineWorker:
         self.metrics.batch_size.observe(len(step.work))
         try:
             logits = self.engine.forward([(self._cache(item.request.id), item.tokens) for item in step.work])
-        except Exception:
+        except Exception as error:
+            if is_out_of_memory(error):
+                return self._push_back(step, error)
             log.exception("engine step failed; failing its %d requests", len(step.work))
             return self._fail([w.request for w in step.work])
         sampled, unsampled = self._sample(step, logits)
@@ -158,6 +165,35 @@ class EngineWorker:
         tokens = self._token_deliveries(step, sampled)
         self.metrics.generation_tokens.inc(len(tokens))
         return deliveries + tokens + [self._end(r) for r in finished]
+
+    def _push_back(self, step: Step, error: Exception) -> list:
+        """The step ran out of memory: its requests wait again with their caches dropped (a forward pass
+        that stopped half way leaves them inconsistent), and the next steps are smaller."""
+        requests = [w.request for w in step.work]
+        with self._lock:
+            smaller = self._scheduler.back_off(step)
+        if not smaller:
+            log.error("out of memory with one token of one sequence (%s); failing its request", error)
+            return self._fail(requests)
+        for request in requests:
+            live = self._live[request.id]
+            if live.cache is not None:
+                self.engine.release(live.cache)
+                live.cache = None
+        with self._lock:
+            self._scheduler.requeue(requests)
+            limits = (self._scheduler.max_running, self._scheduler.token_budget)
+        if self.engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning(
+            "out of memory in a step of %d sequences and %d tokens (%s); they wait again, and steps now take "
+            "at most %d sequences and %d tokens",
+            len(step.work),
+            step.num_tokens,
+            error,
+            *limits,
+        )
+        return []
 
     def _fail(self, requests: list[Request]) -> list:
         with self._lock:
@@ -195,30 +231,17 @@ class EngineWorker:
         return sampled, unsampled
 
     def _token_deliveries(self, step: Step, sampled: list[int | None]) -> list:
-        now = time.monotonic()
         deliveries = []
         for item, token in zip(step.work, sampled, strict=True):
-            request = item.request
-            if token is None or request.finish_reason is FinishReason.STOP:
+            if token is None or item.request.finish_reason is FinishReason.STOP:
                 continue
-            live = self._live[request.id]
-            if live.first_token_at is None:
-                live.first_token_at = now
-                self.metrics.time_to_first_token.observe(now - live.arrival)
-            deliveries.append((live.stream, Tokens([token])))
+            deliveries.append((self._live[item.request.id].stream, Tokens([token])))
         return deliveries
 
     def _end(self, request: Request):
         live = self._live.pop(request.id)
         if live.cache is not None:
             self.engine.release(live.cache)
-        if request.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
-            now = time.monotonic()
-            self.metrics.request_latency.observe(now - live.arrival)
-            if live.first_token_at is not None and len(request.output) > 1:
-                self.metrics.time_per_output_token.observe(
-                    (now - live.first_token_at) / (len(request.output) - 1)
-                )
         return live.stream, Finished(request.finish_reason, len(request.prompt), len(request.output))
 
     def _deliver(self, deliveries: list) -> None:
@@ -240,6 +263,8 @@ class EngineWorker:
         self.metrics.kv_cache_usage.set(self.engine.kv_cache_usage())
 
     def _flush_expert_counts(self, force: bool) -> None:
+        if self.metrics.expert_tokens.mode is ExpertMetrics.OFF:
+            return
         now = time.monotonic()
         if force or now - self._last_expert_flush >= EXPERT_COUNT_INTERVAL_S:
             self._last_expert_flush = now

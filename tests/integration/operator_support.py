@@ -33,6 +33,7 @@ OPEN_POLICY = {
     "allowedHostPathPrefixes": ["*"],
     "allowedImagePrefixes": ["*"],
     "allowedTolerationKeys": ["*"],
+    "allowSecretReferences": True,
 }
 
 

@@ -235,7 +235,6 @@ def test_defaults_are_filled_in(custom, md_namespace):
     assert runtime["batching"] == {
         "maxQueue": 256,
         "maxBatchSequences": 32,
-        "tokenBudget": 8192,
         "prefillChunk": 512,
         "requestTimeoutSeconds": 300,
     }

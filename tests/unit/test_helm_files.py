@@ -163,3 +163,11 @@ def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
     assert latency and all(e.startswith("histogram_quantile(0.99,") for e in latency)
     for expr in exprs:  # every query follows the dashboard's namespace / ModelDeployment selectors
         assert 'namespace=~"$namespace"' in expr and 'model_deployment=~"$model_deployment"' in expr, expr
+
+
+def test_chart_versions_match_the_project_so_the_default_image_tag_exists():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == chart["appVersion"] == project

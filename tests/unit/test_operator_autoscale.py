@@ -491,3 +491,19 @@ def test_the_kept_state_decides_as_the_whole_history_would(policy, steps):
         history_events.extend(e for e in whole.state.events if e.at == now)
         kept = compact.state
         assert len(kept.recommendations) <= 2 * (policy.max_replicas + 1)
+
+
+def test_the_floor_is_remembered_so_the_scale_down_window_holds_it_after_the_canary():
+    from moe_operator.autoscale import AutoscalePolicy, AutoscaleState, Observation, ScaleRule, decide
+    from moe_operator.promdata import PodSamples
+
+    policy = AutoscalePolicy(1, 10, 4.0, up=ScaleRule(0, 4, 15), down=ScaleRule(60, 4, 15))
+    pods = frozenset({"a", "b", "c"})
+    idle = Observation(3, pods, 0, PodSamples(dict.fromkeys(pods, 0.0)))
+    state = AutoscaleState()
+    for t in range(0, 120, 15):  # the canary draws the traffic away: the stable queues read 0
+        decision = decide(idle, policy, state, 1000.0 + t, floor=3)
+        state = decision.state
+        assert decision.replicas == 3
+    after = decide(idle, policy, state, 1000.0 + 120, floor=0)  # the canary is gone
+    assert after.replicas == 3, "the recent recommendations still hold what the floor held"

@@ -49,3 +49,14 @@ def test_reasons_a_pod_cannot_start_name_the_pod():
 
 def test_a_terminating_pod_is_not_a_problem():
     assert pod_problem([pod("a", terminating=True, containers=[waiting("CrashLoopBackOff")])]) is None
+
+
+def test_a_pod_ready_for_less_than_the_settle_time_still_counts_as_starting():
+    fresh = pod("fresh", ready=True)
+    fresh["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:00:50Z"
+    old = pod("old", ready=True)
+    old["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+    now = 1767225660.0  # 2026-01-01T00:01:00Z
+    counts = count_pods([fresh, old], "stable", settle_s=30, now=now)
+    assert counts.ready == {"old"} and counts.starting == 1
+    assert count_pods([fresh, old], "stable").ready == {"fresh", "old"}

@@ -172,6 +172,9 @@ def test_runtime_settings_reach_the_config_map():
         "MOE_RUNTIME_GLOBAL_TOKENS": "4",
         "MOE_RUNTIME_QUANTIZE": "int8",
         "MOE_RUNTIME_DTYPE": "float32",
+        "MOE_RUNTIME_GPU_MEMORY_UTILIZATION": "0.9",
+        "MOE_RUNTIME_EXPERT_METRICS": "expert",
+        "MOE_RUNTIME_LOG_FORMAT": "text",
     }
 
 
@@ -220,3 +223,57 @@ def test_torch_threads_follow_the_cpu_request_when_there_is_one():
         "divisor": "1",
     }
     assert thread_env(spec()) == []
+
+
+def test_pod_settings_real_clusters_need_are_passed_through():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}}  # fmt: skip
+    raw = spec(
+        runtime__imagePullSecrets=[{"name": "regcred"}],
+        runtime__serviceAccountName="model-reader",
+        runtime__runtimeClassName="nvidia",
+        runtime__priorityClassName="inference",
+        runtime__affinity=affinity,
+        runtime__volumes=[{"name": "extra", "configMap": {"name": "prompts"}}],
+        runtime__volumeMounts=[{"name": "extra", "mountPath": "/etc/prompts", "readOnly": True}],
+        runtime__shmSize="8Gi",
+    )
+    pod = pod_of(render_children(raw))["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("model-reader", True)
+    assert (pod["runtimeClassName"], pod["priorityClassName"], pod["affinity"]) == (
+        "nvidia",
+        "inference",
+        affinity,
+    )
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shm"] == {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+    assert volumes["extra"] == {"name": "extra", "configMap": {"name": "prompts"}}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert (mounts["shm"], mounts["extra"]) == ("/dev/shm", "/etc/prompts")
+    plain = pod_of(render_children(spec()))["spec"]
+    assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
+
+
+def test_object_storage_renders_the_download():
+    raw = spec(model__source={"uri": "s3://models/qwen3", "s3": {"endpoint": "https://minio.local", "region": "eu-1",
+                                                                 "credentialsSecret": "aws"}})  # fmt: skip
+    children = render_children(raw)
+    pod = pod_of(children)["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["--model", "s3://models/qwen3"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio.local" and env["AWS_REGION"]["value"] == "eu-1"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "aws",
+        "key": "AWS_ACCESS_KEY_ID",
+        "optional": False,
+    }
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert children.config_map["data"]["MOE_RUNTIME_DOWNLOAD_DIR"] == "/var/cache/moe-runtime"
+    assert {"name": "model-cache", "mountPath": "/var/cache/moe-runtime"} in container["volumeMounts"]
+    shared = render_children(
+        spec(model__source={"uri": "s3://m/q", "cache": {"hostPath": {"path": "/var/cache/models"}}})
+    )
+    volume = {v["name"]: v for v in pod_of(shared)["spec"]["volumes"]}["model-cache"]
+    assert volume["hostPath"] == {"path": "/var/cache/models", "type": "DirectoryOrCreate"}

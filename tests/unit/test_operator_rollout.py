@@ -228,3 +228,17 @@ def test_never_a_canary_of_the_stable_revision_or_of_a_rejected_one(state, targe
     if new.canary is not None and new.canary.phase != PROMOTING:
         assert new.canary.revision != new.stable
         assert new.is_rejected(new.canary.revision) is None
+
+
+def test_a_hold_is_reported_when_it_starts_or_its_reason_changes_not_at_every_new_count():
+    analysing = RolloutState(stable=OLD, canary=Canary(NEW, ANALYZING, T0, 3, ready_at=T0))
+    reasons = []
+    state = analysing
+    for verdict in [
+        Verdict("Hold", "AnalysisInconclusive", f"{n} inconclusive measurements, more than the 3 allowed")
+        for n in range(4, 9)
+    ] + [Verdict("Hold", "AnalysisErrored", "Prometheus unreachable")]:
+        state, events, _ = step(roundtrip(state), canary_ready=1, verdict=verdict)
+        reasons += events
+    assert reasons == ["AnalysisInconclusive", "AnalysisErrored"]
+    assert state.canary.reason == "AnalysisErrored"

@@ -3,6 +3,7 @@ data holds, a restarted operator keeps its windows, a manual scale is answered w
 
 from moe_operator.promdata import NoData, PodSamples
 from moe_operator.reconcile import Reconciler
+from moe_operator.rollout import Verdict
 from moe_operator.scaling import Scaler
 from tests.unit.operator_fake_api import Events
 from tests.unit.test_operator_reconcile import NAME, NS, OPEN_POLICY, Clock, Verdicts, World
@@ -144,3 +145,26 @@ def test_without_autoscaling_spec_replicas_rule_and_no_query_is_made():
     world.reconcile()
     assert world.deployment()["spec"]["replicas"] == 2 and prometheus.queries == 0
     assert "autoscaling" not in world.status()
+
+
+def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or_is_promoted():
+    world = AutoscaledWorld(slo={"p99LatencySeconds": 1.0})
+    world.reconcile()
+    pods = world.ready_pods(2)
+    world.settle()
+    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))
+    world.tick()
+    assert world.replicas() == 5
+    world.ready_pods(5)
+    world.settle()
+    world.change_spec(autoscaling=AUTOSCALING, minReplicas=1, maxReplicas=10, slo={"p99LatencySeconds": 1.0},
+                      runtime__image="registry.local/moe-runtime:2")  # fmt: skip
+    world.tick()
+    assert world.deployment("canary") is not None
+    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})  # the canary takes the load
+    for verdict in ("Continue", "Promote"):
+        world.settle("canary")
+        world.reconciler._analyzer.verdict = Verdict(verdict, "R", "m")
+        for _ in range(12):  # two minutes: far past the 60 s scale-down window
+            world.tick()
+            assert world.replicas() == 5, f"scaled in during the canary ({verdict})"

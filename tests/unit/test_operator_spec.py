@@ -82,7 +82,7 @@ def test_set_fields_override_defaults():
     )
     assert parsed.replicas == 3 and parsed.max_replicas == 4
     assert (parsed.runtime.batching.max_queue, parsed.runtime.batching.prefill_chunk) == (9, 64)
-    assert parsed.runtime.batching.token_budget == 8192
+    assert parsed.runtime.batching.token_budget is None, "unset: the runtime picks by device"
     assert (parsed.runtime.attention.window, parsed.runtime.attention.global_tokens) == (128, 4)
     assert parsed.runtime.env == ({"name": "A", "value": "1"},)
     assert parsed.rollout.max_surge == "25%" and parsed.rollout.max_unavailable == 0

@@ -30,7 +30,7 @@ def error_for(model, body: dict):
         ({"prompt": "x", "top_p": 0}, "top_p"),
         ({"prompt": "x", "top_p": 1.5}, "top_p"),
         ({"prompt": "x", "n": 2}, "n"),
-        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"prompt": "x", "stop": ["a", 5]}, "stop"),
         ({"prompt": "x", "logprobs": 3}, "logprobs"),
         ({"prompt": "x", "presence_penalty": 1}, "presence_penalty"),
         ({"prompt": "x", "logit_bias": {"5": 1.0}}, "logit_bias"),

@@ -1,6 +1,10 @@
 """Streaming text assembly: whole characters only, cut at stop strings, equal to one full decode."""
 
-from moe_runtime.detokenizer import TextAssembler
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moe_runtime.detokenizer import MAX_HELD_TOKENS, TextAssembler
+from moe_runtime.stop_matcher import StopMatcher
 
 
 class ByteTokenizer:
@@ -53,3 +57,66 @@ def test_without_streaming_or_stop_strings_the_text_comes_whole_at_the_end():
     assembler = TextAssembler(ByteTokenizer(), incremental=False)
     assert [assembler.add([token]) for token in ids("héllo")] == [""] * len(ids("héllo"))
     assert assembler.finish() == "héllo" == assembler.text
+
+
+class CountingByteTokenizer(ByteTokenizer):
+    def __init__(self) -> None:
+        self.decoded_ids = 0
+
+    def decode(self, ids: list[int]) -> str:
+        self.decoded_ids += len(ids)
+        return super().decode(ids)
+
+
+def reference_cut(text: str, stops: list[str]) -> tuple[str, bool]:
+    """Read one character at a time; stop at the first stop string to complete (the longest when several
+    complete at once), cutting the text where it begins."""
+    stops = [s for s in stops if s]
+    for end in range(1, len(text) + 1):
+        complete = [len(s) for s in stops if text[:end].endswith(s)]
+        if complete:
+            return text[: end - max(complete)], True
+    return text, False
+
+
+ALPHABET = "ab€\n"
+texts = st.text(alphabet=ALPHABET, max_size=60)
+stop_lists = st.lists(st.text(alphabet=ALPHABET, max_size=5), max_size=4)
+
+
+def chunked(data: st.DataObject, items: list) -> list[list]:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(items)), max_size=len(items))))
+    return [items[a:b] for a, b in zip([0, *cuts], [*cuts, len(items)], strict=True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts, stops=stop_lists, data=st.data())
+def test_stop_matching_in_pieces_equals_reading_the_whole_text_one_character_at_a_time(text, stops, data):
+    matcher = StopMatcher(tuple(stops))
+    released = "".join(matcher.feed("".join(piece)) for piece in chunked(data, list(text)))
+    released += matcher.finish()
+    assert (released, matcher.stopped) == reference_cut(text, stops)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts, stops=stop_lists, incremental=st.booleans(), data=st.data())
+def test_streamed_text_equals_the_reference_however_the_tokens_arrive(text, stops, incremental, data):
+    assembler = TextAssembler(ByteTokenizer(), tuple(stops), incremental)
+    deltas = []
+    for piece in chunked(data, ids(text)):
+        deltas.append(assembler.add(piece))
+        assert "\ufffd" not in deltas[-1]  # never half a character
+    deltas.append(assembler.finish())
+    expected, stopped = reference_cut(text, stops)
+    assert ("".join(deltas), assembler.text, assembler.stopped) == (expected, expected, stopped)
+
+
+def test_decoding_stays_linear_when_the_model_emits_broken_characters():
+    tokenizer = CountingByteTokenizer()
+    assembler = TextAssembler(tokenizer, ("never",))
+    for _ in range(4000):
+        assembler.add([0x80])  # a continuation byte with no start: never a whole character
+    assembler.finish()
+    # each add decodes the previous segment and the held tokens, each at most MAX_HELD_TOKENS long, and
+    # finish decodes everything once: linear (holding every token back would decode 16 million ids here)
+    assert tokenizer.decoded_ids <= 4000 * (3 * MAX_HELD_TOKENS + 1) + 4000

@@ -195,3 +195,45 @@ def test_windowed_kv_reservation_is_capped_per_sequence():
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         SchedulerConfig(**bad)
+
+
+def test_a_request_that_could_never_fit_the_kv_cache_is_refused_at_add():
+    s = Scheduler(SchedulerConfig(kv_capacity_tokens=20))
+    with pytest.raises(ValueError, match="KV cache"):
+        s.add(request("huge", 18, max_tokens=4))
+
+
+def test_back_off_halves_the_step_and_requeued_requests_prefill_what_they_generated():
+    s = Scheduler(SchedulerConfig(max_running=4, token_budget=16, prefill_chunk=16))
+    for rid in "abcd":
+        s.add(request(rid, 3, max_tokens=10))
+    run_step(s, token=7)
+    step = s.schedule(0.0)  # four decodes
+    assert s.back_off(step)
+    assert (s.max_running, s.token_budget) == (2, 2)
+    s.requeue([w.request for w in step.work])
+    assert not s.running and len(s.waiting) == 4
+    step, _ = run_step(s, token=8)
+    # 2 tokens of budget for the prompt plus output [1, 2, 3, 7]
+    assert [w.tokens for w in step.work] == [[1, 2]]
+    step, _ = run_step(s, token=8)
+    assert [(w.tokens, w.samples) for w in step.work] == [([3, 7], True)]
+    a = s.running[0]
+    assert a.output == [7, 8] and not a.is_prefilling
+    step, _ = run_step(s, token=9)
+    assert plan(step) == {"a": 1, "b": 1}  # a decodes, b starts again
+
+
+def test_the_smallest_step_cannot_back_off_and_limits_recover_after_good_steps():
+    from moe_runtime.scheduler import RECOVERY_STEPS
+
+    s = Scheduler(SchedulerConfig(max_running=4, token_budget=8))
+    s.add(request("a", 1, max_tokens=10**6))
+    step = s.schedule(0.0)
+    assert not s.back_off(step)
+    s.add(request("b", 1, max_tokens=10**6))
+    step = s.schedule(0.0)
+    assert s.back_off(step) and s.max_running == 1
+    for _ in range(RECOVERY_STEPS):
+        run_step(s)
+    assert (s.max_running, s.token_budget) == (2, 2)

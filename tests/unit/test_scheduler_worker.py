@@ -9,7 +9,7 @@ import torch
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.sampling import SamplingParams
 from moe_runtime.scheduler import FinishReason, QueueFull, SchedulerConfig
-from moe_runtime.worker import EngineWorker, Finished, Tokens
+from moe_runtime.worker import EngineFailed, EngineWorker, Finished, Tokens
 
 VOCAB = 50
 
@@ -29,10 +29,17 @@ class FakeEngine:
     device = torch.device("cpu")
     max_context = 256
 
-    def __init__(self, fail_when_batch_has: int | None = None) -> None:
+    def __init__(
+        self,
+        fail_when_batch_has: int | None = None,
+        oom_above: int | None = None,
+        release_fails: bool = False,
+    ) -> None:
         self.live: set[FakeSequence] = set()
         self.batch_sizes: list[int] = []
         self.fail_when_batch_has = fail_when_batch_has
+        self.oom_above = oom_above
+        self.release_fails = release_fails
 
     def new_sequence(self) -> FakeSequence:
         sequence = FakeSequence()
@@ -42,14 +49,18 @@ class FakeEngine:
     def forward(self, batch):
         self.batch_sizes.append(len(batch))
         rows = []
-        for sequence, tokens in batch:
+        for i, (sequence, tokens) in enumerate(batch):
             if self.fail_when_batch_has in tokens:
                 raise RuntimeError("boom")
             sequence.tokens += tokens
+            if self.oom_above is not None and i == self.oom_above:  # half way, as a real forward pass would
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             rows.append(torch.nn.functional.one_hot(torch.tensor(next_token(sequence.tokens)), VOCAB).float())
         return torch.stack(rows)
 
     def release(self, sequence: FakeSequence) -> None:
+        if self.release_fails:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         self.live.remove(sequence)
 
     def kv_cache_usage(self) -> float:
@@ -77,9 +88,9 @@ async def collect(stream) -> tuple[list[int], Finished]:
     raise AssertionError("stream ended without Finished")
 
 
-def run_with_worker(engine, config, body):
+def run_with_worker(engine, config, body, metrics: RuntimeMetrics | None = None):
     async def main():
-        worker = EngineWorker(engine, config, RuntimeMetrics(), asyncio.get_running_loop())
+        worker = EngineWorker(engine, config, metrics or RuntimeMetrics(), asyncio.get_running_loop())
         worker.start()
         try:
             return await asyncio.wait_for(body(worker), timeout=30)
@@ -187,3 +198,61 @@ def test_a_request_whose_sampling_fails_does_not_fail_its_batch_mates(monkeypatc
     (_, bad), (ids, good) = run_with_worker(FakeEngine(), SchedulerConfig(), body)
     assert bad.reason is FinishReason.ERROR
     assert good.reason is FinishReason.LENGTH and ids == expected_output([3], 3)
+
+
+def test_a_failure_outside_the_guarded_step_fails_every_open_request_and_the_worker_refuses_more(caplog):
+    engine = FakeEngine(release_fails=True)
+
+    async def body(worker):
+        short = worker.submit([1], SamplingParams(max_tokens=1), None)  # its release() raises
+        long = worker.submit([2], SamplingParams(max_tokens=10**6), None)
+        waiting = worker.submit([3], SamplingParams(max_tokens=1), None)
+        results = await asyncio.gather(collect(short), collect(long), collect(waiting))
+        with pytest.raises(EngineFailed):
+            worker.submit([4], SamplingParams(), None)
+        assert worker.idle  # a drain does not wait for requests that can never finish
+        return results, worker.failure
+
+    results, failure = run_with_worker(engine, SchedulerConfig(max_running=2), body)
+    assert [finished.reason for _, finished in results] == [FinishReason.ERROR] * 3
+    assert "illegal memory access" in str(failure)
+    assert "engine loop failed" in caplog.text and "Traceback" in caplog.text
+
+
+def test_out_of_memory_pushes_back_and_every_request_completes_with_its_own_output():
+    engine = FakeEngine(oom_above=2)  # a step of more than 2 sequences fails half way through
+    prompts = [[i + 1] * (1 + 3 * i) for i in range(8)]
+
+    async def body(worker):
+        streams = [worker.submit(p, SamplingParams(max_tokens=5), None) for p in prompts]
+        return await asyncio.gather(*(collect(s) for s in streams))
+
+    results = run_with_worker(engine, SchedulerConfig(max_running=8, prefill_chunk=4, token_budget=32), body)
+    for prompt, (ids, finished) in zip(prompts, results, strict=True):
+        assert finished == Finished(FinishReason.LENGTH, len(prompt), 5)
+        assert ids == expected_output(prompt, 5)
+    assert max(engine.batch_sizes) > 2 and not engine.live
+
+
+def test_every_ending_counts_in_latency_and_the_oldest_open_request_has_an_age():
+    metrics = RuntimeMetrics()
+
+    def sample(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    async def body(worker):
+        assert sample("moe_runtime_oldest_request_age_seconds") == 0
+        timed_out = worker.submit([1], SamplingParams(max_tokens=10**6), timeout_s=0.3)
+        cancelled = worker.submit([2], SamplingParams(max_tokens=10**6), None)
+        await anext(aiter(cancelled))
+        assert sample("moe_runtime_oldest_request_age_seconds") > 0
+        cancelled.cancel()
+        return await collect(timed_out), await collect(cancelled)
+
+    (_, timed_out), (_, cancelled) = run_with_worker(FakeEngine(), SchedulerConfig(), body, metrics)
+    assert (timed_out.reason, cancelled.reason) == (FinishReason.TIMEOUT, FinishReason.CANCELLED)
+    assert sample("moe_runtime_request_latency_seconds_count") == 2
+    assert sample("moe_runtime_time_per_output_token_seconds_count") == 2
+    fast = metrics.registry.get_sample_value("moe_runtime_request_latency_seconds_bucket", {"le": "0.2"})
+    assert fast < 2  # the timed out one took 0.3 s or more
+    assert sample("moe_runtime_oldest_request_age_seconds") == 0

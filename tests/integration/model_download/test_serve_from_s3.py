@@ -54,9 +54,12 @@ def test_not_ready_while_downloading_then_resumed_after_a_kill_and_serving(s3, b
         wait_for(lambda: status(f"{url}/health") == 200, timeout=60, what="/health while downloading")
         assert status(f"{url}/ready") == 503
         wait_for(lambda: partial.exists() and partial.stat().st_size > 0, timeout=60, what="a partial file")
+        first.terminate()  # a pod deleted while it downloads: it must stop now, not after the download
+        assert first.wait(timeout=20) == 0
     finally:
-        first.kill()
-        first.wait(timeout=30)
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
     left = partial.stat().st_size
     proxy.released.set()
     before = len(proxy.requests)

@@ -16,8 +16,10 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(checkpoint):
     # float32 on both sides, so the server's batched outputs can be compared token for token with the
-    # reference engine running one prompt at a time.
-    with RuntimeServer(checkpoint, "--dtype", "float32", "--max-batch-seqs", "16") as running:
+    # reference engine running one prompt at a time. Expert counters per layer: the metrics tests count
+    # layer 0's tokens (the default sums over layers).
+    options = ("--dtype", "float32", "--max-batch-seqs", "16", "--expert-metrics", "layer_expert")
+    with RuntimeServer(checkpoint, *options) as running:
         yield running
 
 

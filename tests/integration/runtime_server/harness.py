@@ -40,27 +40,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+REPO = Path(__file__).resolve().parents[3]
+SERVE = ("-m", "moe_runtime", "serve")
+FAULTY_SERVE = ("-m", "tests.integration.runtime_server.faulty_serve")  # see MOE_TEST_FAULT there
+
+
 class RuntimeServer:
-    """`python -m moe_runtime serve` on a free loopback port; a context manager that waits until ready."""
+    """`python -m moe_runtime serve` (or another `entry`) on a free loopback port; a context manager that waits
+    until ready."""
 
     def __init__(
-        self, model_dir: Path, *options: str, env: dict[str, str] | None = None, log: Path | None = None
+        self,
+        model_dir: Path,
+        *options: str,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        entry: tuple[str, ...] = SERVE,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or model_dir.parent / f"server-{self.port}.log"
-        self._command = [
-            sys.executable, "-m", "moe_runtime", "serve",
+        self.command = [
+            sys.executable, *entry,
             "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port), *options,
         ]  # fmt: skip
         # One intra-op thread unless told otherwise: on a small machine shared with other work, torch's
         # spinning worker threads made a decode step 30x slower.
         self._env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
+        if entry != SERVE:  # the entry point lives in the tests package
+            self._env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self._env.get("PYTHONPATH")]))
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> RuntimeServer:
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(self._command, env=self._env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(self.command, env=self._env, stdout=log, stderr=log)
         self.wait_ready()
         return self
 

@@ -33,6 +33,11 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "model": "gpt-17"}, "model"),
     ("/v1/completions", {"prompt": "x", "stream": "sometimes"}, "stream"),
     ("/v1/completions", {"prompt": "x", "stop": [1, 2]}, "stop"),
+    ("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/v1/completions", {"prompt": "x", "stop": "s" * 257}, "stop"),
+    ("/v1/completions", {"prompt": "x" * (2**20 + 1)}, "prompt"),
+    ("/v1/completions", {"prompt": list(range(5000))}, "prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}] * 2049}, "messages"),
     ("/v1/completions", {"prompt": "x", "seed": 2**70}, "seed"),
     ("/v1/completions", {"prompt": "x", "logprobs": 2}, "logprobs"),
     ("/v1/completions", {"prompt": "x", "frobnicate": True}, "frobnicate"),
@@ -57,6 +62,14 @@ def test_bad_input_gets_400_naming_the_parameter(server, path, body, param):
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert error["message"]
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_a_body_over_the_size_limit_gets_413_without_being_read_whole(server):
+    response = httpx.post(server.url + "/v1/completions", json={"prompt": "x" * (5 * 2**20)}, timeout=60)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "request_too_large" and "--max-request-bytes" in error["message"]
     assert httpx.get(server.url + "/health").status_code == 200
 
 

@@ -19,9 +19,11 @@ def scalar(prometheus, query: str) -> float:
 
 
 def test_prometheus_scrapes_runtime_metrics_with_the_deployment_labels(server, client, checkpoint, tmp_path):
+    assert "--expert-metrics" in server.command and "layer_expert" in server.command
     top_k = json.loads((checkpoint / "config.json").read_text())["num_experts_per_tok"]
     ok_requests = f'sum(moe_runtime_requests_total{{{SELECTOR},status="200"}})'
-    # layer 0 is sparse in the test checkpoint: every token fed through the model picks top_k experts there
+    # layer 0 is sparse in the test checkpoint: every token fed through the model picks top_k experts there;
+    # the `server` fixture counts per layer (--expert-metrics layer_expert), which this query needs
     routed = f'sum(moe_runtime_expert_tokens_total{{{SELECTOR},layer="0"}})'
     with PrometheusServer(tmp_path, {server.url.removeprefix("http://"): LABELS}) as running:
         prometheus = running.client()

@@ -8,6 +8,8 @@ import torch
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
 from moe_runtime.engine import Engine
 
+from .hf_models import save_hf_models
+
 # Every family with what changes its math: Qwen2-MoE with a shared expert, q/k/v biases and a dense layer
 # between sparse ones; Qwen3-MoE with q/k norms, an explicit head_dim, renormalised top-k and
 # decoder_sparse_step=2; Mixtral with tied embeddings and grouped-query attention. The larger init
@@ -37,6 +39,12 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def engines(checkpoints) -> dict[str, Engine]:
     return {family: Engine.load(path, device="cpu", dtype="float32") for family, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def hf_saved(checkpoints, tmp_path_factory) -> dict[tuple[str, str], tuple[str, object]]:
+    """Checkpoints written by the installed transformers: (family, layout) -> (directory, its model)."""
+    return save_hf_models(tmp_path_factory.mktemp("hf_saved"), checkpoints)
 
 
 @pytest.fixture(params=sorted(SPECS))

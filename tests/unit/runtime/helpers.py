@@ -7,14 +7,14 @@ import torch
 from moe_runtime.engine import Engine
 
 
-def greedy(engine: Engine, prompt: list[int], steps: int) -> list[int]:
+def greedy(engine: Engine, prompt: list[int], steps: int, adapter: str | None = None) -> list[int]:
     """Greedy decoding through forward(), never stopping early (no eos)."""
     seq = engine.new_sequence()
-    logits = engine.forward([(seq, prompt)])
+    logits = engine.forward([(seq, prompt, adapter)])
     tokens = []
     for _ in range(steps):
         tokens.append(int(logits[0].argmax()))
-        logits = engine.forward([(seq, [tokens[-1]])])
+        logits = engine.forward([(seq, [tokens[-1]], adapter)])
     engine.release(seq)
     return tokens
 

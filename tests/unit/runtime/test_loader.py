@@ -47,6 +47,32 @@ def test_sharded_checkpoint_loads_the_same_weights(engines, tmp_path):
     )
 
 
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_fused_expert_layout_loads_the_same_model(engines, family, tmp_path):
+    fused = write_checkpoint(
+        CheckpointSpec(**{**SPECS[family].__dict__, "layout": "fused"}), tmp_path / "fused"
+    )
+    names = set(load_file(fused / "model.safetensors"))
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names and "model.layers.0.mlp.gate.weight" in names
+    assert not any(".experts.0." in name or "block_sparse_moe" in name for name in names)
+    prompt = prompt_ids(101, 12)
+    ours = Engine.load(str(fused))
+    torch.testing.assert_close(
+        ours.forward([(ours.new_sequence(), prompt)]),
+        engines[family].forward([(engines[family].new_sequence(), prompt)]),
+    )
+
+
+def test_fused_tensor_with_a_wrong_shape_is_named(tmp_path):
+    path = write_checkpoint(CheckpointSpec("qwen3_moe", num_layers=1, layout="fused"), tmp_path / "fused")
+    edit_config(path, moe_intermediate_size=32)
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor 'model.layers.0.mlp.experts.gate_up_proj' has shape \(8, 128, 64\), but config.json implies \(8, 64, 64\)",
+    ):
+        Engine.load(str(path))
+
+
 def test_checkpoint_keeps_per_expert_tensor_names(checkpoints):
     names = set(load_file(Path(checkpoints["mixtral"]) / "model.safetensors"))
     assert "model.layers.0.block_sparse_moe.experts.7.w3.weight" in names

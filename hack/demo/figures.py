@@ -1,0 +1,97 @@
+"""What the demo shows, read as the operator reads it: queue depth and per-revision p99 from Prometheus (the
+operator's own queries, moe_operator.prom), replicas and revisions from the ModelDeployment's status, and the
+operator's Events. A sampler thread records them every second for the summary and the picture."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from kubernetes import client
+
+from moe_operator.prom import Prometheus
+from moe_operator.promdata import Measurement, PodSamples
+
+P99_WINDOW_S = 10
+
+
+@dataclass
+class Sample:
+    at: float
+    queue: float | None  # waiting requests over all pods
+    desired: int
+    ready: int
+    p99_stable: float | None
+    p99_canary: float | None
+    canary: str | None
+
+
+@dataclass
+class Recorder:
+    prometheus: Prometheus
+    custom: client.CustomObjectsApi
+    core: client.CoreV1Api
+    namespace: str
+    name: str
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def status(self) -> dict:
+        md = self.custom.get_namespaced_custom_object(
+            "moedeploy.dev", "v1alpha1", self.namespace, "modeldeployments", self.name
+        )
+        return md.get("status", {})
+
+    def queue(self) -> float | None:
+        found = self.prometheus.queue_depth(self.namespace, self.name, window_s=4)
+        return sum(found.values.values()) if isinstance(found, PodSamples) else None
+
+    def p99(self, revision: str | None) -> float | None:
+        if not revision:
+            return None
+        found = self.prometheus.canary_window(self.namespace, self.name, revision, time.time(), P99_WINDOW_S)
+        return found.p99_latency_s if isinstance(found, Measurement) and found.requests else None
+
+    def sample(self) -> Sample:
+        status = self.status()
+        canary = (status.get("canary") or {}).get("revision")
+        return Sample(
+            at=time.time(),
+            queue=self.queue(),
+            desired=status.get("desiredReplicas", 0),
+            ready=status.get("readyReplicas", 0),
+            p99_stable=self.p99(status.get("stableRevision")),
+            p99_canary=self.p99(canary),
+            canary=canary,
+        )
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.wait(1.0):
+                try:
+                    self.samples.append(self.sample())
+                except Exception:  # the picture gets a gap, the demo goes on
+                    continue
+
+        threading.Thread(target=run, name="recorder", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        return [s for s in self.samples if start <= s.at <= end]
+
+    def events(self) -> list[tuple[float, str, str, str]]:
+        """(time, type, reason, message) of the ModelDeployment's Events, in the order they happened."""
+        found = self.core.list_namespaced_event(
+            self.namespace,
+            field_selector=f"involvedObject.kind=ModelDeployment,involvedObject.name={self.name}",
+        )
+        events = []
+        for event in found.items:
+            stamp = event.last_timestamp or event.event_time or event.first_timestamp
+            at = stamp.timestamp() if isinstance(stamp, datetime) else 0.0
+            events.append((at, event.type, event.reason, event.message))
+        return sorted(events)

@@ -1,0 +1,122 @@
+"""The HTTP side when the engine misbehaves: stuck (the backstop deadline answers), dead (503 everywhere), or
+slow to tokenize (other requests and the probes go on meanwhile)."""
+
+import asyncio
+import itertools
+import threading
+from types import SimpleNamespace
+
+import httpx
+
+from moe_runtime.generation import Limits
+from moe_runtime.metrics import RuntimeMetrics
+from moe_runtime.server import ServingState, create_app
+from moe_runtime.streams import GenerationStream, OpenStreams
+
+BODY = {"prompt": "hello", "max_tokens": 4}
+
+
+class FakeTokenizer:
+    eos_token_ids = frozenset()
+
+    def __init__(self, encode_gate: threading.Event | None = None) -> None:
+        self.encode_gate = encode_gate
+        self.encoding = threading.Event()
+
+    def encode(self, text: str) -> list[int]:
+        self.encoding.set()
+        if self.encode_gate is not None:
+            self.encode_gate.wait(timeout=5)
+        return [1] * len(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return "x" * len(ids)
+
+
+class SilentWorker:
+    """Takes requests and never answers, as an engine stuck in a step would."""
+
+    def __init__(self, metrics: RuntimeMetrics, tokenizer=None) -> None:
+        self.engine = SimpleNamespace(tokenizer=tokenizer or FakeTokenizer())
+        self.failure: Exception | None = None
+        self.cancelled: list[str] = []
+        self.idle = False
+        self._streams = OpenStreams(metrics)
+        self._ids = itertools.count()
+
+    def submit(self, prompt, params, timeout_s) -> GenerationStream:
+        return GenerationStream(f"req-{next(self._ids)}", len(prompt), self.cancelled.append, self._streams)
+
+
+def serving(worker_factory=SilentWorker, **kw) -> ServingState:
+    state = ServingState(RuntimeMetrics(), **{"request_timeout_s": 0.05, "backstop_margin_s": 0.05, **kw})
+    state.activate(
+        worker_factory(state.metrics), "m", Limits(max_context=100, vocab_size=50, default_max_tokens=4)
+    )
+    return state
+
+
+async def client_for(state: ServingState):
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://test")
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=20))
+
+
+def test_a_request_the_engine_never_answers_ends_at_the_backstop_deadline():
+    state = serving()
+
+    async def go():
+        async with await client_for(state) as client:
+            whole = await client.post("/v1/completions", json=BODY)
+            streamed = await client.post("/v1/completions", json={**BODY, "stream": True})
+            return whole, streamed
+
+    whole, streamed = run(go())
+    assert whole.status_code == 504 and whole.json()["error"]["type"] == "timeout_error"
+    events = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert '"timeout_error"' in events[-2] and events[-1] == "data: [DONE]"
+    assert set(state.worker.cancelled) == {"req-0", "req-1"}  # the engine is told to drop them
+    metrics = state.metrics.registry
+    assert metrics.get_sample_value("moe_runtime_request_latency_seconds_count") == 2
+    assert metrics.get_sample_value("moe_runtime_requests_total", {"status": "504"}) == 2
+    assert metrics.get_sample_value("moe_runtime_oldest_request_age_seconds") == 0
+
+
+def test_a_failed_engine_turns_health_and_readiness_to_503_and_refuses_requests():
+    state = serving()
+    state.worker.failure = RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    async def go():
+        async with await client_for(state) as client:
+            return [
+                await client.get("/health"),
+                await client.get("/ready"),
+                await client.post("/v1/completions", json=BODY),
+            ]
+
+    health, ready, generation = run(go())
+    assert health.status_code == 503 and "illegal memory access" in health.json()["error"]
+    assert (ready.status_code, ready.json()) == (503, {"status": "failed"})
+    assert generation.status_code == 503 and generation.json()["error"]["code"] == "failed"
+
+
+def test_health_answers_while_a_prompt_is_being_tokenized():
+    gate = threading.Event()
+    tokenizer = FakeTokenizer(encode_gate=gate)
+    state = serving(lambda metrics: SilentWorker(metrics, tokenizer), request_timeout_s=None)
+
+    async def go():
+        async with await client_for(state) as client:
+            generation = asyncio.create_task(client.post("/v1/completions", json={**BODY, "max_tokens": 1}))
+            while not tokenizer.encoding.is_set():
+                await asyncio.sleep(0.01)
+            health = await client.get("/health")
+            answered_while_tokenizing = not gate.is_set()
+            gate.set()
+            generation.cancel()
+            return health, answered_while_tokenizing
+
+    health, answered_while_tokenizing = run(go())
+    assert health.status_code == 200 and answered_while_tokenizing
