@@ -40,10 +40,9 @@ def condition_flips(previous: Mapping[str, Any], status: Mapping[str, Any]) -> l
         find_condition(status, "MetricsAvailable"),
         find_condition(previous, "MetricsAvailable"),
     )
-    if metrics.get("status") == "False" and (had_metrics.get("status"), had_metrics.get("reason")) != (
-        "False",
-        metrics.get("reason"),
-    ):
+    # One Warning per stretch without data, whatever reasons it goes through: a Prometheus that comes back
+    # reads NoSeries or StaleSeries until it has scraped again, which is the same outage, not news.
+    if metrics.get("status") == "False" and had_metrics.get("status") != "False":
         flips.append(
             Event("Warning", metrics["reason"], f"cannot read the queue depth: {metrics['message']}")
         )

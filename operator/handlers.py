@@ -22,7 +22,12 @@ RESOURCES = {  # kind -> kopf resource selector
 }
 
 
-@kopf.on.startup()
+# A start that failed (the API server answering 429 while it initialises a new CRD's storage, say) is retried
+# in seconds rather than kopf's default minute.
+STARTUP_RETRY_S = 5
+
+
+@kopf.on.startup(backoff=STARTUP_RETRY_S)
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Without scanning kopf needs no access to CRDs or Namespaces; the CRD is installed before the operator.
     settings.scanning.disabled = True
@@ -31,7 +36,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     for kind, selector in WATCHED.items():
         if selector:  # filtered by the API server, not after the fact
             settings.watching.label_selectors[RESOURCES[kind]] = selector
-    memo.manager = Manager(memo.options)
+    if "manager" not in memo:  # a retry takes up the manager of the failed try, whose metrics port is bound
+        memo.manager = Manager(memo.options)
     memo.manager.start()
 
 

@@ -90,6 +90,7 @@ class Manager:
             adapters=AdapterReader(prometheus),
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers)
+        self.metrics_server = None
         self.elector = None
         if options.leader_elect:
             self.elector = LeaderElector(
@@ -103,7 +104,9 @@ class Manager:
             )
 
     def start(self) -> None:
-        if self.options.metrics_port is not None:
+        """Serves the metrics, fills the cache and starts reconciling (or campaigning). Safe to call again after
+        it failed: the metrics port stays bound from the first call."""
+        if self.options.metrics_port is not None and self.metrics_server is None:
             self.metrics_server = operator_metrics.start(self.options.metrics_port)
         self.prime()
         if self.elector is None:

@@ -1,4 +1,8 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from moe_operator.events import Event, condition_flips
+from moe_operator.promdata import NO_DATA_REASONS
 
 
 def status(ready="False", degraded="False", degraded_reason="AsExpected", message="stuck"):
@@ -48,7 +52,24 @@ def test_missing_metrics_are_reported_once_and_their_return_too():
         "PrometheusUnavailable"
     ]
     assert condition_flips(down, down) == []
-    assert [e.reason for e in condition_flips(down, metrics("False", "NoSeries"))] == ["NoSeries"]
     assert [e.reason for e in condition_flips(down, metrics("True", "QueueDepthRead"))] == [
         "MetricsAvailable"
     ]
+
+
+@given(st.lists(st.sampled_from(NO_DATA_REASONS), min_size=1, max_size=8))
+def test_one_outage_is_one_warning_whatever_reasons_it_goes_through(outage):
+    # e.g. Prometheus restarted: unreachable, then up but not scraped yet (no series, then stale ones)
+    previous, warnings = metrics("True", "QueueDepthRead"), []
+    for reason in outage:
+        current = metrics("False", reason)
+        warnings += [e.reason for e in condition_flips(previous, current) if e.type == "Warning"]
+        previous = current
+    assert warnings == [outage[0]]
+    assert [e.reason for e in condition_flips(previous, metrics("True", "QueueDepthRead"))] == [
+        "MetricsAvailable"
+    ]
+
+
+def test_a_new_object_without_data_is_warned_about():
+    assert [e.reason for e in condition_flips({}, metrics("False", "NoSeries"))] == ["NoSeries"]
