@@ -88,6 +88,7 @@ class Manager:
             analyzer=Analyzer(prometheus),
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers)
+        self.metrics_server = None
         self.elector = None
         if options.leader_elect:
             self.elector = LeaderElector(
@@ -101,7 +102,8 @@ class Manager:
             )
 
     def start(self) -> None:
-        if self.options.metrics_port is not None:
+        """kopf runs this again, a while later, when it raised (the API server away at startup, say)."""
+        if self.options.metrics_port is not None and self.metrics_server is None:
             self.metrics_server = operator_metrics.start(self.options.metrics_port)
         self.prime()
         if self.elector is None:
