@@ -150,15 +150,6 @@ class _Pass:
 
         stable_state = DeploymentState.of(self.stable) if self.stable else None
         canary_state = DeploymentState.of(self.canary) if self.canary else None
-        floor = state.canary.baseline_replicas if state.canary and state.canary.phase != "Promoting" else 0
-        scaling = self.r._scaler.scale(
-            self.md,
-            spec,
-            count_pods(self.pods, STABLE),
-            stable_state.desired if stable_state else None,
-            floor,
-            self.now,
-        )
         analysis_due = None
         verdict = CONTINUE
         if (
@@ -179,7 +170,7 @@ class _Pass:
                 target=target.hash,
                 strategy=spec.rollout.strategy,
                 now=self.now,
-                stable_replicas=stable_state.desired if stable_state else scaling.replicas,
+                stable_replicas=stable_state.desired if stable_state else spec.replicas,
                 canary_replicas=spec.rollout.canary_replicas,
                 canary_ready=canary_ready,
                 stable_done=stable_state is not None
@@ -190,6 +181,17 @@ class _Pass:
                 verdict=verdict,
                 retry_token=(self.md["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
             ),
+        )
+        # the floor comes from the plan, so that the pass which starts a canary already holds the stable replicas
+        canary = plan.state.canary
+        floor = canary.baseline_replicas if canary and canary.phase != "Promoting" else 0
+        scaling = self.r._scaler.scale(
+            self.md,
+            spec,
+            count_pods(self.pods, STABLE),
+            stable_state.desired if stable_state else None,
+            floor,
+            self.now,
         )
         self.events.extend(plan.events)
         self.events.extend(scaling.events)
