@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
 
 from moe_operator.promql import canary_window
-from tests.integration.local_stack import local_md
-from tests.waiting import wait_until_serving
+from tests.integration.local_stack import local_md, processes
+from tests.waiting import wait_for, wait_until_serving
 
 # Closed loop: a slow canary collects most of the clients (each next request goes to the next pod in turn),
 # so its latency grows with their number while a batching one's grows far less. Measured on 2 busy cores
@@ -43,6 +44,16 @@ ANALYSIS = {
     "maxErrorRatio": 0.01,
 }
 DRAIN_DELAY_S = 2  # the load generator re-reads targets.json before every request: a pod leaves it at once
+
+# the good revision's SLO: this many times the p99 of the stable pod alone under the load. Lenient on purpose:
+# on two cores a second busy pod adds no capacity, so beside its canary the stable pod is slower, not faster,
+# and a fresh canary collects clients while it warms up (measured: 1.0 s alone, 0.9-2.5 s for the pair)
+GOOD_MARGIN = 5.0
+# the bad revision's SLO: this many times the good canary's median window p99 under the same load. Measured
+# with 24 clients on 2 cores at load average 8-16, windows after the initial delay: good 0.93-4.97 s, bad
+# 9.6-19.8 s, their ratio within one run 2.0 (load average 16) to 10. The histogram's buckets make the estimates
+# cluster at their bounds (2.5, 5, 10, 20 s): at 2 times, a good 4.97 s gave 9.9 s against a bad 9.95 s.
+BAD_MARGIN = 1.5
 
 
 def canary_md(name: str, model_dir: Path, p99_s: float, replicas: int = 1, **slo: Any) -> dict:
@@ -253,3 +264,44 @@ class PrivatePrometheus:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+# ---- what the canary tests and the benchmark wait for and derive -------------------------------------------
+
+
+def new_revision(models, name: str, old: str) -> str:
+    """The revision the operator says the spec now describes, once it is another than `old`."""
+
+    def described() -> str | None:
+        md = models.get(name)
+        status = md.get("status") or {}
+        current = status.get("observedGeneration") == md["metadata"]["generation"] and status.get(
+            "currentRevision"
+        )
+        return current if current and current != old else None
+
+    return wait_for(described, timeout=30, what=f"the operator to see the new revision of {name}")
+
+
+def measured_p99(prom, models, name: str, revision: str, since: float, window_s: float) -> float | None:
+    """The p99 latency of `revision` over a window that lies wholly under the load started at `since`."""
+    if time.monotonic() - since < window_s + 2:  # two scrapes of slack: the window must be under load
+        return None
+    if requests_answered(prom, models.namespace, name, revision, window_s) < 20:
+        return None
+    return p99_latency(prom, models.namespace, name, revision, window_s)
+
+
+def canary_gone(cluster, models, name: str) -> bool:
+    """No canary Deployment, no canary pod in the API, no canary process left on the node."""
+    live = processes(cluster.state_dir, models.namespace, name)
+    return (
+        models.deployment(f"{name}-canary") is None
+        and not track_pods(models, name, "canary")
+        and not any(pod.startswith(f"{name}-canary-") for pod in live)
+    )
+
+
+def slo_threshold(latency_s: float, margin: float) -> float:
+    """`margin` times `latency_s`, to two significant digits (readable in status messages)."""
+    return float(f"{margin * latency_s:.2g}")

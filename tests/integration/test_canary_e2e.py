@@ -24,25 +24,28 @@ from prometheus_api_client import PrometheusConnect
 
 from tests.integration.canary_stack import (
     ANALYSIS,
+    BAD_MARGIN,
     CHECKPOINT_LAYERS,
+    GOOD_MARGIN,
     LOAD_CONCURRENCY,
     DeploymentHistory,
     PrivatePrometheus,
     SteadyLoad,
+    canary_gone,
     canary_md,
     condition,
     events,
+    measured_p99,
     metric,
+    new_revision,
     operator_metrics,
-    p99_latency,
     rejected,
-    requests_answered,
     requests_of,
     scraped_revisions,
+    slo_threshold,
     template_revision,
-    track_pods,
 )
-from tests.integration.local_stack import START_TIMEOUT_S, processes, targets, write_tiny_checkpoint
+from tests.integration.local_stack import START_TIMEOUT_S, targets, write_tiny_checkpoint
 from tests.integration.operator_support import Models, OperatorProcess
 from tests.integration.runtime_server.harness import free_port
 from tests.waiting import wait_for
@@ -54,13 +57,6 @@ WINDOW_S = ANALYSIS["analysisIntervalSeconds"]
 # a canary's pod starting, then its analysis; a promotion adds the stable Deployment's rolling update
 DECIDED_S = START_TIMEOUT_S + 12 * WINDOW_S
 PROMOTED_S = DECIDED_S + START_TIMEOUT_S
-# the good revision's SLO: this many times the p99 of the stable pod alone under the load. Lenient on purpose:
-# on two cores a second busy pod adds no capacity, so beside its canary the stable pod is slower, not faster,
-# and a fresh canary collects clients while it warms up (measured: 1.0 s alone, 0.9-2.5 s for the pair)
-GOOD_MARGIN = 5.0
-# the bad revision's SLO: this many times the good canary's median window p99 under the same load (measured
-# with 24 clients on 2 cores at load average 10-18: 0.9-2.5 s good, 9.9-19.8 s at `maxBatchSequences: 1`)
-BAD_MARGIN = 2.0
 
 
 @dataclass
@@ -104,36 +100,6 @@ class Seen:
         return [w["p99LatencySeconds"] for w in self.windows.values() if w["kind"] == kind]
 
 
-def new_revision(models, name: str, old: str) -> str:
-    def described() -> str | None:
-        md = models.get(name)
-        status = md.get("status") or {}
-        current = status.get("observedGeneration") == md["metadata"]["generation"] and status.get(
-            "currentRevision"
-        )
-        return current if current and current != old else None
-
-    return wait_for(described, timeout=30, what=f"the operator to see the new revision of {name}")
-
-
-def measured_p99(prom, models, name: str, revision: str, since: float, window_s: float) -> float | None:
-    """The p99 latency of `revision` over a window that lies wholly under the load started at `since`."""
-    if time.monotonic() - since < window_s + 2:  # two scrapes of slack: the window must be under load
-        return None
-    if requests_answered(prom, models.namespace, name, revision, window_s) < 20:
-        return None
-    return p99_latency(prom, models.namespace, name, revision, window_s)
-
-
-def canary_gone(cluster, models, name: str) -> bool:
-    live = processes(cluster.state_dir, models.namespace, name)
-    return (
-        models.deployment(f"{name}-canary") is None
-        and not track_pods(models, name, "canary")
-        and not any(pod.startswith(f"{name}-canary-") for pod in live)
-    )
-
-
 def delete_and_wait(models, name: str) -> None:
     """Deletes `name` and waits for its pods to be gone; first prints its status and events (pytest shows
     them when a test failed)."""
@@ -148,10 +114,6 @@ def wait_warm(prom, models, name: str, requests: int = 10) -> None:
         lambda: requests_of(prom, models.namespace, name, WINDOW_S) >= requests,
         timeout=90, what=f"the load on {name} to show in Prometheus",
     )  # fmt: skip
-
-
-def slo_threshold(latency_s: float, margin: float) -> float:
-    return float(f"{margin * latency_s:.2g}")
 
 
 # ---- fixtures --------------------------------------------------------------------------------------------------
