@@ -76,9 +76,11 @@ def api_client(connections: int, configuration: client.Configuration | None = No
         config.load_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = connections
     configuration.socket_options = keepalive_socket_options()
-    # a failed connect is retried; a request that was sent and timed out is not (it may have done its work)
+    # a failed connect is retried; a request that was sent and timed out is not (it may have done its work).
+    # A read or an idempotent write answered 429 or 503 with Retry-After (a watch cache still starting, as for
+    # a CRD just created) is tried again after that delay, as client-go does.
     configuration.retries = urllib3.Retry(
-        total=3, connect=3, read=0, redirect=0, status=0, backoff_factor=0.2
+        total=3, connect=3, read=0, redirect=0, status=3, backoff_factor=0.2
     )
     return client.ApiClient(configuration)
 

@@ -19,10 +19,10 @@ from tests.waiting import wait_for
 START_TIMEOUT_S = 120  # loading torch and the weights on two busy cores, plus the probes' periods
 
 
-def write_tiny_checkpoint(out: Path) -> Path:
+def write_tiny_checkpoint(out: Path, num_layers: int = 2) -> Path:
     subprocess.run(
         [sys.executable, "-m", "moe_runtime", "make-checkpoint", "--family", "qwen3_moe", "--out", str(out),
-         "--num-layers", "2", "--hidden-size", "32", "--num-experts", "4", "--vocab-size", "320"],
+         "--num-layers", str(num_layers), "--hidden-size", "32", "--num-experts", "4", "--vocab-size", "320"],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return out

@@ -57,3 +57,14 @@ def test_paths():
         == "/apis/moedeploy.dev/v1alpha1/namespaces/ns/modeldeployments/m/status"
     )
     assert path("Pod", None) == "/api/v1/pods"
+
+
+def test_a_read_answered_429_with_retry_after_is_tried_again_as_client_go_does():
+    """kube-apiserver answers 429 (Retry-After: 1) to the first list of a CRD whose watch cache is starting:
+    an operator started just after its CRD was installed must not fail on it."""
+    from tests.unit.scripted_api import CACHE_STARTING, EMPTY_LIST, ScriptedApi
+
+    with ScriptedApi(lambda method, path, n: CACHE_STARTING if n == 0 else EMPTY_LIST) as api:
+        kube = Kube(api_client(connections=2, configuration=client.Configuration(host=api.url)))
+        assert kube.list("ModelDeployment", "ns") == []
+        assert api.requests == [("GET", "/apis/moedeploy.dev/v1alpha1/namespaces/ns/modeldeployments")] * 2

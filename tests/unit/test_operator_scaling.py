@@ -6,7 +6,7 @@ from moe_operator.reconcile import Reconciler
 from moe_operator.rollout import Verdict
 from moe_operator.scaling import Scaler
 from tests.unit.operator_fake_api import Events
-from tests.unit.test_operator_reconcile import NAME, NS, OPEN_POLICY, Clock, Verdicts, World
+from tests.unit.test_operator_reconcile import NAME, NS, OPEN_POLICY, Clock, World
 
 AUTOSCALING = {
     "enabled": True,
@@ -38,7 +38,7 @@ class AutoscaledWorld(World):
     def _reconciler(self):
         return Reconciler(
             self.api, self.api.cache, self.events, policy=lambda: OPEN_POLICY, scaler=Scaler(self.prometheus),
-            analyzer=Verdicts(), clock=self.clock,
+            analyzer=self.analyser, clock=self.clock,
         )  # fmt: skip
 
     def restart(self):
