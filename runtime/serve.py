@@ -33,6 +33,7 @@ flag has vLLM's name; the older names still work.
 | --max-messages | MOE_RUNTIME_MAX_MESSAGES | 2048 | most messages in a chat request |
 | --max-stop-strings | MOE_RUNTIME_MAX_STOP_STRINGS | 4 | most stop strings in a request |
 | --max-stop-string-chars | MOE_RUNTIME_MAX_STOP_STRING_CHARS | 256 | longest stop string |
+| --max-logprobs | MOE_RUNTIME_MAX_LOGPROBS | 20 | most log-probabilities per token a request may ask for |
 | --expert-metrics | MOE_RUNTIME_EXPERT_METRICS | expert | `off`, `expert` (summed over layers) or `layer_expert` |
 | --log-level | MOE_RUNTIME_LOG_LEVEL | info | `debug`, `info`, `warning`, `error` |
 | --log-format | MOE_RUNTIME_LOG_FORMAT | text | `text`, or `json` (one object per line) |
@@ -102,6 +103,7 @@ def limits(args: argparse.Namespace, engine) -> Limits:
         kv_capacity_tokens=engine.max_kv_tokens,
         kv_tokens_per_sequence=kv_tokens_per_sequence(engine),
         request=request_limits(args),
+        max_sequences=args.max_queue,
     )
 
 

@@ -118,6 +118,8 @@ OPTIONS = (
            "most stop strings in a request"),
     Option(("--max-stop-string-chars",), "MOE_RUNTIME_MAX_STOP_STRING_CHARS", _positive_int,
            LIMITS.max_stop_string_chars, "longest stop string in characters"),
+    Option(("--max-logprobs",), "MOE_RUNTIME_MAX_LOGPROBS", _non_negative_int, LIMITS.max_logprobs,
+           "most log-probabilities per token a request may ask for (`logprobs`, `top_logprobs`)"),
     Option(("--expert-metrics",), "MOE_RUNTIME_EXPERT_METRICS", default=ExpertMetrics.EXPERT.value,
            choices=tuple(m.value for m in ExpertMetrics), help="expert token counters: off, per expert "
            "(layer=\"all\") or per layer and expert"),
@@ -170,4 +172,5 @@ def request_limits(args: argparse.Namespace) -> RequestLimits:
         max_messages=args.max_messages,
         max_stop_strings=args.max_stop_strings,
         max_stop_string_chars=args.max_stop_string_chars,
+        max_logprobs=args.max_logprobs,
     )

@@ -165,17 +165,22 @@ def test_full_queue_refuses_at_submit():
     run_with_worker(FakeEngine(), SchedulerConfig(max_queue=1, max_running=1), body)
 
 
-def test_stop_tokens_end_generation_without_being_emitted():
+def test_a_stop_token_ends_generation_and_comes_last_flagged_and_counted_as_vllm_counts_it():
     prompt = [4, 4]
     stop = expected_output(prompt, 3)[2]
 
     async def body(worker):
-        return await collect(
-            worker.submit(prompt, SamplingParams(max_tokens=10, stop_token_ids=(stop,)), None)
-        )
+        stream = worker.submit(prompt, SamplingParams(max_tokens=10, stop_token_ids=(stop,)), None)
+        events = []
+        async for event in stream:
+            events.append(event)
+        return events
 
-    ids, finished = run_with_worker(FakeEngine(), SchedulerConfig(), body)
-    assert ids == expected_output(prompt, 2) and finished.reason is FinishReason.STOP
+    events = run_with_worker(FakeEngine(), SchedulerConfig(), body)
+    *tokens, finished = events
+    assert [t.ids[0] for t in tokens] == expected_output(prompt, 3)
+    assert [t.stop for t in tokens] == [False, False, True]
+    assert finished == Finished(FinishReason.STOP, len(prompt), 3)
 
 
 def test_a_request_whose_sampling_fails_does_not_fail_its_batch_mates(monkeypatch):
@@ -183,10 +188,10 @@ def test_a_request_whose_sampling_fails_does_not_fail_its_batch_mates(monkeypatc
 
     real_sample_next = worker_module.sample_next
 
-    def sample_next(logits, params, generators):
+    def sample_next(logits, params, generators, *history):
         if any(p.seed == 666 for p in params):
             raise RuntimeError("bad parameters")
-        return real_sample_next(logits, params, generators)
+        return real_sample_next(logits, params, generators, *history)
 
     monkeypatch.setattr(worker_module, "sample_next", sample_next)
 
@@ -244,7 +249,9 @@ def test_every_ending_counts_in_latency_and_the_oldest_open_request_has_an_age()
         assert sample("moe_runtime_oldest_request_age_seconds") == 0
         timed_out = worker.submit([1], SamplingParams(max_tokens=10**6), timeout_s=0.3)
         cancelled = worker.submit([2], SamplingParams(max_tokens=10**6), None)
-        await anext(aiter(cancelled))
+        events = aiter(cancelled)
+        await anext(events)
+        await anext(events)  # two tokens: a time per output token to observe however soon the cancel lands
         assert sample("moe_runtime_oldest_request_age_seconds") > 0
         cancelled.cancel()
         return await collect(timed_out), await collect(cancelled)
