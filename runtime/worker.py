@@ -52,6 +52,15 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in message or "not enough memory" in message)
 
 
+def unscored_span(start: int, count: int, prompt_length: int, scored: int) -> tuple[int, int] | None:
+    """The prompt tokens (first, last; inclusive) that a chunk of `count` tokens fed from position `start`
+    predicts and that were not scored yet (those before `scored` were), or None. Row j of the chunk predicts
+    the token at start + j + 1; a requeued request prefills its prompt again, maybe cut differently, and
+    must not score a token twice."""
+    first, last = max(scored, start + 1), min(start + count, prompt_length - 1)
+    return (first, last) if first <= last else None
+
+
 @dataclass
 class _Live:
     stream: GenerationStream
@@ -209,19 +218,20 @@ class EngineWorker:
 
     def _scores_prompt(self, item: Work) -> bool:
         live = self._live[item.request.id]
-        if live.params.prompt_logprobs is None or live.scored >= len(item.request.prompt):
-            return False
-        return item.request.prefilled + len(item.tokens) >= live.scored  # the chunk predicts unscored tokens
+        return live.params.prompt_logprobs is not None and self._unscored(item) is not None
+
+    def _unscored(self, item: Work) -> tuple[int, int] | None:
+        live, request = self._live[item.request.id], item.request
+        return unscored_span(request.prefilled, len(item.tokens), len(request.prompt), live.scored)
 
     def _prompt_logprobs(self, item: Work, logits: torch.Tensor) -> list:
-        """Row j of a chunk that starts at position s predicts prompt token s + j + 1; each prompt token's
-        entry is delivered once, even when a requeued request prefills its prompt again."""
-        live, prompt, start = self._live[item.request.id], item.request.prompt, item.request.prefilled
-        first, last = max(live.scored, start + 1), min(start + len(item.tokens), len(prompt) - 1)
-        if first > last:
-            return []
+        """The entries of the prompt tokens this chunk predicts (row j predicts the token at start + j + 1)."""
+        live, start = self._live[item.request.id], item.request.prefilled
+        first, last = self._unscored(item)
         entries = token_logprobs(
-            logits[first - start - 1 : last - start], prompt[first : last + 1], live.params.prompt_logprobs
+            logits[first - start - 1 : last - start],
+            item.request.prompt[first : last + 1],
+            live.params.prompt_logprobs,
         )
         live.scored = last + 1
         return [(live.stream, PromptLogprobs(entries))]
