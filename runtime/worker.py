@@ -67,9 +67,8 @@ class _Live:
     params: SamplingParams
     generator: torch.Generator | None
     cache: object = None
-    scored: int = (
-        1  # prompt tokens before this one had their log-probabilities delivered (the first has none)
-    )
+    # the prompt tokens before this one had their log-probabilities delivered (the first has none)
+    scored: int = 1
 
 
 class EngineWorker:
