@@ -134,7 +134,7 @@ def _sampling(
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     eos = tuple(sorted(tokenizer.eos_token_ids))
-    stops = stop_token_ids(body, limits.vocab_size)
+    stops = stop_token_ids(body, limits.vocab_size, eos)
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,

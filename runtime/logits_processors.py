@@ -51,7 +51,10 @@ def process(
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(prompt) | set(output)), dtype=torch.long)
         values = logits[seen]
-        logits[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        penalised = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        # vLLM takes any penalty above 0: a tiny or huge one must not make a logit infinite (or nan after it)
+        finite = torch.finfo(logits.dtype).max
+        logits[seen] = penalised.clamp(-finite, finite)
     if (p.frequency_penalty or p.presence_penalty) and output:
         counts = torch.bincount(torch.tensor(list(output), dtype=torch.long), minlength=vocab).to(
             logits.dtype

@@ -49,12 +49,20 @@ def logit_bias(body: CompletionRequest | ChatCompletionRequest, vocab_size: int)
     return bias
 
 
-def stop_token_ids(body: CompletionRequest | ChatCompletionRequest, vocab_size: int) -> tuple[int, ...]:
+def stop_token_ids(
+    body: CompletionRequest | ChatCompletionRequest, vocab_size: int, eos: tuple[int, ...] = ()
+) -> tuple[int, ...]:
     ids = tuple(dict.fromkeys(body.stop_token_ids or ()))
     if any(token >= vocab_size for token in ids):
         raise ApiError(
             400,
             f"stop_token_ids has token id {max(ids)}, outside the vocabulary (size {vocab_size})",
+            "stop_token_ids",
+        )
+    if body.min_tokens and len(set(ids) | set(eos)) >= vocab_size:
+        raise ApiError(
+            400,
+            "With min_tokens, stop_token_ids and the eos tokens leave no token to generate",
             "stop_token_ids",
         )
     return ids

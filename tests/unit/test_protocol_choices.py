@@ -101,6 +101,7 @@ def test_logprobs_and_echo():
         ({"prompt": "a", "logit_bias": {"300": 1}}, "logit_bias"),
         ({"prompt": "a", "logit_bias": {"x": 1}}, "logit_bias"),
         ({"prompt": "a", "stop_token_ids": [300]}, "stop_token_ids"),
+        ({"prompt": "a", "min_tokens": 1, "stop_token_ids": list(range(1, VOCAB))}, "stop_token_ids"),
         ({"prompt": "a", "logprobs": 21}, "logprobs"),
         ({"prompt": [[5], [VOCAB]]}, "prompt"),
     ],

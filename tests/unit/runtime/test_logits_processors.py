@@ -43,6 +43,17 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     assert penalised.tolist() == [1.0, -4.0, 2.0, -4.0, 1.0]  # 2 and 4 unseen: unchanged
 
 
+@pytest.mark.parametrize("penalty", [2.2e-309, 1e-30, 1e30, 1.7e308])
+def test_extreme_repetition_penalties_keep_logits_finite_and_sampling_possible(penalty):
+    """vLLM takes any repetition_penalty above 0; one that over- or underflows fp32 must not make a logit
+    infinite, after which tempered sampling would see nan (found by schemathesis: a 500)."""
+    logits = logits_of(3, -2, 0.5, 1)
+    params = SamplingParams(repetition_penalty=penalty, temperature=0.7, seed=1)
+    processed = process(logits, params, prompt=(0, 1, 2, 3), output=())
+    assert torch.isfinite(processed).all()
+    assert sample_next(logits[None], [params], [make_generator(params)], [((0, 1, 2, 3), ())])[0] in range(4)
+
+
 def test_frequency_and_presence_penalties_count_generated_tokens_only():
     logits = logits_of(1, 1, 1, 1)
     params = SamplingParams(frequency_penalty=0.5, presence_penalty=0.25)
