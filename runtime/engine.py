@@ -15,6 +15,9 @@ Contract (the serving layer codes against it):
   prefill chunk; items may differ in length and in how much they already hold) to that sequence's cache,
   runs all of them as ONE batch, and returns fp32 logits [len(batch), vocab] for each item's LAST new
   token. Feeding a prompt in chunks over several calls gives the same logits as feeding it at once.
+  `every_position` (one flag per item) asks for the logits of EVERY new token of the flagged items (prompt
+  log-probabilities): the rows then follow the items' order, each flagged item contributing one row per new
+  token, each other item one row. Without flags nothing extra is computed.
   A sequence may not grow past `max_context` tokens (ValueError). An item may carry a third element, the
   name of a loaded adapter (None: the base model): `(seq, new_token_ids, "sql-lora")`. Items of different
   adapters and base items share the one forward pass; each row gets exactly its own adapter's update, and a
@@ -32,14 +35,16 @@ Contract (the serving layer codes against it):
   window + global_tokens per layer, so it stops growing).
 - `take_expert_token_counts()` = int64 [layers, experts] tokens routed since the last call (dense layers: 0).
 - `generate(prompts, params, adapters=None)` = generated ids per prompt (without the prompt, without the stop
-  token), stopping on eos / stop ids / max_tokens / max_context; `adapters`: one adapter name (or None) per
-  prompt.
+  token), stopping on eos (unless `ignore_eos`) / stop ids / max_tokens / max_context; `adapters`: one adapter
+  name (or None) per prompt.
 
 The engine is used from one thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -187,23 +192,22 @@ class Engine:
             raise AdapterNotFound(name)
 
     @torch.inference_mode()
-    def forward(self, batch: list[BatchItem]) -> torch.Tensor:
+    def forward(self, batch: list[BatchItem], every_position: Sequence[bool] = ()) -> torch.Tensor:
         if not batch:
             raise ValueError("forward needs at least one sequence")
         order, adapters = self._group_by_adapter(batch)
-        if order is not None:
-            batch = [batch[i] for i in order]
-        positions, ids, last = [], [], []
-        for seq, tokens, *_ in batch:
+        run = batch if order is None else [batch[i] for i in order]
+        positions, ids, starts = [], [], []
+        for seq, tokens, *_ in run:
             if not tokens:
                 raise ValueError("each batch item needs at least one new token")
             if seq.length + len(tokens) > self.max_context:
                 raise ValueError(
                     f"sequence would hold {seq.length + len(tokens)} tokens, over max_context {self.max_context}"
                 )
+            starts.append(len(ids))
             positions.extend(range(seq.length, seq.length + len(tokens)))
             ids.extend(tokens)
-            last.append(len(ids) - 1)
         if max(ids) >= self.config.vocab_size or min(ids) < 0:
             raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
         hidden = model.forward(
@@ -211,16 +215,14 @@ class Engine:
             self.config,
             torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),
-            [(seq, len(tokens)) for seq, tokens, *_ in batch],
+            [(seq, len(tokens)) for seq, tokens, *_ in run],
             expert_counts=self._expert_counts,
-            lora=None if order is None else self._lora_batch(batch, adapters, len(ids)),
+            lora=None if order is None else self._lora_batch(run, adapters, len(ids)),
         )
-        if len(last) < len(ids):  # some item brought several tokens: keep each item's last
-            hidden = hidden[torch.tensor(last, device=self.device)]
-        logits = model.logits(self.weights, hidden)
-        if order is not None:  # back to the caller's order
-            logits = logits[torch.tensor(order, device=self.device).argsort()]
-        return logits
+        rows = _rows_wanted(batch, order, starts, every_position, len(ids))
+        if rows is not None:  # some item brought several tokens, or the items were regrouped
+            hidden = hidden[torch.tensor(rows, device=self.device)]
+        return model.logits(self.weights, hidden)
 
     def _group_by_adapter(self, batch: list[BatchItem]):
         """(order of the items grouped by adapter, base first; the adapter of each item in that order), or
@@ -255,16 +257,25 @@ class Engine:
         adapters: list[str | None] | None = None,
     ) -> list[list[int]]:
         params = params if isinstance(params, list) else [params] * len(prompts)
+        eos = tuple(sorted(self.tokenizer.eos_token_ids))
+        params = [p if p.eos_token_ids else dataclasses.replace(p, eos_token_ids=eos) for p in params]
         adapters = adapters or [None] * len(prompts)
         seqs = [self.new_sequence() for _ in prompts]
         generators = [make_generator(p) for p in params]
-        stops = [self.tokenizer.eos_token_ids | set(p.stop_token_ids) for p in params]
+        stops = [
+            set(p.stop_token_ids) | (set() if p.ignore_eos else self.tokenizer.eos_token_ids) for p in params
+        ]
         outputs: list[list[int]] = [[] for _ in prompts]
         try:
             active = list(range(len(prompts)))
             logits = self.forward([(seqs[i], prompts[i], adapters[i]) for i in active])
             while active:
-                tokens = sample_next(logits, [params[i] for i in active], [generators[i] for i in active])
+                tokens = sample_next(
+                    logits,
+                    [params[i] for i in active],
+                    [generators[i] for i in active],
+                    [(prompts[i], outputs[i]) for i in active],
+                )
                 still = []
                 for i, token in zip(active, tokens, strict=True):
                     if token in stops[i]:
@@ -279,6 +290,32 @@ class Engine:
             for seq in seqs:
                 self.release(seq)
         return outputs
+
+
+def _rows_wanted(
+    batch: list[BatchItem],
+    order: list[int] | None,
+    starts: list[int],
+    every_position: Sequence[bool],
+    total: int,
+) -> list[int] | None:
+    """Rows of the flat hidden states to keep, in the caller's item order: each item's last new token, or
+    all its new tokens when flagged; None for all of them as they are. `order` is how the items ran (grouped
+    by adapter), `starts` where each began in that run, `total` the number of rows."""
+    if order is None and (len(batch) == total or all(every_position) and len(every_position) == len(batch)):
+        return None  # one token per item, or every token of every item, in the caller's order
+    place = list(range(len(batch)))
+    if order is not None:
+        for run_index, item in enumerate(order):
+            place[item] = run_index
+    rows: list[int] = []
+    for item, (_, tokens, *_) in enumerate(batch):
+        start = starts[place[item]]
+        if item < len(every_position) and every_position[item]:
+            rows.extend(range(start, start + len(tokens)))
+        else:
+            rows.append(start + len(tokens) - 1)
+    return rows
 
 
 def _tensors(obj):

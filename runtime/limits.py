@@ -3,7 +3,9 @@
 
 The body limit is enforced while the body is read (`body_limit.BodyLimit`); the others are checked on the
 parsed body before anything is tokenized. A token-id prompt is bounded by the context length
-(`--max-model-len`), checked before anything is decoded.
+(`--max-model-len`), checked before anything is decoded. A batch of prompts counts its characters together;
+its prompts times `n` are sequences that must all fit in the waiting queue at once (`--max-queue`, checked
+in `generation`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ class RequestLimits:
     max_messages: int = 2048
     max_stop_strings: int = 4
     max_stop_string_chars: int = 256
+    max_logprobs: int = 20  # vLLM's --max-logprobs default
 
 
 def check_completion(body: CompletionRequest, limits: RequestLimits) -> None:
-    prompt = (
-        body.prompt[0] if isinstance(body.prompt, list) and isinstance(body.prompt[0], str) else body.prompt
-    )
-    if isinstance(prompt, str) and len(prompt) > limits.max_prompt_chars:
-        raise _too_long("prompt", f"The prompt has {len(prompt)} characters", limits)
+    chars = sum(len(prompt) for prompt in body.prompts() if isinstance(prompt, str))
+    if chars > limits.max_prompt_chars:
+        raise _too_long("prompt", f"The prompt has {chars} characters", limits)
     check_stop(body.stop_strings(), limits)
+    check_logprobs(body.logprobs, "logprobs", limits)
 
 
 def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
@@ -44,6 +46,17 @@ def check_chat(body: ChatCompletionRequest, limits: RequestLimits) -> None:
     if chars > limits.max_prompt_chars:
         raise _too_long("messages", f"The messages have {chars} characters", limits)
     check_stop(body.stop_strings(), limits)
+    check_logprobs(body.top_logprobs, "top_logprobs", limits)
+
+
+def check_logprobs(count: int | None, param: str, limits: RequestLimits) -> None:
+    if count is not None and count > limits.max_logprobs:
+        raise ApiError(
+            400,
+            f"{param} asks for {count} log-probabilities per token; this server returns at most "
+            f"{limits.max_logprobs} (--max-logprobs)",
+            param,
+        )
 
 
 def check_stop(stop: tuple[str, ...], limits: RequestLimits) -> None:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ApiError(Exception):
@@ -33,6 +33,19 @@ def error_body(message: str, type: str, param: str | None, code: str | None) -> 
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# Request fields of vLLM's OpenAI server that this one does not implement: refused like unknown fields (a
+# client relying on one would get other output), with a message saying what they are.
+VLLM_UNSUPPORTED = frozenset(
+    {
+        "top_k", "min_p", "use_beam_search", "length_penalty", "spaces_between_special_tokens",
+        "truncate_prompt_tokens", "allowed_token_ids", "prompt_logprobs", "bad_words", "guided_json",
+        "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "structural_tag",
+        "add_special_tokens", "priority", "request_id", "logits_processors", "return_tokens_as_token_ids",
+        "cache_salt", "kv_transfer_params", "vllm_xargs", "add_generation_prompt", "continue_final_message",
+        "chat_template", "chat_template_kwargs", "documents", "mm_processor_kwargs", "prompt_embeds",
+    }
+)  # fmt: skip
+
 # Names pydantic puts into error locations for the members of a union; they are not parameters.
 _UNION_MEMBER_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
@@ -49,6 +62,10 @@ def validation_error(errors: Sequence[dict[str, Any]]) -> ApiError:
     if kind == "missing":
         return ApiError(400, f"Missing required parameter: {param}", param)
     if kind == "extra_forbidden":
+        if param in VLLM_UNSUPPORTED:
+            return ApiError(
+                400, f"Unsupported parameter: {param} (a vLLM extension this server lacks)", param
+            )
         return ApiError(400, f"Unrecognized request argument supplied: {param}", param)
     messages = dict.fromkeys(e["msg"] for e in errors if _param(e["loc"]) == param)
     return ApiError(400, f"Invalid value for {param}: {' or '.join(messages)}", param)
@@ -89,32 +106,36 @@ class _Body(BaseModel):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: bool = True  # vLLM's default once stream_options is given
+    continuous_usage_stats: bool = False  # vLLM: usage (so far) in every chunk too
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class _SamplingFields(_Body):
     model: str | None = None
     temperature: Temperature = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    n: Literal[1] = 1
+    n: PositiveInt = 1  # choices per prompt: as many sequences in the engine (all fit in the queue, or none)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None  # how many and how long: `limits.check_stop`
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch.Generator accepts
-    presence_penalty: Literal[0] = 0
-    frequency_penalty: Literal[0] = 0
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, float] | None = None  # token id -> bias, clamped to [-100, 100] as vLLM does
     user: str | None = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("logit_bias is not supported")
-        return value
+    # vLLM's extensions of the OpenAI API (its `SamplingParams`); names, ranges and meaning are vLLM's
+    repetition_penalty: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    skip_special_tokens: bool = True
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -122,21 +143,24 @@ class _SamplingFields(_Body):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-
-
 class CompletionRequest(_SamplingFields):
+    # one prompt (text or token ids) or a batch of them, each its own choice (`n` each)
     prompt: (
         Annotated[str, Field(min_length=1)]
         | TokenIds
-        | Annotated[list[str], Field(min_length=1, max_length=1)]
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TokenIds], Field(min_length=1)]
     )
-    max_tokens: PositiveInt = 16
+    max_tokens: Annotated[int, Field(ge=0)] = 16  # 0 only with echo: the prompt alone (vLLM)
     echo: bool = False
     best_of: Literal[1] = 1
-    logprobs: None = None
+    logprobs: Annotated[int, Field(ge=0)] | None = None  # alternatives per token; at most --max-logprobs
     suffix: None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class TextPart(_Body):
@@ -164,8 +188,8 @@ class ChatCompletionRequest(_SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
-    logprobs: Literal[False] = False
-    top_logprobs: None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0)] | None = None  # at most --max-logprobs; needs logprobs
     response_format: ResponseFormat | None = None
     tools: Annotated[list[dict], Field(max_length=0)] | None = None
     tool_choice: Literal["none"] | None = None
@@ -180,50 +204,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def completion_body(
-    request_id: str, model: str, text: str | None, finish_reason: str | None, usage_: dict | None = None
-) -> dict:
-    """A whole completion, or (with `usage_` None and `text` the delta) one streamed chunk."""
-    body = {
-        "id": request_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if usage_ is not None:
-        body["usage"] = usage_
-    return body
-
-
-def chat_completion_body(request_id: str, model: str, text: str, finish_reason: str, usage_: dict) -> dict:
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage_,
-    }
-
-
-def chat_chunk_body(request_id: str, model: str, delta: dict, finish_reason: str | None) -> dict:
-    return {
-        "id": request_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
 
 

@@ -109,6 +109,7 @@ class Request:
     output: list[int] = field(default_factory=list)
     cancelled: bool = False
     finish_reason: FinishReason | None = None
+    stop_token_id: int | None = None  # the stop token that ended it (not part of `output`)
     # What the cache must hold before the next token is sampled: the prompt, or after `requeue` the prompt
     # and the tokens generated so far.
     prefill_tokens: list[int] = field(init=False, repr=False)
@@ -162,16 +163,25 @@ class Scheduler:
         return not self.waiting and not self.running
 
     def add(self, request: Request) -> None:
-        if request.id in self._by_id:
-            raise ValueError(f"duplicate request id {request.id}")
+        self.add_all([request])
+
+    def add_all(self, requests: Sequence[Request]) -> None:
+        """Queues all of them or none (QueueFull when the queue lacks room for all: the sequences of one HTTP
+        request, its prompts times `n`, are accepted together or refused together)."""
         capacity = self.config.kv_capacity_tokens
-        if capacity is not None and self._reservation(request) > capacity:
-            raise ValueError(f"request {request.id} needs more KV cache than the {capacity} tokens there are")
-        if len(self.waiting) >= self.config.max_queue:
+        for request in requests:
+            if request.id in self._by_id:
+                raise ValueError(f"duplicate request id {request.id}")
+            if capacity is not None and self._reservation(request) > capacity:
+                raise ValueError(
+                    f"request {request.id} needs more KV cache than the {capacity} tokens there are"
+                )
+        if len(self.waiting) + len(requests) > self.config.max_queue:
             raise QueueFull
-        self.waiting.append(request)
-        self._by_id[request.id] = request
-        self._order[request.id] = next(self._arrival_order)
+        for request in requests:
+            self.waiting.append(request)
+            self._by_id[request.id] = request
+            self._order[request.id] = next(self._arrival_order)
 
     def cancel(self, request_id: str) -> None:
         """Marks a request to be dropped at the next step (no-op when it already finished)."""
@@ -221,6 +231,7 @@ class Scheduler:
                 continue
             assert token is not None
             if token in request.stop_token_ids:
+                request.stop_token_id = token
                 self._finish(request, FinishReason.STOP)
             else:
                 request.output.append(token)

@@ -37,6 +37,7 @@ flag has vLLM's name; the older names still work.
 | --lora-list | MOE_RUNTIME_LORA_LIST | none | JSON file `[{"name": ..., "path": ...}]` of LoRA adapters, watched while serving (a mounted ConfigMap in a pod) |
 | --max-loras | MOE_RUNTIME_MAX_LORAS | 4 | LoRA adapters in memory at once (the least recently used idle one makes room) |
 | --max-lora-rank | MOE_RUNTIME_MAX_LORA_RANK | 16 | highest rank a LoRA adapter may have |
+| --max-logprobs | MOE_RUNTIME_MAX_LOGPROBS | 20 | most log-probabilities per token a request may ask for |
 | --expert-metrics | MOE_RUNTIME_EXPERT_METRICS | expert | `off`, `expert` (summed over layers) or `layer_expert` |
 | --log-level | MOE_RUNTIME_LOG_LEVEL | info | `debug`, `info`, `warning`, `error` |
 | --log-format | MOE_RUNTIME_LOG_FORMAT | text | `text`, or `json` (one object per line) |
@@ -132,6 +133,7 @@ def limits(args: argparse.Namespace, engine) -> Limits:
         kv_capacity_tokens=engine.max_kv_tokens,
         kv_tokens_per_sequence=kv_tokens_per_sequence(engine),
         request=request_limits(args),
+        max_sequences=args.max_queue,
     )
 
 

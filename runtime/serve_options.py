@@ -141,6 +141,8 @@ OPTIONS = (
            "again on demand (vLLM's default is 1: each swap costs a load, so a few more are kept here)"),
     Option(("--max-lora-rank",), "MOE_RUNTIME_MAX_LORA_RANK", _positive_int, 16,
            "highest LoRA rank an adapter may have"),
+    Option(("--max-logprobs",), "MOE_RUNTIME_MAX_LOGPROBS", _non_negative_int, LIMITS.max_logprobs,
+           "most log-probabilities per token a request may ask for (`logprobs`, `top_logprobs`)"),
     Option(("--expert-metrics",), "MOE_RUNTIME_EXPERT_METRICS", default=ExpertMetrics.EXPERT.value,
            choices=tuple(m.value for m in ExpertMetrics), help="expert token counters: off, per expert "
            "(layer=\"all\") or per layer and expert"),
@@ -203,4 +205,5 @@ def request_limits(args: argparse.Namespace) -> RequestLimits:
         max_messages=args.max_messages,
         max_stop_strings=args.max_stop_strings,
         max_stop_string_chars=args.max_stop_string_chars,
+        max_logprobs=args.max_logprobs,
     )

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from moe_runtime.body_limit import BodyLimit
-from moe_runtime.generation import Job, Limits, chat_job, completion_job
+from moe_runtime.generation import Choices, Limits, chat_choices, completion_choices
 from moe_runtime.limits import RequestLimits
 from moe_runtime.lora import AdapterError, AdapterNotFound
 from moe_runtime.metrics import RuntimeMetrics
@@ -125,11 +125,11 @@ def create_app(state: ServingState) -> FastAPI:
 
     @app.post("/v1/completions", responses=GENERATION_ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await _generate(state, request, body, completion_job, COMPLETIONS)
+        return await _generate(state, request, body, completion_choices, COMPLETIONS)
 
     @app.post("/v1/chat/completions", responses=GENERATION_ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _generate(state, request, body, chat_job, CHAT)
+        return await _generate(state, request, body, chat_choices, CHAT)
 
     return app
 
@@ -151,7 +151,7 @@ async def _generate(
     state: ServingState,
     request: Request,
     body: CompletionRequest | ChatCompletionRequest,
-    make_job: Callable[..., Job],
+    make_choices: Callable[..., Choices],
     endpoint: Endpoint,
 ) -> Response:
     if state.current_phase is not Phase.READY or state.worker is None or state.limits is None:
@@ -160,14 +160,16 @@ async def _generate(
     if adapter is not None:
         _check_adapter(state.worker, adapter)
     tokenizer = state.worker.engine.tokenizer
-    job = await asyncio.to_thread(make_job, body, tokenizer, state.limits)
+    choices = await asyncio.to_thread(make_choices, body, tokenizer, state.limits)
     if state.current_phase is not Phase.READY:  # it may have changed while the prompt was tokenized
         raise _unavailable(state)
     loop = asyncio.get_running_loop()
     backstop = state.backstop_s()
     deadline = None if backstop is None else loop.time() + backstop
     try:
-        stream = state.worker.submit(job.prompt_ids, job.params, state.request_timeout_s, adapter)
+        # all of the request's sequences (prompts times n) are queued, or none: a 429 loses nothing
+        sequences = [(job.prompt_ids, job.params) for job in choices.jobs]
+        streams = state.worker.submit_all(sequences, state.request_timeout_s, adapter)
     except AdapterError as error:
         raise _model_not_found(error) from None
     except EngineFailed:
@@ -181,12 +183,17 @@ async def _generate(
             headers={"Retry-After": RETRY_AFTER_S},
         ) from None
     count = functools.partial(_count, state)
-    answer = Answer(endpoint, adapter or state.model_name, tokenizer, request, stream, job, count, deadline)
+    answer = Answer(
+        endpoint, adapter or state.model_name, tokenizer, request, streams, choices, count, deadline
+    )
     if not body.stream:
         return JSONResponse(await answer.whole())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    continuous_usage = include_usage and body.stream_options.continuous_usage_stats
     return StreamingResponse(
-        answer.events(include_usage), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        answer.events(include_usage, continuous_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
     )
 
 

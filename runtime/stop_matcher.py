@@ -3,7 +3,10 @@
 Semantics (independent of how the text is cut into pieces): the text ends where the first stop string to be
 complete begins, reading the text one character at a time; when several complete at the same character, the
 longest of them (the one that begins first) wins. That is what a client reading character by character would
-see. Text is released as soon as it cannot be the beginning of a stop string.
+see. Text is released as soon as it cannot be the beginning of a stop string. With `include` (vLLM's
+`include_stop_str_in_output`) the text ends after the stop string instead. Text fed with `can_stop` false
+(vLLM's `min_tokens`: the first tokens may not stop) completes no stop string; one may begin there and
+complete later.
 
 An Aho-Corasick automaton over the stop strings: its state is the longest tail of the text read so far that
 begins some stop string, which is exactly the text to hold back. Each character costs amortised O(1),
@@ -16,7 +19,8 @@ from collections import deque
 
 
 class StopMatcher:
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], include: bool = False) -> None:
+        self._include = include
         self._goto: list[dict[str, int]] = [{}]
         self._depth = [0]  # length of the text a state stands for
         self._match = [0]  # length of the longest stop string that ends in this state, 0 for none
@@ -26,8 +30,9 @@ class StopMatcher:
         self._state = 0
         self._held = ""  # the tail of the text read so far that may begin a stop string
         self.stopped = False
+        self.matched: str | None = None  # the stop string found
 
-    def feed(self, text: str) -> str:
+    def feed(self, text: str, can_stop: bool = True) -> str:
         """Reads more text; returns what can be released (nothing once a stop string was found)."""
         if self.stopped or not text:
             return ""
@@ -40,10 +45,12 @@ class StopMatcher:
             while state and char not in self._goto[state]:
                 state = self._fail[state]
             state = self._goto[state].get(char, 0)
-            if self._match[state]:
+            if self._match[state] and can_stop:
+                end = offset + i + 1
                 self.stopped = True
+                self.matched = pending[end - self._match[state] : end]
                 self._held = ""
-                return pending[: offset + i + 1 - self._match[state]]
+                return pending[: end if self._include else end - self._match[state]]
         self._state = state
         keep = self._depth[state]
         self._held = pending[len(pending) - keep :] if keep else ""

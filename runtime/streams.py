@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from moe_runtime.logprobs import TokenLogprob
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.scheduler import FinishReason
 
@@ -18,17 +19,26 @@ from moe_runtime.scheduler import FinishReason
 @dataclass(frozen=True)
 class Tokens:
     ids: list[int]
+    logprobs: list[TokenLogprob] | None = None  # one per id, when the request asked for them
+    stop: bool = False  # the last id is the stop token that ended the sequence
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Log-probabilities of prompt tokens (from the second on), in order, as prefill computes them."""
+
+    entries: list[TokenLogprob]
 
 
 @dataclass(frozen=True)
 class Finished:
     reason: FinishReason
     prompt_tokens: int
-    output_tokens: int
+    output_tokens: int  # the stop token counts, as in vLLM's usage
 
 
 class GenerationStream:
-    """Yields `Tokens` events, then one `Finished`."""
+    """Yields `PromptLogprobs` (when asked for) and `Tokens` events, then one `Finished`."""
 
     def __init__(
         self, request_id: str, prompt_tokens: int, cancel: Callable[[str], None], streams: OpenStreams
@@ -41,19 +51,19 @@ class GenerationStream:
         self.closed = False
         self._cancel = cancel
         self._streams = streams
-        self._events: asyncio.Queue[Tokens | Finished] = asyncio.Queue()
+        self._events: asyncio.Queue[Tokens | PromptLogprobs | Finished] = asyncio.Queue()
         streams.open(self)
 
     def cancel(self) -> None:
         self._cancel(self.request_id)
 
-    def put(self, event: Tokens | Finished) -> None:
+    def put(self, event: Tokens | PromptLogprobs | Finished) -> None:
         """Called on the event loop with what the engine thread produced."""
         if self.closed:
             return
         if isinstance(event, Tokens):
             self._streams.tokens(self, len(event.ids))
-        else:
+        elif isinstance(event, Finished):
             self._streams.close(self)
         self._events.put_nowait(event)
 
@@ -64,7 +74,7 @@ class GenerationStream:
         if not self.closed:
             self._streams.close(self)
 
-    async def get(self, deadline: float | None = None) -> Tokens | Finished:
+    async def get(self, deadline: float | None = None) -> Tokens | PromptLogprobs | Finished:
         """The next event; TimeoutError once the event loop's clock passes `deadline`."""
         async with asyncio.timeout_at(deadline):
             return await self._events.get()

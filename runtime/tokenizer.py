@@ -34,6 +34,7 @@ class Tokenizer:
         self.chat_template = chat_template or CHATML_TEMPLATE
         self.special_tokens = special_tokens or {}
         self._template = _jinja().from_string(self.chat_template)
+        self._token_texts: dict[int, str] = {}
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, extra_eos_ids: tuple[int, ...] = ()) -> Tokenizer:
@@ -69,8 +70,15 @@ class Tokenizer:
         # thread must not stop the event loop (3 s for 2 MB here).
         return self._tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, token_id: int) -> str:
+        """One token on its own, special tokens included: what log-probability entries show (as vLLM does)."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self._tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         """The prompt text for a chat, ending with the assistant's turn opened."""

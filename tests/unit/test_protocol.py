@@ -22,18 +22,30 @@ def error_for(model, body: dict):
         ({"prompt": ""}, "prompt"),
         ({"prompt": []}, "prompt"),
         ({"prompt": [1, -2]}, "prompt"),
-        ({"prompt": ["a", "b"]}, "prompt"),
-        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": [["a"]]}, "prompt"),
+        ({"prompt": [[1], []]}, "prompt"),
+        ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
         ({"prompt": "x", "max_tokens": "7"}, "max_tokens"),
         ({"prompt": "x", "max_tokens": True}, "max_tokens"),
         ({"prompt": "x", "temperature": -0.1}, "temperature"),
         ({"prompt": "x", "top_p": 0}, "top_p"),
         ({"prompt": "x", "top_p": 1.5}, "top_p"),
-        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "n": 0}, "n"),
         ({"prompt": "x", "stop": ["a", 5]}, "stop"),
-        ({"prompt": "x", "logprobs": 3}, "logprobs"),
-        ({"prompt": "x", "presence_penalty": 1}, "presence_penalty"),
-        ({"prompt": "x", "logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"prompt": "x", "logprobs": -1}, "logprobs"),
+        ({"prompt": "x", "logprobs": True}, "logprobs"),
+        ({"prompt": "x", "presence_penalty": 2.5}, "presence_penalty"),
+        ({"prompt": "x", "frequency_penalty": -2.01}, "frequency_penalty"),
+        ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),
+        ({"prompt": "x", "logit_bias": {"5": "up"}}, "logit_bias"),
+        ({"prompt": "x", "min_tokens": -1}, "min_tokens"),
+        ({"prompt": "x", "ignore_eos": "yes"}, "ignore_eos"),
+        ({"prompt": "x", "stop_token_ids": [-3]}, "stop_token_ids[0]"),
+        (
+            {"prompt": "x", "stream_options": {"continuous_usage_stats": "on"}},
+            "stream_options.continuous_usage_stats",
+        ),
+        ({"prompt": "x", "best_of": 2}, "best_of"),
         ({"prompt": "x", "stream": "yes"}, "stream"),
         ({"prompt": "x", "bogus": 1}, "bogus"),
         ({"prompt": "x", "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
@@ -56,6 +68,12 @@ def test_completion_errors_name_the_parameter(body, param):
             "max_completion_tokens",
         ),
         ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logprobs": 1}, "logprobs"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": -1}, "top_logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0},
+            "max_completion_tokens",
+        ),
         (
             {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
             "response_format.type",
@@ -105,3 +123,44 @@ def test_valid_requests_keep_their_values():
         }
     )
     assert chat.messages[0].text() == "ab" and chat.output_limit(default=9) == 9
+
+
+def test_vllm_fields_this_server_lacks_are_refused_by_name_and_said_to_be_vllm_ones():
+    error = error_for(CompletionRequest, {"prompt": "x", "top_k": 5})
+    assert (error.param, error.status) == ("top_k", 400) and "vLLM" in error.message
+    unknown = error_for(CompletionRequest, {"prompt": "x", "frobnicate": 5})
+    assert unknown.param == "frobnicate" and "vLLM" not in unknown.message
+
+
+def test_the_vllm_and_openai_fields_clients_send_are_accepted():
+    body = CompletionRequest.model_validate(
+        {
+            "prompt": [[1, 2], [3]],
+            "n": 2,
+            "ignore_eos": True,
+            "min_tokens": 2,
+            "stop_token_ids": [7],
+            "include_stop_str_in_output": True,
+            "skip_special_tokens": False,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "repetition_penalty": 1.1,
+            "presence_penalty": -0.5,
+            "frequency_penalty": 2,
+            "logit_bias": {"5": 100},
+            "logprobs": 3,
+            "echo": True,
+            "user": "me",
+        }
+    )
+    assert body.prompts() == [[1, 2], [3]] and body.stream_options.continuous_usage_stats
+    assert CompletionRequest.model_validate({"prompt": ["a", "b"]}).prompts() == ["a", "b"]
+    assert CompletionRequest.model_validate({"prompt": [4, 5]}).prompts() == [[4, 5]]
+    chat = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 2, "n": 3}
+    )
+    assert (chat.logprobs, chat.top_logprobs, chat.n) == (True, 2, 3)
+    # vLLM: stream_options given means usage unless it says otherwise
+    assert CompletionRequest.model_validate(
+        {"prompt": "x", "stream_options": {}}
+    ).stream_options.include_usage

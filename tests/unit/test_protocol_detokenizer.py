@@ -68,14 +68,15 @@ class CountingByteTokenizer(ByteTokenizer):
         return super().decode(ids)
 
 
-def reference_cut(text: str, stops: list[str]) -> tuple[str, bool]:
+def reference_cut(text: str, stops: list[str], include: bool = False, stop_from: int = 0) -> tuple[str, bool]:
     """Read one character at a time; stop at the first stop string to complete (the longest when several
-    complete at once), cutting the text where it begins."""
+    complete at once) at character `stop_from` or later, cutting the text where it begins (`include`: where
+    it ends)."""
     stops = [s for s in stops if s]
-    for end in range(1, len(text) + 1):
+    for end in range(stop_from + 1, len(text) + 1):
         complete = [len(s) for s in stops if text[:end].endswith(s)]
         if complete:
-            return text[: end - max(complete)], True
+            return text[: end if include else end - max(complete)], True
     return text, False
 
 
@@ -120,3 +121,37 @@ def test_decoding_stays_linear_when_the_model_emits_broken_characters():
     # each add decodes the previous segment and the held tokens, each at most MAX_HELD_TOKENS long, and
     # finish decodes everything once: linear (holding every token back would decode 16 million ids here)
     assert tokenizer.decoded_ids <= 4000 * (3 * MAX_HELD_TOKENS + 1) + 4000
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts, stops=stop_lists, include=st.booleans(), data=st.data())
+def test_include_and_min_tokens_cut_as_the_reference_however_the_text_arrives(text, stops, include, data):
+    """vLLM's include_stop_str_in_output keeps the stop string; its min_tokens lets no stop string complete
+    in the text of the first tokens (here: characters), though one may begin there."""
+    stop_from = data.draw(st.integers(0, len(text)))
+    matcher = StopMatcher(tuple(stops), include)
+    pieces = chunked(data, list(text[:stop_from])) + chunked(data, list(text[stop_from:]))
+    released, fed = "", 0
+    for piece in pieces:
+        released += matcher.feed("".join(piece), can_stop=fed >= stop_from)
+        fed += len(piece)
+    released += matcher.finish()
+    expected, stopped = reference_cut(text, stops, include, stop_from)
+    assert (released, matcher.stopped) == (expected, stopped)
+    if stopped:
+        assert matcher.matched in stops and (expected.endswith(matcher.matched) or not include)
+
+
+class SpecialByteTokenizer(ByteTokenizer):
+    """Bytes, and id 256 a special token."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        parts = [b"<eos>" if t == 256 else bytes([t]) for t in ids if t != 256 or not skip_special_tokens]
+        return b"".join(parts).decode("utf-8", errors="replace")
+
+
+def test_special_tokens_show_only_without_skip_special_tokens():
+    for skip, expected in ((True, "ab"), (False, "a<eos>b")):
+        assembler = TextAssembler(SpecialByteTokenizer(), skip_special_tokens=skip)
+        text = "".join(assembler.add([t]) for t in (97, 256, 98)) + assembler.finish()
+        assert text == expected

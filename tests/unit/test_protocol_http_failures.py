@@ -44,8 +44,11 @@ class SilentWorker:
         self._streams = OpenStreams(metrics)
         self._ids = itertools.count()
 
-    def submit(self, prompt, params, timeout_s, adapter=None) -> GenerationStream:
-        return GenerationStream(f"req-{next(self._ids)}", len(prompt), self.cancelled.append, self._streams)
+    def submit_all(self, sequences, timeout_s, adapter=None) -> list[GenerationStream]:
+        return [
+            GenerationStream(f"req-{next(self._ids)}", len(prompt), self.cancelled.append, self._streams)
+            for prompt, _ in sequences
+        ]
 
 
 def serving(worker_factory=SilentWorker, **kw) -> ServingState:

@@ -141,7 +141,18 @@ def test_stop_token_finishes_without_entering_the_output():
     run_step(s, token=5)
     _, finished = run_step(s, token=0)
     assert finished[0].finish_reason is FinishReason.STOP and finished[0].output == [5]
+    assert finished[0].stop_token_id == 0
     assert s.idle
+
+
+def test_the_requests_of_one_call_are_queued_all_or_none():
+    s = Scheduler(SchedulerConfig(max_queue=3))
+    s.add(request("a", 2))
+    with pytest.raises(QueueFull):
+        s.add_all([request("b", 2), request("c", 2), request("d", 2)])
+    assert [r.id for r in s.waiting] == ["a"]
+    s.add_all([request("b", 2), request("c", 2)])
+    assert [r.id for r in s.waiting] == ["a", "b", "c"]
 
 
 def test_max_tokens_finishes_with_length():

@@ -5,11 +5,14 @@ import asyncio
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.sampling import SamplingParams
 from moe_runtime.scheduler import FinishReason, QueueFull, SchedulerConfig
-from moe_runtime.worker import EngineFailed, EngineWorker, Finished, Tokens
+from moe_runtime.streams import PromptLogprobs
+from moe_runtime.worker import EngineFailed, EngineWorker, Finished, Tokens, unscored_span
 
 VOCAB = 50
 
@@ -46,16 +49,19 @@ class FakeEngine:
         self.live.add(sequence)
         return sequence
 
-    def forward(self, batch):
+    def forward(self, batch, every_position=()):
         self.batch_sizes.append(len(batch))
         rows = []
         for i, (sequence, tokens, *_) in enumerate(batch):
             if self.fail_when_batch_has in tokens:
                 raise RuntimeError("boom")
+            start = len(sequence.tokens)
             sequence.tokens += tokens
             if self.oom_above is not None and i == self.oom_above:  # half way, as a real forward pass would
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            rows.append(torch.nn.functional.one_hot(torch.tensor(next_token(sequence.tokens)), VOCAB).float())
+            flagged = i < len(every_position) and every_position[i]
+            for end in range(start + 1, len(sequence.tokens) + 1) if flagged else [len(sequence.tokens)]:
+                rows.append(next_token_logits(sequence.tokens[:end]))
         return torch.stack(rows)
 
     def release(self, sequence: FakeSequence) -> None:
@@ -68,6 +74,10 @@ class FakeEngine:
 
     def take_expert_token_counts(self) -> torch.Tensor:
         return torch.ones(2, 3, dtype=torch.int64)
+
+
+def next_token_logits(tokens: list[int]) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(next_token(tokens)), VOCAB).float()
 
 
 def expected_output(prompt: list[int], max_tokens: int) -> list[int]:
@@ -165,17 +175,22 @@ def test_full_queue_refuses_at_submit():
     run_with_worker(FakeEngine(), SchedulerConfig(max_queue=1, max_running=1), body)
 
 
-def test_stop_tokens_end_generation_without_being_emitted():
+def test_a_stop_token_ends_generation_and_comes_last_flagged_and_counted_as_vllm_counts_it():
     prompt = [4, 4]
     stop = expected_output(prompt, 3)[2]
 
     async def body(worker):
-        return await collect(
-            worker.submit(prompt, SamplingParams(max_tokens=10, stop_token_ids=(stop,)), None)
-        )
+        stream = worker.submit(prompt, SamplingParams(max_tokens=10, stop_token_ids=(stop,)), None)
+        events = []
+        async for event in stream:
+            events.append(event)
+        return events
 
-    ids, finished = run_with_worker(FakeEngine(), SchedulerConfig(), body)
-    assert ids == expected_output(prompt, 2) and finished.reason is FinishReason.STOP
+    events = run_with_worker(FakeEngine(), SchedulerConfig(), body)
+    *tokens, finished = events
+    assert [t.ids[0] for t in tokens] == expected_output(prompt, 3)
+    assert [t.stop for t in tokens] == [False, False, True]
+    assert finished == Finished(FinishReason.STOP, len(prompt), 3)
 
 
 def test_a_request_whose_sampling_fails_does_not_fail_its_batch_mates(monkeypatch):
@@ -183,10 +198,10 @@ def test_a_request_whose_sampling_fails_does_not_fail_its_batch_mates(monkeypatc
 
     real_sample_next = worker_module.sample_next
 
-    def sample_next(logits, params, generators):
+    def sample_next(logits, params, generators, *history):
         if any(p.seed == 666 for p in params):
             raise RuntimeError("bad parameters")
-        return real_sample_next(logits, params, generators)
+        return real_sample_next(logits, params, generators, *history)
 
     monkeypatch.setattr(worker_module, "sample_next", sample_next)
 
@@ -258,3 +273,77 @@ def test_every_ending_counts_in_latency_and_the_oldest_open_request_has_an_age()
     fast = metrics.registry.get_sample_value("moe_runtime_request_latency_seconds_bucket", {"le": "0.2"})
     assert fast < 2  # the timed out one took 0.3 s or more
     assert sample("moe_runtime_oldest_request_age_seconds") == 0
+
+
+async def events_of(stream) -> list:
+    events = []
+    async for event in stream:
+        events.append(event)
+    return events
+
+
+def test_prompt_logprobs_come_once_per_prompt_token_in_order_through_chunks_and_requeues():
+    engine = FakeEngine(oom_above=1)  # a step of 2+ sequences fails half way: their prompts prefill again
+    prompts = [[i + 2] * (5 + 3 * i) for i in range(3)]
+    params = SamplingParams(max_tokens=3, logprobs=1, prompt_logprobs=2)
+
+    async def body(worker):
+        streams = [worker.submit(p, params, None) for p in prompts]
+        return await asyncio.gather(*(events_of(s) for s in streams))
+
+    results = run_with_worker(engine, SchedulerConfig(max_running=4, prefill_chunk=3, token_budget=16), body)
+    for prompt, events in zip(prompts, results, strict=True):
+        entries = [e for event in events if isinstance(event, PromptLogprobs) for e in event.entries]
+        assert [e.token for e in entries] == prompt[1:]
+        for position, entry in enumerate(entries, start=1):
+            row = torch.log_softmax(next_token_logits(prompt[:position]), dim=-1)
+            assert entry.logprob == pytest.approx(row[prompt[position]].item())
+            assert len(entry.top) == 2 and entry.top[0] == (
+                next_token(prompt[:position]),
+                pytest.approx(row.max().item()),
+            )
+        tokens = [event for event in events if isinstance(event, Tokens)]
+        assert [t.ids[0] for t in tokens] == expected_output(prompt, 3)
+        assert all(t.logprobs[0].token == t.ids[0] and len(t.logprobs[0].top) == 1 for t in tokens)
+        first_token = next(i for i, e in enumerate(events) if isinstance(e, Tokens))
+        assert all(not isinstance(e, PromptLogprobs) for e in events[first_token:])
+    assert max(engine.batch_sizes) > 1
+
+
+def test_the_sequences_of_one_request_are_queued_together_or_not_at_all():
+    engine = FakeEngine()
+
+    async def body(worker):
+        with pytest.raises(QueueFull):
+            worker.submit_all([([1], SamplingParams(max_tokens=2))] * 3, None)
+        assert worker.idle  # nothing of it was queued
+        streams = worker.submit_all(
+            [([1], SamplingParams(max_tokens=2)), ([2, 3], SamplingParams(max_tokens=2))], None
+        )
+        return await asyncio.gather(*(collect(s) for s in streams))
+
+    (first, _), (second, _) = run_with_worker(engine, SchedulerConfig(max_queue=2), body)
+    assert (first, second) == (expected_output([1], 2), expected_output([2, 3], 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 30), data=st.data())
+def test_every_prompt_token_after_the_first_is_scored_once_in_order_however_prefill_is_cut_or_restarted(
+    length, data
+):
+    scored, seen = 1, []
+    for _ in range(data.draw(st.integers(1, 4))):  # the first prefill, then requeues that start again at 0
+        start, stop_at = 0, data.draw(st.integers(1, length))  # a requeue may come before the prompt is in
+        while start < stop_at:
+            count = data.draw(st.integers(1, stop_at - start))
+            if (span := unscored_span(start, count, length, scored)) is not None:
+                seen += range(span[0], span[1] + 1)
+                scored = span[1] + 1
+            start += count
+    while start < length:  # the last prefill runs to the end
+        count = data.draw(st.integers(1, length - start))
+        if (span := unscored_span(start, count, length, scored)) is not None:
+            seen += range(span[0], span[1] + 1)
+            scored = span[1] + 1
+        start += count
+    assert seen == list(range(1, length))

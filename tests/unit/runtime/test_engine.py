@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from moe_runtime.engine import Engine
 from moe_runtime.sampling import SamplingParams
@@ -156,3 +158,27 @@ def test_model_name_and_limits(engines, checkpoints):
     assert engine.model_name == "qwen3_moe"  # the directory's name
     assert engine.max_context == 4096
     assert engine.device == torch.device("cpu")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    items=st.lists(st.tuples(st.integers(1, 6), st.booleans()), min_size=1, max_size=4),
+    seed=st.integers(0, 99),
+)
+def test_every_position_gives_flagged_items_the_logits_of_each_new_token(engines, items, seed):
+    """Prompt log-probabilities need every position's logits: the rows of a flagged item equal the logits of
+    feeding its tokens one at a time; other items keep their one row, all in the items' order."""
+    engine = engines["qwen3_moe"]
+    prompts = [prompt_ids(seed + i, length) for i, (length, _) in enumerate(items)]
+    flags = [flag for _, flag in items]
+    seqs = [engine.new_sequence() for _ in prompts]
+    rows = engine.forward(list(zip(seqs, prompts, strict=True)), every_position=flags)
+    expected = []
+    for prompt, flag in zip(prompts, flags, strict=True):
+        single = engine.new_sequence()
+        one_by_one = torch.cat([engine.forward([(single, [token])]) for token in prompt])
+        engine.release(single)
+        expected.append(one_by_one if flag else one_by_one[-1:])
+    torch.testing.assert_close(rows, torch.cat(expected), atol=1e-4, rtol=0)
+    for seq in seqs:
+        engine.release(seq)

@@ -211,3 +211,21 @@ def test_base_rows_cost_nothing_extra_while_adapters_are_loaded(served, hf_saved
             engine.forward([(seqs[0], [7], None), (seqs[1], [8]), (seqs[2], [9, 10])])
         recorded.append(recorder.ops)
     assert with_adapters.adapters and recorded[0] == recorded[1]
+
+
+def test_every_position_rows_keep_the_callers_order_when_adapters_regroup_the_batch(served):
+    engine, _ = served["qwen2_moe"]
+    items = [("a", prompt_ids(80, 4), True), (None, prompt_ids(81, 3), False), ("b", prompt_ids(82, 2), True),
+             (None, prompt_ids(83, 5), True), ("a", prompt_ids(84, 3), False)]  # fmt: skip
+    seqs = [engine.new_sequence() for _ in items]
+    batch = [(seq, prompt, adapter) for seq, (adapter, prompt, _) in zip(seqs, items, strict=True)]
+    rows = engine.forward(batch, every_position=[flag for *_, flag in items])
+    expected = []
+    for adapter, prompt, flag in items:
+        single = engine.new_sequence()
+        one_by_one = torch.cat([engine.forward([(single, [token], adapter)]) for token in prompt])
+        engine.release(single)
+        expected.append(one_by_one if flag else one_by_one[-1:])
+    torch.testing.assert_close(rows, torch.cat(expected), atol=1e-4, rtol=0)
+    for seq in seqs:
+        engine.release(seq)
