@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
-from bench_local_pods import cpu_info  # noqa: E402
+import machine  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
 
@@ -341,9 +340,6 @@ def run(cluster, args: argparse.Namespace, workdir: Path) -> dict:
         **scrapes,
         **problems,
         "step_runs": steps,
-        # the machine is shared: how busy it was says how far the pods' start times stretched
-        "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()],
-        **cpu_info(),
     }
 
 
@@ -376,7 +372,7 @@ def main() -> int:
                 result = {**run(cluster, args, workdir), "cluster": "fresh local stack"}
             finally:
                 cluster.down()
-    print(json.dumps(result, indent=2))
+    machine.print_result(result)
     return 0
 
 

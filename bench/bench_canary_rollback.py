@@ -22,7 +22,6 @@ model and ISA flags, load average); progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
-from bench_local_pods import cpu_info  # noqa: E402
+import machine  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
 from prometheus_api_client import PrometheusConnect  # noqa: E402
@@ -241,8 +240,6 @@ def run(cluster, rounds: int, interval_s: int, workdir: Path) -> dict:
         "operator_promotions_total": operator_metrics.get("moe_operator_promotions_total"),
         **problems,
         "runs": {"calibration": calibration, "good": goods, "bad": bads},
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        **cpu_info(),
     }
 
 
@@ -270,7 +267,7 @@ def main() -> int:
                 result = {**run(cluster, rounds, args.interval, workdir), "cluster": "fresh local stack"}
             finally:
                 cluster.down()
-    print(json.dumps(result, indent=2))
+    machine.print_result(result)
     return 0
 
 

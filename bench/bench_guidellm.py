@@ -43,21 +43,14 @@ from pathlib import Path
 import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+import machine  # noqa: E402
+
 from bench.bench_serve_batching import closed_loop, prompt  # noqa: E402
 from tests.integration.runtime_server.harness import RuntimeServer, write_checkpoint  # noqa: E402
 
 MAX_TOKENS = 32
 GUIDELLM_TIMEOUT_S = 900
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def cpu_info() -> dict:
-    text = Path("/proc/cpuinfo").read_text()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = {k.strip(): v for k, v in fields.items()}.get("flags", "").split()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
-    model = {k.strip(): v.strip() for k, v in fields.items()}.get("model name", "")
-    return {"cpu_model": model, "cpus": os.cpu_count(), "isa_flags": [f for f in wanted if f in flags]}
 
 
 def matched_prompt_tokens(checkpoint: Path, prompts: int) -> tuple[int, int]:
@@ -254,7 +247,7 @@ def main() -> None:
                 print(f"concurrency {streams}: {json.dumps(results[str(streams)])}", file=sys.stderr)
 
     errors = sum(r["guidellm"]["errored"] + r["guidellm"]["incomplete"] for r in results.values())
-    print(json.dumps({
+    machine.print_result({
         "benchmark": "guidellm",
         "guidellm_version": version("guidellm"),
         "command": [part.replace(tmp, "$TMP") for part in command[2:]],  # the last one; streams and count vary
@@ -270,10 +263,8 @@ def main() -> None:
             for c, r in results.items()
         },
         "goal": "no errors; guidellm's output tokens/s within 10% of bench_serve_batching's closed loop",
-        "cpu": cpu_info(),
         "pinned_cpus": pinned,
-        "load_average_1m": os.getloadavg()[0],
-    }, indent=2))  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

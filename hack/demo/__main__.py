@@ -139,10 +139,10 @@ class Demo:
         )  # fmt: skip
         samples = self.recorder.between(step.started, time.time())
         step.figures = {
-            "max_queue": max((s.queue or 0 for s in samples), default=0),
+            "max_queue_waiting": max((s.queue or 0 for s in samples), default=0),
             "queue_target_per_pod": manifests.TARGET_QUEUE,
             "replicas": f"1 -> {status['desiredReplicas']}",
-            "queue_now": round(self.recorder.queue() or 0, 1),
+            "queue_per_pod_now": round(self.queue_per_pod(), 1),
         }
 
     def _bad(self, step: Step) -> None:
@@ -168,7 +168,7 @@ class Demo:
         step.figures = {
             "rejected": rejected["revision"],
             "reason": rejected["reason"],
-            "canary_p99": worst,
+            "canary_p99": None if worst is None else round(worst, 3),
             "slo_p99": threshold,
             "stable_p99": round(self.stable_p99(), 3),
             "stable_template_unchanged": unchanged,

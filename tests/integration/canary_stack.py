@@ -6,7 +6,6 @@ latency read from Prometheus with the operator's own query, and a private Promet
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from localcluster import free_port, prometheus_config
 from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
 
 from moe_operator.promql import canary_window
 from tests.integration.local_stack import local_md, processes
-from tests.waiting import wait_for, wait_until_serving
+from tests.waiting import wait_for
 
 # Closed loop: a slow canary collects most of the clients (each next request goes to the next pod in turn),
 # so its latency grows with their number while a batching one's grows far less. Measured on 2 busy cores
@@ -228,42 +226,6 @@ def operator_metrics(port: int) -> dict[tuple[str, tuple], float]:
 
 def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-# ---- a Prometheus of one's own -------------------------------------------------------------------------------
-
-
-class PrivatePrometheus:
-    """A Prometheus scraping the local stack's targets.json as the stack's own does (hack/localcluster.py),
-    for a test that stops it and starts it again on the same port and data."""
-
-    def __init__(self, workdir: Path, targets_file: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(prometheus_config(targets_file, "1s"))
-        self.log = workdir / "prometheus.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [shutil.which("prometheus") or "/usr/bin/prometheus", f"--config.file={self.config}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        wait_until_serving(f"{self.url}/-/ready", self.process, self.log, timeout=60)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 # ---- what the canary tests and the benchmark wait for and derive -------------------------------------------

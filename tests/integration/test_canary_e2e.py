@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_api_client import PrometheusConnect
 
+from tests.integration.autoscale_support import PrivatePrometheus
 from tests.integration.canary_stack import (
     ANALYSIS,
     BAD_MARGIN,
@@ -29,7 +30,6 @@ from tests.integration.canary_stack import (
     GOOD_MARGIN,
     LOAD_CONCURRENCY,
     DeploymentHistory,
-    PrivatePrometheus,
     SteadyLoad,
     canary_gone,
     canary_md,
