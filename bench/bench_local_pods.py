@@ -32,6 +32,7 @@ sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
+from operator_harness import OperatorUnderTest  # noqa: E402
 
 from tests.integration.local_stack import local_md, processes, ready_status, targets  # noqa: E402
 from tests.integration.operator_support import install_crd  # noqa: E402
@@ -180,19 +181,13 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
     install_crd(cluster)
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
-    operator_log = workdir / "operator.log"
-    with open(operator_log, "wb") as out:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "moe_operator", "run", "--namespace", namespace],
-            cwd=ROOT, env={**cluster.env(), "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    operator = OperatorUnderTest(cluster.kubeconfig, workdir, ["--namespace", namespace])
     try:
         warm_up_operator(cluster, namespace, model_dir)
         results = [one_round(cluster, core, namespace, model_dir, i) for i in range(rounds)]
         stack = stack_rss_mib(cluster.state_dir)
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+        operator.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     memory = {key: statistics.median(r["memory"][key] for r in results) for key in results[0]["memory"]}
     total_mib = int(Path("/proc/meminfo").read_text().split()[1]) / 1024
