@@ -159,7 +159,9 @@ class Demo:
         )
         self.threshold = threshold
         before = self.stable_template()
-        say("  the new revision serves a much deeper and wider checkpoint, with batching off: many times slower")
+        say(
+            "  the new revision serves a much deeper and wider checkpoint, with batching off: many times slower"
+        )
         self.apply(manifests.model_deployment(str(self.slow_checkpoint), threshold, maxBatchSequences=1))
         status = self.wait(
             lambda s: bool(s.get("rejectedRevisions")) and "canary" not in s, 300, "the rollback"
