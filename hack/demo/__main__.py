@@ -153,7 +153,8 @@ class Demo:
         # the p99 of the settled stable pods, over a window that starts after the scale-out
         time.sleep(P99_SETTLE_S)
         baseline = self.recorder.p99(self.status()["stableRevision"]) or 1.0
-        threshold = round(2 * baseline + 0.2, 2)
+        # between the two: under load a good canary read up to 2x the baseline, the bad one 5x and more
+        threshold = round(3 * baseline + 0.2, 2)
         say(
             f"  the stable revision's p99 under this load is {baseline:.2f}s: the SLO becomes p99 <= {threshold}s"
         )
