@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
+from stack import on_local_stack  # noqa: E402
 
 from moe_runtime.loadgen import LoadConfig, LoadGenerator, Shape  # noqa: E402
 from tests.integration.autoscale_support import (  # noqa: E402
@@ -359,19 +359,7 @@ def main() -> int:
     args.ramp_hold = 25 if args.quick else 40
     with tempfile.TemporaryDirectory(prefix="bench-autoscale-load-") as tmp:
         workdir = Path(tmp)
-        if args.state_dir:
-            cluster = LocalCluster(args.state_dir.resolve())
-            if not cluster.running():
-                parser.error(f"no running local stack in {args.state_dir} (make cluster-up)")
-            result = {**run(cluster, args, workdir), "cluster": "existing"}
-        else:
-            cluster = LocalCluster(workdir / "cluster")
-            log("starting a fresh local stack")
-            cluster.up()
-            try:
-                result = {**run(cluster, args, workdir), "cluster": "fresh local stack"}
-            finally:
-                cluster.down()
+        result = on_local_stack(args.state_dir, workdir, lambda cluster: run(cluster, args, workdir))
     machine.print_result(result)
     return 0
 

@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
 from prometheus_api_client import PrometheusConnect  # noqa: E402
+from stack import on_local_stack  # noqa: E402
 
 from tests.integration.canary_stack import (  # noqa: E402
     ANALYSIS,
@@ -254,19 +254,9 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="bench-canary-rollback-") as tmp:
         workdir = Path(tmp)
-        if args.state_dir:
-            cluster = LocalCluster(args.state_dir.resolve())
-            if not cluster.running():
-                parser.error(f"no running local stack in {args.state_dir} (make cluster-up)")
-            result = {**run(cluster, rounds, args.interval, workdir), "cluster": "existing"}
-        else:
-            cluster = LocalCluster(workdir / "cluster")
-            log("starting a fresh local stack")
-            cluster.up()
-            try:
-                result = {**run(cluster, rounds, args.interval, workdir), "cluster": "fresh local stack"}
-            finally:
-                cluster.down()
+        result = on_local_stack(
+            args.state_dir, workdir, lambda cluster: run(cluster, rounds, args.interval, workdir)
+        )
     machine.print_result(result)
     return 0
 

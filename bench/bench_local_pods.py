@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
+from stack import on_local_stack  # noqa: E402
 
 from tests.integration.local_stack import local_md, processes, ready_status, targets  # noqa: E402
 from tests.integration.operator_support import install_crd  # noqa: E402
@@ -216,19 +216,7 @@ def main() -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="bench-local-pods-") as tmp:
         workdir = Path(tmp)
-        if args.state_dir:
-            cluster = LocalCluster(args.state_dir.resolve())
-            if not cluster.running():
-                parser.error(f"no running local stack in {args.state_dir} (make cluster-up)")
-            result = {**run(cluster, rounds, workdir), "cluster": "existing"}
-        else:
-            cluster = LocalCluster(workdir / "cluster")
-            log("starting a fresh local stack")
-            cluster.up()
-            try:
-                result = {**run(cluster, rounds, workdir), "cluster": "fresh local stack"}
-            finally:
-                cluster.down()
+        result = on_local_stack(args.state_dir, workdir, lambda cluster: run(cluster, rounds, workdir))
     machine.print_result(result)
     return 0
 

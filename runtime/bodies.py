@@ -94,21 +94,23 @@ def _envelope(request_id: str, object_: str, model: str, choices: list[dict], us
     return body
 
 
+def _choice(index: int, content: dict, logprobs, finish_reason, stop_reason) -> dict:
+    """One choice of a body or chunk; `content` is its text, message or delta."""
+    return {
+        "index": index,
+        **content,
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
+        "stop_reason": stop_reason,
+    }
+
+
 def completion_body(request_id: str, model: str, choices: Sequence[Choice], usage: dict) -> dict:
     return _envelope(
         request_id,
         "text_completion",
         model,
-        [
-            {
-                "index": c.index,
-                "text": c.text,
-                "logprobs": c.logprobs,
-                "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason,
-            }
-            for c in choices
-        ],
+        [_choice(c.index, {"text": c.text}, c.logprobs, c.finish_reason, c.stop_reason) for c in choices],
         usage,
     )
 
@@ -123,13 +125,7 @@ def completion_chunk(
     stop_reason: int | str | None = None,
     usage: dict | None = None,
 ) -> dict:
-    choice = {
-        "index": index,
-        "text": text,
-        "logprobs": logprobs,
-        "finish_reason": finish_reason,
-        "stop_reason": stop_reason,
-    }
+    choice = _choice(index, {"text": text}, logprobs, finish_reason, stop_reason)
     return _envelope(request_id, "text_completion", model, [choice], usage)
 
 
@@ -139,13 +135,13 @@ def chat_body(request_id: str, model: str, choices: Sequence[Choice], usage: dic
         "chat.completion",
         model,
         [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": c.logprobs,
-                "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason,
-            }
+            _choice(
+                c.index,
+                {"message": {"role": "assistant", "content": c.text}},
+                c.logprobs,
+                c.finish_reason,
+                c.stop_reason,
+            )
             for c in choices
         ],
         usage,
@@ -162,11 +158,5 @@ def chat_chunk(
     stop_reason: int | str | None = None,
     usage: dict | None = None,
 ) -> dict:
-    choice = {
-        "index": index,
-        "delta": delta,
-        "logprobs": logprobs,
-        "finish_reason": finish_reason,
-        "stop_reason": stop_reason,
-    }
+    choice = _choice(index, {"delta": delta}, logprobs, finish_reason, stop_reason)
     return _envelope(request_id, "chat.completion.chunk", model, [choice], usage)
