@@ -283,13 +283,13 @@ class LocalCluster:
             prometheus_config(self.targets_file, self.scrape_interval)
         )
 
-        started: dict[str, int] = {}
+        started: dict[str, subprocess.Popen] = {}
         try:
             started["etcd"] = self._start("etcd", self._binary("etcd", self._etcd_args(ports)))
             started["kube-apiserver"] = self._start(
                 "kube-apiserver", self._binary("kube-apiserver", self._apiserver_args(ports, pki))
             )
-            self._pids.write_text(json.dumps(started))
+            self._record_pids(started)
             self._wait_healthy(server, pki, started, timeout)
             for name, argv in (
                 (
@@ -302,7 +302,7 @@ class LocalCluster:
                 ("prometheus", self._prometheus_argv(ports)),
             ):
                 started[name] = self._start(name, argv)
-            self._pids.write_text(json.dumps(started))
+            self._record_pids(started)
             self._create_nodes()
             self._wait_nodes_ready(timeout)
             self._wait_default_service_account(timeout)
@@ -477,18 +477,15 @@ class LocalCluster:
     def _binary(self, name: str, args: list[str]) -> list[str]:
         return [str(self.assets / name), *args]
 
-    def _start(self, name: str, argv: list[str]) -> int:
-        log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        return proc.pid
+    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        return start_component(self.state_dir / "logs" / f"{name}.log", argv)
 
-    def _wait_healthy(self, server: str, pki: Path, started: dict[str, int], timeout: float) -> None:
+    def _record_pids(self, started: dict[str, subprocess.Popen]) -> None:
+        self._pids.write_text(json.dumps({name: proc.pid for name, proc in started.items()}))
+
+    def _wait_healthy(
+        self, server: str, pki: Path, started: dict[str, subprocess.Popen], timeout: float
+    ) -> None:
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         deadline = time.monotonic() + timeout
@@ -499,13 +496,13 @@ class LocalCluster:
                         return
             except OSError:
                 pass
-            dead = [name for name, pid in started.items() if not _alive(pid, name)]
+            dead = exited(started)
             if dead or time.monotonic() > deadline:
                 why = f"{', '.join(dead)} exited" if dead else f"not ready in {timeout}s"
                 raise TimeoutError(f"kube-apiserver {why}; see {self.state_dir / 'logs'}")
             time.sleep(0.3)
 
-    def _wait_prometheus(self, url: str, started: dict[str, int], timeout: float) -> None:
+    def _wait_prometheus(self, url: str, started: dict[str, subprocess.Popen], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -514,7 +511,7 @@ class LocalCluster:
                         return
             except OSError:
                 pass
-            if not _alive(started["prometheus"], "prometheus") or time.monotonic() > deadline:
+            if exited({"prometheus": started["prometheus"]}) or time.monotonic() > deadline:
                 raise TimeoutError(
                     f"Prometheus did not get ready; see {self.state_dir / 'logs' / 'prometheus.log'}"
                 )
@@ -552,12 +549,32 @@ class LocalCluster:
             time.sleep(0.3)
 
 
+def start_component(log_path: Path, argv: list[str]) -> subprocess.Popen:
+    """Starts one component in its own session (so `down` can stop its whole group), output to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+
+def exited(started: dict[str, subprocess.Popen]) -> list[str]:
+    """The components this process started that have exited. Asked of the child handles, not of /proc: right
+    after it starts, a child's /proc/<pid>/cmdline can still be empty, and it would read as dead."""
+    return [name for name, proc in started.items() if proc.poll() is not None]
+
+
 def _alive(pid: int, name: str) -> bool:
-    """Whether `pid` still runs the component `name` (its binary, or the script a Python runs)."""
+    """Whether `pid` still runs the component `name` (its binary, or the script a Python runs); for processes
+    another invocation started, and before stopping one."""
     try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
     except OSError:
         return False
+    if state == "Z":
+        return False
+    if argv == [b""]:
+        return True  # still in exec: its command line is not in place yet
     return any(Path(arg.decode()).name == name for arg in argv)
 
 
