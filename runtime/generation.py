@@ -231,6 +231,15 @@ def _raise_for(event: Finished) -> None:
         raise _timed_out()
     if event.reason is FinishReason.ERROR:
         raise ApiError(500, "The engine failed while running this request", type="server_error")
+    if event.reason is FinishReason.ADAPTER_FAILED:
+        # as for a request that names it after the failure (server.py): not found, with the reason
+        raise ApiError(
+            404,
+            "The model this request names does not exist: adapter failed to load while the request waited; "
+            "retrying",
+            "model",
+            code="model_not_found",
+        )
     if event.reason is FinishReason.CANCELLED:
         raise ClientGone
 

@@ -63,6 +63,7 @@ class FinishReason(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     ERROR = "error"
+    ADAPTER_FAILED = "adapter_failed"  # waited for a LoRA adapter whose load failed
 
 
 class QueueFull(Exception):
@@ -241,11 +242,11 @@ class Scheduler:
                 finished.append(request)
         return finished
 
-    def fail(self, requests: Sequence[Request]) -> list[Request]:
-        """The engine failed on these requests: they end with an error. Returns those not finished before."""
+    def fail(self, requests: Sequence[Request], reason: FinishReason = FinishReason.ERROR) -> list[Request]:
+        """These requests cannot go on: they end with `reason`. Returns those not finished before."""
         failed = [r for r in requests if r.finish_reason is None]
         for request in failed:
-            self._finish(request, FinishReason.ERROR)
+            self._finish(request, reason)
         return failed
 
     def back_off(self, step: Step) -> bool:

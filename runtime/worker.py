@@ -196,7 +196,9 @@ class EngineWorker:
             adapters = self.adapters.step(self._scheduler, now)
             step = self._scheduler.schedule(now, adapters.admissible)
             self._publish_gauges()
-        deliveries = [self._end(r) for r in step.dropped] + self._fail(adapters.unservable)
+        deliveries = [self._end(r) for r in step.dropped] + self._fail(
+            adapters.unservable, FinishReason.ADAPTER_FAILED
+        )
         if step.work:
             deliveries += self._execute(step)
         self._deliver(deliveries)
@@ -296,9 +298,9 @@ class EngineWorker:
         )
         return []
 
-    def _fail(self, requests: list[Request]) -> list:
+    def _fail(self, requests: list[Request], reason: FinishReason = FinishReason.ERROR) -> list:
         with self._lock:
-            failed = self._scheduler.fail(requests)
+            failed = self._scheduler.fail(requests, reason)
         return [self._end(r) for r in failed]
 
     def _cache(self, request_id: str):

@@ -197,7 +197,7 @@ def test_a_removed_adapter_finishes_its_accepted_requests_then_unloads():
     assert 'adapter="a"' not in metrics.render().decode(), "the removed adapter's series went with it"
 
 
-def test_requests_waiting_for_a_first_load_that_fails_end_with_an_error_and_others_go_on():
+def test_requests_waiting_for_a_first_load_that_fails_end_as_adapter_failed_and_others_go_on():
     loads = Loads()
     gate = loads.hold("bad:DoRA (use_dora) is not supported")
 
@@ -212,7 +212,7 @@ def test_requests_waiting_for_a_first_load_that_fails_end_with_an_error_and_othe
         return await asyncio.gather(collect(doomed), collect(fine))
 
     ((_, doomed), (ids, fine)), _, metrics = run({"max_loras": 1, "watched": True}, body, loads)
-    assert doomed.reason is FinishReason.ERROR
+    assert doomed.reason is FinishReason.ADAPTER_FAILED
     assert fine.reason is FinishReason.LENGTH and ids == expected([3], 2, 1)
     assert (
         'moe_runtime_lora_load_failures_total{adapter="dora",reason="dora"} 1.0' in metrics.render().decode()

@@ -3,15 +3,18 @@ slow to tokenize (other requests and the probes go on meanwhile)."""
 
 import asyncio
 import itertools
+import json
 import threading
 from types import SimpleNamespace
 
 import httpx
+import pytest
 
 from moe_runtime.generation import Limits
 from moe_runtime.metrics import RuntimeMetrics
+from moe_runtime.scheduler import FinishReason
 from moe_runtime.server import ServingState, create_app
-from moe_runtime.streams import GenerationStream, OpenStreams
+from moe_runtime.streams import Finished, GenerationStream, OpenStreams
 
 BODY = {"prompt": "hello", "max_tokens": 4}
 
@@ -51,6 +54,20 @@ class SilentWorker:
         ]
 
 
+class EndingWorker(SilentWorker):
+    """Ends every request it takes, at once, with `reason` and no output."""
+
+    def __init__(self, metrics: RuntimeMetrics, reason: FinishReason) -> None:
+        super().__init__(metrics)
+        self.reason = reason
+
+    def submit_all(self, sequences, timeout_s, adapter=None) -> list[GenerationStream]:
+        streams = super().submit_all(sequences, timeout_s, adapter)
+        for stream in streams:
+            asyncio.get_running_loop().call_soon(stream.put, Finished(self.reason, stream.prompt_tokens, 0))
+        return streams
+
+
 def serving(worker_factory=SilentWorker, **kw) -> ServingState:
     state = ServingState(RuntimeMetrics(), **{"request_timeout_s": 0.05, "backstop_margin_s": 0.05, **kw})
     state.activate(
@@ -85,6 +102,34 @@ def test_a_request_the_engine_never_answers_ends_at_the_backstop_deadline():
     assert metrics.get_sample_value("moe_runtime_request_latency_seconds_count") == 2
     assert metrics.get_sample_value("moe_runtime_requests_total", {"status": "504"}) == 2
     assert metrics.get_sample_value("moe_runtime_oldest_request_age_seconds") == 0
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "error_type", "code"),
+    [
+        (FinishReason.ERROR, 500, "server_error", None),
+        (FinishReason.TIMEOUT, 504, "timeout_error", "timeout"),
+        (FinishReason.ADAPTER_FAILED, 404, "invalid_request_error", "model_not_found"),
+    ],
+)
+def test_a_request_ended_without_an_answer_gets_the_status_of_its_reason(reason, status, error_type, code):
+    state = serving(lambda metrics: EndingWorker(metrics, reason), request_timeout_s=None)
+
+    async def go():
+        async with await client_for(state) as client:
+            whole = await client.post("/v1/completions", json=BODY)
+            streamed = await client.post("/v1/completions", json={**BODY, "stream": True})
+            return whole, streamed
+
+    whole, streamed = run(go())
+    error = whole.json()["error"]
+    assert (whole.status_code, error["type"], error["code"]) == (status, error_type, code)
+    # the headers went out before the ending: the error travels as the stream's last event
+    assert streamed.status_code == 200
+    events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    streamed_error = json.loads(events[-2])["error"]
+    assert (streamed_error["type"], streamed_error["code"]) == (error_type, code)
 
 
 def test_a_failed_engine_turns_health_and_readiness_to_503_and_refuses_requests():
