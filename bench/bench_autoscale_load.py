@@ -18,6 +18,8 @@ of a tiny checkpoint (1 to MAX_REPLICAS pods, maxBatchSequences MAX_BATCH, so th
 - Ramp (once): clients added RAMP_STEP at a time up to RAMP_TOP, each step held until its pods serve plus
   RAMP_HOLD_S. Most replicas reached against what the load needed (the fewest pods whose queue stays under the
   target: closed-loop clients C over N pods leave C/N - MAX_BATCH waiting each), and the queue per pod at the top.
+  Per step, the operator's evaluations up to its first patch (time from the step, the windowed queue it read,
+  its recommendation, decision and reason, from status.autoscaling).
 - Both: scale-ups decided while some pod was not Ready yet (goal 0: the cascade), scale-downs and direction
   changes under steady load (goal 0: no flapping).
 
@@ -215,6 +217,13 @@ class Bench:
                         "decision_latency_from_window_s": _since(readable, changes[0].at)
                         if changes
                         else None,
+                        "windowed_read_over_s": _since(at, readable),
+                        # what each evaluation up to the first patch read and decided, to tell a late
+                        # decision (a step limit, the window) from a late read
+                        "evaluations": [
+                            {**e, "at": round(e["at"] - at, 1)}
+                            for e in recorder.evaluations(at, changes[0].at if changes else time.time())
+                        ],
                     }
                 )
                 log(f"ramp: {steps[-1]}")

@@ -228,6 +228,23 @@ class Recorder:
                 )
         return found
 
+    def evaluations(self, since: float, until: float) -> list[dict[str, Any]]:
+        """The operator's evaluations whose time (status.autoscaling.lastEvaluationTime, whole seconds) falls in
+        [since - 1, until], each as status recorded it: what it read, recommended and decided, and why."""
+        seen: dict[str, dict[str, Any]] = {}
+        for snapshot in list(self.snapshots):
+            auto = snapshot.autoscaling
+            at = epoch(auto.get("lastEvaluationTime"))
+            if at is not None and since - 1 <= at <= until and auto["lastEvaluationTime"] not in seen:
+                seen[auto["lastEvaluationTime"]] = {
+                    "at": at,
+                    "metric": auto.get("currentMetric"),
+                    "recommendation": auto.get("recommendation"),
+                    "desired": auto.get("desiredReplicas"),
+                    "reason": auto.get("reason"),
+                }
+        return list(seen.values())
+
 
 def epoch(text: str | None) -> float | None:
     """A status time (`2026-01-01T00:00:00Z`) as epoch seconds."""
