@@ -26,13 +26,17 @@ def test_sigterm_turns_unready_finishes_in_flight_requests_and_exits_0(checkpoin
     server = RuntimeServer(checkpoint, "--max-batch-seqs", "1")
     with server, concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
 
-        def ask(i: int) -> httpx.Response:
-            body = {"prompt": f"drain {i}", "max_tokens": 30, "temperature": 0}
+        def ask(i: int, max_tokens: int) -> httpx.Response:
+            body = {"prompt": f"drain {i}", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
             return httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
 
-        in_flight = [pool.submit(ask, i) for i in range(4)]
-        wait_for(lambda: total(scrape(server.url), "moe_runtime_queue_depth") >= 1)
-        assert total(scrape(server.url), "moe_runtime_requests_running") == 1
+        # A long request holds the only sequence, so that the short ones are surely still waiting when SIGTERM
+        # comes: left to overlap by chance, four short requests on a busy machine can run one after another.
+        lengths = [2000, 30, 30, 30]
+        in_flight = [pool.submit(ask, 0, lengths[0])]
+        wait_for(lambda: total(scrape(server.url), "moe_runtime_requests_running") == 1)
+        in_flight += [pool.submit(ask, i, n) for i, n in enumerate(lengths[1:], start=1)]
+        wait_for(lambda: total(scrape(server.url), "moe_runtime_queue_depth") == 3)
 
         server.process.send_signal(signal.SIGTERM)
         wait_for(lambda: httpx.get(f"{server.url}/ready").status_code == 503)
@@ -41,7 +45,7 @@ def test_sigterm_turns_unready_finishes_in_flight_requests_and_exits_0(checkpoin
 
         answers = [f.result() for f in in_flight]
         assert [a.status_code for a in answers] == [200] * 4
-        assert all(a.json()["usage"]["completion_tokens"] > 0 for a in answers)
+        assert [a.json()["usage"]["completion_tokens"] for a in answers] == lengths
         assert server.process.wait(timeout=60) == 0
 
 
