@@ -232,7 +232,7 @@ def _raise_for(event: Finished) -> None:
     if event.reason is FinishReason.ERROR:
         raise ApiError(500, "The engine failed while running this request", type="server_error")
     if event.reason is FinishReason.ADAPTER_FAILED:
-        # as for a request that names it after the failure (server.py): not found, with the reason
+        # the answer a request that names the adapter after the failure gets (server.py)
         raise ApiError(
             404,
             "The model this request names does not exist: adapter failed to load while the request waited; "
