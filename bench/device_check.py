@@ -5,7 +5,8 @@
 Nothing is downloaded: every checkpoint is written here with random weights. For each family (Qwen2-MoE,
 Qwen3-MoE, Mixtral, the unit tests' shapes) our engine and transformers load the same checkpoint on the same
 device in the same dtype; their prefill logits are compared (largest absolute difference, and the positions
-where the argmax differs) and so are their greedy decodes (the first token where they part). Then, on a larger
+where the argmax differs) and so are their greedy decodes (the first token where they part); in bf16, the tokens
+whose experts differ from our fp32 run tell routing near-ties flipped by rounding from a bug. Then, on a larger
 Qwen3-MoE: single-stream decode tokens/s of ours and of transformers' `generate`, our batched decode at 1 to 64
 sequences in one forward pass, and the peak device memory of each phase. Prints one JSON object. Runs on the CPU
 too (`--device cpu --quick`), which is how it is checked on machines without a GPU.
@@ -14,6 +15,7 @@ too (`--device cpu --quick`), which is how it is checked on machines without a G
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import torch
 import transformers
+
+import moe_runtime.moe
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
@@ -70,6 +74,41 @@ def our_prefill_logits(engine: Engine) -> torch.Tensor:
     return logits.float()
 
 
+@contextlib.contextmanager
+def recorded_routing():
+    """The router probabilities (fp32, [tokens, experts]) of every MoE layer our engine runs inside, in order."""
+    probabilities: list[torch.Tensor] = []
+    route = moe_runtime.moe.route
+
+    def recording(router_logits: torch.Tensor, top_k: int, normalize: bool):
+        probabilities.append(torch.softmax(router_logits.float(), dim=-1).cpu())
+        return route(router_logits, top_k, normalize)
+
+    moe_runtime.moe.route = recording
+    try:
+        yield probabilities
+    finally:
+        moe_runtime.moe.route = route
+
+
+def routing_flips(reference: list[torch.Tensor], other: list[torch.Tensor], top_k: int) -> dict:
+    """Per MoE layer, the tokens whose set of chosen experts differs between two runs of the same prompt, and
+    how close the reference's k-th and (k+1)-th experts were there: a flip at a near-tie is rounding, a flip
+    at a wide gap is a bug."""
+    flips, gaps = [], []
+    for ref, oth in zip(reference, other, strict=True):
+        ref_top, oth_top = (
+            ref.topk(top_k, dim=-1).indices.sort(-1).values,
+            oth.topk(top_k, -1).indices.sort(-1).values,
+        )
+        flipped = (ref_top != oth_top).any(-1)
+        flips.append(int(flipped.sum()))
+        if flipped.any():
+            ordered = ref[flipped].sort(-1, descending=True).values
+            gaps.append((ordered[:, top_k - 1] - ordered[:, top_k]).max().item())
+    return {"per_layer": flips, "largest_gap_at_a_flip": round(max(gaps), 6) if gaps else None}
+
+
 def our_greedy(engine: Engine, tokens: int) -> list[int]:
     seq = engine.new_sequence()
     logits = engine.forward([(seq, PROMPT)])
@@ -100,12 +139,13 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def parity(path: str, device: str, tokens: int) -> dict:
-    result = {}
+    result, routing = {}, {}
     for name, (dtype, torch_dtype) in DTYPES.items():
         engine = Engine.load(path, device=device, dtype=dtype)
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), recorded_routing() as routing[name]:
             ours = our_prefill_logits(engine)
+        with torch.inference_mode():
             theirs = model(torch.tensor([PROMPT], device=device)).logits[0].float()
         ours_greedy, theirs_greedy = our_greedy(engine, tokens), hf_greedy(model, device, tokens)
         result[name] = {
@@ -118,6 +158,10 @@ def parity(path: str, device: str, tokens: int) -> dict:
             "greedy_tokens": tokens,
             "greedy_first_difference": first_difference(ours_greedy, theirs_greedy),
         }
+        if name != "fp32":
+            result[name]["routing_flips_against_our_fp32"] = routing_flips(
+                routing["fp32"], routing[name], engine.config.top_k
+            )
     return result
 
 
