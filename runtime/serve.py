@@ -18,6 +18,7 @@ flag has vLLM's name; the older names still work.
 | --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware` or `fcfs` |
 | --aging-tokens-per-s | MOE_RUNTIME_AGING_TOKENS_PER_S | 64.0 | length_aware: priority a waiting second earns |
 | --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 300.0 | seconds from arrival to last token (0: none) |
+| --engine-stall-timeout | MOE_RUNTIME_ENGINE_STALL_TIMEOUT | 300.0 | seconds one engine step may run before /health and /ready answer 503 and the liveness probe restarts the pod (0: never) |
 | --default-max-tokens | MOE_RUNTIME_DEFAULT_MAX_TOKENS | 256 | chat output limit when the request sets none |
 | --max-model-len | MOE_RUNTIME_MAX_MODEL_LEN | the checkpoint's max_position_embeddings | context length (prompt + output) |
 | --window | MOE_RUNTIME_WINDOW | the checkpoint's | sliding attention window in tokens |
@@ -254,7 +255,12 @@ def main(argv: list[str]) -> int:
     logs.configure(args.log_level, args.log_format)
     timeout = args.request_timeout or None
     metrics = RuntimeMetrics(request_timeout_s=timeout, expert_metrics=ExpertMetrics(args.expert_metrics))
-    state = ServingState(metrics, request_timeout_s=timeout, max_request_bytes=args.max_request_bytes)
+    state = ServingState(
+        metrics,
+        request_timeout_s=timeout,
+        max_request_bytes=args.max_request_bytes,
+        engine_stall_timeout_s=args.engine_stall_timeout or None,
+    )
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
         log_config=None,  # uvicorn's loggers go through ours (and its format)

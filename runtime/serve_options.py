@@ -96,6 +96,9 @@ OPTIONS = (
            "length_aware: priority a waiting second earns"),
     Option(("--request-timeout",), "MOE_RUNTIME_REQUEST_TIMEOUT", _non_negative_float, 300.0,
            "seconds from arrival to last token (0: none)"),
+    Option(("--engine-stall-timeout",), "MOE_RUNTIME_ENGINE_STALL_TIMEOUT", _non_negative_float, 300.0,
+           "seconds one engine step may run before /health and /ready answer 503 and the liveness probe "
+           "restarts the pod (0: never)"),
     Option(("--default-max-tokens",), "MOE_RUNTIME_DEFAULT_MAX_TOKENS", _positive_int, 256,
            "chat output limit when the request sets none"),
     Option(("--max-model-len",), "MOE_RUNTIME_MAX_MODEL_LEN", _positive_int,

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP API, health, readiness and metrics endpoints (FastAPI).
 
 Health: /health answers 200 while the process can serve or is getting there, and 503 once the engine loop
-has died (`EngineWorker.failure`), so that the kubelet's liveness probe restarts the pod; /ready answers 200
-only while generation requests are taken.
+has died (`EngineWorker.failure`) or one engine step has run longer than `engine_stall_timeout_s` (a kernel
+that hangs without raising), so that the kubelet's liveness probe restarts the pod; /ready answers 200 only
+while generation requests are taken.
 
 Every accepted request ends: besides the engine's own timeout, the HTTP side gives up on a request
 `backstop_s` after it came in (the request timeout plus a margin for the step in flight; none without a
@@ -52,6 +53,7 @@ class Phase(StrEnum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"  # the engine loop died: only a restart helps
+    STALLED = "stalled"  # one engine step has run past the stall timeout: only a restart helps
 
 
 @dataclass
@@ -62,11 +64,13 @@ class ServingState:
     request_timeout_s: float | None
     max_request_bytes: int = RequestLimits.max_request_bytes
     backstop_margin_s: float | None = None  # None: max(2 s, 10% of the request timeout)
+    engine_stall_timeout_s: float | None = None  # None: a step may run for ever
     phase: Phase = Phase.LOADING
     worker: EngineWorker | None = None
     model_name: str = ""
     limits: Limits | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    reported_unhealthy: bool = False  # logged when it turns so, not at every probe
 
     def activate(self, worker: EngineWorker, model_name: str, limits: Limits) -> None:
         self.worker, self.model_name, self.limits = worker, model_name, limits
@@ -75,7 +79,34 @@ class ServingState:
 
     @property
     def current_phase(self) -> Phase:
-        return Phase.FAILED if self.worker is not None and self.worker.failure is not None else self.phase
+        if self.worker is None:
+            return self.phase
+        if self.worker.failure is not None:
+            return Phase.FAILED
+        if self.stalled_for() is not None:
+            return Phase.STALLED
+        return self.phase
+
+    def stalled_for(self) -> float | None:
+        """Seconds the engine step in flight has run, once that is past the stall timeout; else None."""
+        limit, worker = self.engine_stall_timeout_s, self.worker
+        running = None if worker is None else worker.seconds_in_step()
+        return running if limit is not None and running is not None and running > limit else None
+
+    def unhealthy(self) -> tuple[Phase, str] | None:
+        """FAILED or STALLED and why, while the process needs a restart; None while it can serve or is getting
+        there (a step that ends after the stall timeout makes it healthy again)."""
+        if self.worker is None:
+            return None
+        if self.worker.failure is not None:
+            return Phase.FAILED, str(self.worker.failure)
+        if (stalled := self.stalled_for()) is not None:
+            why = (
+                f"one engine step has run for {stalled:.0f} s, past the stall timeout of "
+                f"{self.engine_stall_timeout_s:g} s: a kernel may hang"
+            )
+            return Phase.STALLED, why
+        return None
 
     def backstop_s(self) -> float | None:
         """Seconds after which the HTTP side gives up on an accepted request: the engine times it out first
@@ -102,11 +133,17 @@ def create_app(state: ServingState) -> FastAPI:
     _install_error_handlers(app, state)
     _document_400_instead_of_422(app)
 
-    @app.get("/health", responses={503: {"description": "The engine failed: restart"}})
+    @app.get("/health", responses={503: {"description": "The engine failed or stalled: restart"}})
     async def health() -> JSONResponse:
-        if state.current_phase is Phase.FAILED:
-            return JSONResponse({"status": "failed", "error": str(state.worker.failure)}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        unhealthy = state.unhealthy()
+        if unhealthy is None:
+            state.reported_unhealthy = False
+            return JSONResponse({"status": "ok"})
+        phase, why = unhealthy
+        if not state.reported_unhealthy:
+            state.reported_unhealthy = True
+            log.critical("unhealthy: %s", why)
+        return JSONResponse({"status": phase.value, "error": why}, status_code=503)
 
     @app.get("/ready", responses={503: {"description": "Loading, draining or failed"}})
     async def ready() -> JSONResponse:
@@ -138,8 +175,8 @@ def _unavailable(state: ServingState) -> ApiError:
     phase = state.current_phase
     return ApiError(
         503,
-        "The engine failed; the server must restart"
-        if phase is Phase.FAILED
+        f"The engine {phase.value}; the server must restart"
+        if phase in (Phase.FAILED, Phase.STALLED)
         else f"The server is {phase.value}",
         type="service_unavailable",
         code=phase.value,

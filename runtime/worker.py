@@ -95,6 +95,7 @@ class EngineWorker:
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._last_expert_flush = 0.0
+        self._step_started_at: float | None = None  # while a forward pass runs
         self.adapters = adapters or LoraManager(engine, metrics.lora, base_model="", max_loras=1)
         self.adapters.wake = self._wake.set  # loads that finish and list changes wake an idle engine thread
 
@@ -160,6 +161,11 @@ class EngineWorker:
         self._wake.set()
         return streams
 
+    def seconds_in_step(self) -> float | None:
+        """How long the engine step in flight has run; None between steps. Any thread."""
+        started = self._step_started_at
+        return None if started is None else time.monotonic() - started
+
     def check_adapter(self, name: str) -> None:
         """AdapterError unless new requests may ask for the adapter `name`."""
         with self._lock:
@@ -200,7 +206,11 @@ class EngineWorker:
             adapters.unservable, FinishReason.ADAPTER_FAILED
         )
         if step.work:
-            deliveries += self._execute(step)
+            self._step_started_at = time.monotonic()
+            try:
+                deliveries += self._execute(step)
+            finally:
+                self._step_started_at = None
         self._deliver(deliveries)
         # before going idle, publish what the last steps routed: the next step may be far off
         self._flush_expert_counts(force=not step.work)

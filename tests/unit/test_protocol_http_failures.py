@@ -42,10 +42,14 @@ class SilentWorker:
     def __init__(self, metrics: RuntimeMetrics, tokenizer=None) -> None:
         self.engine = SimpleNamespace(tokenizer=tokenizer or FakeTokenizer())
         self.failure: Exception | None = None
+        self.step_running_for: float | None = None
         self.cancelled: list[str] = []
         self.idle = False
         self._streams = OpenStreams(metrics)
         self._ids = itertools.count()
+
+    def seconds_in_step(self) -> float | None:
+        return self.step_running_for
 
     def submit_all(self, sequences, timeout_s, adapter=None) -> list[GenerationStream]:
         return [
@@ -148,6 +152,48 @@ def test_a_failed_engine_turns_health_and_readiness_to_503_and_refuses_requests(
     assert health.status_code == 503 and "illegal memory access" in health.json()["error"]
     assert (ready.status_code, ready.json()) == (503, {"status": "failed"})
     assert generation.status_code == 503 and generation.json()["error"]["code"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("stall_timeout", "step_running_for", "stalled"),
+    [(None, 10_000.0, False), (60.0, None, False), (60.0, 59.0, False), (60.0, 61.0, True)],
+)
+def test_an_engine_step_past_the_stall_timeout_turns_health_and_readiness_to_503(
+    stall_timeout, step_running_for, stalled
+):
+    state = serving(engine_stall_timeout_s=stall_timeout)
+    state.worker.step_running_for = step_running_for
+
+    async def go():
+        async with await client_for(state) as client:
+            return [
+                await client.get("/health"),
+                await client.get("/ready"),
+                await client.post("/v1/completions", json=BODY),
+            ]
+
+    health, ready, generation = run(go())
+    if not stalled:
+        assert (health.status_code, ready.status_code) == (200, 200)
+        return
+    assert health.status_code == 503
+    assert health.json() == {
+        "status": "stalled",
+        "error": "one engine step has run for 61 s, past the stall timeout of 60 s: a kernel may hang",
+    }
+    assert (ready.status_code, ready.json()) == (503, {"status": "stalled"})
+    assert generation.status_code == 503 and generation.json()["error"]["code"] == "stalled"
+
+
+def test_a_slow_step_that_ends_after_the_stall_timeout_makes_the_server_healthy_again():
+    state = serving(engine_stall_timeout_s=60.0)
+
+    async def probe(step_running_for: float | None) -> int:
+        state.worker.step_running_for = step_running_for
+        async with await client_for(state) as client:
+            return (await client.get("/health")).status_code
+
+    assert [run(probe(s)) for s in (61.0, None, 0.5)] == [503, 200, 200]
 
 
 def test_health_answers_while_a_prompt_is_being_tokenized():

@@ -84,6 +84,26 @@ def test_a_stuck_engine_still_answers_every_request_at_the_backstop_deadline(che
         server.process.wait()
 
 
+def test_a_step_that_hangs_past_the_stall_timeout_makes_the_pod_unhealthy(checkpoint):
+    server = faulty(checkpoint, "hang", "--engine-stall-timeout", "1", "--request-timeout", "2")
+    with server, concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        body = {"prompt": "stuck", "max_tokens": 4}
+        stuck = pool.submit(httpx.post, f"{server.url}/v1/completions", json=body, timeout=60)
+        wait_for(
+            lambda: httpx.get(f"{server.url}/health").status_code == 503,
+            timeout=30,
+            what="/health to turn 503 a second into the hung step",
+        )
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["status"] == "stalled" and "a kernel may hang" in health["error"]
+        assert httpx.get(f"{server.url}/ready").json() == {"status": "stalled"}
+        assert stuck.result().status_code == 504, "the accepted request is still answered, at the backstop"
+        assert server.log_text().count("unhealthy: one engine step has run for") == 1, "logged once"
+        server.process.kill()  # a forward pass that never returns cannot be drained
+        server.process.wait()
+
+
 def test_a_huge_prompt_does_not_hold_up_the_health_probe(server):
     """Tokenizing a 1 MB prompt takes a while; the probe must not wait for it. Bound relative to the request
     itself: no probe waits half as long as the huge request takes."""
