@@ -1,7 +1,7 @@
 """Prometheus metrics of one runtime process, in their own registry (names fixed by DESIGN.md).
 
 `moe_runtime_requests_total{status}` counts generation requests by the HTTP status of their outcome: "200",
-"400" (bad input), "404" (no such model or LoRA adapter), "413" (body too large), "429" (queue full), "503" (loading, draining or engine failed),
+"400" (bad input), "404" (no such model or LoRA adapter), "413" (body too large), "429" (queue full), "503" (loading, draining, engine failed or stalled),
 "504" (timed out), "500" (engine failure) and "499" (the client went away first).
 
 `moe_runtime_request_latency_seconds` (end to end: accepted to last event) and

@@ -145,7 +145,7 @@ def create_app(state: ServingState) -> FastAPI:
             log.critical("unhealthy: %s", why)
         return JSONResponse({"status": phase.value, "error": why}, status_code=503)
 
-    @app.get("/ready", responses={503: {"description": "Loading, draining or failed"}})
+    @app.get("/ready", responses={503: {"description": "Loading, draining, failed or stalled"}})
     async def ready() -> JSONResponse:
         phase = state.current_phase
         return JSONResponse({"status": phase.value}, status_code=200 if phase is Phase.READY else 503)
