@@ -16,7 +16,10 @@ The Kubernetes HPA's algorithm is the anchor (replica calculator, stabilization 
 6. Bounds: `[max(min_replicas, floor), max_replicas]`, last and always (max wins if they cross).
 
 Missing data (NoData, or no sample from any Ready pod) and zero Ready pods hold the current count (within
-the bounds): the autoscaler never scales in on missing data. What must survive an operator restart (the
+the bounds): the autoscaler never scales in on missing data. Each such hold counts as a recommendation of the
+held count, so that after an outage the windows refill with real reads before they allow a change: with no
+history left, the first read after an outage longer than the scale-down window would decide a scale-in alone
+(as in HPA, which keeps nothing while blind). What must survive an operator restart (the
 recommendations the windows still need, the scale events the periods still need) is `AutoscaleState`, which
 the caller keeps in the ModelDeployment's status (`to_status()` / `from_status()`).
 """
@@ -177,6 +180,7 @@ def decide(
             why = f"no Ready pod to measure ({obs.starting} starting)"
         target = _clamp(current, lowest, policy.max_replicas)
         reason = f"{why}: keep {current}" + _bounded(current, target, bounds_note)
+        state = _remember(state, Recommendation(now, target), policy, now)
         return _decision(current, target, reason, None, current, state, now, no_data)
 
     raw = _raw_recommendation(obs, policy)

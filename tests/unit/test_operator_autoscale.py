@@ -276,10 +276,29 @@ def test_scaling_records_an_event_and_the_recommendation():
     assert decision.recommendation == 10
 
 
-def test_missing_data_records_no_recommendation():
-    decision = decide(observe(3, NoData("NoSeries", "x")), POLICY, state(recommendations=[(-10, 3)]), NOW)
-    assert decision.state.recommendations == (Recommendation(NOW - 10, 3),)
+def test_missing_data_records_a_hold_at_the_current_count():
+    decision = decide(observe(3, NoData("NoSeries", "x")), POLICY, state(recommendations=[(-10, 5)]), NOW)
+    assert decision.replicas == 3
+    assert decision.state.recommendations == (Recommendation(NOW - 10, 5), Recommendation(NOW, 3))
     assert decision.state.events == ()
+
+
+def test_after_an_outage_longer_than_the_scale_down_window_one_low_read_does_not_scale_in():
+    policy = replace(NO_LIMITS, down=ScaleRule(60, 100, 15))
+    loaded = decide(observe(4, [4, 4, 4, 4]), policy, AutoscaleState(), NOW)  # on target
+    assert loaded.replicas == 4
+    kept = loaded.state
+    for t in range(15, 120, 15):  # Prometheus is down for two windows
+        blind = decide(observe(4, NoData("PrometheusUnavailable", "down")), policy, kept, NOW + t)
+        assert blind.replicas == 4
+        kept = blind.state
+    first_read = decide(observe(4, [0, 0, 0, 0]), policy, kept, NOW + 120)
+    assert first_read.replicas == 4 and "held at 4 by the 60s scale-down window" in first_read.reason
+    later = first_read.state
+    for t in range(135, 180, 15):
+        later_decision = decide(observe(4, [0, 0, 0, 0]), policy, later, NOW + t)
+        later = later_decision.state
+    assert later_decision.replicas == 1, "a window of real low reads after the outage does scale in"
 
 
 def test_invalid_policies_are_refused():
