@@ -34,6 +34,7 @@ from bench_engine_decode import QUICK  # noqa: E402
 from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint  # noqa: E402
 from moe_runtime.engine import Engine  # noqa: E402
 from tests.unit.runtime.conftest import SPECS  # noqa: E402
+from tests.unit.runtime.helpers import hf_greedy  # noqa: E402
 
 # shaped like a scaled-down Qwen3-30B-A3B: many small experts, top-k 4; ~3 GB in fp32
 LARGE = CheckpointSpec(
@@ -120,20 +121,6 @@ def our_greedy(engine: Engine, tokens: int) -> list[int]:
     return out
 
 
-def hf_greedy(model, device: str, tokens: int) -> list[int]:
-    ids = torch.tensor([PROMPT], device=device)
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    return out[0, len(PROMPT) :].tolist()
-
-
 def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
 
@@ -147,7 +134,7 @@ def parity(path: str, device: str, tokens: int) -> dict:
             ours = our_prefill_logits(engine)
         with torch.inference_mode():
             theirs = model(torch.tensor([PROMPT], device=device)).logits[0].float()
-        ours_greedy, theirs_greedy = our_greedy(engine, tokens), hf_greedy(model, device, tokens)
+        ours_greedy, theirs_greedy = our_greedy(engine, tokens), hf_greedy(model, PROMPT, tokens)
         result[name] = {
             "max_abs_logit_diff": round((ours - theirs).abs().max().item(), 6),
             "logit_scale": round(theirs.abs().max().item(), 3),
@@ -222,7 +209,7 @@ def our_throughput(path: str, device: str, dtype: str, tokens: int, batches: lis
 def hf_throughput(path: str, device: str, torch_dtype: torch.dtype, tokens: int, repeats: int) -> dict:
     reset_peak(device)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    rate = decode_rate(lambda n: hf_greedy(model, device, n), device, tokens, repeats)
+    rate = decode_rate(lambda n: hf_greedy(model, PROMPT, n), device, tokens, repeats)
     return {
         "transformers_decode_tok_s": round(rate, 1),
         "transformers_peak_memory_mb": peak_memory_mb(device),

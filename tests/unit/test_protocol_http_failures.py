@@ -136,19 +136,24 @@ def test_a_request_ended_without_an_answer_gets_the_status_of_its_reason(reason,
     assert (streamed_error["type"], streamed_error["code"]) == (error_type, code)
 
 
-def test_a_failed_engine_turns_health_and_readiness_to_503_and_refuses_requests():
-    state = serving()
-    state.worker.failure = RuntimeError("CUDA error: an illegal memory access was encountered")
+def probe_all(state: ServingState) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    """/health, /ready and a generation request, in that order."""
 
     async def go():
         async with await client_for(state) as client:
-            return [
+            return (
                 await client.get("/health"),
                 await client.get("/ready"),
                 await client.post("/v1/completions", json=BODY),
-            ]
+            )
 
-    health, ready, generation = run(go())
+    return run(go())
+
+
+def test_a_failed_engine_turns_health_and_readiness_to_503_and_refuses_requests():
+    state = serving()
+    state.worker.failure = RuntimeError("CUDA error: an illegal memory access was encountered")
+    health, ready, generation = probe_all(state)
     assert health.status_code == 503 and "illegal memory access" in health.json()["error"]
     assert (ready.status_code, ready.json()) == (503, {"status": "failed"})
     assert generation.status_code == 503 and generation.json()["error"]["code"] == "failed"
@@ -163,16 +168,7 @@ def test_an_engine_step_past_the_stall_timeout_turns_health_and_readiness_to_503
 ):
     state = serving(engine_stall_timeout_s=stall_timeout)
     state.worker.step_running_for = step_running_for
-
-    async def go():
-        async with await client_for(state) as client:
-            return [
-                await client.get("/health"),
-                await client.get("/ready"),
-                await client.post("/v1/completions", json=BODY),
-            ]
-
-    health, ready, generation = run(go())
+    health, ready, generation = probe_all(state)
     if not stalled:
         assert (health.status_code, ready.status_code) == (200, 200)
         return

@@ -23,7 +23,7 @@ def hf_greedy(hf_model, prompt: list[int], steps: int) -> list[int]:
     """transformers' greedy generate of exactly `steps` tokens (no eos), without the prompt."""
     with torch.no_grad():
         out = hf_model.generate(
-            torch.tensor([prompt]),
+            torch.tensor([prompt], device=hf_model.device),
             max_new_tokens=steps,
             min_new_tokens=steps,
             do_sample=False,
