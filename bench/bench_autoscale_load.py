@@ -47,7 +47,7 @@ import machine  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
 from stack import on_local_stack  # noqa: E402
 
-from moe_runtime.loadgen import LoadConfig, LoadGenerator, Shape  # noqa: E402
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape  # noqa: E402
 from tests.integration.autoscale_support import (  # noqa: E402
     PromReader,
     Recorder,

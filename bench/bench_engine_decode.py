@@ -24,10 +24,10 @@ import machine
 import torch
 import transformers
 
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-from moe_runtime.engine import Engine
-from moe_runtime.moe import SparseMoE
-from moe_runtime.quant import linear, nbytes, quantize_int8
+from moe_runtime.engine.engine import Engine
+from moe_runtime.model.moe import SparseMoE
+from moe_runtime.model.quant import linear, nbytes, quantize_int8
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
 FULL = CheckpointSpec(
     "qwen3_moe",

@@ -17,8 +17,8 @@ import time
 import machine
 import torch
 
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
 SPEC = CheckpointSpec(
     "mixtral",

@@ -27,10 +27,10 @@ import machine
 import torch
 from safetensors.torch import save_file
 
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-from moe_runtime.engine import Engine
-from moe_runtime.model import Weights
-from moe_runtime.moe import DenseMLP, SparseMoE
+from moe_runtime.engine.engine import Engine
+from moe_runtime.model.decoder import Weights
+from moe_runtime.model.moe import DenseMLP, SparseMoE
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
 FULL = CheckpointSpec(
     "qwen3_moe",

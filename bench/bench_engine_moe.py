@@ -17,7 +17,7 @@ import machine
 import torch
 import torch.nn.functional as F
 
-from moe_runtime.moe import SparseMoE, route, sparse_moe
+from moe_runtime.model.moe import SparseMoE, route, sparse_moe
 
 
 def median_seconds(run, repeats: int) -> float:

@@ -56,7 +56,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
 def matched_prompt_tokens(checkpoint: Path, prompts: int) -> tuple[int, int]:
     """(tokens bench_serve_batching's prompts reach the engine with, the synthetic prompt length that makes
     guidellm's chat prompts reach it with as many)."""
-    from moe_runtime.tokenizer import Tokenizer
+    from moe_runtime.model.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(checkpoint)
     engine_tokens = round(statistics.median(len(tokenizer.encode(prompt(i))) for i in range(prompts)))

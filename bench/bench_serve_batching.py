@@ -69,7 +69,7 @@ def engine_step_speedup(checkpoint: Path, batch: int) -> float:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     engine = Engine.load(str(checkpoint), dtype="float32")

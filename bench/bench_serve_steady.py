@@ -58,7 +58,7 @@ def engine_only_spread(checkpoint: Path, body: dict, concurrency: int, repeats: 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     engine = Engine.load(str(checkpoint), dtype="float32")

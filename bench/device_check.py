@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 import transformers
 
-import moe_runtime.moe
+import moe_runtime.model.moe
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
 from bench_engine_decode import QUICK  # noqa: E402
 
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint  # noqa: E402
-from moe_runtime.engine import Engine  # noqa: E402
+from moe_runtime.engine.engine import Engine  # noqa: E402
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint  # noqa: E402
 from tests.unit.runtime.conftest import SPECS  # noqa: E402
 from tests.unit.runtime.helpers import hf_greedy  # noqa: E402
 
@@ -79,17 +79,17 @@ def our_prefill_logits(engine: Engine) -> torch.Tensor:
 def recorded_routing():
     """The router probabilities (fp32, [tokens, experts]) of every MoE layer our engine runs inside, in order."""
     probabilities: list[torch.Tensor] = []
-    route = moe_runtime.moe.route
+    route = moe_runtime.model.moe.route
 
     def recording(router_logits: torch.Tensor, top_k: int, normalize: bool):
         probabilities.append(torch.softmax(router_logits.float(), dim=-1).cpu())
         return route(router_logits, top_k, normalize)
 
-    moe_runtime.moe.route = recording
+    moe_runtime.model.moe.route = recording
     try:
         yield probabilities
     finally:
-        moe_runtime.moe.route = route
+        moe_runtime.model.moe.route = route
 
 
 def routing_flips(reference: list[torch.Tensor], other: list[torch.Tensor], top_k: int) -> dict:

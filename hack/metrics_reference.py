@@ -51,7 +51,7 @@ def _metric_objects(metrics):
 
 
 def render() -> str:
-    from moe_operator import operator_metrics
+    from moe_operator.io import metrics as operator_metrics
     from moe_runtime import metrics as runtime_metrics
 
     text = HEADER

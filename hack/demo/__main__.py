@@ -38,8 +38,8 @@ from figures import Recorder  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from stack import say  # noqa: E402
 
-from moe_operator.prom import Prometheus  # noqa: E402
-from moe_runtime.loadgen import LoadConfig, LoadGenerator, Shape  # noqa: E402
+from moe_operator.io.prometheus import Prometheus  # noqa: E402
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape  # noqa: E402
 
 NS, NAME = manifests.NAMESPACE, manifests.NAME
 # twice the recorder's p99 window: the baseline's window then starts after the requests that queued before the

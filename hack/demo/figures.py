@@ -1,5 +1,5 @@
 """What the demo shows, read as the operator reads it: queue depth and per-revision p99 from Prometheus (the
-operator's own queries, moe_operator.prom), replicas and revisions from the ModelDeployment's status, and the
+operator's own queries, moe_operator.io.prometheus), replicas and revisions from the ModelDeployment's status, and the
 operator's Events. A sampler thread records them every second for the summary and the picture."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import datetime
 
 from kubernetes import client
 
-from moe_operator.prom import Prometheus
-from moe_operator.promdata import Measurement, PodSamples
+from moe_operator.decisions.promdata import Measurement, PodSamples
+from moe_operator.io.prometheus import Prometheus
 
 P99_WINDOW_S = 10
 

@@ -135,7 +135,7 @@ def first_over(
     """The first scrape time at which the queue per pod is over `threshold`, the pods' values averaged.
 
     Window 0: each pod's latest sample, as Prometheus shows it (gone after FRESH_S without a scrape). Else as
-    the operator reads it (operator/prom.py): each pod's mean over (t - window, t], or its latest sample when a
+    the operator reads it (operator/moe_operator/io/prometheus.py): each pod's mean over (t - window, t], or its latest sample when a
     scrape came late, nothing once that is older than two windows. Pods without a sample since `since` (no
     longer scraped, so no longer Ready, which the operator leaves out) are left out."""
     live = [points for points in samples.values() if any(t >= since for t, _ in points)]

@@ -19,7 +19,7 @@ from kubernetes import client, watch
 from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
 
-from moe_operator.promql import canary_window
+from moe_operator.decisions.promql import canary_window
 from tests.integration.local_stack import local_md, processes
 from tests.waiting import wait_for
 

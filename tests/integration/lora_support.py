@@ -1,6 +1,6 @@
 """LoRA adapters for the serving tests, made by PEFT from random weights on the transformers model that reads
 the test's own checkpoint (nothing downloaded), and broken copies of one, each with the reason word the runtime
-reports for it (runtime/lora_reasons.py)."""
+reports for it (runtime/moe_runtime/adapters/reasons.py)."""
 
 from __future__ import annotations
 

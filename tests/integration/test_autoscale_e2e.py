@@ -29,7 +29,7 @@ import pytest
 from localcluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from moe_runtime.loadgen import LoadConfig, LoadGenerator, Shape
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape
 from tests.integration.autoscale_support import (
     PrivatePrometheus,
     Recorder,

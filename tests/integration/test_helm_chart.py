@@ -180,7 +180,7 @@ def declared(permissions) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("scenario", ["defaults", "namespaced"])
 def test_rbac_grants_exactly_the_permissions_the_operator_declares(helm, scenario):
-    from moe_operator.kube import LEADER_ELECTION_PERMISSIONS, PERMISSIONS
+    from moe_operator.io.kube import LEADER_ELECTION_PERMISSIONS, PERMISSIONS
 
     roles = [doc for doc in render(helm, SCENARIOS[scenario]) if doc["kind"] in ("Role", "ClusterRole")]
     election = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
@@ -210,7 +210,7 @@ def test_leader_election_by_default_recreate_without_it(helm):
 def test_the_policy_reaches_the_operator_as_a_mounted_file(helm):
     docs = render(helm, SCENARIOS["everything"])
     (policy,) = [cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].endswith("-policy")]
-    from moe_operator.policy import Policy
+    from moe_operator.decisions.policy import Policy
 
     loaded = Policy.from_mapping(yaml.safe_load(policy["data"]["policy.yaml"]))
     assert loaded.allowed_source_kinds == ("*",) and loaded.allowed_image_prefixes == ("registry.example/",)

@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from moe_runtime.loadgen import LoadConfig, LoadGenerator, Shape, run_load
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape, run_load
 from tests.integration.runtime_server.harness import RuntimeServer, free_port, write_checkpoint
 from tests.waiting import wait_for
 

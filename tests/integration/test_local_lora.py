@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from moe_runtime.sampling import SamplingParams
+from moe_runtime.engine.sampling import SamplingParams
 from tests.integration.local_stack import (
     START_TIMEOUT_S,
     container_status,
@@ -54,7 +54,7 @@ def loras(model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(model_dir, loras):
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
 
     engine = Engine.load(str(model_dir), device="cpu", dtype="float32")
     for name in "abc":

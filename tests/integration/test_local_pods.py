@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_api_client import PrometheusConnect
 
-from moe_runtime.loadgen import LoadConfig, LoadGenerator, Shape
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape
 from tests.integration.local_stack import (
     START_TIMEOUT_S,
     container_status,

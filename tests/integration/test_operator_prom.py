@@ -24,18 +24,18 @@ import yaml
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from moe_operator.analysis import SLO, judge
-from moe_operator.operator_metrics import OperatorMetrics
-from moe_operator.prom import Prometheus
-from moe_operator.promdata import Measurement, NoData, PodSamples
-from moe_operator.promql import SLOQueries
+from moe_operator.decisions.analysis import SLO, judge
+from moe_operator.decisions.promdata import Measurement, NoData, PodSamples
+from moe_operator.decisions.promql import SLOQueries
+from moe_operator.io.metrics import OperatorMetrics
+from moe_operator.io.prometheus import Prometheus
 from tests.integration.prometheus import SCRAPE_INTERVAL, PrometheusServer
 from tests.integration.runtime_server.harness import free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-# runtime/metrics.py's buckets (not imported: that module needs torch, the operator does not)
+# runtime/moe_runtime/metrics.py's buckets (not imported: that module needs torch, the operator does not)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 STATUSES = ("200", "400", "429", "499", "500", "503", "504")
 WEIRD_NAME = 'we"ird\\name'

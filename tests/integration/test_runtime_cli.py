@@ -62,8 +62,8 @@ def test_bad_checkpoint_fails_with_the_reason(tmp_path):
 
 
 def test_generate_with_a_lora_adapter_gives_the_engines_output_with_it(tmp_path):
-    from moe_runtime.engine import Engine
-    from moe_runtime.sampling import SamplingParams
+    from moe_runtime.engine.engine import Engine
+    from moe_runtime.engine.sampling import SamplingParams
     from tests.integration.lora_support import edited, peft_adapter
 
     model = tmp_path / "model"

@@ -9,7 +9,7 @@ import json
 
 from kubernetes.client.exceptions import ApiException
 
-from moe_operator.cache import ObjectCache
+from moe_operator.machinery.cache import ObjectCache
 
 
 def _error(status: int, message: str) -> ApiException:

@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from moe_operator.naming import Owner
+from moe_operator.decisions.naming import Owner
 
 OWNER = Owner(name="qwen", namespace="models", uid="0b5e2c9e-1111-2222-3333-444455556666")
 
@@ -39,8 +39,8 @@ class Children:
 
 def render_children(raw: dict[str, Any], track: str = "stable") -> Children:
     """What the operator renders for a spec whose revision runs on `track`."""
-    from moe_operator.render import deployment, render_revision, revision_config_map, service
-    from moe_operator.spec import parse_spec
+    from moe_operator.decisions.render import deployment, render_revision, revision_config_map, service
+    from moe_operator.decisions.spec import parse_spec
 
     parsed = parse_spec(raw)
     revision = render_revision(OWNER.name, parsed)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from moe_operator.render import OWNED_ENV
+from moe_operator.decisions.render import OWNED_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "modeldeployments.yaml").read_text())

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_runtime.download_progress import Progress, human_bytes
-from moe_runtime.etag import EtagDigest, EtagForm, md5_based, parse_etag, uniform_parts
+from moe_runtime.download.etag import EtagDigest, EtagForm, md5_based, parse_etag, uniform_parts
+from moe_runtime.download.progress import Progress, human_bytes
 
 
 def s3_multipart_etag(data: bytes, part_size: int) -> str:

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_runtime.download import local_model_dir
-from moe_runtime.download_manifest import Manifest
-from moe_runtime.download_plan import (
+from moe_runtime.download.manifest import Manifest
+from moe_runtime.download.plan import (
     ListingError,
     RemoteObject,
     S3Uri,
@@ -24,7 +23,8 @@ from moe_runtime.download_plan import (
     relative_path,
     resume_offset,
 )
-from moe_runtime.serve import parse_args
+from moe_runtime.download.s3 import local_model_dir
+from moe_runtime.serve.command import parse_args
 
 KEY_TEXT = st.text(alphabet="ab/.\0é ", max_size=12)
 

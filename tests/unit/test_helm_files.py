@@ -154,9 +154,9 @@ def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
         for name in re.findall(r"moe_runtime_\w+", expr)
     }
     assert used <= RUNTIME_METRIC_NAMES, f"metrics DESIGN.md does not name: {used - RUNTIME_METRIC_NAMES}"
-    from moe_operator.operator_metrics import METRICS
+    from moe_operator.io.metrics import OperatorMetrics
 
-    operator_names = {metric.name for metric in METRICS.registry.collect()}
+    operator_names = {metric.name for metric in OperatorMetrics().registry.collect()}
     assert {name for expr in exprs for name in re.findall(r"moe_operator_\w+", expr)} <= operator_names
     assert any("moe_operator_desired_replicas" in e for e in exprs), "no autoscaling panel"
     latency = [e for e in exprs if "moe_runtime_request_latency_seconds_bucket" in e]

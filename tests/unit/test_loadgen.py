@@ -1,5 +1,5 @@
 """The load generator's pure parts: settings and their bounds, where requests go, the summary
-(runtime/loadgen.py; tests/integration/test_local_loadgen.py drives real runtimes with it)."""
+(runtime/moe_runtime/tools/loadgen.py; tests/integration/test_local_loadgen.py drives real runtimes with it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_runtime.loadgen import (
+from moe_runtime.tools.loadgen import (
     Endpoints,
     LoadConfig,
     Outcome,

@@ -13,7 +13,7 @@ PYTHON = "/venv/bin/python"
 
 
 def runtime_pod(model_volume: dict | None, cpu: str | None = "2", args: tuple[str, ...] = ()) -> dict:
-    """A pod as today's operator renders it (operator/render.py)."""
+    """A pod as today's operator renders it (operator/moe_operator/decisions/render.py)."""
     env = [{"name": "HOME", "value": "/tmp"}]
     if cpu:
         cpu_request = {"containerName": "runtime", "resource": "requests.cpu", "divisor": "1"}

@@ -1,4 +1,4 @@
-"""Which LoRA adapters are in memory (lora_residency.py): plain data in, a plan out; and, with the real
+"""Which LoRA adapters are in memory (adapters/residency.py): plain data in, a plan out; and, with the real
 scheduler, that a request for a configured adapter never fails or starves for lack of room."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.lora_residency import Demand, Residency, Status
-from moe_runtime.scheduler import Request, Scheduler, SchedulerConfig
+from moe_runtime.adapters.residency import Demand, Residency, Status
+from moe_runtime.engine.scheduler import Request, Scheduler, SchedulerConfig
 
 
 def settle(residency: Residency, now: float = 0.0) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from moe_runtime.lora_sources import (
+from moe_runtime.adapters.sources import (
     AdapterSource,
     SourceError,
     parse_lora_list,

@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from moe_runtime.lora_sources import AdapterSource
-from moe_runtime.lora_watch import LoraListWatcher
+from moe_runtime.adapters.sources import AdapterSource
+from moe_runtime.adapters.watch import LoraListWatcher
 from tests.waiting import wait_for
 
 
@@ -48,7 +48,7 @@ def test_each_new_version_is_handed_over_once_and_a_broken_one_keeps_the_last_go
     watcher.check()
     volume.write(adapters("a", "b"))
     watcher.check()
-    with caplog.at_level(logging.ERROR, "moe_runtime.lora_watch"):
+    with caplog.at_level(logging.ERROR, "moe_runtime.adapters.watch"):
         volume.write("[{")
         watcher.check()
         watcher.check()
@@ -63,7 +63,7 @@ def test_a_missing_file_is_reported_and_its_appearance_counts(tmp_path, caplog):
     seen: list[list[AdapterSource]] = []
     path = tmp_path / "later.json"
     watcher = LoraListWatcher(path, seen.append, poll_s=0.05)
-    with caplog.at_level(logging.ERROR, "moe_runtime.lora_watch"):
+    with caplog.at_level(logging.ERROR, "moe_runtime.adapters.watch"):
         watcher.start()
         assert "cannot read" in caplog.text and seen == []
         path.write_text(adapters("a"))

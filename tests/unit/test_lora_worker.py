@@ -1,4 +1,4 @@
-"""LoRA adapters through the engine thread (worker.py + lora_manager.py) against a fake engine that honours the
+"""LoRA adapters through the engine thread (engine/worker.py + adapters/manager.py) against a fake engine that honours the
 adapter contract: each request runs with its adapter, loads happen on the loader thread, at most --max-loras
 adapters are in the engine, and requests wait for room instead of failing."""
 
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from moe_runtime.lora import AdapterError, AdapterNotFound
-from moe_runtime.lora_manager import LoraManager
-from moe_runtime.lora_sources import AdapterSource
+from moe_runtime.adapters.manager import LoraManager
+from moe_runtime.adapters.sources import AdapterSource
+from moe_runtime.engine.sampling import SamplingParams
+from moe_runtime.engine.scheduler import FinishReason, SchedulerConfig
+from moe_runtime.engine.worker import EngineWorker
 from moe_runtime.metrics import RuntimeMetrics
-from moe_runtime.sampling import SamplingParams
-from moe_runtime.scheduler import FinishReason, SchedulerConfig
-from moe_runtime.worker import EngineWorker
+from moe_runtime.model.lora import AdapterError, AdapterNotFound
 from tests.unit.test_scheduler_worker import VOCAB, FakeEngine, collect, next_token
 from tests.waiting import wait_for
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from moe_operator.adapters import AdapterReader, adapter_events, summarize
-from moe_operator.prom import _adapter_states
-from moe_operator.promdata import NO_SERIES, AdapterStates, NoData
-from moe_operator.promql import adapter_states
-from moe_operator.reconcile import Reconciler
+from moe_operator.decisions.adapters import AdapterReader, adapter_events, summarize
+from moe_operator.decisions.promdata import NO_SERIES, AdapterStates, NoData
+from moe_operator.decisions.promql import adapter_states
+from moe_operator.io.prometheus import _adapter_states
+from moe_operator.reconcile.reconciler import Reconciler
 from tests.unit.test_operator_reconcile import NAME, NS, OPEN_POLICY, Verdicts, World
 from tests.unit.test_operator_scaling import AutoscaledWorld
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_operator.analysis import (
+from moe_operator.decisions.analysis import (
     CATCH_UP_WINDOWS,
     RECENT_OUTCOMES,
     SLO,
@@ -23,7 +23,7 @@ from moe_operator.analysis import (
     record,
     verdict,
 )
-from moe_operator.promdata import NO_DATA_REASONS, Measurement, NoData
+from moe_operator.decisions.promdata import NO_DATA_REASONS, Measurement, NoData
 
 START = 1_000_000.0
 SLO_ = SLO(p99_latency_s=2.0, max_error_ratio=0.05, interval_s=60, min_requests=10)

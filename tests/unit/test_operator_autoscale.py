@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_operator.autoscale import (
+from moe_operator.decisions.autoscale import (
     AutoscalePolicy,
     AutoscaleState,
     Observation,
@@ -19,7 +19,7 @@ from moe_operator.autoscale import (
     ScaleRule,
     decide,
 )
-from moe_operator.promdata import NO_DATA_REASONS, NoData, PodSamples
+from moe_operator.decisions.promdata import NO_DATA_REASONS, NoData, PodSamples
 
 NOW = 100_000.0
 POLICY = AutoscalePolicy(min_replicas=1, max_replicas=20, target_queue_depth=4)
@@ -513,8 +513,14 @@ def test_the_kept_state_decides_as_the_whole_history_would(policy, steps):
 
 
 def test_the_floor_is_remembered_so_the_scale_down_window_holds_it_after_the_canary():
-    from moe_operator.autoscale import AutoscalePolicy, AutoscaleState, Observation, ScaleRule, decide
-    from moe_operator.promdata import PodSamples
+    from moe_operator.decisions.autoscale import (
+        AutoscalePolicy,
+        AutoscaleState,
+        Observation,
+        ScaleRule,
+        decide,
+    )
+    from moe_operator.decisions.promdata import PodSamples
 
     policy = AutoscalePolicy(1, 10, 4.0, up=ScaleRule(0, 4, 15), down=ScaleRule(60, 4, 15))
     pods = frozenset({"a", "b", "c"})

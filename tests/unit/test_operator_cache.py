@@ -1,4 +1,4 @@
-from moe_operator.cache import ObjectCache
+from moe_operator.machinery.cache import ObjectCache
 
 
 def obj(name, version, kind="Deployment", namespace="ns", labels=None, **extra):

@@ -1,8 +1,8 @@
 """The autoscaler's floor while a canary is analysed: the stable Deployment keeps the replicas it had when the
 canary began, from the very pass that starts the canary (found by tests/integration/test_canary_e2e.py)."""
 
-from moe_operator.promdata import PodSamples
-from moe_operator.rollout import Verdict
+from moe_operator.decisions.promdata import PodSamples
+from moe_operator.decisions.rollout import Verdict
 from tests.unit.test_operator_reconcile import NAME
 from tests.unit.test_operator_scaling import AUTOSCALING, AutoscaledWorld
 

@@ -2,11 +2,13 @@
 
 import threading
 
-from moe_operator.children import Refused, StaleRead
-from moe_operator.controller import Controller
-from moe_operator.reconcile import Result
-from moe_operator.status import Problem
-from moe_operator.workqueue import WorkQueue
+from moe_operator.decisions.status import Problem
+from moe_operator.io.children import WriteRefused
+from moe_operator.io.metrics import OperatorMetrics
+from moe_operator.machinery.controller import Controller
+from moe_operator.machinery.errors import StaleRead
+from moe_operator.machinery.workqueue import WorkQueue
+from moe_operator.reconcile.reconciler import Result
 from tests.waiting import wait_for
 
 
@@ -25,7 +27,7 @@ class Reconciler:
 def run(behaviour, keys, workers=2, queue=None):
     queue = queue if queue is not None else WorkQueue(base_delay=0.05, max_delay=0.2)
     reconciler = Reconciler(behaviour)
-    controller = Controller(reconciler, queue, workers)
+    controller = Controller(reconciler, queue, workers, OperatorMetrics())
     controller.start()
     for key in keys:
         queue.add(("ns", key))
@@ -60,7 +62,7 @@ def test_failures_back_off_stale_reads_retry_and_requeues_come_back():
         if name == "broken":
             raise RuntimeError("API server unavailable")
         if name == "refused":
-            raise Refused(Problem("ApplyFailed", "403 forbidden by quota"))
+            raise WriteRefused(Problem("ApplyFailed", "403 forbidden by quota"))
         if name == "stale" and counts[name] == 1:
             raise StaleRead("changed since read")
         if name == "periodic":

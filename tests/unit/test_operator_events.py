@@ -1,8 +1,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_operator.events import Event, condition_flips
-from moe_operator.promdata import NO_DATA_REASONS
+from moe_operator.decisions.events import Event, condition_flips
+from moe_operator.decisions.promdata import NO_DATA_REASONS
 
 
 def status(ready="False", degraded="False", degraded_reason="AsExpected", message="stuck"):

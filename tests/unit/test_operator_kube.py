@@ -7,7 +7,7 @@ import time
 import pytest
 from kubernetes import client
 
-from moe_operator.kube import Kube, api_client
+from moe_operator.io.kube import Kube, api_client
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_call_to_a_silent_server_times_out_without_retrying_the_sent_request(s
 
 
 def test_paths():
-    from moe_operator.kube import path
+    from moe_operator.io.kube import path
 
     assert path("Deployment", "ns", "d") == "/apis/apps/v1/namespaces/ns/deployments/d"
     assert (

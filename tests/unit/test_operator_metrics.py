@@ -8,8 +8,8 @@ import socket
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from moe_operator import operator_metrics
-from moe_operator.operator_metrics import OperatorMetrics
+from moe_operator.io import metrics as operator_metrics
+from moe_operator.io.metrics import OperatorMetrics
 
 # family (as the parser names it, counters without _total) -> (type, labels)
 EXPECTED = {
@@ -97,7 +97,7 @@ def test_start_serves_the_registry():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     metrics = used(OperatorMetrics())
-    server = operator_metrics.start(port, addr="127.0.0.1", metrics=metrics)
+    server = operator_metrics.start(metrics, port, addr="127.0.0.1")
     try:
         body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from moe_operator.plan import covers, plan_deployment, template_revision
+from moe_operator.decisions.plan import covers, plan_deployment, template_revision
 from tests.unit.operator_samples import render_children, spec
 
 DESIRED = render_children(spec(runtime__resources={"gpu": 2, "cpu": "1000m", "memory": "1Gi"})).deployment

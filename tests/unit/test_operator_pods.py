@@ -1,4 +1,4 @@
-from moe_operator.pods import count_pods, pod_problem
+from moe_operator.decisions.pods import count_pods, pod_problem
 
 
 def pod(name, ready=False, track="stable", terminating=False, conditions=(), containers=()):

@@ -1,7 +1,8 @@
 import pytest
 
-from moe_operator.policy import Policy, violations
-from moe_operator.spec import parse_spec
+from moe_operator.decisions.policy import Policy, violations
+from moe_operator.decisions.spec import parse_spec
+from moe_operator.io.policy_file import load_policy
 from tests.unit.operator_samples import spec
 
 ALLOWED_IMAGE = "ghcr.io/moedeploy/runtime:1"
@@ -93,7 +94,7 @@ def test_a_permissive_policy_from_a_file(tmp_path):
         "allowSecretReferences: true\nallowedTolerationKeys: ['*']\nallowedServiceAccounts: ['*']\n"
         "allowedPriorityClasses: ['*']\nallowedVolumeTypes: ['*']\n"
     )
-    policy = Policy.load(str(path))
+    policy = load_policy(str(path))
     assert [check(policy, **fields) for _, fields, _ in REFUSED_BY_DEFAULT] == [[]] * len(REFUSED_BY_DEFAULT)
 
 

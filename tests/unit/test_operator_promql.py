@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_operator import promql
+from moe_operator.decisions import promql
 
 
 def test_default_queue_query_selects_one_model_deployment_raw_samples():

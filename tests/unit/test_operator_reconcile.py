@@ -7,10 +7,11 @@ import threading
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from moe_operator.children import Refused, StaleRead
-from moe_operator.policy import Policy
-from moe_operator.reconcile import Reconciler
-from moe_operator.rollout import Verdict
+from moe_operator.decisions.policy import Policy
+from moe_operator.decisions.rollout import Verdict
+from moe_operator.io.children import WriteRefused
+from moe_operator.machinery.errors import StaleRead
+from moe_operator.reconcile.reconciler import Reconciler
 from tests.unit.operator_fake_api import Events, FakeApi
 from tests.unit.operator_samples import OWNER, spec
 
@@ -174,7 +175,7 @@ def test_a_refusal_lands_in_the_status_once_and_is_retried_with_back_off():
     forbidden.body = '{"message": "deployments is forbidden: exceeded quota"}'
     world.api.refuse["Deployment"] = forbidden
     for _ in range(3):
-        with pytest.raises(Refused):  # the workers back off on it
+        with pytest.raises(WriteRefused):  # the workers back off on it
             world.reconcile()
     degraded = world.condition("Degraded")
     assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from moe_operator.config import RUNTIME_SETTINGS
-from moe_operator.naming import REVISION_LABEL, TRACK_LABEL
-from moe_operator.spec import parse_spec
+from moe_operator.decisions.naming import REVISION_LABEL, TRACK_LABEL
+from moe_operator.decisions.runtime_config import RUNTIME_SETTINGS
+from moe_operator.decisions.spec import parse_spec
 from tests.unit.operator_samples import OWNER, render_children, spec
 
 FIXED_LABELS = {
@@ -298,7 +298,7 @@ ADAPTERS = [
 
 
 def test_adapters_go_to_their_config_map_with_the_paths_the_pods_see_them_at():
-    from moe_operator.render import adapters_config_map
+    from moe_operator.decisions.render import adapters_config_map
 
     raw = spec(adapters=ADAPTERS)
     config_map = adapters_config_map(OWNER, parse_spec(raw))

@@ -1,6 +1,6 @@
 import pytest
 
-from moe_operator.revision import revision_hash
+from moe_operator.decisions.revision import revision_hash
 from tests.unit.operator_samples import render_children, spec
 
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_operator.rollout import (
+from moe_operator.decisions.rollout import (
     ANALYZING,
     HOLDING,
     PROMOTING,

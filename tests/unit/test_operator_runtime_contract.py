@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moe_operator.config import RUNTIME_SETTINGS
-from moe_operator.spec import parse_spec
-from moe_runtime.serve import OPTIONS, parse_args
+from moe_operator.decisions.runtime_config import RUNTIME_SETTINGS
+from moe_operator.decisions.spec import parse_spec
+from moe_runtime.serve.command import OPTIONS, parse_args
 from tests.unit.operator_samples import render_children, spec
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
@@ -56,8 +56,8 @@ def test_the_lora_defaults_of_the_crd_are_the_runtimes():
 def test_the_runtime_reads_the_adapter_list_the_operator_writes(tmp_path):
     import json
 
-    from moe_operator.render import adapters_config_map
-    from moe_runtime.lora_sources import AdapterSource, parse_lora_list
+    from moe_operator.decisions.render import adapters_config_map
+    from moe_runtime.adapters.sources import AdapterSource, parse_lora_list
     from tests.unit.operator_samples import OWNER
 
     raw = spec(

@@ -1,10 +1,10 @@
 """The autoscaler wired into the reconcile pass: decisions land on the Deployment and in the status, missing
 data holds, a restarted operator keeps its windows, a manual scale is answered with an Event."""
 
-from moe_operator.promdata import NoData, PodSamples
-from moe_operator.reconcile import Reconciler
-from moe_operator.rollout import Verdict
-from moe_operator.scaling import Scaler
+from moe_operator.decisions.promdata import NoData, PodSamples
+from moe_operator.decisions.rollout import Verdict
+from moe_operator.reconcile.reconciler import Reconciler
+from moe_operator.reconcile.scaling import Scaler
 from tests.unit.operator_fake_api import Events
 from tests.unit.test_operator_reconcile import NAME, NS, OPEN_POLICY, Clock, World
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moe_operator.spec import (
+from moe_operator.decisions.spec import (
     HostPathSource,
     ImageSource,
     InvalidSpec,

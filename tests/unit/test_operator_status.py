@@ -1,6 +1,6 @@
 import pytest
 
-from moe_operator.status import DeploymentState, Problem, StatusInputs, Verdict, compute_status
+from moe_operator.decisions.status import Condition, DeploymentState, Problem, StatusInputs, compute_status
 
 REV = "abc123def0"
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -204,7 +204,7 @@ def test_pod_failures_surface_before_the_deployment_notices():
 
 def test_extra_fields_and_conditions():
     extra = {"autoscaling": {"desiredReplicas": 3}, "url": "http://x", "model": "m"}
-    conditions = (("MetricsAvailable", Verdict(False, "PrometheusUnavailable", "connection refused")),)
+    conditions = (("MetricsAvailable", Condition(False, "PrometheusUnavailable", "connection refused")),)
     status = status_for(state(), extra=extra, extra_conditions=conditions)
     assert status["autoscaling"] == {"desiredReplicas": 3} and status["url"] == "http://x"
     assert verdicts(status)["MetricsAvailable"] == ("False", "PrometheusUnavailable")

@@ -6,7 +6,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from moe_operator.workqueue import WorkQueue
+from moe_operator.machinery.workqueue import WorkQueue
 from tests.waiting import wait_for
 
 KEYS = st.sampled_from(["a", "b", "c"])

@@ -1,4 +1,5 @@
-"""The import names the design fixes, and that the folder operator/ never shadows the standard library."""
+"""The import names the design fixes, in folders of the same names, and that the folder operator/ never shadows
+the standard library."""
 
 import importlib
 import subprocess
@@ -8,14 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_operator_folder_is_imported_as_moe_operator():
-    package = importlib.import_module("moe_operator")
-    assert Path(list(package.__path__)[0]).resolve() == ROOT / "operator"
-
-
-def test_runtime_folder_is_imported_as_moe_runtime():
-    package = importlib.import_module("moe_runtime")
-    assert Path(package.__file__).resolve().parent == ROOT / "runtime"
+def test_each_package_lives_in_the_folder_of_its_import_name():
+    for top, name in (("operator", "moe_operator"), ("runtime", "moe_runtime")):
+        package = importlib.import_module(name)
+        assert Path(package.__file__).resolve().parent == ROOT / top / name
 
 
 def test_standard_library_operator_wins_even_from_the_repo_root():
@@ -30,5 +27,5 @@ def test_standard_library_operator_wins_even_from_the_repo_root():
     assert not out.strip().startswith(str(ROOT)), out
     assert not (ROOT / "operator" / "__init__.py").exists(), (
         "operator/__init__.py makes the folder shadow the standard library's `operator` module; "
-        "keep operator/ a namespace portion (see pyproject.toml)"
+        "operator/ only holds the package folder moe_operator/"
     )

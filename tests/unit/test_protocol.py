@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from moe_runtime.protocol import ChatCompletionRequest, CompletionRequest, validation_error
+from moe_runtime.api.protocol import ChatCompletionRequest, CompletionRequest, validation_error
 
 
 def error_for(model, body: dict):

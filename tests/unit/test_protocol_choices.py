@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from moe_runtime.generation import Limits, chat_choices, completion_choices
-from moe_runtime.limits import RequestLimits
-from moe_runtime.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+from moe_runtime.api.choices import Limits, chat_choices, completion_choices
+from moe_runtime.api.limits import RequestLimits
+from moe_runtime.api.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 
 EOS = 0
 VOCAB = 300

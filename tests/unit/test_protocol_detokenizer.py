@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.detokenizer import MAX_HELD_TOKENS, TextAssembler
-from moe_runtime.stop_matcher import StopMatcher
+from moe_runtime.api.detokenizer import MAX_HELD_TOKENS, TextAssembler
+from moe_runtime.api.stop_matcher import StopMatcher
 
 
 class ByteTokenizer:

@@ -4,8 +4,8 @@ import asyncio
 
 import httpx
 
+from moe_runtime.api.app import Phase, ServingState, create_app
 from moe_runtime.metrics import RuntimeMetrics
-from moe_runtime.server import Phase, ServingState, create_app
 
 
 def call(state: ServingState, method: str, path: str, **kw) -> httpx.Response:

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from moe_runtime.generation import Limits
+from moe_runtime.api.app import ServingState, create_app
+from moe_runtime.api.choices import Limits
+from moe_runtime.engine.scheduler import FinishReason
+from moe_runtime.engine.streams import Finished, GenerationStream, OpenStreams
 from moe_runtime.metrics import RuntimeMetrics
-from moe_runtime.scheduler import FinishReason
-from moe_runtime.server import ServingState, create_app
-from moe_runtime.streams import Finished, GenerationStream, OpenStreams
 
 BODY = {"prompt": "hello", "max_tokens": 4}
 

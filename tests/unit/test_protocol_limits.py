@@ -5,10 +5,10 @@ import asyncio
 import httpx
 import pytest
 
-from moe_runtime.limits import RequestLimits, check_chat, check_completion
+from moe_runtime.api.app import ServingState, create_app
+from moe_runtime.api.limits import RequestLimits, check_chat, check_completion
+from moe_runtime.api.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from moe_runtime.metrics import RuntimeMetrics
-from moe_runtime.protocol import ApiError, ChatCompletionRequest, CompletionRequest
-from moe_runtime.server import ServingState, create_app
 
 LIMITS = RequestLimits(max_prompt_chars=10, max_messages=2, max_stop_strings=2, max_stop_string_chars=3)
 

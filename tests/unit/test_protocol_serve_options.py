@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from moe_runtime import serve
-from moe_runtime.serve import OPTIONS, parse_args
+from moe_runtime.serve import command as serve
+from moe_runtime.serve.command import OPTIONS, parse_args
 
 
 def test_environment_supplies_every_option_and_flags_win():
@@ -110,7 +110,7 @@ def test_json_logs_are_one_object_per_line_with_the_traceback():
 def test_the_token_budget_follows_the_device_unless_set():
     from types import SimpleNamespace
 
-    from moe_runtime.serve import resolve_token_budget
+    from moe_runtime.serve.command import resolve_token_budget
 
     def engine(kind):
         return SimpleNamespace(device=SimpleNamespace(type=kind))
@@ -125,7 +125,7 @@ def test_the_token_budget_follows_the_device_unless_set():
 
 
 def test_lora_options_from_flags_and_from_the_environment():
-    from moe_runtime.lora_sources import AdapterSource
+    from moe_runtime.adapters.sources import AdapterSource
 
     args = parse_args(["--model", "m"], {})
     assert (args.lora_modules, args.lora_list, args.max_loras, args.max_lora_rank) == ([], None, 4, 16)

@@ -11,13 +11,13 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.generation import Choices, Job
-from moe_runtime.logprobs import TokenLogprob
+from moe_runtime.api.choices import Choices, Job
+from moe_runtime.api.responses import CHAT, COMPLETIONS, Answer
+from moe_runtime.engine.logprobs import TokenLogprob
+from moe_runtime.engine.sampling import SamplingParams
+from moe_runtime.engine.scheduler import FinishReason
+from moe_runtime.engine.streams import Finished, GenerationStream, OpenStreams, PromptLogprobs, Tokens
 from moe_runtime.metrics import RuntimeMetrics
-from moe_runtime.responses import CHAT, COMPLETIONS, Answer
-from moe_runtime.sampling import SamplingParams
-from moe_runtime.scheduler import FinishReason
-from moe_runtime.streams import Finished, GenerationStream, OpenStreams, PromptLogprobs, Tokens
 
 EOS = 256  # a special token
 STOP_ID = 98  # "b", when a choice makes it a stop token id

@@ -2,7 +2,7 @@
 
 import pytest
 
-from moe_runtime.scheduler import FinishReason, Policy, QueueFull, Request, Scheduler, SchedulerConfig
+from moe_runtime.engine.scheduler import FinishReason, Policy, QueueFull, Request, Scheduler, SchedulerConfig
 
 
 def request(rid: str, prompt_len: int, arrival: float = 0.0, max_tokens: int = 4, **kw) -> Request:
@@ -236,7 +236,7 @@ def test_back_off_halves_the_step_and_requeued_requests_prefill_what_they_genera
 
 
 def test_the_smallest_step_cannot_back_off_and_limits_recover_after_good_steps():
-    from moe_runtime.scheduler import RECOVERY_STEPS
+    from moe_runtime.engine.scheduler import RECOVERY_STEPS
 
     s = Scheduler(SchedulerConfig(max_running=4, token_budget=8))
     s.add(request("a", 1, max_tokens=10**6))

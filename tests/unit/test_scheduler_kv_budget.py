@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from moe_runtime import kv_budget
-from moe_runtime.kv_budget import KvBudgetError, available_cpu_memory, capacity_tokens, cpu_cache_bytes
+from moe_runtime.engine import kv_budget
+from moe_runtime.engine.kv_budget import KvBudgetError, available_cpu_memory, capacity_tokens, cpu_cache_bytes
 
 GIB = 2**30
 
@@ -64,8 +64,8 @@ def test_available_cpu_memory_takes_the_lower_of_the_host_and_the_cgroup(tmp_pat
 
 
 def test_the_real_engine_counts_every_layer_of_keys_and_values(tmp_path):
-    from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
+    from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
     path = write_checkpoint(
         CheckpointSpec("qwen3_moe", num_layers=3, num_kv_heads=2, head_dim=8), tmp_path / "m"

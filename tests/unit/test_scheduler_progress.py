@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.scheduler import FinishReason, Policy, Request, Scheduler, SchedulerConfig
+from moe_runtime.engine.scheduler import FinishReason, Policy, Request, Scheduler, SchedulerConfig
 
 TICK_S = 0.25  # one step of simulated time (a power of two: priority keys compare exactly)
 STOP_TOKEN = 0

@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from moe_runtime.engine.sampling import SamplingParams
+from moe_runtime.engine.scheduler import FinishReason, QueueFull, SchedulerConfig
+from moe_runtime.engine.streams import PromptLogprobs
+from moe_runtime.engine.worker import EngineFailed, EngineWorker, Finished, Tokens, unscored_span
 from moe_runtime.metrics import RuntimeMetrics
-from moe_runtime.sampling import SamplingParams
-from moe_runtime.scheduler import FinishReason, QueueFull, SchedulerConfig
-from moe_runtime.streams import PromptLogprobs
-from moe_runtime.worker import EngineFailed, EngineWorker, Finished, Tokens, unscored_span
 
 VOCAB = 50
 
@@ -194,7 +194,7 @@ def test_a_stop_token_ends_generation_and_comes_last_flagged_and_counted_as_vllm
 
 
 def test_a_request_whose_sampling_fails_does_not_fail_its_batch_mates(monkeypatch):
-    import moe_runtime.worker as worker_module
+    import moe_runtime.engine.worker as worker_module
 
     real_sample_next = worker_module.sample_next
 

@@ -100,7 +100,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "moedeploy.healthPort" -}}8080{{- end }}
 
 {{/* RBAC rules ---------------------------------------------------------------------------------------
-Exactly moe_operator.kube.PERMISSIONS (tests/integration/test_helm_chart.py compares them): the calls of
+Exactly moe_operator.io.kube.PERMISSIONS (tests/integration/test_helm_chart.py compares them): the calls of
 the reconciler and of kopf's watches (kopf runs with resource scanning disabled, so it needs no access to CRDs
 or Namespaces). No wildcards, no Secrets, no pod creation. */}}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from moe_runtime.download import DownloadError, S3Snapshot, local_model_dir, s3_client
-from moe_runtime.download_plan import RemoteObject, S3Uri, partial_name
+from moe_runtime.download.plan import RemoteObject, S3Uri, partial_name
+from moe_runtime.download.s3 import DownloadError, S3Snapshot, local_model_dir, s3_client
 from tests.integration.model_download.conftest import MULTIPART_SHARD, PREFIX, SHARD
 from tests.integration.model_download.proxy import Rule
 from tests.waiting import wait_for

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from moe_runtime.download_plan import S3Uri, partial_name
+from moe_runtime.download.plan import S3Uri, partial_name
 from tests.integration.model_download.conftest import PREFIX, SHARD
 from tests.integration.model_download.proxy import Rule
 from tests.integration.model_download.test_s3_download import listed_object

@@ -30,6 +30,6 @@ def client(server) -> openai.OpenAI:
 
 @pytest.fixture(scope="session")
 def reference(checkpoint):
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
 
     return Engine.load(str(checkpoint), device="cpu", dtype="float32")

@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from moe_runtime import serve
+from moe_runtime.serve import command as serve
 
 
 class FaultyEngine:

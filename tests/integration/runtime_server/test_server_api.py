@@ -4,7 +4,7 @@ import concurrent.futures
 
 import pytest
 
-from moe_runtime.sampling import SamplingParams
+from moe_runtime.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 

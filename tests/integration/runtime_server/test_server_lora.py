@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from moe_runtime.sampling import SamplingParams
+from moe_runtime.engine.sampling import SamplingParams
 from tests.integration.lora_support import broken_adapters, peft_adapter, write_list
 from tests.integration.runtime_server.harness import RuntimeServer
 from tests.waiting import wait_for
@@ -56,7 +56,7 @@ def lora_client(lora_server) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def lora_reference(checkpoint, adapters):
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
 
     engine = Engine.load(str(checkpoint), device="cpu", dtype="float32")
     for name, path in adapters["good"].items():

@@ -4,7 +4,7 @@ too), n choices, and streaming with usage in every chunk."""
 import pytest
 import torch
 
-from moe_runtime.sampling import SamplingParams
+from moe_runtime.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 import torch
 
-from moe_runtime.sampling import SamplingParams
+from moe_runtime.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 

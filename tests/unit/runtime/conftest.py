@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
 from .hf_models import save_hf_models
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
 
 
 def greedy(engine: Engine, prompt: list[int], steps: int, adapter: str | None = None) -> list[int]:

@@ -8,10 +8,10 @@ import pytest
 import torch
 import transformers
 
-from moe_runtime import attention
-from moe_runtime.attention import LayerCache
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
+from moe_runtime.model import attention
+from moe_runtime.model.attention import LayerCache
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
 from .helpers import greedy, hf_greedy, prompt_ids
 

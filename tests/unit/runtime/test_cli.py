@@ -59,6 +59,6 @@ def test_make_checkpoint_then_generate_json(tmp_path, capsys):
 
 def test_serve_is_handed_to_moe_runtime_serve(monkeypatch):
     seen = []
-    monkeypatch.setitem(sys.modules, "moe_runtime.serve", types.SimpleNamespace(main=seen.append))
+    monkeypatch.setitem(sys.modules, "moe_runtime.serve.command", types.SimpleNamespace(main=seen.append))
     assert main(["serve", "--model", "x", "--port", "1"]) == 0
     assert seen == [["--model", "x", "--port", "1"]]

@@ -10,7 +10,7 @@ import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.config import FAMILY_FIELDS, ConfigError, parse_config
+from moe_runtime.model.config import FAMILY_FIELDS, ConfigError, parse_config
 
 HF_CONFIGS = {
     "qwen2_moe": transformers.Qwen2MoeConfig,

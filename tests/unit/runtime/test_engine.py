@@ -7,8 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.engine import Engine
-from moe_runtime.sampling import SamplingParams
+from moe_runtime.engine.engine import Engine
+from moe_runtime.engine.sampling import SamplingParams
 
 from .helpers import greedy, prompt_ids
 
@@ -118,7 +118,7 @@ def test_seeded_sampling_is_reproducible_and_differs_from_greedy(engines):
 
 
 def test_kv_cache_usage_counts_live_sequences(checkpoints):
-    from moe_runtime.engine import Engine
+    from moe_runtime.engine.engine import Engine
 
     engine = Engine.load(checkpoints["qwen2_moe"], max_kv_tokens=100)
     assert engine.kv_cache_usage() == 0

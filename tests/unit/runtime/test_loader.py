@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from moe_runtime.checkpoint import CheckpointSpec, write_checkpoint
-from moe_runtime.config import ConfigError
-from moe_runtime.engine import Engine
-from moe_runtime.loader import CheckpointError
-from moe_runtime.tokenizer import TokenizerError
+from moe_runtime.engine.engine import Engine
+from moe_runtime.model.config import ConfigError
+from moe_runtime.model.loader import CheckpointError
+from moe_runtime.model.tokenizer import TokenizerError
+from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 
 from .conftest import SPECS
 from .helpers import prompt_ids

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.logits_processors import process
-from moe_runtime.logprobs import token_logprobs
-from moe_runtime.sampling import SamplingParams, make_generator, sample_next
+from moe_runtime.engine.logits_processors import process
+from moe_runtime.engine.logprobs import token_logprobs
+from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_next
 
 V = 8
 

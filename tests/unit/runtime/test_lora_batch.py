@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import moe_runtime.moe as moe_module
-from moe_runtime import model
-from moe_runtime.engine import Engine
-from moe_runtime.lora import AdapterNotFound, LoraBatch
-from moe_runtime.sampling import SamplingParams
+import moe_runtime.model.moe as moe_module
+from moe_runtime.engine.engine import Engine
+from moe_runtime.engine.sampling import SamplingParams
+from moe_runtime.model import decoder as model
+from moe_runtime.model.lora import AdapterNotFound, LoraBatch
 
 from .helpers import greedy, prompt_ids
 from .lora_adapters import peft_fused_adapter, sparse_layers, write_per_expert_adapter

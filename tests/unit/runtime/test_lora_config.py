@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils.other import get_pattern_key
 
-from moe_runtime.lora import AdapterError
-from moe_runtime.lora.peft_config import parse_adapter_config
+from moe_runtime.model.lora import AdapterError
+from moe_runtime.model.lora.peft_config import parse_adapter_config
 
 MODULES = [
     "model.layers.0.self_attn.q_proj",

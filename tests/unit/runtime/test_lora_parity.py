@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
 
 from .helpers import greedy, hf_greedy, prompt_ids
 from .lora_adapters import peft_fused_adapter, peft_reference, write_per_expert_adapter

@@ -10,9 +10,9 @@ import peft
 import pytest
 import torch
 
-from moe_runtime.engine import Engine
-from moe_runtime.lora import AdapterError, AdapterNotFound
-from moe_runtime.lora_reasons import REASONS, adapter_error_reason
+from moe_runtime.adapters.reasons import REASONS, adapter_error_reason
+from moe_runtime.engine.engine import Engine
+from moe_runtime.model.lora import AdapterError, AdapterNotFound
 from tests.adapter_files import edited
 
 from .helpers import prompt_ids
@@ -143,7 +143,7 @@ CASES = {
 }
 
 
-# The reason word each refusal is counted under in the server's metrics (lora_reasons.py).
+# The reason word each refusal is counted under in the server's metrics (adapters/reasons.py).
 REASON_WORDS = {
     "dora": "dora",
     "modules_to_save": "modules_to_save",

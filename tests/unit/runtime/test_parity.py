@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from moe_runtime import model
+from moe_runtime.model import decoder as model
 
 from .helpers import greedy, hf_greedy, prompt_ids
 

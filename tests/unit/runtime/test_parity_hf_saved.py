@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
 
 from .helpers import greedy, hf_greedy, prompt_ids
 from .hf_models import LAYOUTS

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_runtime import quant
-from moe_runtime.engine import Engine
+from moe_runtime.engine.engine import Engine
+from moe_runtime.model import quant
 
 from .helpers import greedy, prompt_ids
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_runtime.sampling import SamplingParams, make_generator, sample_next, top_p_probs
+from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_next, top_p_probs
 
 
 def test_greedy_rows_take_the_argmax_and_sampled_rows_follow_their_seed():

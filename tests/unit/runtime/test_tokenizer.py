@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import transformers
 
-from moe_runtime.tokenizer import CHATML_TEMPLATE, Tokenizer
+from moe_runtime.model.tokenizer import CHATML_TEMPLATE, Tokenizer
 
 TEXT = "Experts that nobody chose cost nothing. 12 + 30 = 42!"
 

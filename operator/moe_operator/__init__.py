@@ -1,0 +1,1 @@
+"""moedeploy operator (imported as moe_operator): reconciles ModelDeployments into engine pods."""

@@ -1,0 +1,350 @@
+"""The desired children of a ModelDeployment as plain dicts. Pure.
+
+A revision is everything that defines a pod: its template and its runtime settings, hashed together. Each
+revision's settings live in their own immutable ConfigMap, named by the hash, which also keeps the revision's
+pod template, so that the pods of any revision still on record can be recreated exactly (a rollback needs the
+stable revision while the spec already describes another one). The stable Deployment and the canary
+Deployment run revisions; one Service selects the pods of both.
+
+LoRA adapters are not part of a revision: their list lives in the ConfigMap <md>-adapters, which the pods of
+every revision mount at the same place and the runtime watches, so adding or removing one changes no pod. Only
+the volumes the adapters come from are part of the pod template (one per PVC claim or hostPath folder): an
+adapter on a volume no pod mounts yet makes a new revision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from moe_operator.decisions.naming import (
+    POD_TEMPLATE_ANNOTATION,
+    REVISION_LABEL,
+    TRACK_LABEL,
+    Owner,
+    adapters_config_map_name,
+    child_labels,
+    deployment_name,
+    revision_config_map_name,
+    selector_labels,
+    service_name,
+    track_selector_labels,
+)
+from moe_operator.decisions.revision import revision_hash
+from moe_operator.decisions.runtime_config import (
+    ADAPTER_LIST_KEY,
+    ADAPTER_LIST_MOUNT_PATH,
+    ADAPTER_LIST_VOLUME,
+    DOWNLOAD_MOUNT_PATH,
+    MODEL_MOUNT_PATH,
+    RUNTIME_PORT,
+    adapter_path,
+    adapter_volumes,
+    model_path,
+    runtime_config,
+)
+from moe_operator.decisions.spec import HostPathSource, ModelDeploymentSpec, PvcSource, UriSource
+
+SERVICE_PORT = 80
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# The runtime image's user (images/runtime.Dockerfile): files on volumes must be readable by it.
+RUNTIME_USER = 10001
+PROBE_PERIOD_SECONDS = 10
+# A pod serves as soon as its weights are loaded: a short startup period brings new capacity in within
+# seconds of /ready (with 10 s it waited 4 s on average), which is what a scale-out is for.
+STARTUP_PROBE_PERIOD_SECONDS = 2
+# A rollout may wait this long beyond weight loading (scheduling, image pull) before it counts as stuck.
+PROGRESS_MARGIN_SECONDS = 600
+# Revisions live in the ConfigMaps; a Deployment's own ReplicaSet history is only for its rolling update.
+REPLICA_SET_HISTORY = 2
+# Environment variables the operator sets itself; the CRD refuses them in spec.runtime.env, since a
+# duplicate name makes the API server refuse the whole Deployment.
+OWNED_ENV = (
+    "HOME",
+    "OMP_NUM_THREADS",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+)
+_CONFIG_PLACEHOLDER = "$(revision-config)"
+
+
+@dataclass(frozen=True)
+class Revision:
+    hash: str
+    config: dict[str, str]  # the revision ConfigMap's data: MOE_RUNTIME_* settings
+    template: dict[str, Any]  # pod template with its revision label, reading the revision ConfigMap
+
+
+def render_revision(md_name: str, spec: ModelDeploymentSpec) -> Revision:
+    config = runtime_config(spec, md_name)
+    template = pod_template(md_name, spec)
+    digest = revision_hash(template, config)
+    # the ConfigMap's name holds the hash, so it is filled in after hashing
+    text = json.dumps(template).replace(_CONFIG_PLACEHOLDER, revision_config_map_name(md_name, digest))
+    final = json.loads(text)
+    final["metadata"]["labels"][REVISION_LABEL] = digest
+    return Revision(digest, config, final)
+
+
+def revision_config_map(owner: Owner, revision: Revision) -> dict[str, Any]:
+    body = _object("v1", "ConfigMap", revision_config_map_name(owner.name, revision.hash), owner)
+    body["metadata"]["labels"][REVISION_LABEL] = revision.hash
+    body["metadata"]["annotations"] = {POD_TEMPLATE_ANNOTATION: json.dumps(revision.template, sort_keys=True)}
+    return {**body, "immutable": True, "data": revision.config}
+
+
+def revision_from_config_map(config_map: Mapping[str, Any]) -> Revision | None:
+    """The revision a ConfigMap written by `revision_config_map` keeps; None when it is not one."""
+    meta = config_map.get("metadata") or {}
+    digest = (meta.get("labels") or {}).get(REVISION_LABEL)
+    try:
+        template = json.loads((meta.get("annotations") or {})[POD_TEMPLATE_ANNOTATION])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if digest is None or template.get("metadata", {}).get("labels", {}).get(REVISION_LABEL) != digest:
+        return None
+    return Revision(digest, dict(config_map.get("data") or {}), template)
+
+
+def adapters_config_map(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The adapter list every pod watches (`--lora-list`): [{"name", "path"}] with the paths in the pods."""
+    listed = [{"name": a.name, "path": adapter_path(spec, a)} for a in spec.adapters]
+    body = _object("v1", "ConfigMap", adapters_config_map_name(owner.name), owner)
+    return {**body, "data": {ADAPTER_LIST_KEY: json.dumps(listed, indent=1)}}
+
+
+def service(owner: Owner) -> dict[str, Any]:
+    spec = {
+        "type": "ClusterIP",
+        "selector": selector_labels(owner.name),
+        "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+    }
+    return _object("v1", "Service", service_name(owner.name), owner, spec=spec)
+
+
+def deployment(
+    owner: Owner, spec: ModelDeploymentSpec, revision: Revision, track: str, replicas: int
+) -> dict[str, Any]:
+    template = json.loads(json.dumps(revision.template))
+    template["metadata"]["labels"][TRACK_LABEL] = track
+    body = {
+        "replicas": replicas,
+        "selector": {"matchLabels": track_selector_labels(owner.name, track)},
+        "revisionHistoryLimit": REPLICA_SET_HISTORY,
+        "progressDeadlineSeconds": spec.runtime.startup_timeout_seconds + PROGRESS_MARGIN_SECONDS,
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": spec.rollout.max_surge,
+                "maxUnavailable": spec.rollout.max_unavailable,
+            },
+        },
+        "template": template,
+    }
+    obj = _object("apps/v1", "Deployment", deployment_name(owner.name, track), owner, spec=body)
+    obj["metadata"]["labels"][TRACK_LABEL] = track
+    return obj
+
+
+def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:
+    metadata = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": child_labels(owner.name),
+        "ownerReferences": [owner.reference()],
+    }
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **body}
+
+
+def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The pod template of the spec's revision, before its revision is known."""
+    runtime = spec.runtime
+    pod_spec: dict[str, Any] = {
+        # no API access unless the author runs the pods as a ServiceAccount on purpose (cloud identities)
+        "automountServiceAccountToken": runtime.service_account_name is not None,
+        # hundreds of Services in a namespace would otherwise become environment variables
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": runtime.batching.request_timeout_seconds
+        + runtime.drain_delay_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_USER,
+            "runAsGroup": RUNTIME_USER,
+            "fsGroup": RUNTIME_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(spec)],
+        "volumes": _volumes(md_name, spec),
+    }
+    optional = {
+        "serviceAccountName": runtime.service_account_name,
+        "runtimeClassName": runtime.runtime_class_name,
+        "priorityClassName": runtime.priority_class_name,
+        "imagePullSecrets": [{"name": name} for name in runtime.image_pull_secrets] or None,
+        "tolerations": _tolerations(spec) or None,
+        "nodeSelector": _node_selector(spec) or None,
+        "affinity": dict(runtime.affinity) if runtime.affinity else None,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    return {
+        "metadata": {
+            "labels": child_labels(md_name),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(RUNTIME_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def _container(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    runtime = spec.runtime
+    container: dict[str, Any] = {
+        "name": "runtime",
+        "image": runtime.image,
+        "command": ["python", "-m", "moe_runtime", "serve"],
+        "args": ["--model", model_path(spec), *runtime.args],
+        "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": _CONFIG_PLACEHOLDER}}],
+        # the root filesystem is read-only: caches (torch, tokenizers) go to the /tmp volume
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            *_cpu_threads_env(spec),
+            *_object_storage_env(spec),
+            *(dict(var) for var in runtime.env),
+        ],
+        "resources": _resources(spec),
+        # /ready turns 200 once the weights are loaded: liveness checks start only then, and a load that
+        # outlasts startupTimeoutSeconds restarts the container
+        "startupProbe": _http_probe(
+            "/ready",
+            failures=math.ceil(runtime.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
+            period=STARTUP_PROBE_PERIOD_SECONDS,
+        ),
+        "livenessProbe": _http_probe("/health", failures=3),
+        "readinessProbe": _http_probe("/ready", failures=2, period=5),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": _volume_mounts(spec),
+    }
+    if runtime.drain_delay_seconds:
+        # Services stop sending new requests before the runtime starts draining
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": runtime.drain_delay_seconds}}}
+    if runtime.image_pull_policy:
+        container["imagePullPolicy"] = runtime.image_pull_policy
+    return container
+
+
+def _cpu_threads_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """torch sizes its CPU thread pool by the node's cores, not the pod's share of them; oversubscribed
+    threads slow every CPU op many times over. The downward API hands the pod its CPU request, rounded up."""
+    if spec.runtime.resources.cpu is None:
+        return []
+    cpu_request = {"containerName": "runtime", "resource": "requests.cpu", "divisor": "1"}
+    return [{"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": cpu_request}}]
+
+
+def _object_storage_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    source = spec.model.source
+    if not isinstance(source, UriSource):
+        return []
+    env: list[dict[str, Any]] = []
+    if source.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": source.endpoint})
+    if source.region:
+        env.append({"name": "AWS_REGION", "value": source.region})
+    if source.credentials_secret:
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        ):
+            ref = {"name": source.credentials_secret, "key": key, "optional": optional}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def _http_probe(path: str, failures: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    wanted = spec.runtime.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if wanted.cpu is not None:
+        requests["cpu"] = wanted.cpu
+    if wanted.memory is not None:
+        requests["memory"] = limits["memory"] = wanted.memory
+    if wanted.gpu:
+        limits[GPU_RESOURCE] = wanted.gpu
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    tolerations = [dict(t) for t in spec.runtime.tolerations]
+    gpu_taint = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    if spec.runtime.resources.gpu and gpu_taint not in tolerations:
+        tolerations.append(gpu_taint)
+    return tolerations
+
+
+def _node_selector(spec: ModelDeploymentSpec) -> dict[str, str]:
+    selector = dict(spec.runtime.node_selector)
+    if spec.runtime.resources.gpu_type:
+        selector[GPU_PRODUCT_LABEL] = spec.runtime.resources.gpu_type
+    return selector
+
+
+def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    match spec.model.source:
+        case PvcSource(claim_name=claim):
+            volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        case HostPathSource(path=path):
+            volumes.append({"name": "model", "hostPath": {"path": path, "type": "Directory"}})
+        case UriSource(cache_host_path=None):
+            volumes.append({"name": "model-cache", "emptyDir": {}})
+        case UriSource(cache_host_path=path):
+            volumes.append({"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
+    if spec.runtime.shm_size:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}})
+    volumes.append({"name": ADAPTER_LIST_VOLUME, "configMap": {"name": adapters_config_map_name(md_name)}})
+    volumes.extend({"name": v.name, **v.source} for v in adapter_volumes(spec))
+    volumes.extend(dict(v) for v in spec.runtime.volumes)
+    return volumes
+
+
+def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if isinstance(spec.model.source, PvcSource | HostPathSource):
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
+    if isinstance(spec.model.source, UriSource):
+        mounts.append({"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH})
+    if spec.runtime.shm_size:
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    mounts.append({"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True})
+    mounts.extend(
+        {"name": v.name, "mountPath": v.mount_path, "readOnly": True} for v in adapter_volumes(spec)
+    )
+    mounts.extend(dict(m) for m in spec.runtime.volume_mounts)
+    return mounts

@@ -1,0 +1,312 @@
+"""Which revision the stable Deployment runs, whether a canary runs beside it, and what was rejected. Pure.
+
+A spec that makes a new revision first runs it as a canary beside the untouched stable Deployment (strategy
+Canary). The canary starts, its pods turn Ready, it is analysed against the SLO, and then:
+- passes: it is promoted. The stable Deployment rolls to its revision; the canary stays until that is done.
+- fails (or never turns Ready within the startup timeout): it is rolled back. The canary goes; the stable
+  Deployment never changed. The revision is rejected and not deployed again until the spec changes to another
+  revision or the user asks for a retry (the retry annotation with a new value).
+- is inconclusive or cannot be measured past the limits: it is held. The canary keeps running; status says why.
+Strategy RollingUpdate moves the stable Deployment at once, with no analysis. The first revision of a
+ModelDeployment has nothing to be compared with or rolled back to: it is stable from the start.
+
+All of it is kept in the status (`to_status`), never in memory, so a restarted operator resumes where it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from moe_operator.decisions.events import Event
+from moe_operator.timestamps import from_time, to_time
+
+ROLLING_UPDATE = "RollingUpdate"  # spec.rollout.strategy; the other one is "Canary"
+STARTING, ANALYZING, HOLDING, PROMOTING = "Starting", "Analyzing", "Holding", "Promoting"
+REJECTED_KEPT = 5
+
+
+@dataclass(frozen=True)
+class Rejected:
+    revision: str
+    reason: str  # SLOBreached, ProgressDeadlineExceeded, AnalysisInconclusive
+    message: str
+    at: float
+    measurements: tuple[Mapping[str, Any], ...] = ()
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "reason": self.reason,
+            "message": self.message,
+            "time": to_time(self.at),
+            "measurements": [dict(m) for m in self.measurements],
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> Rejected | None:
+        if not isinstance(raw, Mapping) or not raw.get("revision"):
+            return None
+        return cls(
+            revision=str(raw["revision"]),
+            reason=str(raw.get("reason") or "Rejected"),
+            message=str(raw.get("message") or ""),
+            at=from_time(raw.get("time")) or 0.0,
+            measurements=tuple(m for m in raw.get("measurements") or () if isinstance(m, Mapping)),
+        )
+
+
+@dataclass(frozen=True)
+class Canary:
+    revision: str
+    phase: str
+    started_at: float
+    baseline_replicas: int  # the stable Deployment's replicas when the canary started: its floor meanwhile
+    ready_at: float | None = None
+    reason: str = ""  # why it is held, while it is
+    message: str = ""
+    analysis: Mapping[str, Any] | None = None  # the analysis module's state, as it stores it
+
+    def to_status(self) -> dict[str, Any]:
+        status = {
+            "revision": self.revision,
+            "phase": self.phase,
+            "startTime": to_time(self.started_at),
+            "baselineReplicas": self.baseline_replicas,
+            "message": self.message,
+        }
+        if self.reason:
+            status["reason"] = self.reason
+        if self.ready_at is not None:
+            status["readyTime"] = to_time(self.ready_at)
+        if self.analysis is not None:
+            status["analysis"] = dict(self.analysis)
+        return status
+
+    @classmethod
+    def from_status(cls, raw: Any) -> Canary | None:
+        if not isinstance(raw, Mapping) or not raw.get("revision"):
+            return None
+        phase = raw.get("phase")
+        started = from_time(raw.get("startTime"))
+        if phase not in (STARTING, ANALYZING, HOLDING, PROMOTING) or started is None:
+            return None
+        analysis = raw.get("analysis")
+        return cls(
+            revision=str(raw["revision"]),
+            phase=phase,
+            started_at=started,
+            baseline_replicas=int(raw.get("baselineReplicas") or 0),
+            ready_at=from_time(raw.get("readyTime")),
+            reason=str(raw.get("reason") or ""),
+            message=str(raw.get("message") or ""),
+            analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
+        )
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    stable: str | None = None
+    canary: Canary | None = None
+    rejected: tuple[Rejected, ...] = ()
+    last_handled_retry: str | None = None
+
+    def is_rejected(self, revision: str) -> Rejected | None:
+        return next((r for r in self.rejected if r.revision == revision), None)
+
+    def to_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"rejectedRevisions": [r.to_status() for r in self.rejected]}
+        if self.stable:
+            status["stableRevision"] = self.stable
+        if self.canary:
+            status["canary"] = self.canary.to_status()
+        if self.last_handled_retry is not None:
+            status["lastHandledRetry"] = self.last_handled_retry
+        return status
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> RolloutState:
+        rejected = (Rejected.from_status(r) for r in status.get("rejectedRevisions") or ())
+        return cls(
+            stable=status.get("stableRevision") or None,
+            canary=Canary.from_status(status.get("canary")),
+            rejected=tuple(r for r in rejected if r is not None),
+            last_handled_retry=status.get("lastHandledRetry"),
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the analysis concluded so far (the analysis module decides it from its measurements)."""
+
+    action: str  # Continue, Promote, Rollback, Hold
+    reason: str
+    message: str
+    measurements: tuple[Mapping[str, Any], ...] = ()
+
+
+CONTINUE = Verdict("Continue", "Analyzing", "")
+
+
+@dataclass(frozen=True)
+class RolloutInputs:
+    target: str  # the revision the spec describes now
+    strategy: str
+    now: float
+    stable_replicas: int  # the stable Deployment's replicas now
+    canary_replicas: int
+    canary_ready: int  # Ready pods of the canary Deployment at the canary's revision
+    stable_done: bool  # every pod of the stable Deployment runs the stable revision and is available
+    startup_timeout_s: float
+    analysed: bool  # the spec has an SLO; without one a canary passes once its pods are Ready
+    verdict: Verdict = CONTINUE  # for a canary under analysis
+    retry_token: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    state: RolloutState
+    events: tuple[Event, ...]
+
+    @property
+    def stable_revision(self) -> str:
+        assert self.state.stable is not None
+        return self.state.stable
+
+    @property
+    def canary_revision(self) -> str | None:
+        """The revision the canary Deployment runs; None: there is no canary Deployment."""
+        return self.state.canary.revision if self.state.canary else None
+
+
+def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
+    events: list[Event] = []
+    state = _consume_retry(state, inputs, events)
+    if state.stable is None:
+        return RolloutPlan(replace(state, stable=inputs.target, canary=None), tuple(events))
+    canary = state.canary
+    if canary is not None and canary.phase == PROMOTING:
+        if not inputs.stable_done:
+            return RolloutPlan(state, tuple(events))
+        events.append(
+            Event("Normal", "PromotionComplete", f"revision {canary.revision} runs on every stable pod")
+        )
+        state = replace(state, canary=None)
+        canary = None
+    if canary is not None and (
+        canary.revision != inputs.target
+        or canary.revision == state.stable
+        or state.is_rejected(canary.revision)
+    ):
+        events.append(
+            Event(
+                "Normal",
+                "CanaryAborted",
+                f"stopped the canary of revision {canary.revision}: the spec now describes revision {inputs.target}",
+            )
+        )
+        state = replace(state, canary=None)
+        canary = None
+    if inputs.target == state.stable or state.is_rejected(inputs.target):
+        return RolloutPlan(state, tuple(events))
+    if inputs.strategy == ROLLING_UPDATE:
+        events.append(
+            Event("Normal", "RolloutStarted", f"rolling out revision {inputs.target} (was {state.stable})")
+        )
+        return RolloutPlan(replace(state, stable=inputs.target), tuple(events))
+    if canary is None:
+        canary = Canary(
+            inputs.target, STARTING, inputs.now, inputs.stable_replicas, message="starting the canary"
+        )
+        events.append(
+            Event(
+                "Normal",
+                "CanaryStarted",
+                f"running revision {inputs.target} as a canary of {inputs.canary_replicas} pod(s) beside "
+                f"revision {state.stable}",
+            )
+        )
+    return _advance(replace(state, canary=canary), inputs, events)
+
+
+def _consume_retry(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutState:
+    token = inputs.retry_token
+    if token is None or token == state.last_handled_retry:
+        return state
+    rejected = state.is_rejected(inputs.target)
+    if rejected is not None:
+        events.append(
+            Event(
+                "Normal", "RetryRequested", f"analysing the rejected revision {inputs.target} again, as asked"
+            )
+        )
+    kept = tuple(r for r in state.rejected if r is not rejected)
+    return replace(state, rejected=kept, last_handled_retry=token)
+
+
+def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
+    canary = state.canary
+    assert canary is not None
+    if canary.phase == STARTING:
+        if inputs.canary_ready >= inputs.canary_replicas:
+            canary = replace(canary, phase=ANALYZING, ready_at=inputs.now, message="analysing the canary")
+            state = replace(state, canary=canary)
+            if inputs.analysed:
+                return RolloutPlan(state, tuple(events))
+        elif inputs.now - canary.started_at > inputs.startup_timeout_s:
+            message = (
+                f"the canary's pods were not Ready within {math.ceil(inputs.startup_timeout_s)}s "
+                f"({inputs.canary_ready}/{inputs.canary_replicas} Ready)"
+            )
+            return _reject(state, Verdict("Rollback", "ProgressDeadlineExceeded", message), inputs, events)
+        else:
+            return RolloutPlan(state, tuple(events))
+    verdict = (
+        inputs.verdict if inputs.analysed else Verdict("Promote", "Ready", "the canary's pods are Ready")
+    )
+    if verdict.action == "Promote":
+        events.append(
+            Event(
+                "Normal",
+                "Promoted",
+                f"revision {canary.revision} passed ({verdict.message or verdict.reason}): rolling it out to the "
+                f"stable Deployment",
+            )
+        )
+        promoted = replace(canary, phase=PROMOTING, message=f"promoted: {verdict.message or verdict.reason}")
+        return RolloutPlan(replace(state, stable=canary.revision, canary=promoted), tuple(events))
+    if verdict.action == "Rollback":
+        return _reject(state, verdict, inputs, events)
+    if verdict.action == "Hold":
+        if canary.phase != HOLDING or canary.reason != verdict.reason:  # news, not every new count
+            events.append(
+                Event(
+                    "Warning", verdict.reason, f"holding the canary of {canary.revision}: {verdict.message}"
+                )
+            )
+        return RolloutPlan(
+            replace(
+                state, canary=replace(canary, phase=HOLDING, reason=verdict.reason, message=verdict.message)
+            ),
+            tuple(events),
+        )
+    analysing = replace(canary, phase=ANALYZING, message=verdict.message or "analysing the canary")
+    return RolloutPlan(replace(state, canary=analysing), tuple(events))
+
+
+def _reject(state: RolloutState, verdict: Verdict, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
+    canary = state.canary
+    assert canary is not None
+    rejected = Rejected(canary.revision, verdict.reason, verdict.message, inputs.now, verdict.measurements)
+    events.append(
+        Event(
+            "Warning",
+            "RolledBack",
+            f"rejected revision {canary.revision} ({verdict.reason}: {verdict.message}); revision {state.stable} "
+            f"keeps all the traffic",
+        )
+    )
+    kept = (*state.rejected, rejected)[-REJECTED_KEPT:]
+    return RolloutPlan(replace(state, canary=None, rejected=kept), tuple(events))

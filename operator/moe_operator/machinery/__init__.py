@@ -1,0 +1,1 @@
+"""Generic controller machinery: watch cache, work queue, workers, leader election. Knows nothing of ModelDeployments."""

@@ -1,0 +1,175 @@
+"""Assembles the operator: API client, watch cache, reconciler, work queue, workers, leader election.
+
+kopf's watch streams feed the cache and the queue (`observe`); the workers reconcile what the queue holds.
+With leader election on, every replica keeps its cache warm but only the leader's workers run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from moe_operator.decisions.adapters import AdapterReader
+from moe_operator.decisions.naming import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODEL_DEPLOYMENT_LABEL,
+    controlling_owner,
+)
+from moe_operator.io import metrics as operator_metrics
+from moe_operator.io.kube import Kube, api_client
+from moe_operator.io.metrics import OperatorMetrics
+from moe_operator.io.policy_file import PolicySource
+from moe_operator.io.prometheus import Prometheus
+from moe_operator.io.recorder import EventRecorder
+from moe_operator.machinery.cache import ObjectCache
+from moe_operator.machinery.controller import Controller
+from moe_operator.machinery.leader import LeaderElector, LeaseTimings
+from moe_operator.machinery.workqueue import WorkQueue
+from moe_operator.reconcile.canary import Analyzer
+from moe_operator.reconcile.reconciler import Reconciler
+from moe_operator.reconcile.scaling import Scaler
+
+log = logging.getLogger(__name__)
+
+# kind -> label selector of the objects the operator watches and caches
+WATCHED = {
+    "ModelDeployment": None,
+    "Deployment": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "ConfigMap": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "Service": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "Pod": MODEL_DEPLOYMENT_LABEL,
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    namespaces: Sequence[str] = ()  # empty: every namespace
+    workers: int = 8
+    prometheus_url: str | None = None
+    prometheus_bearer_token_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure_skip_verify: bool = False
+    policy_file: str | None = None
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None
+    leader_election_id: str = "moe-operator"
+    leader_election_timings: LeaseTimings = LeaseTimings()
+    metrics_port: int | None = None
+
+
+def identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+class Manager:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        api = api_client(connections=options.workers + 4)
+        self.kube = Kube(api)
+        self.cache = ObjectCache()
+        self.queue = WorkQueue()
+        self.recorder = EventRecorder(self.kube, identity())
+        self.metrics = OperatorMetrics()
+        prometheus = None
+        if options.prometheus_url:
+            prometheus = Prometheus(
+                options.prometheus_url,
+                bearer_token_file=options.prometheus_bearer_token_file,
+                ca_file=options.prometheus_ca_file,
+                insecure_skip_verify=options.prometheus_insecure_skip_verify,
+                metrics=self.metrics,
+            )
+        self.reconciler = Reconciler(
+            self.kube,
+            self.cache,
+            self.recorder,
+            policy=PolicySource(options.policy_file),
+            scaler=Scaler(prometheus, self.metrics),
+            analyzer=Analyzer(prometheus, self.metrics),
+            adapters=AdapterReader(prometheus),
+            metrics=self.metrics,
+        )
+        self.controller = Controller(self.reconciler, self.queue, options.workers, self.metrics)
+        self.metrics_server = None
+        self.elector = None
+        if options.leader_elect:
+            self.elector = LeaderElector(
+                client.CoordinationV1Api(api),
+                options.leader_election_namespace or _own_namespace(),
+                options.leader_election_id,
+                identity(),
+                on_started=self._lead,
+                on_lost=_exit_on_lost_lease,
+                timings=options.leader_election_timings,
+            )
+
+    def start(self) -> None:
+        """Serves the metrics, fills the cache and starts reconciling (or campaigning). Safe to call again after
+        it failed: the metrics port stays bound from the first call."""
+        if self.options.metrics_port is not None and self.metrics_server is None:
+            self.metrics_server = operator_metrics.start(self.metrics, self.options.metrics_port)
+        self.prime()
+        if self.elector is None:
+            self._lead()
+        else:
+            self.elector.start()
+
+    def stop(self) -> None:
+        if self.elector is not None:
+            self.elector.stop()
+        self.controller.stop()
+
+    def prime(self) -> None:
+        """Lists every watched kind once, so that no pass ever runs on a half-filled cache."""
+        for kind, selector in WATCHED.items():
+            for namespace in self.options.namespaces or [None]:
+                self.cache.replace_all(kind, namespace, self.kube.list(kind, namespace, selector))
+
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event: the cache takes the object, the owning ModelDeployment is queued."""
+        obj = {**body, "kind": kind}
+        if event_type == "DELETED":
+            self.cache.delete(obj)
+            if kind == "ModelDeployment":
+                self.metrics.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
+        else:
+            self.cache.put(obj)
+        meta = obj["metadata"]
+        if kind == "ModelDeployment":
+            owner = meta["name"]
+        elif kind == "Pod":
+            owner = (meta.get("labels") or {}).get(MODEL_DEPLOYMENT_LABEL)
+        else:
+            owner = controlling_owner(obj)
+        if owner:
+            self.queue.add((meta["namespace"], owner))
+
+    def _lead(self) -> None:
+        self.metrics.leader.set(1)
+        for key in self.cache.names("ModelDeployment"):
+            self.queue.add(key)
+        self.controller.start()
+
+
+def _own_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as file:
+            return file.read().strip()
+    except OSError:
+        return os.environ.get("POD_NAMESPACE", "default")
+
+
+def _exit_on_lost_lease() -> None:
+    # another replica may already be reconciling: stop at once; the pod restarts and runs as a candidate
+    logging.getLogger(__name__).critical("lost the leader lease: exiting")
+    sys.stdout.flush()
+    os._exit(1)

@@ -1,0 +1,1 @@
+"""One reconcile pass over a ModelDeployment: observe, decide, act."""

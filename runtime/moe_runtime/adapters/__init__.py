@@ -1,0 +1,1 @@
+"""Serving LoRA adapters: which sources, which are resident, loading and unloading them beside the engine."""
