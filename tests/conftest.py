@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 sys.path.insert(0, str(ROOT / "hack"))
 
 from localcluster import LOCAL_KUBELET_LABEL, LocalCluster, assets_dir, read_env_file  # noqa: E402

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client
 
+from tests.paths import ROOT
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modeldeployments.yaml"
 EXAMPLES = ROOT / "examples"
 GROUP, VERSION, PLURAL = "moedeploy.dev", "v1alpha1", "modeldeployments"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from localcluster import assets_dir
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def referencing(*paths: str) -> list[int]:

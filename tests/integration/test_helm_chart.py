@@ -15,9 +15,11 @@ import pytest
 import yaml
 from localcluster import assets_dir
 
+from tests.paths import ROOT
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+
 CHART = ROOT / "helm" / "moedeploy"
 KUBE_VERSION = "1.37.0"
 

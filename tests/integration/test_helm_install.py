@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.paths import ROOT
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
+
 CHART = ROOT / "helm" / "moedeploy"
 CRD_NAME = "modeldeployments.moedeploy.dev"
 # nothing listens there: the operator must cope with Prometheus being away (no scaling on missing data)

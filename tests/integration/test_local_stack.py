@@ -14,10 +14,10 @@ import pytest
 from localcluster import assets_dir
 
 from tests.integration.local_stack import processes, write_tiny_checkpoint
+from tests.paths import ROOT
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def localcluster(*args: str, env: dict) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
 
 # package -> the packages of ours it may import besides itself; "*" is the composition root
 RUNTIME = {

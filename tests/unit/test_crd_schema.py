@@ -1,12 +1,10 @@
 """The CRD answers `kubectl explain` for every field, and refuses what the operator would choke on."""
 
-from pathlib import Path
-
 import yaml
 
 from moe_operator.decisions.render import OWNED_ENV
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "modeldeployments.yaml").read_text())
 SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 

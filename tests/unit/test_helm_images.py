@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
+
 IMAGES = {
     "operator": (ROOT / "images" / "operator.Dockerfile", ["python", "-m", "moe_operator"], ["run"]),
     "runtime": (ROOT / "images" / "runtime.Dockerfile", ["python", "-m", "moe_runtime"], ["serve"]),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.paths import ROOT as REPO
 from tests.waiting import wait_until_serving
 
 STARTUP_TIMEOUT_S = 180.0
@@ -40,7 +41,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-REPO = Path(__file__).resolve().parents[3]
 SERVE = ("-m", "moe_runtime", "serve")
 FAULTY_SERVE = ("-m", "tests.integration.runtime_server.faulty_serve")  # see MOE_TEST_FAULT there
 

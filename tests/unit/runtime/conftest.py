@@ -7,8 +7,7 @@ import torch
 
 from moe_runtime.engine.engine import Engine
 from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
-
-from .hf_models import save_hf_models
+from tests.unit.runtime.hf_models import save_hf_models
 
 # Every family with what changes its math: Qwen2-MoE with a shared expert, q/k/v biases and a dense layer
 # between sparse ones; Qwen3-MoE with q/k norms, an explicit head_dim, renormalised top-k and
