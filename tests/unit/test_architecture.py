@@ -14,12 +14,13 @@ from tests.paths import ROOT
 RUNTIME = {
     "logs": set(),
     "metrics": set(),
+    "faults": set(),
     "model": set(),
     "download": {"logs"},
     "adapters": {"model", "metrics"},
-    "engine": {"model", "adapters", "metrics"},
-    "api": {"engine", "model", "adapters", "metrics"},
-    "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs"},
+    "engine": {"model", "adapters", "metrics", "faults"},
+    "api": {"engine", "model", "adapters", "metrics", "faults"},
+    "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs", "faults"},
     "tools": {"model"},
     "__main__": {"*"},
 }

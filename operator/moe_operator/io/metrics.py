@@ -10,7 +10,7 @@ instance per operator process, handed to every part that counts something.
 | `moe_operator_desired_replicas` | gauge | `namespace`, `model_deployment` | replicas the operator wants for a ModelDeployment |
 | `moe_operator_current_replicas` | gauge | `namespace`, `model_deployment` | replicas its Deployment has now |
 | `moe_operator_prometheus_query_failures_total` | counter | `reason` (PrometheusUnavailable, QueryFailed, NoSeries, StaleSeries) | Prometheus reads that gave no usable data |
-| `moe_operator_prometheus_query_duration_seconds` | histogram | `query` (queue_depth, canary_window) | time one Prometheus HTTP query took |
+| `moe_operator_prometheus_query_duration_seconds` | histogram | `query` (queue_depth, tracks, adapter_states) | time one Prometheus HTTP query took |
 | `moe_operator_canary_outcomes_total` | counter | `kind` (Passed, Failed, Inconclusive, Errored) | canary analysis windows judged |
 | `moe_operator_rollbacks_total` | counter | `reason` (SLOBreached, AnalysisInconclusive, ProgressDeadlineExceeded, CanaryUnhealthy, AdapterLoadFailed) | revisions rolled back (canaries, and bakes that broke) |
 | `moe_operator_promotions_total` | counter | | canaries promoted to stable |
@@ -31,7 +31,7 @@ from moe_operator.decisions.promdata import NO_DATA_REASONS
 
 RECONCILE_RESULTS = ("ok", "error", "requeued")
 DIRECTIONS = ("up", "down", "none")
-QUERIES = ("queue_depth", "canary_window")
+QUERIES = ("queue_depth", "tracks", "adapter_states")
 OUTCOME_KINDS = ("Passed", "Failed", "Inconclusive", "Errored")
 ROLLBACK_REASONS = (
     "SLOBreached",
