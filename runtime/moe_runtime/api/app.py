@@ -200,7 +200,7 @@ async def _generate(
     adapter = None if body.model in (None, state.model_name) else body.model
     if adapter is not None:
         _check_adapter(state.worker, adapter)
-    await state.faults.before_request()
+    state.faults.before_request()
     tokenizer = state.worker.engine.tokenizer
     choices = await asyncio.to_thread(make_choices, body, tokenizer, state.limits)
     if state.current_phase is not Phase.READY:  # it may have changed while the prompt was tokenized
