@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-HACK = Path(__file__).resolve().parents[2] / "hack"
+from tests.paths import ROOT
+
+HACK = ROOT / "hack"
 
 
 def versions() -> dict[str, str]:
