@@ -218,6 +218,15 @@ class _Pass:
             kind: getattr(after, kind.lower()) - getattr(running.state, kind.lower())
             for kind in ("Passed", "Failed", "Inconclusive", "Errored")
         }
+        what = "canary" if running.kind == "canary" else "baking revision"
+        for failure in after.failures[len(after.failures) - counted["Failed"] :] if counted["Failed"] else ():
+            self.events.append(
+                Event(
+                    "Warning",
+                    "AnalysisWindowFailed",
+                    f"{what} {running.candidate}: {failure.get('message', '')}",
+                )
+            )
         canary = replace(state.canary, analysis=after.to_status())
         ready_at = canary.promoted_at if running.kind == "bake" else canary.ready_at
         problem = unhealthy(self.o.pods, running.candidate, ready_at, UNHEALTHY_GRACE_S, self.o.now)

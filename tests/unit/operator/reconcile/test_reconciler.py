@@ -166,6 +166,8 @@ def test_a_bad_canary_is_rolled_back_without_the_stable_track_ever_changing():
     assert rejected["revision"] == status["currentRevision"] and "p99 latency" in rejected["message"]
     assert rejected["measurements"][0]["canary"]["p99LatencySeconds"] == 5.0
     assert world.condition("Degraded")["reason"] == "SLOBreached"
+    failed = [e for e in world.events.posted if e.reason == "AnalysisWindowFailed"]
+    assert len(failed) == 2 and all("p99 latency 5s over the 1s limit" in e.message for e in failed)
     assert world.condition("Ready")["status"] == "True", "the stable pods still serve"
     for _ in range(2):
         world.clock.now += 120
