@@ -85,7 +85,6 @@ class Decision:
     writes: tuple[Write, ...] = ()
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
-    conflict: Mapping[str, Any] | None = None  # a child's name is taken by an object not ours
     scaling: Scaling | None = None
     rollout: RolloutPlan | None = None
     outcomes: Mapping[str, int] = field(
@@ -134,7 +133,7 @@ class _Pass:
         o, spec = self.o, self.spec
         for observed in (o.stable, o.canary, o.service):
             if observed is not None and not is_ours(observed, self.owner.uid):
-                return replace(refuse(o, _conflict(observed)), conflict=observed)
+                return refuse(o, _conflict(observed))
         target = render_revision(self.owner.name, spec)
         revisions = self._known_revisions(target)
         state = RolloutState.from_status(self.status_in)
@@ -165,6 +164,8 @@ class _Pass:
         elif o.canary is not None:
             self.writes.append(Write("delete", None, o.canary))
         keep = {stable_revision.hash, target.hash, *([canary_revision.hash] if canary_revision else [])}
+        if plan.state.canary is not None and plan.state.canary.previous:
+            keep.add(plan.state.canary.previous)  # what a failed bake restores
         self._prune_config_maps(keep)
 
         rejected = plan.state.is_rejected(target.hash)
