@@ -313,7 +313,13 @@ def test_a_bad_revision_is_rolled_back_with_the_stable_track_untouched_and_no_re
     run = roll(
         cluster, models, prom, load_logs, name, patch, rolled_back_and_gone(cluster, models, name), mix=mix
     )
-    assert run.load["errors"] == {}, run.load
+    if reason == "CanaryUnhealthy":
+        # a container restarted for its liveness probe stays in the endpoints while it drains and exits (as in a
+        # cluster): requests sent to it meanwhile fail. Only a client that retries elsewhere (the router) hides
+        # them; the stable track must have failed none
+        assert set(run.load["errors_by_target"]) <= run.seen.canary_urls, run.load
+    else:
+        assert run.load["errors"] == {}, run.load
     assert run.after in run.seen.scraped and run.seen.canary_urls, "the canary ran and was scraped"
     assert untouched(run.history, run.before), "the stable Deployment was never changed"
     status = run.md["status"]

@@ -211,7 +211,9 @@ class EngineWorker:
         if step.work:
             self._step_started_at = time.monotonic()
             # the prompts whose prefill begins in this step (what --inject-faults acts on)
-            started = [len(w.request.prefill_tokens) for w in step.work if w.request.prefilled == 0 and w.tokens]
+            started = [
+                len(w.request.prefill_tokens) for w in step.work if w.request.prefilled == 0 and w.tokens
+            ]
             try:
                 deliveries += self._execute(step)
                 self.faults.after_step(started)
