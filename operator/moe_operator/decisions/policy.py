@@ -67,6 +67,20 @@ def _allows(allowed: tuple[str, ...], value: str) -> bool:
     return ANY in allowed or value in allowed
 
 
+def image_under(image: str, prefix: str) -> bool:
+    """Whether `image` lies under `prefix` on a boundary of the reference, not merely starts with its text:
+    `registry.corp` admits `registry.corp/x` but neither `registry.corp.evil.io/x` nor `registry.corp:5000/x`
+    (another registry); `ghcr.io/m/runtime` admits its tags and digests and the repositories under it, not
+    `ghcr.io/m/runtime-evil`. A prefix ending in `/`, `:` or `@` ends on a boundary itself."""
+    if not image.startswith(prefix):
+        return False
+    rest = image[len(prefix) :]
+    if not rest or prefix.endswith(("/", ":", "@")):
+        return True
+    # after a registry alone only a path follows; after a repository also a tag or a digest
+    return rest[0] in ("/:@" if "/" in prefix else "/")
+
+
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     """Whether `path` lies inside one of the folders (no '..' tricks: paths are compared part by part)."""
     if ANY in prefixes:
@@ -97,10 +111,10 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
                 )
     runtime = spec.runtime
     if ANY not in policy.allowed_image_prefixes and not any(
-        runtime.image.startswith(prefix) for prefix in policy.allowed_image_prefixes
+        image_under(runtime.image, prefix) for prefix in policy.allowed_image_prefixes
     ):
         yield (
-            f"spec.runtime.image {runtime.image!r} is not allowed: images must start with one of "
+            f"spec.runtime.image {runtime.image!r} is not allowed: images must come from one of "
             f"{_listing(policy.allowed_image_prefixes)}"
         )
     if not policy.allow_secret_references:

@@ -108,6 +108,49 @@ def test_several_violations_are_all_named():
     assert len(found) == 2
 
 
+# Attempted escapes through the operator, each past what a plain string match or a partial list would catch:
+# refused once, by a message that starts with the field.
+PREFIXED = Policy(allowed_image_prefixes=("registry.corp", "ghcr.io/moedeploy/runtime"))
+
+
+def escape(name, field, policy=DEFAULT, **fields):
+    return pytest.param(policy, fields, field, id=name)
+
+
+ESCAPES = [
+    escape(
+        "image-registry-suffix", "spec.runtime.image", PREFIXED, runtime__image="registry.corp.evil.io/x:1"
+    ),
+    escape("image-registry-port", "spec.runtime.image", PREFIXED, runtime__image="registry.corp:5000/x:1"),
+    escape(
+        "image-repository-suffix",
+        "spec.runtime.image",
+        PREFIXED,
+        runtime__image="ghcr.io/moedeploy/runtime-x",
+    ),
+]
+
+
+@pytest.mark.parametrize(("policy", "fields", "field"), ESCAPES)
+def test_attempted_escapes_are_refused_naming_the_field(policy, fields, field):
+    found = check(policy, **fields)
+    assert len(found) == 1, found
+    assert found[0].startswith(field), found[0]
+
+
+def test_image_prefixes_match_on_the_registry_and_path_boundary():
+    allowed = [
+        "registry.corp/team/runtime:1",
+        "registry.corp/runtime@sha256:" + "0" * 64,
+        "ghcr.io/moedeploy/runtime:0.1.0",
+        "ghcr.io/moedeploy/runtime",
+        "ghcr.io/moedeploy/runtime/cuda:12",
+        "ghcr.io/moedeploy/runtime@sha256:" + "0" * 64,
+    ]
+    assert [check(PREFIXED, runtime__image=image) for image in allowed] == [[]] * len(allowed)
+    assert check(runtime__image="ghcr.io/moedeploy/any:1") == [], "a prefix ending in / allows the folder"
+
+
 def test_a_host_path_adapter_is_checked_by_the_folder_the_pods_mount():
     policy = Policy(allowed_source_kinds=("*",), allowed_host_path_prefixes=("/srv/loras",))
 
