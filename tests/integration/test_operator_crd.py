@@ -161,6 +161,21 @@ INVALID = [
         variant(set_in("runtime.env", [{"name": "OMP_NUM_THREADS", "value": "64"}])),
         "spec.runtime.env[].name must not be one the operator sets",
     ),
+    (
+        "args-the-operator-sets",
+        variant(set_in("runtime.args", ["--log-level", "info", "--model", "/etc"])),
+        'spec.runtime.args[2]: Invalid value: "--model": spec.runtime.args[] must not set (or abbreviate)',
+    ),
+    (
+        "args-abbreviated",
+        variant(set_in("runtime.args", ["--down=/tmp"])),
+        'spec.runtime.args[0]: Invalid value: "--down=/tmp": spec.runtime.args[] must not set (or abbreviate)',
+    ),
+    (
+        "env-overrides-a-setting-the-operator-derives",
+        variant(set_in("runtime.env", [{"name": "MOE_RUNTIME_LORA_LIST", "value": "/etc/passwd"}])),
+        "spec.runtime.env[].name must not be a MOE_RUNTIME_* variable the operator sets",
+    ),
     ("uri-not-s3", variant(set_in("model.source", {"uri": "gs://bucket/m"})), "spec.model.source.uri"),
     (
         "s3-settings-without-uri",

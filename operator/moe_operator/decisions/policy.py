@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from moe_operator.decisions.runtime_config import adapter_host_folder
+from moe_operator.decisions.runtime_config import OPERATOR_FLAGS, adapter_host_folder, operator_flag
 from moe_operator.decisions.spec import (
     HostPathSource,
     ImageSource,
@@ -117,6 +117,18 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
             f"spec.runtime.image {runtime.image!r} is not allowed: images must come from one of "
             f"{_listing(policy.allowed_image_prefixes)}"
         )
+    for i, arg in enumerate(runtime.args):
+        if (flag := operator_flag(arg)) is not None:
+            yield (
+                f"spec.runtime.args[{i}] {arg!r} sets {flag}, which the operator sets itself from the spec; "
+                "use the spec's fields"
+            )
+    for var in runtime.env:
+        if var["name"] in OPERATOR_FLAGS:
+            yield (
+                f"spec.runtime.env[{var['name']}] would override what the operator sets itself "
+                f"({'/'.join(OPERATOR_FLAGS[var['name']])}); use the spec's fields"
+            )
     if not policy.allow_secret_references:
         for var in runtime.env:
             if "secretKeyRef" in (var.get("valueFrom") or {}):

@@ -165,6 +165,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespac
     parser = argparse.ArgumentParser(
         prog="python -m moe_runtime serve",
         formatter_class=_HelpFormatter,
+        # no abbreviations: `--mod` for `--model` would slip past the operator's refusal of its own flags
+        allow_abbrev=False,
         description="Serve a checkpoint over HTTP. Every option can also come from its environment variable; "
         "a flag wins over the variable, an empty variable counts as unset.",
     )

@@ -118,6 +118,24 @@ def escape(name, field, policy=DEFAULT, **fields):
 
 
 ESCAPES = [
+    # the last --model wins: any path in the pod, another tenant's download in a shared cache included
+    escape(
+        "args-model", "spec.runtime.args[2]", runtime__args=["--log-level", "info", "--model", "/var/cache"]
+    ),
+    escape("args-flag-equals", "spec.runtime.args[0]", runtime__args=["--download-dir=/tmp/x"]),
+    escape("args-abbreviated", "spec.runtime.args[0]", runtime__args=["--mod", "/etc"]),
+    escape("args-alias", "spec.runtime.args[0]", runtime__args=["--max-batch-seqs=1"]),
+    escape("args-lora-modules", "spec.runtime.args[0]", runtime__args=["--lora-modules", "x=/var/cache/m"]),
+    escape(
+        "env-model",
+        "spec.runtime.env[MOE_RUNTIME_MODEL]",
+        runtime__env=[{"name": "MOE_RUNTIME_MODEL", "value": "/"}],
+    ),
+    escape(
+        "env-lora-modules",
+        "spec.runtime.env[MOE_RUNTIME_LORA_MODULES]",
+        runtime__env=[{"name": "MOE_RUNTIME_LORA_MODULES", "value": "x=/var/cache/m"}],
+    ),
     escape(
         "image-registry-suffix", "spec.runtime.image", PREFIXED, runtime__image="registry.corp.evil.io/x:1"
     ),
@@ -136,6 +154,12 @@ def test_attempted_escapes_are_refused_naming_the_field(policy, fields, field):
     found = check(policy, **fields)
     assert len(found) == 1, found
     assert found[0].startswith(field), found[0]
+
+
+def test_args_and_variables_the_operator_leaves_alone_are_fine():
+    args = ["--log-level", "debug", "--schedule-policy=fcfs", "--device", "cuda:0"]
+    env = [{"name": "MOE_RUNTIME_SCHEDULE_POLICY", "value": "fcfs"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
+    assert check(runtime__args=args, runtime__env=env) == []
 
 
 def test_image_prefixes_match_on_the_registry_and_path_boundary():
