@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from moe_operator.decisions.runtime_config import OPERATOR_FLAGS, adapter_host_folder, operator_flag
+from moe_operator.decisions.runtime_config import (
+    OPERATOR_FLAGS,
+    OPERATOR_MOUNT_PATHS,
+    adapter_host_folder,
+    operator_flag,
+)
 from moe_operator.decisions.spec import (
     HostPathSource,
     ImageSource,
@@ -147,6 +152,7 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
     ):
         if value is not None and not _allows(allowed, value):
             yield f"spec.runtime.{field} {value!r} is not allowed (allowed: {_listing(allowed)})"
+    yield from _mount_violations(runtime, policy)
     for volume in runtime.volumes:
         kind = next((key for key in volume if key != "name"), "(none)")
         if kind == "secret" and not policy.allow_secret_references:
@@ -165,6 +171,31 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
                 f"spec.runtime.volumes[{volume.get('name')}] of type {kind} is not allowed "
                 f"(allowed: {_listing(policy.allowed_volume_types)})"
             )
+
+
+def _mount_violations(runtime, policy: Policy) -> Iterator[str]:
+    """The extra mounts: only the author's own volumes, never over or inside what the operator mounts (its
+    read-only hostPath volumes would turn writable; an own adapter list would bypass the adapter policy), and
+    node folders read-only."""
+    volumes = {volume.get("name"): volume for volume in runtime.volumes}
+    for i, mount in enumerate(runtime.volume_mounts):
+        field = f"spec.runtime.volumeMounts[{i}]"
+        name, path = mount.get("name"), mount.get("mountPath") or ""
+        volume = volumes.get(name)
+        if volume is None:
+            yield (
+                f"{field} mounts {name!r}, which is no volume of spec.runtime.volumes (the operator's own "
+                "volumes are mounted by the operator only)"
+            )
+            continue
+        parts = PurePosixPath(path).parts
+        if ".." in parts:
+            yield f"{field}.mountPath {path!r} must not contain '..'"
+            continue
+        if shadowed := next((p for p in OPERATOR_MOUNT_PATHS if _under(path, (p,))), None):
+            yield f"{field}.mountPath {path!r} lies over the operator's own mount {shadowed}"
+        if "hostPath" in volume and not mount.get("readOnly"):
+            yield f"{field} mounts the hostPath volume {name!r} read-write; node folders are mounted readOnly: true"
 
 
 def _source_violations(field: str, source: ModelSource, policy: Policy) -> Iterator[str]:

@@ -41,6 +41,8 @@ from moe_operator.decisions.runtime_config import (
     DOWNLOAD_MOUNT_PATH,
     MODEL_MOUNT_PATH,
     RUNTIME_PORT,
+    SHM_MOUNT_PATH,
+    TMP_MOUNT_PATH,
     adapter_path,
     adapter_volumes,
     model_path,
@@ -335,13 +337,13 @@ def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
 
 
 def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts = [{"name": "tmp", "mountPath": TMP_MOUNT_PATH}]
     if isinstance(spec.model.source, PvcSource | HostPathSource):
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
     if isinstance(spec.model.source, UriSource):
         mounts.append({"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH})
     if spec.runtime.shm_size:
-        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        mounts.append({"name": "shm", "mountPath": SHM_MOUNT_PATH})
     mounts.append({"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True})
     mounts.extend(
         {"name": v.name, "mountPath": v.mount_path, "readOnly": True} for v in adapter_volumes(spec)

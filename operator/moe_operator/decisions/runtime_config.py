@@ -22,6 +22,8 @@ from moe_operator.decisions.spec import (
 )
 
 RUNTIME_PORT = 8000
+TMP_MOUNT_PATH = "/tmp"
+SHM_MOUNT_PATH = "/dev/shm"
 MODEL_MOUNT_PATH = "/models"
 DOWNLOAD_MOUNT_PATH = "/var/cache/moe-runtime"
 # LoRA adapters: the list the runtime watches (the ConfigMap <md>-adapters, mounted by every pod of every
@@ -30,6 +32,15 @@ ADAPTER_LIST_VOLUME = "adapters"
 ADAPTER_LIST_MOUNT_PATH = "/etc/moe-runtime/adapters"
 ADAPTER_LIST_KEY = "adapters.json"
 ADAPTER_ROOT = "/adapters"
+# Where the operator mounts its own volumes: spec.runtime.volumeMounts may not mount over them or inside them.
+OPERATOR_MOUNT_PATHS = (
+    TMP_MOUNT_PATH,
+    SHM_MOUNT_PATH,
+    MODEL_MOUNT_PATH,
+    DOWNLOAD_MOUNT_PATH,
+    ADAPTER_LIST_MOUNT_PATH,
+    ADAPTER_ROOT,
+)
 
 
 def model_path(spec: ModelDeploymentSpec) -> str:

@@ -111,6 +111,8 @@ def test_several_violations_are_all_named():
 # Attempted escapes through the operator, each past what a plain string match or a partial list would catch:
 # refused once, by a message that starts with the field.
 PREFIXED = Policy(allowed_image_prefixes=("registry.corp", "ghcr.io/moedeploy/runtime"))
+HOST_PATHS = Policy(allowed_source_kinds=("*",), allowed_host_path_prefixes=("/srv",))
+MINE = [{"name": "mine", "configMap": {"name": "mine"}}]
 
 
 def escape(name, field, policy=DEFAULT, **fields):
@@ -136,6 +138,45 @@ ESCAPES = [
         "spec.runtime.env[MOE_RUNTIME_LORA_MODULES]",
         runtime__env=[{"name": "MOE_RUNTIME_LORA_MODULES", "value": "x=/var/cache/m"}],
     ),
+    # the operator mounts its hostPath volumes read-only: mounting one again must not make it writable
+    escape(
+        "mount-operator-volume",
+        "spec.runtime.volumeMounts[0]",
+        HOST_PATHS,
+        model__source={"hostPath": {"path": "/srv/models"}},
+        runtime__volumeMounts=[{"name": "model", "mountPath": "/rw"}],
+    ),
+    escape(
+        "mount-user-host-path-read-write",
+        "spec.runtime.volumeMounts[0]",
+        HOST_PATHS,
+        runtime__volumes=[{"name": "h", "hostPath": {"path": "/srv/shared"}}],
+        runtime__volumeMounts=[{"name": "h", "mountPath": "/data", "readOnly": False}],
+    ),
+    # an own adapter list over the operator's: adapters from any path in the pod, past the adapter policy
+    escape(
+        "mount-over-the-adapter-list",
+        "spec.runtime.volumeMounts[0]",
+        runtime__volumes=MINE,
+        runtime__volumeMounts=[{"name": "mine", "mountPath": "/etc/moe-runtime/adapters"}],
+    ),
+    escape(
+        "mount-inside-the-model",
+        "spec.runtime.volumeMounts[0]",
+        runtime__volumes=MINE,
+        runtime__volumeMounts=[{"name": "mine", "mountPath": "/models/qwen3"}],
+    ),
+    escape(
+        "mount-dot-dot",
+        "spec.runtime.volumeMounts[0]",
+        runtime__volumes=MINE,
+        runtime__volumeMounts=[{"name": "mine", "mountPath": "/data/../var/cache/moe-runtime"}],
+    ),
+    escape(
+        "mount-of-no-volume",
+        "spec.runtime.volumeMounts[0]",
+        runtime__volumeMounts=[{"name": "tmp", "mountPath": "/data"}],
+    ),
     escape(
         "image-registry-suffix", "spec.runtime.image", PREFIXED, runtime__image="registry.corp.evil.io/x:1"
     ),
@@ -160,6 +201,16 @@ def test_args_and_variables_the_operator_leaves_alone_are_fine():
     args = ["--log-level", "debug", "--schedule-policy=fcfs", "--device", "cuda:0"]
     env = [{"name": "MOE_RUNTIME_SCHEDULE_POLICY", "value": "fcfs"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
     assert check(runtime__args=args, runtime__env=env) == []
+
+
+def test_own_volumes_mount_anywhere_but_over_the_operator_s_mounts():
+    mounts = [
+        {"name": "mine", "mountPath": "/etc/extra"},
+        {"name": "mine", "mountPath": "/var/cache/other", "subPath": "x"},
+        {"name": "h", "mountPath": "/data", "readOnly": True},
+    ]
+    volumes = [*MINE, {"name": "h", "hostPath": {"path": "/srv/shared"}}]
+    assert check(HOST_PATHS, runtime__volumes=volumes, runtime__volumeMounts=mounts) == []
 
 
 def test_image_prefixes_match_on_the_registry_and_path_boundary():

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from moe_operator.decisions.naming import REVISION_LABEL, TRACK_LABEL
-from moe_operator.decisions.runtime_config import RUNTIME_SETTINGS
+from moe_operator.decisions.runtime_config import OPERATOR_MOUNT_PATHS, RUNTIME_SETTINGS
 from moe_operator.decisions.spec import parse_spec
 from tests.unit.operator.samples import OWNER, render_children, spec
 
@@ -52,6 +52,22 @@ CASES = [
         None,
         None,
         None,
+        None,
+    ),
+    (
+        "download-shm-and-adapters",
+        spec(
+            model__source={"uri": "s3://b/m", "cache": {"hostPath": {"path": "/var/cache/m"}}},
+            runtime__shmSize="1Gi",
+            adapters=[
+                {"name": "a", "source": {"hostPath": {"path": "/srv/loras/a"}}},
+                {"name": "b", "source": {"pvc": {"claimName": "loras", "path": "b"}}},
+            ],
+        ),
+        "s3://b/m",
+        1,
+        None,
+        [GPU_TOLERATION],
         None,
     ),
     (
@@ -144,6 +160,9 @@ def test_invariants(raw):
         pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == RUNTIME_IMAGE_USER
     )
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    # the policy keeps the author's mounts off the operator's: it must know every one of them
+    for mount in container["volumeMounts"]:
+        assert any(mount["mountPath"].startswith(path) for path in OPERATOR_MOUNT_PATHS), mount
 
 
 def test_runtime_settings_reach_the_config_map():
