@@ -37,6 +37,9 @@ SOURCE_KINDS = {PvcSource: "pvc", HostPathSource: "hostPath", ImageSource: "imag
 class Policy:
     allowed_source_kinds: tuple[str, ...] = ("pvc", "image", "uri")
     allowed_host_path_prefixes: tuple[str, ...] = ()
+    # node folders for shared download caches (spec.model.source.cache.hostPath): they hold what other
+    # ModelDeployments downloaded, so no hostPath source or volume may reach into them
+    allowed_cache_host_path_prefixes: tuple[str, ...] = ()
     allowed_image_prefixes: tuple[str, ...] = ("ghcr.io/moedeploy/",)
     allow_secret_references: bool = False
     allowed_toleration_keys: tuple[str, ...] = (GPU_TAINT_KEY,)
@@ -50,6 +53,7 @@ class Policy:
         names = {
             "allowedSourceKinds": "allowed_source_kinds",
             "allowedHostPathPrefixes": "allowed_host_path_prefixes",
+            "allowedCacheHostPathPrefixes": "allowed_cache_host_path_prefixes",
             "allowedImagePrefixes": "allowed_image_prefixes",
             "allowSecretReferences": "allow_secret_references",
             "allowedTolerationKeys": "allowed_toleration_keys",
@@ -114,6 +118,13 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
                     f"holds it, {folder!r}, which is outside the allowed folders "
                     f"{_listing(policy.allowed_host_path_prefixes)}"
                 )
+            elif (cache := _cache_overlap(folder, policy)) is not None and _cache_overlap(
+                source.path, policy
+            ) is None:
+                yield (
+                    f"spec.adapters[{i}].source.hostPath.path {source.path!r}: the pods mount the folder that "
+                    f"holds it, {folder!r}, {_cache_clash(cache)}"
+                )
     runtime = spec.runtime
     if ANY not in policy.allowed_image_prefixes and not any(
         image_under(runtime.image, prefix) for prefix in policy.allowed_image_prefixes
@@ -166,6 +177,8 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
                     f"spec.runtime.volumes[{volume.get('name')}].hostPath.path {path!r} is outside the allowed "
                     f"folders {_listing(policy.allowed_host_path_prefixes)}"
                 )
+            elif (cache := _cache_overlap(path, policy)) is not None:
+                yield f"spec.runtime.volumes[{volume.get('name')}].hostPath.path {path!r} {_cache_clash(cache)}"
         elif kind not in ("secret", "hostPath") and not _allows(policy.allowed_volume_types, kind):
             yield (
                 f"spec.runtime.volumes[{volume.get('name')}] of type {kind} is not allowed "
@@ -203,21 +216,40 @@ def _source_violations(field: str, source: ModelSource, policy: Policy) -> Itera
     if not _allows(policy.allowed_source_kinds, kind):
         yield f"{field}.{kind} is not allowed (allowed sources: {_listing(policy.allowed_source_kinds)})"
         return
-    if isinstance(source, HostPathSource) and not _under(source.path, policy.allowed_host_path_prefixes):
-        yield (
-            f"{field}.hostPath.path {source.path!r} is outside the allowed folders "
-            f"{_listing(policy.allowed_host_path_prefixes)}"
-        )
+    if isinstance(source, HostPathSource):
+        if not _under(source.path, policy.allowed_host_path_prefixes):
+            yield (
+                f"{field}.hostPath.path {source.path!r} is outside the allowed folders "
+                f"{_listing(policy.allowed_host_path_prefixes)}"
+            )
+        elif (cache := _cache_overlap(source.path, policy)) is not None:
+            yield f"{field}.hostPath.path {source.path!r} {_cache_clash(cache)}"
     if isinstance(source, UriSource):
         if source.credentials_secret and not policy.allow_secret_references:
             yield f"{field}.s3.credentialsSecret reads a Secret, which the policy does not allow"
         if source.cache_host_path is not None and not _under(
-            source.cache_host_path, policy.allowed_host_path_prefixes
+            source.cache_host_path, policy.allowed_cache_host_path_prefixes
         ):
             yield (
-                f"{field}.cache.hostPath.path {source.cache_host_path!r} is outside the allowed folders "
-                f"{_listing(policy.allowed_host_path_prefixes)}"
+                f"{field}.cache.hostPath.path {source.cache_host_path!r} is outside the folders allowed for "
+                f"shared download caches (allowedCacheHostPathPrefixes: "
+                f"{_listing(policy.allowed_cache_host_path_prefixes)})"
             )
+
+
+def _cache_overlap(path: str, policy: Policy) -> str | None:
+    """The shared download cache folder that `path` lies in or holds, if any ("*": caches anywhere, unguarded)."""
+    caches = policy.allowed_cache_host_path_prefixes
+    if ANY in caches:
+        return None
+    return next((c for c in caches if _under(path, (c,)) or _under(c, (path,))), None)
+
+
+def _cache_clash(cache: str) -> str:
+    return (
+        f"reaches into the shared download cache folder {cache!r}, which holds what other ModelDeployments "
+        "downloaded with their own credentials"
+    )
 
 
 def _listing(values: tuple[str, ...]) -> str:

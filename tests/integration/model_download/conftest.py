@@ -26,6 +26,13 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_s3(tmp_path_factory):
+    """A second store: another tenant's own endpoint, which may hold anything under any bucket name."""
+    with MotoServer(tmp_path_factory.mktemp("moto-other") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("s3-checkpoint") / "tiny-qwen3"
     command = [

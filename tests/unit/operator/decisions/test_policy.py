@@ -113,6 +113,13 @@ def test_several_violations_are_all_named():
 PREFIXED = Policy(allowed_image_prefixes=("registry.corp", "ghcr.io/moedeploy/runtime"))
 HOST_PATHS = Policy(allowed_source_kinds=("*",), allowed_host_path_prefixes=("/srv",))
 MINE = [{"name": "mine", "configMap": {"name": "mine"}}]
+# a node's shared download cache at /srv/cache, model folders elsewhere under /srv
+CACHED = Policy(
+    allowed_source_kinds=("*",),
+    allowed_host_path_prefixes=("/srv",),
+    allowed_cache_host_path_prefixes=("/srv/cache",),
+)
+SHARED_CACHE = {"uri": "s3://b/m", "cache": {"hostPath": {"path": "/srv/cache"}}}
 
 
 def escape(name, field, policy=DEFAULT, **fields):
@@ -177,6 +184,32 @@ ESCAPES = [
         "spec.runtime.volumeMounts[0]",
         runtime__volumeMounts=[{"name": "tmp", "mountPath": "/data"}],
     ),
+    # the shared download cache holds other tenants' downloads: no path into it but the runtime's own
+    escape(
+        "source-inside-the-download-cache",
+        "spec.model.source.hostPath.path",
+        CACHED,
+        model__source={"hostPath": {"path": "/srv/cache/s3/minio-1a2b3c4d/victim/model"}},
+    ),
+    escape(
+        "adapter-inside-the-download-cache",
+        "spec.adapters[0].source.hostPath.path",
+        CACHED,
+        adapters=[{"name": "a", "source": {"hostPath": {"path": "/srv/cache/s3/e/victim/lora"}}}],
+    ),
+    escape(
+        "volume-holding-the-download-cache",
+        "spec.runtime.volumes[h].hostPath.path",
+        CACHED,
+        runtime__volumes=[{"name": "h", "hostPath": {"path": "/srv"}}],
+        runtime__volumeMounts=[{"name": "h", "mountPath": "/h", "readOnly": True}],
+    ),
+    escape(
+        "cache-outside-the-cache-folders",
+        "spec.model.source.cache.hostPath.path",
+        CACHED,
+        model__source={"uri": "s3://b/m", "cache": {"hostPath": {"path": "/srv/models"}}},
+    ),
     escape(
         "image-registry-suffix", "spec.runtime.image", PREFIXED, runtime__image="registry.corp.evil.io/x:1"
     ),
@@ -211,6 +244,13 @@ def test_own_volumes_mount_anywhere_but_over_the_operator_s_mounts():
     ]
     volumes = [*MINE, {"name": "h", "hostPath": {"path": "/srv/shared"}}]
     assert check(HOST_PATHS, runtime__volumes=volumes, runtime__volumeMounts=mounts) == []
+
+
+def test_a_shared_download_cache_under_its_own_folders():
+    assert check(CACHED, model__source=SHARED_CACHE) == []
+    assert check(CACHED, model__source={"hostPath": {"path": "/srv/models/qwen"}}) == []
+    [refused] = check(model__source={"uri": "s3://b/m", "cache": {"hostPath": {"path": "/srv/cache"}}})
+    assert "allowedCacheHostPathPrefixes" in refused
 
 
 def test_image_prefixes_match_on_the_registry_and_path_boundary():
