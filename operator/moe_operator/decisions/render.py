@@ -71,7 +71,7 @@ OWNED_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
 )
 _CONFIG_PLACEHOLDER = "$(revision-config)"
@@ -266,7 +266,9 @@ def _object_storage_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         return []
     env: list[dict[str, Any]] = []
     if source.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": source.endpoint})
+        # S3's own variable: AWS_ENDPOINT_URL would redirect STS as well, and a web identity (IRSA, Pod
+        # Identity) would then ask the object store for credentials
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": source.endpoint})
     if source.region:
         env.append({"name": "AWS_REGION", "value": source.region})
     if source.credentials_secret:

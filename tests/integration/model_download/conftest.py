@@ -72,5 +72,5 @@ def aws_env(s3, proxy, monkeypatch):
     """The AWS variables of this process point at the S3 server through the proxy."""
     for name, value in s3.env(proxy.url).items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)

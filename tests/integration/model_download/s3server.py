@@ -84,7 +84,7 @@ class MotoServer:
         return {
             "AWS_ACCESS_KEY_ID": key_id,
             "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_ENDPOINT_URL": endpoint_url or self.url,
+            "AWS_ENDPOINT_URL_S3": endpoint_url or self.url,  # as the operator sets it: S3 only, not STS
             "AWS_REGION": REGION,
             **overrides,
         }

@@ -289,7 +289,9 @@ def test_object_storage_renders_the_download():
     container = pod["containers"][0]
     assert container["args"][:2] == ["--model", "s3://models/qwen3"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio.local" and env["AWS_REGION"]["value"] == "eu-1"
+    # the S3 endpoint only: AWS_ENDPOINT_URL would send STS there too, and IRSA / Pod Identity get no credentials
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "https://minio.local" and "AWS_ENDPOINT_URL" not in env
+    assert env["AWS_REGION"]["value"] == "eu-1"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
         "name": "aws",
         "key": "AWS_ACCESS_KEY_ID",
