@@ -301,7 +301,22 @@ def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = wanted.memory
     if wanted.gpu:
         limits[GPU_RESOURCE] = wanted.gpu
+    requests.update(_download_storage_request(spec))
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _download_volume(source: UriSource) -> dict[str, Any]:
+    """The pod's own download folder: bounded, so that a large checkpoint cannot fill the node's disk (the
+    kubelet evicts the pod past its sizeLimit, instead of DiskPressure evicting the node's other pods)."""
+    return {"name": "model-cache", "emptyDir": {"sizeLimit": source.cache_size_limit}}
+
+
+def _download_storage_request(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The download counts toward the pod's ephemeral storage: the scheduler places the pod where it fits."""
+    source = spec.model.source
+    if isinstance(source, UriSource) and source.cache_host_path is None:
+        return {"ephemeral-storage": source.cache_size_limit}
+    return {}
 
 
 def _tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
@@ -327,7 +342,7 @@ def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         case HostPathSource(path=path):
             volumes.append({"name": "model", "hostPath": {"path": path, "type": "Directory"}})
         case UriSource(cache_host_path=None):
-            volumes.append({"name": "model-cache", "emptyDir": {}})
+            volumes.append(_download_volume(spec.model.source))
         case UriSource(cache_host_path=path):
             volumes.append({"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
     if spec.runtime.shm_size:

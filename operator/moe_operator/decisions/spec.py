@@ -36,6 +36,7 @@ class UriSource:
     region: str | None = None
     credentials_secret: str | None = None
     cache_host_path: str | None = None  # a node folder shared by the pods of the node; None: per pod
+    cache_size_limit: str | int | None = None  # the per-pod emptyDir's sizeLimit (a quantity)
 
 
 ModelSource = PvcSource | HostPathSource | ImageSource | UriSource
@@ -219,12 +220,19 @@ def _source(raw: Mapping[str, Any]) -> ModelSource:
     if "image" in raw:
         return ImageSource(path=raw["image"]["path"])
     if "uri" in raw:
-        s3 = raw.get("s3") or {}
-        return UriSource(
+        s3, cache = raw.get("s3") or {}, raw.get("cache") or {}
+        source = UriSource(
             uri=raw["uri"],
             **_pick(s3, endpoint="endpoint", region="region", credentials_secret="credentialsSecret"),
-            cache_host_path=(raw.get("cache") or {}).get("hostPath", {}).get("path"),
+            cache_host_path=cache.get("hostPath", {}).get("path"),
+            cache_size_limit=cache.get("sizeLimit"),
         )
+        if source.cache_host_path is None and source.cache_size_limit is None:
+            raise InvalidSpec(
+                "spec.model.source.cache.sizeLimit is required for a download into the pod (at least the "
+                "checkpoint's size: an unbounded download fills the node's disk), unless cache.hostPath is set"
+            )
+        return source
     raise InvalidSpec("a source sets none of pvc, hostPath, image, uri")
 
 

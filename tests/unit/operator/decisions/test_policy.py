@@ -18,7 +18,7 @@ def check(policy=DEFAULT, **fields):
 def test_the_default_policy_allows_a_plain_deployment():
     assert check() == []
     assert check(model__source={"image": {"path": "/opt/m"}}) == []
-    assert check(model__source={"uri": "s3://bucket/m"}) == []
+    assert check(model__source={"uri": "s3://bucket/m", "cache": {"sizeLimit": "10Gi"}}) == []
 
 
 # (id, fields, words the one violation must contain)
@@ -51,7 +51,7 @@ REFUSED_BY_DEFAULT = [
     ("odd-volume", {"runtime__volumes": [{"name": "n", "nfs": {"server": "x", "path": "/"}}]}, ["nfs"]),
     (
         "s3-credentials",
-        {"model__source": {"uri": "s3://b/m", "s3": {"credentialsSecret": "aws"}}},
+        {"model__source": {"uri": "s3://b/m", "s3": {"credentialsSecret": "aws"}, "cache": {"sizeLimit": 1}}},
         ["credentialsSecret", "Secret"],
     ),
     (

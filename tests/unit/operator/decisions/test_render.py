@@ -281,9 +281,22 @@ def test_pod_settings_real_clusters_need_are_passed_through():
     assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
 
 
+def test_a_download_into_the_pod_is_bounded_and_counted_in_the_node_s_disk():
+    """An unbounded download fills the node's disk, and DiskPressure evicts the node's other pods."""
+    source = {"uri": "s3://m/q", "cache": {"sizeLimit": "80Gi"}}
+    pod = pod_of(render_children(spec(model__source=source)))["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["model-cache"]
+    assert volume == {"name": "model-cache", "emptyDir": {"sizeLimit": "80Gi"}}
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "80Gi"
+    shared = {"uri": "s3://m/q", "cache": {"hostPath": {"path": "/var/cache/models"}}}
+    requests = pod_of(render_children(spec(model__source=shared)))["spec"]["containers"][0]["resources"]
+    assert "ephemeral-storage" not in requests.get("requests", {}), "a node folder is not the pod's storage"
+
+
 def test_object_storage_renders_the_download():
     raw = spec(model__source={"uri": "s3://models/qwen3", "s3": {"endpoint": "https://minio.local", "region": "eu-1",
-                                                                 "credentialsSecret": "aws"}})  # fmt: skip
+                                                                 "credentialsSecret": "aws"},
+                              "cache": {"sizeLimit": "100Gi"}})  # fmt: skip
     children = render_children(raw)
     pod = pod_of(children)["spec"]
     container = pod["containers"][0]
