@@ -49,6 +49,7 @@ WATCHED = {
     "Deployment": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "ConfigMap": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "Service": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "PodDisruptionBudget": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "Pod": MODEL_DEPLOYMENT_LABEL,
 }
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_operator.decisions.naming import (
+    CANARY,
     POD_TEMPLATE_ANNOTATION,
     REVISION_LABEL,
     TRACK_LABEL,
@@ -153,6 +154,35 @@ def deployment(
     obj = _object("apps/v1", "Deployment", deployment_name(owner.name, track), owner, spec=body)
     obj["metadata"]["labels"][TRACK_LABEL] = track
     return obj
+
+
+def disruption_budget(owner: Owner, spec: ModelDeploymentSpec, track: str) -> dict[str, Any] | None:
+    """The PodDisruptionBudget of a track, so that a node drain or a cluster-autoscaler scale-down cannot evict
+    all its pods at once (a replacement loads its weights for up to startupTimeoutSeconds). None for a track
+    of one pod, unless spec.rollout.disruptionBudget asks for one."""
+    asked = spec.rollout.disruption_budget
+    most = spec.rollout.canary_replicas if track == CANARY else _most_stable_replicas(spec)
+    if asked is None and most <= 1:
+        return None
+    unavailable = asked.max_unavailable if asked is not None else None
+    if unavailable is None:
+        # the rolling update's own maxUnavailable, but never 0: a budget of 0 blocks every drain for good
+        unavailable = spec.rollout.max_unavailable
+        if str(unavailable).rstrip("%") == "0":
+            unavailable = 1
+    body = {
+        "maxUnavailable": unavailable,
+        "selector": {"matchLabels": track_selector_labels(owner.name, track)},
+        # a pod that is not Ready (loading, crash-looping) serves nothing: evicting it must not wait
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    obj = _object("policy/v1", "PodDisruptionBudget", deployment_name(owner.name, track), owner, spec=body)
+    obj["metadata"]["labels"][TRACK_LABEL] = track
+    return obj
+
+
+def _most_stable_replicas(spec: ModelDeploymentSpec) -> int:
+    return spec.max_replicas if spec.autoscaling.enabled else spec.replicas
 
 
 def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:

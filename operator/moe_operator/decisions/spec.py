@@ -136,6 +136,11 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class DisruptionBudget:
+    max_unavailable: int | str | None = None  # None: from the rollout's maxUnavailable, at least one pod
+
+
+@dataclass(frozen=True)
 class Rollout:
     strategy: str = "Canary"
     canary_replicas: int = 1
@@ -143,6 +148,7 @@ class Rollout:
     max_unavailable: int | str = 0
     auto_rollback: bool = True
     revision_history_limit: int = 3
+    disruption_budget: DisruptionBudget | None = None  # set: a budget for every track, one pod or more
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
                     max_unavailable="maxUnavailable",
                     auto_rollback="autoRollback",
                     revision_history_limit="revisionHistoryLimit",
-                )
+                ),
+                disruption_budget=_disruption_budget((spec.get("rollout") or {}).get("disruptionBudget")),
             ),
             slo=_slo(spec["slo"]) if spec.get("slo") else None,
         )
@@ -289,6 +296,10 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
             )
         ),
     )
+
+
+def _disruption_budget(raw: Mapping[str, Any] | None) -> DisruptionBudget | None:
+    return None if raw is None else DisruptionBudget(**_pick(raw, max_unavailable="maxUnavailable"))
 
 
 def _scale_rule(raw: Mapping[str, Any], default: ScaleRule) -> ScaleRule:

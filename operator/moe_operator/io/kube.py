@@ -35,6 +35,8 @@ PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # read only: readiness and failures (image pulls, scheduling, crash loops) reported in the status
     ("", "pods", ("list", "watch")),
     ("", "events", ("create", "patch")),
+    # a budget per track of several pods; deleted when the track no longer needs one
+    ("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
 )
 # Leader election, in the operator's own namespace only (the chart grants it there with a Role).
 LEADER_ELECTION_PERMISSIONS = (("coordination.k8s.io", "leases", ("get", "create", "update")),)
@@ -46,6 +48,7 @@ RESOURCES = {  # kind -> (API path prefix, plural)
     "Service": ("/api/v1", "services"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
 }
 API_VERSIONS = {
     "ModelDeployment": f"{GROUP}/{VERSION}",
@@ -54,6 +57,7 @@ API_VERSIONS = {
     "Service": "v1",
     "Pod": "v1",
     "Event": "v1",
+    "PodDisruptionBudget": "policy/v1",
 }
 
 
