@@ -118,6 +118,7 @@ class Manager:
                 on_lost=_exit_on_lost_lease,
                 timings=options.leader_election_timings,
             )
+            self.kube.may_write = self.elector.may_write  # every write, Events included, asks the fence
 
     def start(self) -> None:
         """Serves the metrics, fills the cache and starts reconciling (or campaigning). Safe to call again after
@@ -133,10 +134,14 @@ class Manager:
             self.elector.start()
 
     def stop(self) -> None:
+        """The workers first, the Lease last: released earlier, it let a successor start while a pass here
+        still wrote. The Lease is renewed meanwhile; a worker that will not end keeps it until it expires."""
         self._stopping.set()
+        idle = self.controller.stop()
         if self.elector is not None:
-            self.elector.stop()
-        self.controller.stop()
+            if not idle:
+                log.warning("a reconcile pass did not end in time: leaving the Lease to expire")
+            self.elector.stop(release=idle)
 
     def relist(self) -> None:
         """Lists every watched kind: what a listing lacks is gone (its ModelDeployment is queued to see).

@@ -2,6 +2,8 @@
 retried by kopf, and the retry must go through."""
 
 import socket
+import threading
+import time
 import urllib.request
 
 import kopf
@@ -100,3 +102,55 @@ def test_a_late_watch_event_does_not_undo_a_write_whatever_the_resource_versions
     running.cache.put(pod("p", "10") | {"spec": {"written": True}})  # the answer to the operator's write
     running.observe("Pod", "MODIFIED", pod("p", "a1"))  # older, late: "a1" is no integer
     assert running.cache.get("Pod", "ns", "p")["spec"] == {"written": True}
+
+
+class BlockingReconciler:
+    """A pass that runs until the test lets it end."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def reconcile(self, namespace, name):
+        self.running.set()
+        self.release.wait(timeout=30)
+        from moe_operator.reconcile.reconciler import Result
+
+        return Result()
+
+
+def test_a_stopping_leader_hands_the_lease_over_only_after_its_workers_stopped(monkeypatch):
+    """Released first, the Lease let a new leader start while the old one's pass still wrote (up to 30 s)."""
+    from moe_operator.machinery.leader import LeaderElector, LeaseTimings
+    from tests.unit.operator.machinery.leases import FakeLeases
+
+    kube, leases = ListingKube(), FakeLeases()
+    md = {
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "ns", "uid": "u", "resourceVersion": "1"},
+    }
+    kube.items["ModelDeployment"] = [md]
+    monkeypatch.setattr(manager, "Reconciler", BlockingReconciler)
+    monkeypatch.setattr(manager.client, "CoordinationV1Api", lambda api: leases)
+    monkeypatch.setenv("POD_NAME", "leader")
+    timings = LeaseTimings(lease_duration=1.5, renew_deadline=1.0, retry_period=0.1)
+    running = quiet_manager(
+        monkeypatch, kube, leader_elect=True, leader_election_namespace="ns", leader_election_timings=timings
+    )
+    successor = LeaderElector(leases, "ns", "lease", "successor", lambda: None, lambda: None, timings=timings)
+    running.start()
+    stopper = threading.Thread(target=running.stop)
+    try:
+        wait_for(running.reconciler.running.is_set, timeout=10, what="a pass under way")
+        successor.start()
+        stopper.start()
+        # the pass goes on for three lease durations: the Lease stays ours (renewed), the successor waits
+        until = time.monotonic() + 3 * timings.lease_duration
+        while time.monotonic() < until:
+            assert leases.holder() == "leader" and not successor.leading
+            time.sleep(0.05)
+        assert stopper.is_alive()
+    finally:
+        running.reconciler.release.set()
+    stopper.join(timeout=10)
+    wait_for(lambda: successor.leading, timeout=10, what="the successor to lead once the pass ended")
+    successor.stop()
