@@ -26,7 +26,7 @@ _RULES = (
         r"|is missing|must be floating point|not a positive integer|must be a list|more than any adapter",
     ),
 )
-REASONS = (*(reason for reason, _ in _RULES), "out_of_memory", "other")
+REASONS = (*(reason for reason, _ in _RULES), "out_of_memory", "timeout", "other")
 
 
 def adapter_error_reason(message: str) -> str:
