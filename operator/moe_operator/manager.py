@@ -20,7 +20,6 @@ from typing import Any
 
 from kubernetes import client
 
-from moe_operator.decisions.adapters import AdapterReader
 from moe_operator.decisions.naming import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -37,9 +36,9 @@ from moe_operator.machinery.cache import ObjectCache
 from moe_operator.machinery.controller import Controller
 from moe_operator.machinery.leader import LeaderElector, LeaseTimings
 from moe_operator.machinery.workqueue import WorkQueue
-from moe_operator.reconcile.canary import Analyzer
+from moe_operator.measure.loop import Measurer
+from moe_operator.measure.store import Measurements
 from moe_operator.reconcile.reconciler import Reconciler
-from moe_operator.reconcile.scaling import Scaler
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +83,7 @@ class Manager:
         self.queue = WorkQueue()
         self.recorder = EventRecorder(self.kube, identity())
         self.metrics = OperatorMetrics()
+        self.measurements = Measurements()
         prometheus = None
         if options.prometheus_url:
             prometheus = Prometheus(
@@ -98,10 +98,16 @@ class Manager:
             self.cache,
             self.recorder,
             policy=PolicySource(options.policy_file),
-            scaler=Scaler(prometheus, self.metrics),
-            analyzer=Analyzer(prometheus, self.metrics),
-            adapters=AdapterReader(prometheus),
+            measurements=self.measurements,
+            measuring=prometheus is not None,
             metrics=self.metrics,
+        )
+        self.measurer = (
+            Measurer(
+                prometheus, lambda: self.cache.list("ModelDeployment"), self.measurements, self.queue.add
+            )
+            if prometheus is not None
+            else None
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers, self.metrics)
         self.metrics_server = None
@@ -137,6 +143,8 @@ class Manager:
         """The workers first, the Lease last: released earlier, it let a successor start while a pass here
         still wrote. The Lease is renewed meanwhile; a worker that will not end keeps it until it expires."""
         self._stopping.set()
+        if self.measurer is not None:
+            self.measurer.stop()
         idle = self.controller.stop()
         if self.elector is not None:
             if not idle:
@@ -175,6 +183,7 @@ class Manager:
     def _forgotten(self, kind: str, obj: Mapping[str, Any]) -> None:
         if kind == "ModelDeployment":
             self.metrics.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
+            self.measurements.forget((obj["metadata"]["namespace"], obj["metadata"]["name"]))
 
     def _queue_owner(self, kind: str, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
@@ -192,6 +201,8 @@ class Manager:
         for key in self.cache.names("ModelDeployment"):
             self.queue.add(key)
         self.controller.start()
+        if self.measurer is not None:
+            self.measurer.start()
 
 
 def _own_namespace() -> str:
