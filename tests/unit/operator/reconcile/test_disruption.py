@@ -1,52 +1,134 @@
-"""Writing the budgets: created, kept in step, deleted when a track no longer needs one; never someone else's."""
+"""The reconcile pass keeps a PodDisruptionBudget per track that needs one (issue 24 item 2): created with the
+track, kept in step with the spec, put back when edited, deleted when its track goes or shrinks to one pod, and
+a namesake of someone else is never touched."""
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
-from moe_operator.decisions.naming import CANARY, STABLE
-from moe_operator.decisions.render import disruption_budget
-from moe_operator.decisions.spec import parse_spec
-from moe_operator.io.children import NameConflict, Writer
-from moe_operator.reconcile.disruption import ensure_disruption_budgets
-from tests.unit.operator.fake_api import FakeApi
-from tests.unit.operator.samples import OWNER, spec
+from moe_operator.decisions.naming import TRACK_LABEL
+from moe_operator.io.children import WriteRefused
+from moe_operator.io.kube import PERMISSIONS
+from moe_operator.manager import WATCHED
+from tests.unit.operator.world import FAST_SLO, GOOD, NAME, NS, World
 
-
-def ensure(api, tracks, **fields):
-    desired = parse_spec(spec(**fields))
-    ensure_disruption_budgets(Writer(api, api.cache, OWNER.uid), api.cache, OWNER, desired, tracks)
+KIND = "PodDisruptionBudget"
+NO_BAKE = {**FAST_SLO, "bakeSeconds": 0}
 
 
-def names(api):
-    return sorted(o["metadata"]["name"] for o in api.of_kind("PodDisruptionBudget"))
+def budgets(world):
+    return {budget["metadata"]["name"]: budget for budget in world.api.of_kind(KIND)}
 
 
-def test_budgets_come_and_go_with_the_tracks_and_follow_the_spec():
-    api = FakeApi()
-    ensure(api, [STABLE, CANARY], replicas=3, rollout={"canaryReplicas": 2})
-    assert names(api) == [OWNER.name, f"{OWNER.name}-canary"]
-    writes = len(api.writes)
-    ensure(api, [STABLE, CANARY], replicas=3, rollout={"canaryReplicas": 2})
-    assert len(api.writes) == writes, "in step: nothing written"
-    ensure(api, [STABLE], replicas=3, rollout={"maxUnavailable": 2})
-    assert names(api) == [OWNER.name]
-    assert api.get_obj("PodDisruptionBudget", OWNER.namespace, OWNER.name)["spec"]["maxUnavailable"] == 2
-    ensure(api, [STABLE], replicas=1)
-    assert names(api) == []
+def budget_writes(world, since=0):
+    return [write for write in world.api.writes[since:] if write[1] == KIND]
 
 
-def test_a_namesake_of_someone_else_is_left_alone():
-    api = FakeApi()
-    theirs = disruption_budget(OWNER, parse_spec(spec(replicas=3)), STABLE)
-    theirs["metadata"]["ownerReferences"] = []
-    api.put(theirs)
-    with pytest.raises(NameConflict):
-        ensure(api, [STABLE], replicas=3)
+def test_the_stable_track_of_several_pods_gets_one_owned_by_the_model_deployment():
+    world = World(replicas=3)
+    world.reconcile()
+    (stable,) = budgets(world).values()
+    assert stable["metadata"]["name"] == NAME
+    assert stable["metadata"]["ownerReferences"][0]["uid"] == world.md()["metadata"]["uid"]
+    assert stable["spec"]["selector"]["matchLabels"][TRACK_LABEL] == "stable"
+    assert stable["spec"]["maxUnavailable"] == 1
+    writes = len(world.api.writes)
+    world.reconcile()
+    assert budget_writes(world, writes) == [], "in step: nothing written"
+
+
+def test_it_follows_the_spec_and_goes_when_the_track_has_one_pod():
+    world = World(replicas=3)
+    world.reconcile()
+    world.change_spec(replicas=3, rollout={"strategy": "RollingUpdate", "maxUnavailable": 2})
+    world.reconcile()
+    assert budgets(world)[NAME]["spec"]["maxUnavailable"] == 2
+    world.change_spec(replicas=1, rollout={"strategy": "RollingUpdate"})
+    world.reconcile()
+    assert budgets(world) == {}
+    world.change_spec(replicas=1, rollout={"strategy": "RollingUpdate", "disruptionBudget": {}})
+    world.reconcile()
+    assert list(budgets(world)) == [NAME], "asked for: a track of one pod gets one too"
+
+
+def test_an_edited_budget_is_put_back():
+    world = World(replicas=3)
+    world.reconcile()
+    edited = budgets(world)[NAME]
+    edited["spec"]["maxUnavailable"] = 0  # blocks every drain
+    world.api.put(edited)
+    world.reconcile()
+    assert budgets(world)[NAME]["spec"]["maxUnavailable"] == 1
+
+
+def test_the_canary_s_budget_comes_and_goes_with_the_canary():
+    world = World(replicas=3, slo=NO_BAKE, rollout={"canaryReplicas": 2})
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    world.change_spec(
+        replicas=3, slo=NO_BAKE, rollout={"canaryReplicas": 2}, runtime__image="registry.local/moe-runtime:2"
+    )
+    world.reconcile()
+    assert world.deployment("canary") is not None
+    canary = budgets(world)[f"{NAME}-canary"]
+    assert canary["spec"]["selector"]["matchLabels"][TRACK_LABEL] == "canary"
+    world.settle("canary")
+    world.reconcile()
+    world.analyse_until(GOOD)
+    world.settle()
+    world.reconcile()
+    assert world.deployment("canary") is None
+    assert list(budgets(world)) == [NAME]
+
+
+def test_a_namesake_of_someone_else_is_left_alone_and_reported():
+    world = World(replicas=3)
+    theirs = {
+        "apiVersion": "policy/v1",
+        "kind": KIND,
+        "metadata": {
+            "name": NAME,
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "moe-operator"},
+        },
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "theirs"}}},
+    }
+    world.api.put(theirs)
+    world.reconcile()
+    assert budgets(world)[NAME]["spec"] == theirs["spec"]
+    assert budget_writes(world) == []
+    assert world.condition("Degraded")["reason"] == "NameConflict"
+    assert KIND in world.condition("Degraded")["message"]
+
+
+def test_a_namesake_the_watch_never_showed_is_found_on_create_and_left_alone():
+    world = World(replicas=3)
+    theirs = {
+        "apiVersion": "policy/v1",
+        "kind": KIND,
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "theirs"}}},
+    }
+    world.api.put(theirs)
+    world.api.cache.delete(world.api.get_obj(KIND, NS, NAME))  # not labelled as ours: never watched
+    world.reconcile()
+    assert budgets(world)[NAME]["spec"] == theirs["spec"]
+    assert world.condition("Degraded")["reason"] == "NameConflict"
+
+
+def test_a_refused_budget_is_reported_like_any_refused_child():
+    """A cluster whose RBAC or admission refuses budgets: the ModelDeployment says so, it does not loop."""
+    world = World(replicas=3)
+    forbidden = ApiException(status=403, reason="Forbidden")
+    forbidden.body = '{"message": "poddisruptionbudgets.policy is forbidden"}'
+    world.api.refuse[KIND] = forbidden
+    with pytest.raises(WriteRefused):
+        world.reconcile()
+    degraded = world.condition("Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "poddisruptionbudgets" in degraded["message"]
 
 
 def test_the_operator_may_do_what_it_does_with_budgets():
-    from moe_operator.io.kube import PERMISSIONS
-    from moe_operator.manager import WATCHED
-
     granted = {(group, resource): set(verbs) for group, resource, verbs in PERMISSIONS}
-    assert {"list", "watch", "create", "patch", "delete"} <= granted["policy", "poddisruptionbudgets"]
+    assert {"get", "list", "watch", "create", "patch", "delete"} <= granted["policy", "poddisruptionbudgets"]
     assert "PodDisruptionBudget" in WATCHED, "the pass reads them from the watch cache"
