@@ -300,7 +300,11 @@ def test_prometheus_down_holds_the_replicas_says_why_once_and_clears_when_back(
         what="MetricsAvailable=True again",
     )
     assert metrics_condition(models)["reason"] == "QueueDepthRead"
-    events = new_events(before, event_counts(models))
+    # the pass records the status before it posts its Events
+    events = wait_for(
+        lambda: (e := new_events(before, event_counts(models))).get(("Normal", "MetricsAvailable")) and e,
+        timeout=30, what="the MetricsAvailable Event",
+    )  # fmt: skip
     warnings = {key: n for key, n in events.items() if key[0] == "Warning"}
     assert warnings == {("Warning", "PrometheusUnavailable"): 1}, events
     assert events.get(("Normal", "MetricsAvailable")) == 1, events

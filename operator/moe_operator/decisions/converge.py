@@ -72,6 +72,7 @@ class Observed:
     adapters: AdapterRead | None = None
     windows: Mapping[int, Measurement | NoData] = field(default_factory=dict)  # of the analysis running now
     measuring: bool = True  # the operator has a Prometheus to read
+    write_refused: Problem | None = None  # the API server refused this generation's writes on the last try
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ class _Pass:
             )
             if rejected
             else None,
+            refusal=o.write_refused,
             extra={**scaling.status, **adapters.status, **self._address()},
             extra_conditions=(*scaling.conditions, *adapters.conditions),
         )
@@ -277,6 +279,7 @@ class _Pass:
                 retry_token=(o.md["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
                 bake=spec.slo is not None and slo_settings.bake_seconds(spec.slo) > 0,
                 unhealthy=problem,
+                stable_exists=o.stable is not None,
             ),
         )
 

@@ -168,6 +168,9 @@ class RolloutInputs:
     retry_token: str | None = None
     bake: bool = False  # a promoted revision bakes before the rollout is over
     unhealthy: Problem | None = None  # what is wrong with the pods of the revision under analysis or bake
+    # a stable Deployment exists: without one nothing serves, so there is no traffic for a canary to protect and
+    # no track to judge it against (a first Deployment the API server refused, or one deleted by hand)
+    stable_exists: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ class RolloutPlan:
 def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
     events: list[Event] = []
     state = _consume_retry(state, inputs, events)
-    if state.stable is None:
+    if state.stable is None or not inputs.stable_exists:
         return RolloutPlan(replace(state, stable=inputs.target, canary=None), tuple(events))
     canary = state.canary
     if canary is not None and canary.phase == PROMOTING:

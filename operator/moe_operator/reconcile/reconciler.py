@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from moe_operator.decisions.converge import Decision, Observed, decide, refuse
+from moe_operator.decisions.converge import Decision, Observed, decide
 from moe_operator.decisions.events import condition_flips
 from moe_operator.decisions.measurements import subject
 from moe_operator.decisions.naming import (
@@ -71,10 +71,14 @@ class Reconciler:
         self._measuring = measuring
         self._clock = clock
         self._metrics = metrics or OperatorMetrics()
+        # (namespace, name) -> (generation, why): a retried pass keeps saying so instead of flapping back to
+        # what it would be had the writes gone through
+        self._refused: dict[tuple[str, str], tuple[int, Problem]] = {}
 
     def reconcile(self, namespace: str, name: str) -> Result:
         md = self._cache.get("ModelDeployment", namespace, name)
         if md is None or md["metadata"].get("deletionTimestamp"):
+            self._refused.pop((namespace, name), None)
             return Result()  # the garbage collector removes the children
         observed = self._observe(md)
         decision = decide(observed)
@@ -83,12 +87,17 @@ class Reconciler:
             self._act(md, decision)
         except (NameConflict, WriteRefused) as failed:
             problem = failed.problem if isinstance(failed, WriteRefused) else _name_conflict(failed)
-            refusal = refuse(observed, problem)
+            self._refused[(namespace, name)] = (_generation(md), problem)
+            refusal = decide(replace(observed, md=updated or md, write_refused=problem))
             self._record(updated or md, refusal)
-            self._post(md, refusal)
+            self._post(md, replace(refusal, events=()))  # what was decided did not happen: only the flips
             if isinstance(failed, WriteRefused):
                 raise
             return Result()
+        if observed.write_refused is not None:  # the writes went through this time
+            self._refused.pop((namespace, name), None)
+            decision = decide(replace(observed, md=updated or md, write_refused=None))
+            self._record(updated or md, decision)
         self._count(md, decision)
         self._post(md, decision)
         return Result(decision.requeue_after)
@@ -132,7 +141,12 @@ class Reconciler:
             adapters=self._measurements.adapters(key),
             windows=windows,
             measuring=self._measuring,
+            write_refused=self._still_refused(key, md),
         )
+
+    def _still_refused(self, key: tuple[str, str], md: Mapping[str, Any]) -> Problem | None:
+        generation, problem = self._refused.get(key, (None, None))
+        return problem if generation == _generation(md) else None
 
     def _record(self, md: Mapping[str, Any], decision: Decision) -> dict[str, Any] | None:
         """Writes the status when it changed; the ModelDeployment as the API server returned it."""
@@ -181,6 +195,10 @@ class Reconciler:
             metrics.autoscaler_decisions.labels(scaling.direction).inc()
             metrics.desired_replicas.labels(meta["namespace"], meta["name"]).set(scaling.replicas)
             metrics.current_replicas.labels(meta["namespace"], meta["name"]).set(scaling.current)
+
+
+def _generation(md: Mapping[str, Any]) -> int:
+    return md["metadata"].get("generation", 0)
 
 
 def _name_conflict(conflict: NameConflict) -> Problem:

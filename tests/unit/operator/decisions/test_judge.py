@@ -211,9 +211,10 @@ def _plus(a: TrackWindow, b: TrackWindow) -> TrackWindow:
 def test_a_canary_identical_in_distribution_to_stable_is_promoted_at_least_95_percent_of_the_time(
     sigma, per_window, seed
 ):
-    """Over whole analyses whose evidence settles (the sample sizes the rule accepts): 95% or more promote."""
+    """Over whole analyses whose evidence settles (the sample sizes the rule accepts): 95% or more promote.
+    100 analyses per example: the false rollback rate is well under 1% here, and with 20 a single one failed."""
     rnd = random.Random(seed)
-    results = [run_analysis(rnd, sigma, per_window) for _ in range(20)]
+    results = [run_analysis(rnd, sigma, per_window) for _ in range(100)]
     decided = [r for r in results if r in ("AnalysisPassed", "SLOBreached")]
     assert decided, results
     assert decided.count("AnalysisPassed") / len(decided) >= 0.95, results

@@ -103,12 +103,24 @@ def test_a_refusal_lands_in_the_status_once_and_is_retried_with_back_off():
     forbidden = ApiException(status=403, reason="Forbidden")
     forbidden.body = '{"message": "deployments is forbidden: exceeded quota"}'
     world.api.refuse["Deployment"] = forbidden
+    with pytest.raises(WriteRefused):  # the workers back off on it
+        world.reconcile()
+    refused_at = len(world.api.writes)
     for _ in range(3):
-        with pytest.raises(WriteRefused):  # the workers back off on it
+        with pytest.raises(WriteRefused):
             world.reconcile()
+        assert world.status()["phase"] == "Degraded"
     degraded = world.condition("Degraded")
     assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
     assert world.events.reasons.count("ApplyFailed") == 1
+    retried = [w for w in world.api.writes[refused_at:] if w[0] == "status"]
+    assert retried == [], "a retry refused again keeps the status as it is, never flapping through Pending"
+
+    del world.api.refuse["Deployment"]  # the quota was raised
+    world.reconcile()
+    assert world.deployment() is not None
+    assert world.condition("Degraded")["status"] == "False"
+    assert world.status()["phase"] != "Degraded"
 
 
 def test_a_policy_violation_touches_nothing():
@@ -267,3 +279,22 @@ def test_a_revision_that_breaks_while_baking_goes_back_to_the_previous_stable():
         "from its ConfigMap, kept for the bake despite the history limit"
     )
     assert any(e.reason == "RolledBack" and "while baking" in e.message for e in world.events.posted)
+
+
+def test_a_spec_fixed_after_its_first_deployment_was_refused_is_deployed_not_run_as_a_canary():
+    """Nothing serves yet: there is no stable track for a canary to protect or to be judged against."""
+    world = World(slo=NO_BAKE)
+    invalid = ApiException(status=422, reason="Invalid")
+    invalid.body = '{"message": "Deployment.apps is invalid: env[0].valueFrom"}'
+    world.api.refuse["Deployment"] = invalid
+    with pytest.raises(WriteRefused):
+        world.reconcile()
+    del world.api.refuse["Deployment"]
+    world.change_spec(slo=NO_BAKE, runtime__image="registry.local/moe-runtime:2")
+    world.reconcile()
+    assert world.deployment("canary") is None
+    assert (
+        world.deployment()["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "registry.local/moe-runtime:2"
+    )
+    assert world.status()["stableRevision"] == world.status()["currentRevision"]
