@@ -157,7 +157,8 @@ def kwokctl_config(assets: Path, prometheus_port: int, prometheus_config_file: P
 
 def fake_node(name: str, gpus: int, served: bool = False, tainted: bool = False) -> dict:
     """A node for KWOK (annotated for it) or, when `served`, for the local kubelet (KWOK leaves it alone)."""
-    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    # ephemeral-storage: pods that download their model into an emptyDir request it, as on a real node
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"}
     labels = {
         "type": "local-kubelet" if served else "kwok",
         "kubernetes.io/hostname": name,

@@ -87,6 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics-port", type=int, help="serve the operator's own Prometheus metrics on this port"
     )
     run.add_argument(
+        "--relist-seconds",
+        type=float,
+        default=300.0,
+        help="list every watched kind afresh this often: after a watch gap kopf reports nothing of what was "
+        "deleted meanwhile",
+    )
+    run.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     run.add_argument("-v", "--verbose", action="store_true")
@@ -111,6 +118,7 @@ def options(args: argparse.Namespace):
             args.leader_election_retry_period,
         ),
         metrics_port=args.metrics_port,
+        relist_seconds=args.relist_seconds,
     )
 
 

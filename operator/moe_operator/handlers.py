@@ -25,6 +25,7 @@ RESOURCES = {  # kind -> kopf resource selector
     "Deployment": ("apps", "v1", "deployments"),
     "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "Pod": ("v1", "pods"),
 }
 
@@ -66,6 +67,7 @@ for _kind, _labels in (
     ("Deployment", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("ConfigMap", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("Service", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("PodDisruptionBudget", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("Pod", {MODEL_DEPLOYMENT_LABEL: kopf.PRESENT}),
 ):
     kopf.on.event(*RESOURCES[_kind], labels=_labels)(_feeds(_kind))

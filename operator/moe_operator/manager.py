@@ -1,7 +1,9 @@
 """Assembles the operator: API client, watch cache, reconciler, work queue, workers, leader election.
 
 kopf's watch streams feed the cache and the queue (`observe`); the workers reconcile what the queue holds.
-With leader election on, every replica keeps its cache warm but only the leader's workers run.
+Every `relist_seconds` each watched kind is listed afresh: after a watch gap (410 Gone) kopf lists again but
+reports nothing of what vanished meanwhile, and a listing is the only word on that. With leader election on,
+every replica keeps its cache warm but only the leader's workers run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ WATCHED = {
     "Deployment": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "ConfigMap": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "Service": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "PodDisruptionBudget": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "Pod": MODEL_DEPLOYMENT_LABEL,
 }
 
@@ -63,6 +67,7 @@ class Options:
     leader_election_id: str = "moe-operator"
     leader_election_timings: LeaseTimings = LeaseTimings()
     metrics_port: int | None = None
+    relist_seconds: float = 300.0
 
 
 def identity() -> str:
@@ -106,6 +111,8 @@ class Manager:
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers, self.metrics)
         self.metrics_server = None
+        self._stopping = threading.Event()
+        self._relister = threading.Thread(target=self._relist_now_and_then, name="relist", daemon=True)
         self.elector = None
         if options.leader_elect:
             self.elector = LeaderElector(
@@ -117,41 +124,68 @@ class Manager:
                 on_lost=_exit_on_lost_lease,
                 timings=options.leader_election_timings,
             )
+            self.kube.may_write = self.elector.may_write  # every write, Events included, asks the fence
 
     def start(self) -> None:
         """Serves the metrics, fills the cache and starts reconciling (or campaigning). Safe to call again after
         it failed: the metrics port stays bound from the first call."""
         if self.options.metrics_port is not None and self.metrics_server is None:
             self.metrics_server = operator_metrics.start(self.metrics, self.options.metrics_port)
-        self.prime()
+        self.relist()
+        if not self._relister.is_alive():
+            self._relister.start()
         if self.elector is None:
             self._lead()
         else:
             self.elector.start()
 
     def stop(self) -> None:
-        if self.elector is not None:
-            self.elector.stop()
+        """The workers first, the Lease last: released earlier, it let a successor start while a pass here
+        still wrote. The Lease is renewed meanwhile; a worker that will not end keeps it until it expires."""
+        self._stopping.set()
         if self.measurer is not None:
             self.measurer.stop()
-        self.controller.stop()
+        idle = self.controller.stop()
+        if self.elector is not None:
+            if not idle:
+                log.warning("a reconcile pass did not end in time: leaving the Lease to expire")
+            self.elector.stop(release=idle)
 
-    def prime(self) -> None:
-        """Lists every watched kind once, so that no pass ever runs on a half-filled cache."""
+    def relist(self) -> None:
+        """Lists every watched kind: what a listing lacks is gone (its ModelDeployment is queued to see).
+        At start it fills the cache, so that no pass ever runs on a half-filled one."""
         for kind, selector in WATCHED.items():
             for namespace in self.options.namespaces or [None]:
-                self.cache.replace_all(kind, namespace, self.kube.list(kind, namespace, selector))
+                listed_at = self.cache.clock()
+                for gone in self.cache.replace_all(
+                    kind, namespace, self.kube.list(kind, namespace, selector), listed_at
+                ):
+                    self._forgotten(kind, gone)
+                    self._queue_owner(kind, gone)
 
     def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event: the cache takes the object, the owning ModelDeployment is queued."""
         obj = {**body, "kind": kind}
         if event_type == "DELETED":
             self.cache.delete(obj)
-            if kind == "ModelDeployment":
-                self.metrics.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
-                self.measurements.forget((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+            self._forgotten(kind, obj)
         else:
-            self.cache.put(obj)
+            self.cache.observe(obj)
+        self._queue_owner(kind, obj)
+
+    def _relist_now_and_then(self) -> None:
+        while not self._stopping.wait(self.options.relist_seconds):
+            try:
+                self.relist()
+            except Exception as err:  # the API server away: the next round tries again
+                log.warning("listing the watched objects afresh failed: %s", err)
+
+    def _forgotten(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if kind == "ModelDeployment":
+            self.metrics.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
+            self.measurements.forget((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+
+    def _queue_owner(self, kind: str, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
         if kind == "ModelDeployment":
             owner = meta["name"]

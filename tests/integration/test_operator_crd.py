@@ -176,6 +176,36 @@ INVALID = [
         variant(set_in("runtime.env", [{"name": "OMP_NUM_THREADS", "value": "64"}])),
         "spec.runtime.env[].name must not be one the operator sets",
     ),
+    (
+        "args-the-operator-sets",
+        variant(set_in("runtime.args", ["--log-level", "info", "--model", "/etc"])),
+        'spec.runtime.args[2]: Invalid value: "--model": spec.runtime.args[] must not set (or abbreviate)',
+    ),
+    (
+        "args-abbreviated",
+        variant(set_in("runtime.args", ["--down=/tmp"])),
+        'spec.runtime.args[0]: Invalid value: "--down=/tmp": spec.runtime.args[] must not set (or abbreviate)',
+    ),
+    (
+        "env-overrides-a-setting-the-operator-derives",
+        variant(set_in("runtime.env", [{"name": "MOE_RUNTIME_LORA_LIST", "value": "/etc/passwd"}])),
+        "spec.runtime.env[].name must not be a MOE_RUNTIME_* variable the operator sets",
+    ),
+    (
+        "download-without-size-limit",
+        variant(set_in("model.source", {"uri": "s3://bucket/m"})),
+        "spec.model.source.cache.sizeLimit is required",
+    ),
+    (
+        "download-size-limit-with-host-path",
+        variant(
+            set_in(
+                "model.source",
+                {"uri": "s3://bucket/m", "cache": {"sizeLimit": "1Gi", "hostPath": {"path": "/c"}}},
+            )
+        ),
+        "it does not apply with cache.hostPath",
+    ),
     ("uri-not-s3", variant(set_in("model.source", {"uri": "gs://bucket/m"})), "spec.model.source.uri"),
     (
         "s3-settings-without-uri",
@@ -267,6 +297,13 @@ def test_defaults_are_filled_in(custom, md_namespace):
         "revisionHistoryLimit": 3,
     }
     assert runtime["drainDelaySeconds"] == 10
+
+
+def test_a_download_with_a_size_limit_or_a_node_folder_is_valid(custom, md_namespace):
+    for cache in ({"sizeLimit": "80Gi"}, {"sizeLimit": 10**11}, {"hostPath": {"path": "/var/cache/m"}}):
+        create(
+            custom, md_namespace, variant(set_in("model.source", {"uri": "s3://bucket/m", "cache": cache}))
+        )
 
 
 @pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml"])

@@ -1,5 +1,7 @@
 """The CRD answers `kubectl explain` for every field, and refuses what the operator would choke on."""
 
+import re
+
 import yaml
 
 from moe_operator.decisions.render import OWNED_ENV
@@ -30,6 +32,23 @@ def test_the_crd_refuses_every_env_name_the_operator_sets():
     rule = next(r["rule"] for r in env_item["x-kubernetes-validations"] if "HOME" in r["rule"])
     listed = set(rule.split("[", 1)[1].split("]", 1)[0].replace("'", "").replace(" ", "").split(","))
     assert listed == set(OWNED_ENV)
+
+
+def runtime_schema():
+    return SCHEMA["properties"]["spec"]["properties"]["runtime"]["properties"]
+
+
+def test_the_crd_refuses_the_flags_and_variables_the_operator_sets():
+    from moe_operator.decisions.runtime_config import OPERATOR_FLAGS
+
+    def listed(rule):  # the rule's list of quoted names
+        return set(re.search(r"\[('[^\]]*)\]", rule).group(1).replace("'", "").replace(" ", "").split(","))
+
+    [args_rule] = [r["rule"] for r in runtime_schema()["args"]["items"]["x-kubernetes-validations"]]
+    assert listed(args_rule) == {flag for flags in OPERATOR_FLAGS.values() for flag in flags}
+    env_rules = runtime_schema()["env"]["items"]["x-kubernetes-validations"]
+    [env_rule] = [r["rule"] for r in env_rules if "MOE_RUNTIME_MODEL" in r["rule"]]
+    assert listed(env_rule) == set(OPERATOR_FLAGS)
 
 
 def test_printer_columns_show_stable_canary_and_analysis():

@@ -141,4 +141,8 @@ or Namespaces). No wildcards, no Secrets, no pod creation. */}}
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+# a PodDisruptionBudget per track of several pods, so that a drain never evicts them all at once
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
 {{- end }}

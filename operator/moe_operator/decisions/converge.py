@@ -40,6 +40,7 @@ from moe_operator.decisions.render import (
     Revision,
     adapters_config_map,
     deployment,
+    disruption_budget,
     render_revision,
     revision_config_map,
     revision_from_config_map,
@@ -66,6 +67,7 @@ class Observed:
     service: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     config_maps: Sequence[Mapping[str, Any]] = ()  # the operator's ConfigMaps in the namespace
+    budgets: Sequence[Mapping[str, Any]] = ()  # the PodDisruptionBudgets named after its tracks
     queue: QueueRead | None = None
     adapters: AdapterRead | None = None
     windows: Mapping[int, Measurement | NoData] = field(default_factory=dict)  # of the analysis running now
@@ -164,6 +166,9 @@ class _Pass:
             self._deployment(canary_revision, CANARY, o.canary, spec.rollout.canary_replicas)
         elif o.canary is not None:
             self.writes.append(Write("delete", None, o.canary))
+        conflict = self._disruption_budgets([STABLE, *([CANARY] if canary_revision is not None else [])])
+        if conflict is not None:
+            return refuse(o, _conflict(conflict))
         keep = {stable_revision.hash, target.hash, *([canary_revision.hash] if canary_revision else [])}
         if plan.state.canary is not None and plan.state.canary.previous:
             keep.add(plan.state.canary.previous)  # what a failed bake restores
@@ -377,6 +382,28 @@ class _Pass:
                 Event("Normal", "DriftRepaired", f"put back {what} fields changed outside the operator")
             )
         self.writes.append(Write("apply", desired, observed))
+
+    def _disruption_budgets(self, tracks: Sequence[str]) -> Mapping[str, Any] | None:
+        """A budget for each of the running tracks that needs one (render.disruption_budget), kept in step; ours
+        deleted once its track needs none. A namesake of someone else where a budget is wanted: returned."""
+        wanted = {
+            budget["metadata"]["name"]: budget
+            for track in tracks
+            if (budget := disruption_budget(self.owner, self.spec, track)) is not None
+        }
+        observed = {budget["metadata"]["name"]: budget for budget in self.o.budgets}
+        for name, desired in wanted.items():
+            found = observed.get(name)
+            if found is None:
+                self.writes.append(Write("create", desired, None))
+            elif not is_ours(found, self.owner.uid):
+                return found
+            elif not in_step(desired, found):
+                self.writes.append(Write("apply", desired, found))
+        for name, found in observed.items():
+            if name not in wanted and is_ours(found, self.owner.uid):
+                self.writes.append(Write("delete", None, found))
+        return None
 
     def _prune_config_maps(self, keep: set[str]) -> None:
         history = sorted(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_operator.decisions.naming import (
+    CANARY,
     POD_TEMPLATE_ANNOTATION,
     REVISION_LABEL,
     TRACK_LABEL,
@@ -41,6 +42,8 @@ from moe_operator.decisions.runtime_config import (
     DOWNLOAD_MOUNT_PATH,
     MODEL_MOUNT_PATH,
     RUNTIME_PORT,
+    SHM_MOUNT_PATH,
+    TMP_MOUNT_PATH,
     adapter_path,
     adapter_volumes,
     model_path,
@@ -69,7 +72,7 @@ OWNED_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
 )
 _CONFIG_PLACEHOLDER = "$(revision-config)"
@@ -151,6 +154,35 @@ def deployment(
     obj = _object("apps/v1", "Deployment", deployment_name(owner.name, track), owner, spec=body)
     obj["metadata"]["labels"][TRACK_LABEL] = track
     return obj
+
+
+def disruption_budget(owner: Owner, spec: ModelDeploymentSpec, track: str) -> dict[str, Any] | None:
+    """The PodDisruptionBudget of a track, so that a node drain or a cluster-autoscaler scale-down cannot evict
+    all its pods at once (a replacement loads its weights for up to startupTimeoutSeconds). None for a track
+    of one pod, unless spec.rollout.disruptionBudget asks for one."""
+    asked = spec.rollout.disruption_budget
+    most = spec.rollout.canary_replicas if track == CANARY else _most_stable_replicas(spec)
+    if asked is None and most <= 1:
+        return None
+    unavailable = asked.max_unavailable if asked is not None else None
+    if unavailable is None:
+        # the rolling update's own maxUnavailable, but never 0: a budget of 0 blocks every drain for good
+        unavailable = spec.rollout.max_unavailable
+        if str(unavailable).rstrip("%") == "0":
+            unavailable = 1
+    body = {
+        "maxUnavailable": unavailable,
+        "selector": {"matchLabels": track_selector_labels(owner.name, track)},
+        # a pod that is not Ready (loading, crash-looping) serves nothing: evicting it must not wait
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    obj = _object("policy/v1", "PodDisruptionBudget", deployment_name(owner.name, track), owner, spec=body)
+    obj["metadata"]["labels"][TRACK_LABEL] = track
+    return obj
+
+
+def _most_stable_replicas(spec: ModelDeploymentSpec) -> int:
+    return spec.max_replicas if spec.autoscaling.enabled else spec.replicas
 
 
 def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:
@@ -264,7 +296,9 @@ def _object_storage_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         return []
     env: list[dict[str, Any]] = []
     if source.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": source.endpoint})
+        # S3's own variable: AWS_ENDPOINT_URL would redirect STS as well, and a web identity (IRSA, Pod
+        # Identity) would then ask the object store for credentials
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": source.endpoint})
     if source.region:
         env.append({"name": "AWS_REGION", "value": source.region})
     if source.credentials_secret:
@@ -297,7 +331,22 @@ def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = wanted.memory
     if wanted.gpu:
         limits[GPU_RESOURCE] = wanted.gpu
+    requests.update(_download_storage_request(spec))
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _download_volume(source: UriSource) -> dict[str, Any]:
+    """The pod's own download folder: bounded, so that a large checkpoint cannot fill the node's disk (the
+    kubelet evicts the pod past its sizeLimit, instead of DiskPressure evicting the node's other pods)."""
+    return {"name": "model-cache", "emptyDir": {"sizeLimit": source.cache_size_limit}}
+
+
+def _download_storage_request(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The download counts toward the pod's ephemeral storage: the scheduler places the pod where it fits."""
+    source = spec.model.source
+    if isinstance(source, UriSource) and source.cache_host_path is None:
+        return {"ephemeral-storage": source.cache_size_limit}
+    return {}
 
 
 def _tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
@@ -323,7 +372,7 @@ def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         case HostPathSource(path=path):
             volumes.append({"name": "model", "hostPath": {"path": path, "type": "Directory"}})
         case UriSource(cache_host_path=None):
-            volumes.append({"name": "model-cache", "emptyDir": {}})
+            volumes.append(_download_volume(spec.model.source))
         case UriSource(cache_host_path=path):
             volumes.append({"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
     if spec.runtime.shm_size:
@@ -335,13 +384,13 @@ def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
 
 
 def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts = [{"name": "tmp", "mountPath": TMP_MOUNT_PATH}]
     if isinstance(spec.model.source, PvcSource | HostPathSource):
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
     if isinstance(spec.model.source, UriSource):
         mounts.append({"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH})
     if spec.runtime.shm_size:
-        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        mounts.append({"name": "shm", "mountPath": SHM_MOUNT_PATH})
     mounts.append({"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True})
     mounts.extend(
         {"name": v.name, "mountPath": v.mount_path, "readOnly": True} for v in adapter_volumes(spec)

@@ -22,6 +22,8 @@ from moe_operator.decisions.spec import (
 )
 
 RUNTIME_PORT = 8000
+TMP_MOUNT_PATH = "/tmp"
+SHM_MOUNT_PATH = "/dev/shm"
 MODEL_MOUNT_PATH = "/models"
 DOWNLOAD_MOUNT_PATH = "/var/cache/moe-runtime"
 # LoRA adapters: the list the runtime watches (the ConfigMap <md>-adapters, mounted by every pod of every
@@ -30,6 +32,15 @@ ADAPTER_LIST_VOLUME = "adapters"
 ADAPTER_LIST_MOUNT_PATH = "/etc/moe-runtime/adapters"
 ADAPTER_LIST_KEY = "adapters.json"
 ADAPTER_ROOT = "/adapters"
+# Where the operator mounts its own volumes: spec.runtime.volumeMounts may not mount over them or inside them.
+OPERATOR_MOUNT_PATHS = (
+    TMP_MOUNT_PATH,
+    SHM_MOUNT_PATH,
+    MODEL_MOUNT_PATH,
+    DOWNLOAD_MOUNT_PATH,
+    ADAPTER_LIST_MOUNT_PATH,
+    ADAPTER_ROOT,
+)
 
 
 def model_path(spec: ModelDeploymentSpec) -> str:
@@ -147,6 +158,47 @@ RUNTIME_SETTINGS: tuple[tuple[str, Callable[[ModelDeploymentSpec, str], object]]
         lambda spec, _: DOWNLOAD_MOUNT_PATH if isinstance(spec.model.source, UriSource) else None,
     ),
 )
+
+
+# The runtime's flags (moe_runtime.serve.options) of every variable the operator sets, and --lora-modules,
+# whose paths come from spec.adapters under the policy. spec.runtime.args may not name them and spec.runtime.env
+# may not set the variables: the last flag wins, and env beats the revision ConfigMap, so either would override
+# the operator (--model pointing at any path in the pod, another tenant's download in a shared cache included).
+OPERATOR_FLAGS: dict[str, tuple[str, ...]] = {
+    "MOE_RUNTIME_MODEL": ("--model",),
+    "MOE_RUNTIME_SERVED_MODEL_NAME": ("--served-model-name",),
+    "MOE_RUNTIME_PORT": ("--port",),
+    "MOE_RUNTIME_MAX_QUEUE": ("--max-queue",),
+    "MOE_RUNTIME_MAX_BATCH_SEQS": ("--max-num-seqs", "--max-batch-seqs"),
+    "MOE_RUNTIME_MAX_BATCH_TOKENS": ("--max-num-batched-tokens", "--max-batch-tokens"),
+    "MOE_RUNTIME_PREFILL_CHUNK": ("--prefill-chunk",),
+    "MOE_RUNTIME_REQUEST_TIMEOUT": ("--request-timeout",),
+    "MOE_RUNTIME_WINDOW": ("--window",),
+    "MOE_RUNTIME_GLOBAL_TOKENS": ("--global-tokens",),
+    "MOE_RUNTIME_QUANTIZE": ("--quantize",),
+    "MOE_RUNTIME_DTYPE": ("--dtype",),
+    "MOE_RUNTIME_MAX_KV_TOKENS": ("--max-kv-tokens",),
+    "MOE_RUNTIME_KV_CACHE_MEMORY_BYTES": ("--kv-cache-memory-bytes",),
+    "MOE_RUNTIME_GPU_MEMORY_UTILIZATION": ("--gpu-memory-utilization",),
+    "MOE_RUNTIME_MAX_MODEL_LEN": ("--max-model-len",),
+    "MOE_RUNTIME_EXPERT_METRICS": ("--expert-metrics",),
+    "MOE_RUNTIME_LOG_FORMAT": ("--log-format",),
+    "MOE_RUNTIME_LORA_LIST": ("--lora-list",),
+    "MOE_RUNTIME_LORA_MODULES": ("--lora-modules",),
+    "MOE_RUNTIME_MAX_LORAS": ("--max-loras",),
+    "MOE_RUNTIME_MAX_LORA_RANK": ("--max-lora-rank",),
+    "MOE_RUNTIME_DOWNLOAD_DIR": ("--download-dir",),
+}
+_FLAGS = tuple(flag for flags in OPERATOR_FLAGS.values() for flag in flags)
+
+
+def operator_flag(arg: str) -> str | None:
+    """The operator's flag that `arg` sets, as `--flag`, `--flag=value` or an abbreviation of it (which
+    argparse takes unless told not to, and older runtime images do); None when it sets none of them."""
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--") or len(name) < 3:
+        return None
+    return next((flag for flag in _FLAGS if flag.startswith(name)), None)
 
 
 def runtime_config(spec: ModelDeploymentSpec, md_name: str) -> dict[str, str]:

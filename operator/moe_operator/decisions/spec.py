@@ -36,6 +36,7 @@ class UriSource:
     region: str | None = None
     credentials_secret: str | None = None
     cache_host_path: str | None = None  # a node folder shared by the pods of the node; None: per pod
+    cache_size_limit: str | int | None = None  # the per-pod emptyDir's sizeLimit (a quantity)
 
 
 ModelSource = PvcSource | HostPathSource | ImageSource | UriSource
@@ -136,6 +137,11 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class DisruptionBudget:
+    max_unavailable: int | str | None = None  # None: from the rollout's maxUnavailable, at least one pod
+
+
+@dataclass(frozen=True)
 class Rollout:
     strategy: str = "Canary"
     canary_replicas: int = 1
@@ -143,6 +149,7 @@ class Rollout:
     max_unavailable: int | str = 0
     auto_rollback: bool = True
     revision_history_limit: int = 3
+    disruption_budget: DisruptionBudget | None = None  # set: a budget for every track, one pod or more
 
 
 @dataclass(frozen=True)
@@ -205,7 +212,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
                     max_unavailable="maxUnavailable",
                     auto_rollback="autoRollback",
                     revision_history_limit="revisionHistoryLimit",
-                )
+                ),
+                disruption_budget=_disruption_budget((spec.get("rollout") or {}).get("disruptionBudget")),
             ),
             slo=_slo(spec["slo"]) if spec.get("slo") else None,
         )
@@ -226,12 +234,19 @@ def _source(raw: Mapping[str, Any]) -> ModelSource:
     if "image" in raw:
         return ImageSource(path=raw["image"]["path"])
     if "uri" in raw:
-        s3 = raw.get("s3") or {}
-        return UriSource(
+        s3, cache = raw.get("s3") or {}, raw.get("cache") or {}
+        source = UriSource(
             uri=raw["uri"],
             **_pick(s3, endpoint="endpoint", region="region", credentials_secret="credentialsSecret"),
-            cache_host_path=(raw.get("cache") or {}).get("hostPath", {}).get("path"),
+            cache_host_path=cache.get("hostPath", {}).get("path"),
+            cache_size_limit=cache.get("sizeLimit"),
         )
+        if source.cache_host_path is None and source.cache_size_limit is None:
+            raise InvalidSpec(
+                "spec.model.source.cache.sizeLimit is required for a download into the pod (at least the "
+                "checkpoint's size: an unbounded download fills the node's disk), unless cache.hostPath is set"
+            )
+        return source
     raise InvalidSpec("a source sets none of pvc, hostPath, image, uri")
 
 
@@ -289,6 +304,10 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
             )
         ),
     )
+
+
+def _disruption_budget(raw: Mapping[str, Any] | None) -> DisruptionBudget | None:
+    return None if raw is None else DisruptionBudget(**_pick(raw, max_unavailable="maxUnavailable"))
 
 
 def _scale_rule(raw: Mapping[str, Any], default: ScaleRule) -> ScaleRule:

@@ -66,20 +66,22 @@ class Writer:
             raise NameConflict(observed)
 
     def create(self, desired: Mapping[str, Any]) -> dict[str, Any]:
+        sent_at = self._cache.clock()
         try:
             created = self._call(lambda: self._kube.create(desired))
         except ApiException as err:
             if err.status != 409:
                 raise
             kind, namespace, name = key_of(desired)
+            read_at = self._cache.clock()
             found = self._kube.get(kind, namespace, name)
             if found is None:
                 raise StaleRead(f"{kind} {name} vanished while being created") from err
             found.setdefault("kind", kind)
             self.check(found)
-            self._cache.put(found)
+            self._cache.put(found, read_at)
             raise StaleRead(f"{kind} {name} existed already") from err
-        self._cache.put(created)
+        self._cache.put(created, sent_at)
         return created
 
     def apply(self, desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,14 +90,28 @@ class Writer:
             **desired,
             "metadata": {**desired["metadata"], "resourceVersion": observed["metadata"]["resourceVersion"]},
         }
+        sent_at = self._cache.clock()
         try:
             applied = self._call(lambda: self._kube.apply(body))
         except ApiException as err:
-            if err.status == 409:
+            if err.status in (404, 409):
+                self._refresh(key_of(desired))
                 raise StaleRead(f"{key_of(desired)} changed since it was read") from err
             raise
-        self._cache.put(applied)
+        self._cache.put(applied, sent_at)
         return applied
+
+    def _refresh(self, key) -> None:
+        """A write found the object other than the cache holds it: the cache takes it as it is now, or drops it
+        when it is gone (deleted in a watch gap, which no event reports)."""
+        self._cache.stale(*key)
+        read_at = self._cache.clock()
+        found = self._kube.get(*key)
+        if found is None:
+            self._cache.evict(*key)
+        else:
+            found.setdefault("kind", key[0])
+            self._cache.put(found, read_at)
 
     def delete(self, observed: Mapping[str, Any]) -> None:
         self.check(observed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import urllib3
@@ -17,6 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from moe_operator.decisions.naming import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from moe_operator.machinery.errors import NotLeader
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
 
@@ -35,6 +36,8 @@ PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # read only: readiness and failures (image pulls, scheduling, crash loops) reported in the status
     ("", "pods", ("list", "watch")),
     ("", "events", ("create", "patch")),
+    # a budget per track of several pods; deleted when the track no longer needs one
+    ("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
 )
 # Leader election, in the operator's own namespace only (the chart grants it there with a Role).
 LEADER_ELECTION_PERMISSIONS = (("coordination.k8s.io", "leases", ("get", "create", "update")),)
@@ -46,6 +49,7 @@ RESOURCES = {  # kind -> (API path prefix, plural)
     "Service": ("/api/v1", "services"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
 }
 API_VERSIONS = {
     "ModelDeployment": f"{GROUP}/{VERSION}",
@@ -54,6 +58,7 @@ API_VERSIONS = {
     "Service": "v1",
     "Pod": "v1",
     "Event": "v1",
+    "PodDisruptionBudget": "policy/v1",
 }
 
 
@@ -99,10 +104,17 @@ def path(kind: str, namespace: str | None, name: str | None = None, subresource:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
-        """`api`'s connection pool should allow as many connections as threads that use it."""
+    def __init__(
+        self,
+        api: client.ApiClient,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        """`api`'s connection pool should allow as many connections as threads that use it. `may_write`: the
+        leader election's fence, asked before every write (None: this replica is the only one)."""
         self._api = api
         self._timeout = timeout
+        self.may_write = may_write
 
     def request(
         self,
@@ -112,6 +124,8 @@ class Kube:
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        if method != "GET" and self.may_write is not None and not self.may_write():
+            raise NotLeader(f"{method} {url_path}: this replica does not lead")
         response = self._api.call_api(
             url_path,
             method,

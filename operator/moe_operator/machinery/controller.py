@@ -35,11 +35,13 @@ class Controller:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 30) -> bool:
+        """Takes no more keys and waits for the passes under way; whether every worker has ended."""
         self._queue.shutdown()
         deadline = time.monotonic() + timeout
         for thread in self._threads if self.started else ():
             thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def _work(self) -> None:
         while (key := self._queue.get()) is not None:

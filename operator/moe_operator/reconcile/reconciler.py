@@ -132,6 +132,11 @@ class Reconciler:
                 for cm in cache.select("ConfigMap", ns, {MANAGED_BY_LABEL: MANAGED_BY})
                 if cm["metadata"]["name"].startswith(f"{name}-")
             ],
+            budgets=[
+                budget
+                for track in (STABLE, CANARY)
+                if (budget := cache.get("PodDisruptionBudget", ns, deployment_name(name, track))) is not None
+            ],
             queue=self._measurements.queue(key),
             adapters=self._measurements.adapters(key),
             windows=windows,

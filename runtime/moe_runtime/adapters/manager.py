@@ -1,22 +1,27 @@
 """Serves the configured LoRA adapters on the engine: `--lora-modules` (fixed) and the `--lora-list` file
 (changed while running), at most `--max-loras` of them in memory (adapters/residency.py decides).
 
-Threads: adapters load on a loader thread of their own (the pure `lora.load_adapter`: reading and checking
-files takes seconds and must not stall the decode steps); everything that touches the engine's adapter table
-happens in `step`, on the engine thread, with the worker's lock held, as do `check`, `models` and `count_request`
-(called by the worker from the event loop). The list watcher and the loader hand their news over through a queue
-and wake the engine thread.
+Threads: each load runs on a thread of its own (the pure `lora.load_adapter`: reading and checking files takes
+seconds and must not stall the decode steps); everything that touches the engine's adapter table happens in
+`step`, on the engine thread, with the worker's lock held, as do `check`, `models` and `count_request` (called by
+the worker from the event loop). The list watcher and the loads hand their news over through a queue and wake
+the engine thread.
+
+One adapter cannot hold up the others or the pod: loads run side by side, a load that runs past
+`load_timeout_s` (a dead volume, a huge file) counts as a failed try (so /ready, which waits for one try of each
+adapter, comes within that time) and its answer, should it still come, is dropped; the adapter is tried again
+only once that hung load has ended. An error about one adapter on the engine thread fails that adapter alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +34,8 @@ from moe_runtime.model import lora
 from moe_runtime.model.lora import AdapterError, AdapterNotFound
 
 log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,20 @@ class LoraManager:
         fixed: Iterable[AdapterSource] = (),
         watched: bool = False,
         load: Callable[..., lora.Adapter] = lora.load_adapter,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
     ) -> None:
         self._engine, self._metrics = engine, metrics
         self._base_model = base_model
         self._load = load
+        self._load_timeout_s = load_timeout_s
+        self._tokens = itertools.count()
+        self._loading: dict[str, tuple[int, float]] = {}  # name -> (token, started) of the load that counts
+        self._hung: dict[str, threading.Thread] = {}  # loads past their timeout that have not ended yet
+        self._threads: dict[str, threading.Thread] = {}  # each adapter's latest load
         self.wake: Callable[[], None] = lambda: None  # the worker sets it: wakes its idle engine thread
         self._residency = Residency(max_loras)
         self._fixed = {source.name: source.path for source in fixed}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-load")
         self.enabled = bool(self._fixed) or watched
         self.ready = threading.Event()  # every adapter configured at startup was tried once
         metrics.enabled, metrics.max_loras = self.enabled, max_loras
@@ -77,7 +89,8 @@ class LoraManager:
         self.wake()
 
     def close(self) -> None:
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        """Loads still running are daemon threads: their answers are never taken."""
+        self._loading.clear()
 
     # ---- with the worker's lock held ---------------------------------------------------------------------
 
@@ -99,6 +112,7 @@ class LoraManager:
     def step(self, scheduler, now: float) -> AdapterStep:
         """On the engine thread, before the scheduler's step."""
         self._take_news(now)
+        self._give_up_overdue_loads(now)
         if not self.enabled:
             return AdapterStep()
         if not self._residency.entries:  # no request can name an adapter: nothing to look at
@@ -108,7 +122,7 @@ class LoraManager:
         demand = _demand(scheduler)
         plan = self._residency.plan(demand, now)
         for name in plan.unload:
-            self._engine.unload_adapter(name)
+            self._isolated(name, now, lambda name=name: self._engine.unload_adapter(name))
         evicted = [
             n for n in plan.unload if (e := self._residency.entries.get(n)) and e.status is Status.EVICTED
         ]
@@ -121,7 +135,7 @@ class LoraManager:
             elif self._residency.entries[name].status is Status.PENDING:
                 log.info("unloaded LoRA adapter %r to load it from its new path", name)
         for name, path in plan.load:
-            self._loader.submit(self._load_off_thread, name, path)
+            self._start_load(name, path, now)
         self._publish(demand)
         if not self.ready.is_set() and self._residency.all_tried:
             self._mark_ready()
@@ -153,22 +167,67 @@ class LoraManager:
             if news[0] == "listed":
                 self._configure(news[1])
             elif news[0] == "loaded":
-                _, name, adapter = news
-                self._engine.add_adapter(adapter)
-                self._residency.loaded(name, now)
-                log.info(
-                    "loaded LoRA adapter %r from %s (rank %d, %.1f MiB)",
-                    name, adapter.path, adapter.rank, adapter.nbytes / 2**20,
-                )  # fmt: skip
+                _, name, token, adapter = news
+                if not self._counts(name, token):
+                    continue  # given up on (timed out) or not wanted any more: dropped
+                if self._isolated(name, now, lambda adapter=adapter: self._engine.add_adapter(adapter)):
+                    self._residency.loaded(name, now)
+                    log.info(
+                        "loaded LoRA adapter %r from %s (rank %d, %.1f MiB)",
+                        name, adapter.path, adapter.rank, adapter.nbytes / 2**20,
+                    )  # fmt: skip
             else:
-                _, name, path, message, reason = news
-                self._residency.failed(name, message, reason, now)
-                self._metrics.load_failed(name, reason)
-                entry = self._residency.entries[name]
-                retry = f"; retrying in {entry.retry_at - now:.0f}s" if entry.status is Status.FAILED else ""
-                log.error(
-                    "LoRA adapter %r from %s failed to load (%s): %s%s", name, path, reason, message, retry
-                )
+                _, name, token, path, message, reason = news
+                if self._counts(name, token):
+                    self._failed(name, path, message, reason, now)
+
+    def _counts(self, name: str, token: int) -> bool:
+        """Whether a load's answer is the one the adapter waits for (and so it is no longer loading)."""
+        if self._loading.get(name, (None,))[0] != token or name not in self._residency.entries:
+            return False
+        del self._loading[name]
+        return True
+
+    def _failed(self, name: str, path: str, message: str, reason: str, now: float) -> None:
+        self._residency.failed(name, message, reason, now)
+        self._metrics.load_failed(name, reason)
+        entry = self._residency.entries[name]
+        retry = f"; retrying in {entry.retry_at - now:.0f}s" if entry.status is Status.FAILED else ""
+        log.error("LoRA adapter %r from %s failed to load (%s): %s%s", name, path, reason, message, retry)
+
+    def _isolated(self, name: str, now: float, action: Callable[[], object]) -> bool:
+        """An engine-table change for one adapter: an error fails that adapter, not the engine loop."""
+        try:
+            action()
+        except Exception as err:
+            log.exception("LoRA adapter %r: the engine refused a change to it", name)
+            if (entry := self._residency.entries.get(name)) is not None and not entry.removed:
+                message = err.reason if isinstance(err, AdapterError) else f"{type(err).__name__}: {err}"
+                self._failed(name, entry.path, message, adapter_error_reason(message), now)
+            return False
+        return True
+
+    def _start_load(self, name: str, path: str, now: float) -> None:
+        hung = self._hung.get(name)
+        if hung is not None and hung.is_alive():  # one thread per adapter at most, however long it hangs
+            self._failed(name, path, "its previous load has not ended yet", "timeout", now)
+            return
+        self._hung.pop(name, None)
+        token = next(self._tokens)
+        self._loading[name] = (token, now)
+        thread = threading.Thread(
+            target=self._load_off_thread, args=(name, path, token), name=f"lora-load-{name}", daemon=True
+        )
+        thread.start()
+        self._threads[name] = thread
+
+    def _give_up_overdue_loads(self, now: float) -> None:
+        for name, (token, started) in list(self._loading.items()):
+            if now - started > self._load_timeout_s and self._counts(name, token):
+                self._hung[name] = self._threads[name]
+                path = self._residency.entries[name].path
+                message = f"loading took longer than {self._load_timeout_s:g} s (--lora-load-timeout)"
+                self._failed(name, path, message, "timeout", now)
 
     def _configure(self, listed: list[AdapterSource]) -> None:
         wanted = {}
@@ -188,7 +247,7 @@ class LoraManager:
             log.info("LoRA adapters: added %s, removed %s, path changed %s", added, removed, changed)
         self._residency.configure(wanted)
 
-    def _load_off_thread(self, name: str, path: str) -> None:
+    def _load_off_thread(self, name: str, path: str, token: int) -> None:
         engine = self._engine
         try:
             adapter = self._load(
@@ -200,14 +259,14 @@ class LoraManager:
                 max_rank=engine.max_lora_rank,
             )
         except AdapterError as err:
-            self._inbox.put(("failed", name, path, err.reason, adapter_error_reason(err.reason)))
+            self._inbox.put(("failed", name, token, path, err.reason, adapter_error_reason(err.reason)))
         except torch.OutOfMemoryError as err:
-            self._inbox.put(("failed", name, path, f"out of memory: {err}", "out_of_memory"))
+            self._inbox.put(("failed", name, token, path, f"out of memory: {err}", "out_of_memory"))
         except Exception as err:
             log.exception("LoRA adapter %r: unexpected error while loading", name)
-            self._inbox.put(("failed", name, path, f"{type(err).__name__}: {err}", "other"))
+            self._inbox.put(("failed", name, token, path, f"{type(err).__name__}: {err}", "other"))
         else:
-            self._inbox.put(("loaded", name, adapter))
+            self._inbox.put(("loaded", name, token, adapter))
         self.wake()
 
     def _publish(self, demand: dict[str, Demand]) -> None:

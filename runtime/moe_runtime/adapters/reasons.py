@@ -23,10 +23,10 @@ _RULES = (
     (
         "invalid_files",
         r"not valid JSON|not a JSON object|malformed field|unreadable|holds no LoRA tensors|mixes per-expert"
-        r"|is missing|must be floating point|not a positive integer|must be a list",
+        r"|is missing|must be floating point|not a positive integer|must be a list|more than any adapter",
     ),
 )
-REASONS = (*(reason for reason, _ in _RULES), "out_of_memory", "other")
+REASONS = (*(reason for reason, _ in _RULES), "out_of_memory", "timeout", "other")
 
 
 def adapter_error_reason(message: str) -> str:

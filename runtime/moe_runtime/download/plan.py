@@ -1,8 +1,11 @@
 """What to download from an `s3://bucket/prefix` checkpoint and where it goes: pure decisions, no I/O.
 
-A snapshot is every object under the prefix. It lands in `<download dir>/s3/<bucket>/<prefix>/`, one file
-per object at the key's path below the prefix; the bookkeeping (lock, manifest of what the local files hold,
-partial downloads) lives apart in `<download dir>/.moe-runtime/<snapshot id>/`, where no key can reach.
+A snapshot is every object under the prefix at one endpoint. It lands in
+`<download dir>/s3/<endpoint>/<bucket>/<prefix>/`, one file per object at the key's path below the prefix; the
+bookkeeping (lock, manifest of what the local files hold, partial downloads) lives apart in
+`<download dir>/.moe-runtime/<snapshot id>/`, where no key can reach. Another endpoint is another snapshot even
+for the same bucket and prefix: a store anyone can run may answer any bucket name with any bytes, and what it
+serves must never be what a reader of another store finds in a shared cache.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 S3_SCHEME = "s3://"
 CONFIG_FILE = "config.json"
@@ -54,11 +58,21 @@ class S3Uri:
     def key_uri(self, key: str) -> str:
         return f"{S3_SCHEME}{self.bucket}/{key}"
 
-    def local_dir(self, download_dir: Path) -> Path:
-        return download_dir.joinpath("s3", self.bucket, *self.prefix.split("/")[:-1])
+    def local_dir(self, download_dir: Path, endpoint: str) -> Path:
+        return download_dir.joinpath(
+            "s3", endpoint_folder(endpoint), self.bucket, *self.prefix.split("/")[:-1]
+        )
 
-    def state_dir(self, download_dir: Path) -> Path:
-        return download_dir / STATE_DIR / hashlib.sha256(str(self).encode()).hexdigest()[:20]
+    def state_dir(self, download_dir: Path, endpoint: str) -> Path:
+        snapshot = f"{endpoint.rstrip('/')}\0{self}"
+        return download_dir / STATE_DIR / hashlib.sha256(snapshot.encode()).hexdigest()[:20]
+
+
+def endpoint_folder(endpoint: str) -> str:
+    """The folder of one endpoint's snapshots: its host and port to read, a digest of the whole URL to keep
+    endpoints apart (scheme and path included)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", urlsplit(endpoint).netloc or "endpoint")[:64]
+    return f"{readable}-{hashlib.sha256(endpoint.rstrip('/').encode()).hexdigest()[:8]}"
 
 
 def _safe_parts(path: str, what: str) -> tuple[str, ...]:

@@ -9,8 +9,11 @@ AWS_SESSION_TOKEN, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, A
 - a partial temporary file left by a killed process is continued with a ranged GET; a dropped connection
   is too, a few times, before the download fails;
 - a complete copy is reused when the listing still matches what the manifest (download/manifest.py) says
-  the files hold (keys, sizes, ETags); changed objects are fetched again, deleted ones removed. When the
-  endpoint cannot be reached at all, a complete copy is used as it is.
+  the files hold (keys, sizes, ETags) and the store still lets this reader read each of those versions (HEAD
+  with If-Match); changed objects are fetched again, deleted ones removed.
+A cache shared by tenants is no channel between them: each endpoint has its own copies (download/plan.py),
+and a copy is handed only to a reader the store itself lets read every object of it, so an endpoint that
+cannot be reached means no copy, never an unverified one.
 """
 
 from __future__ import annotations
@@ -112,10 +115,11 @@ class S3Snapshot:
     ) -> None:
         self.uri, self.client = uri, client
         self.download_dir = download_dir
-        self.local = uri.local_dir(download_dir)
-        self.state = uri.state_dir(download_dir)
+        endpoint = self._endpoint()
+        self.local = uri.local_dir(download_dir, endpoint)
+        self.state = uri.state_dir(download_dir, endpoint)
         self.partials = self.state / "partial"
-        self.manifest = Manifest(self.state / "manifest.json", str(uri))
+        self.manifest = Manifest(self.state / "manifest.json", f"{endpoint} {uri}")
         self._max_attempts, self._threads = max_attempts, threads
 
     def sync(self) -> Path:
@@ -145,11 +149,6 @@ class S3Snapshot:
         manifest.load()
         try:
             listing = index_listing(self.uri, self._list())
-        except _NetworkError as err:
-            if manifest.complete and self._intact(manifest.objects):
-                log.warning("%s; using the complete copy downloaded earlier to %s", err, self.local)
-                return self.local
-            raise
         except ListingError as err:
             raise DownloadError(str(err)) from err
         if not listing:
@@ -158,6 +157,7 @@ class S3Snapshot:
         plan = plan_sync(
             listing, manifest.objects, self._local_sizes(listing.keys() | manifest.objects.keys())
         )
+        self._check_readable([listing[path] for path in plan.keep])
         if not plan.fetch and not plan.remove:
             if not manifest.complete:
                 manifest.save(complete=True)
@@ -245,6 +245,19 @@ class S3Snapshot:
                 for item in page.get("Contents", ()):
                     objects.append(RemoteObject(item["Key"], item["Size"], normalize_etag(item["ETag"])))
         return objects
+
+    def _check_readable(self, objects: list[RemoteObject]) -> None:
+        """HEAD If-Match of every object a copy keeps: the store still lets this reader read that very version.
+        The files may have come with another reader's credentials; only the store can say who may have them."""
+        if not objects:
+            return
+        with ThreadPoolExecutor(min(self._threads, len(objects)), thread_name_prefix="s3-check") as pool:
+            for future in [pool.submit(self._head, obj) for obj in objects]:
+                future.result()
+
+    def _head(self, obj: RemoteObject) -> None:
+        with self._s3_errors(self.uri.key_uri(obj.key)):
+            self.client.head_object(Bucket=self.uri.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
 
     def _etag_check(self, obj: RemoteObject) -> tuple[EtagForm, int | None] | None:
         """What checks an object's bytes beyond their count (the ETag's form and the part size);
@@ -366,9 +379,6 @@ class S3Snapshot:
         return resume_offset(partial_size, obj.size)
 
     # --- what the local files hold
-
-    def _intact(self, manifest: dict[str, RemoteObject]) -> bool:
-        return self._local_sizes(manifest) == {path: obj.size for path, obj in manifest.items()}
 
     def _local_sizes(self, paths) -> dict[str, int]:
         sizes = {}

@@ -38,6 +38,7 @@ flag has vLLM's name; the older names still work.
 | --lora-list | MOE_RUNTIME_LORA_LIST | none | JSON file `[{"name": ..., "path": ...}]` of LoRA adapters, watched while serving (a mounted ConfigMap in a pod) |
 | --max-loras | MOE_RUNTIME_MAX_LORAS | 4 | LoRA adapters in memory at once (the least recently used idle one makes room) |
 | --max-lora-rank | MOE_RUNTIME_MAX_LORA_RANK | 16 | highest rank a LoRA adapter may have |
+| --lora-load-timeout | MOE_RUNTIME_LORA_LOAD_TIMEOUT | 120.0 | seconds one try to load a LoRA adapter may take before it counts as failed |
 | --max-logprobs | MOE_RUNTIME_MAX_LOGPROBS | 20 | most log-probabilities per token a request may ask for |
 | --expert-metrics | MOE_RUNTIME_EXPERT_METRICS | expert | `off`, `expert` (summed over layers) or `layer_expert` |
 | --inject-faults | MOE_RUNTIME_INJECT_FAULTS | none | faults to have on purpose, to rehearse a rollout: `token_delay=S`, `long_prompt=N:S`, `hang_every=N:S`, `unhealthy_after=N`, comma-separated (runtime/moe_runtime/faults.py) |
@@ -56,7 +57,9 @@ ones unload once their accepted requests finish, and a failed load is logged, co
 retried with back-off, while the other adapters serve on. Beyond `--max-loras` adapters in memory, the least
 recently used one without requests makes room and loads again when asked for; requests for an adapter that is
 not in memory wait for it, they do not fail (adapters/residency.py). `/ready` turns 200 only after every adapter
-configured at startup was tried once (loaded or failed), so a restarted pod comes back with its adapters.
+configured at startup was tried once (loaded, failed, or still loading after `--lora-load-timeout`), so a
+restarted pod comes back with its adapters, and one adapter on a dead volume cannot keep it unready. Adapters load
+side by side; an error about one of them fails that adapter alone.
 
 Lifecycle: `/health` answers as soon as the port is open; `/ready` answers 503 while the weights load, 200
 once they have, and 503 again after SIGTERM or SIGINT. Then new generation requests get 503, the ones already
@@ -232,7 +235,7 @@ class _DrainingServer(uvicorn.Server):
         metrics = self._state.metrics
         adapters = LoraManager(
             engine, metrics.lora, base_model=model_name, max_loras=args.max_loras, fixed=args.lora_modules,
-            watched=args.lora_list is not None,
+            watched=args.lora_list is not None, load_timeout_s=args.lora_load_timeout,
         )  # fmt: skip
         worker = EngineWorker(
             engine, scheduler_config(args, engine), metrics, self._loop, adapters, self._state.faults

@@ -57,6 +57,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _lora_module(text: str):
     try:
         return parse_lora_module(text)
@@ -152,6 +159,9 @@ OPTIONS = (
            "again on demand (vLLM's default is 1: each swap costs a load, so a few more are kept here)"),
     Option(("--max-lora-rank",), "MOE_RUNTIME_MAX_LORA_RANK", _positive_int, 16,
            "highest LoRA rank an adapter may have"),
+    Option(("--lora-load-timeout",), "MOE_RUNTIME_LORA_LOAD_TIMEOUT", _positive_float, 120.0,
+           "seconds one try to load a LoRA adapter may take (a dead volume, a huge file) before it counts as "
+           "failed: /ready waits no longer for it, and it is tried again once that load has ended"),
     Option(("--max-logprobs",), "MOE_RUNTIME_MAX_LOGPROBS", _non_negative_int, LIMITS.max_logprobs,
            "most log-probabilities per token a request may ask for (`logprobs`, `top_logprobs`)"),
     Option(("--expert-metrics",), "MOE_RUNTIME_EXPERT_METRICS", default=ExpertMetrics.EXPERT.value,
@@ -176,6 +186,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespac
     parser = argparse.ArgumentParser(
         prog="python -m moe_runtime serve",
         formatter_class=_HelpFormatter,
+        # no abbreviations: `--mod` for `--model` would slip past the operator's refusal of its own flags
+        allow_abbrev=False,
         description="Serve a checkpoint over HTTP. Every option can also come from its environment variable; "
         "a flag wins over the variable, an empty variable counts as unset.",
     )

@@ -26,6 +26,13 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_s3(tmp_path_factory):
+    """A second store: another tenant's own endpoint, which may hold anything under any bucket name."""
+    with MotoServer(tmp_path_factory.mktemp("moto-other") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("s3-checkpoint") / "tiny-qwen3"
     command = [
@@ -65,5 +72,5 @@ def aws_env(s3, proxy, monkeypatch):
     """The AWS variables of this process point at the S3 server through the proxy."""
     for name, value in s3.env(proxy.url).items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)

@@ -49,6 +49,9 @@ class S3Proxy:
 
     def close(self) -> None:
         self.released.set()
+        # close() alone leaves the thread blocked in accept() holding the socket open for one more client
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
 
     def object_gets(self, key_suffix: str = "") -> list[Request]:

@@ -15,7 +15,13 @@ from tests.integration.runtime_server.harness import free_port
 from tests.waiting import wait_for
 
 REGION = "us-east-1"
-MIN_PART_BYTES = 64 * 1024  # S3 wants 5 MiB parts; moto takes smaller ones, so tiny files can be multipart
+MIN_PART_BYTES = 64 * 1024
+# IAM users and what each may do: `runtime` everything, `lister` list buckets but read no object (AWS names
+# the listing's permission s3:ListBucket; moto checks the operation's own name)
+USERS = {
+    "runtime": "s3:*",
+    "lister": ["s3:ListBucket", "s3:ListObjectsV2"],
+}  # S3 wants 5 MiB parts; moto takes smaller ones, so tiny files can be multipart
 
 
 class MotoServer:
@@ -28,12 +34,13 @@ class MotoServer:
         self.log = log
         self.process: subprocess.Popen | None = None
         self.key_id = self.secret = ""
+        self.keys: dict[str, tuple[str, str]] = {}  # user -> (key id, secret)
 
     def __enter__(self) -> MotoServer:
         # the three actions that make the IAM user, its key and its policy are the only unauthenticated ones
         env = {
             **os.environ,
-            "INITIAL_NO_AUTH_ACTION_COUNT": "3",
+            "INITIAL_NO_AUTH_ACTION_COUNT": str(3 * len(USERS)),
             "S3_UPLOAD_PART_MIN_SIZE": str(MIN_PART_BYTES),
         }
         with open(self.log, "wb") as log:
@@ -47,14 +54,16 @@ class MotoServer:
         iam = boto3.client(
             "iam", endpoint_url=self.url, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
         )
-        iam.create_user(UserName="runtime")
-        key = iam.create_access_key(UserName="runtime")["AccessKey"]
-        everything = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }
-        iam.put_user_policy(UserName="runtime", PolicyName="s3", PolicyDocument=json.dumps(everything))
-        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        for user, actions in USERS.items():
+            iam.create_user(UserName=user)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            allowed = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+            }
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(allowed))
+            self.keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        self.key_id, self.secret = self.keys["runtime"]
         return self
 
     def _answers(self) -> bool:
@@ -69,12 +78,13 @@ class MotoServer:
         self.process.terminate()
         self.process.wait(timeout=30)
 
-    def env(self, endpoint_url: str | None = None, **overrides: str) -> dict[str, str]:
+    def env(self, endpoint_url: str | None = None, user: str = "runtime", **overrides: str) -> dict[str, str]:
         """The standard AWS variables a runtime process reads to reach this server (or a proxy of it)."""
+        key_id, secret = self.keys[user]
         return {
-            "AWS_ACCESS_KEY_ID": self.key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret,
-            "AWS_ENDPOINT_URL": endpoint_url or self.url,
+            "AWS_ACCESS_KEY_ID": key_id,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL_S3": endpoint_url or self.url,  # as the operator sets it: S3 only, not STS
             "AWS_REGION": REGION,
             **overrides,
         }

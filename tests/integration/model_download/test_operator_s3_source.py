@@ -22,7 +22,7 @@ def test_weights_from_s3_are_downloaded_before_the_pod_serves(cluster, models, o
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"}, "type": "Opaque",
          "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id, "AWS_SECRET_ACCESS_KEY": s3.secret}}
     )  # fmt: skip
-    source = {"uri": f"s3://{bucket}/{PREFIX}",
+    source = {"uri": f"s3://{bucket}/{PREFIX}", "cache": {"sizeLimit": "1Gi"},
               "s3": {"endpoint": s3.url, "region": REGION, "credentialsSecret": "s3-credentials"}}  # fmt: skip
     name = created(local_md("from-s3", source))
     models.wait_ready(name, replicas=1, timeout=300)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from moe_runtime.download.plan import RemoteObject, S3Uri, partial_name
 from moe_runtime.download.s3 import DownloadError, S3Snapshot, local_model_dir, s3_client
 from tests.integration.model_download.conftest import MULTIPART_SHARD, PREFIX, SHARD
 from tests.integration.model_download.proxy import Rule
+from tests.integration.model_download.s3server import upload_folder
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,19 +35,61 @@ def listed_object(s3, bucket: str, name: str) -> RemoteObject:
 def test_downloads_every_object_into_the_cache(bucket, checkpoint, proxy, aws_env, tmp_path):
     local = Path(local_model_dir(f"s3://{bucket}/{PREFIX}", str(tmp_path)))
 
-    assert local == tmp_path / "s3" / bucket / "org" / "tiny-qwen3"  # the folder name is the model's name
+    assert local.relative_to(tmp_path).parts[0] == "s3"
+    assert local.relative_to(tmp_path).parts[2:] == (bucket, "org", "tiny-qwen3")  # the model's name
+    assert local.relative_to(tmp_path).parts[1].startswith("127.0.0.1_")  # the endpoint's folder
     assert same_files(checkpoint, local)
     assert sorted(r.path.rsplit("/", 1)[1] for r in proxy.object_gets()) == sorted(os.listdir(checkpoint))
 
 
-def test_a_current_copy_is_reused_after_one_listing(bucket, proxy, aws_env, tmp_path):
+def test_a_current_copy_is_reused_after_one_listing_and_a_read_check_of_each_object(
+    bucket, checkpoint, proxy, aws_env, tmp_path
+):
     uri = f"s3://{bucket}/{PREFIX}/"
     first = local_model_dir(uri, str(tmp_path))
     before = len(proxy.requests)
 
     assert local_model_dir(uri, str(tmp_path)) == first
-    again = proxy.requests[before:]
-    assert [r.method for r in again] == ["GET"] and "list-type=2" in again[0].target
+    listing, *checks = proxy.requests[before:]
+    assert listing.method == "GET" and "list-type=2" in listing.target
+    # HEAD If-Match: this reader may still read the very version the copy holds; no bytes move
+    assert sorted(r.path.rsplit("/", 1)[1] for r in checks) == sorted(os.listdir(checkpoint))
+    assert {r.method for r in checks} == {"HEAD"} and all("if-match" in r.headers for r in checks)
+
+
+def test_a_copy_is_not_handed_to_a_reader_the_store_would_not_let_read_it(
+    s3, bucket, proxy, aws_env, monkeypatch, tmp_path
+):
+    """A tenant sharing the node's cache who may list the bucket but not read it (or names a bucket it
+    cannot read at all) must not get the copy another tenant's credentials fetched."""
+    uri = f"s3://{bucket}/{PREFIX}"
+    local_model_dir(uri, str(tmp_path))
+    for name, value in s3.env(proxy.url, user="lister").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DownloadError, match=rf"s3://{bucket}/{PREFIX}/.*: access denied"):
+        local_model_dir(uri, str(tmp_path))
+
+
+def test_another_endpoint_with_the_same_bucket_never_touches_the_copy(
+    s3, other_s3, bucket, checkpoint, aws_env, monkeypatch, tmp_path
+):
+    """A tenant's own store can answer any bucket name with any bytes (and any ETags): what it serves lands in
+    a copy of its own, and the first tenant's copy stays as its store made it."""
+    uri = f"s3://{bucket}/{PREFIX}"
+    honest = Path(local_model_dir(uri, str(tmp_path)))
+    forged = tmp_path / "forged"
+    shutil.copytree(checkpoint, forged)
+    (forged / "tokenizer_config.json").write_text('{"chat_template": "pwned"}')
+    client = other_s3.client()
+    client.create_bucket(Bucket=bucket)
+    upload_folder(client, bucket, PREFIX, forged)
+    for name, value in other_s3.env().items():
+        monkeypatch.setenv(name, value)
+
+    poisoned = Path(local_model_dir(uri, str(tmp_path)))
+    assert poisoned != honest
+    assert (poisoned / "tokenizer_config.json").read_text() == '{"chat_template": "pwned"}'
+    assert same_files(checkpoint, honest)
 
 
 def test_changed_objects_are_fetched_again_and_deleted_ones_removed(
@@ -116,17 +160,15 @@ def test_wrong_credentials_fail_as_access_denied(
         local_model_dir(f"s3://{bucket}/{PREFIX}", str(tmp_path))
 
 
-def test_an_unreachable_endpoint_fails_naming_it_unless_a_complete_copy_is_there(
-    bucket, proxy, aws_env, monkeypatch, tmp_path
-):
+def test_an_unreachable_endpoint_fails_naming_it_even_with_a_complete_copy(bucket, proxy, aws_env, tmp_path):
+    """Only the store can say whether this reader may have the copy: no store, no copy."""
     uri = f"s3://{bucket}/{PREFIX}"
-    local = local_model_dir(uri, str(tmp_path))
+    local_model_dir(uri, str(tmp_path))
     proxy.close()
-    assert local_model_dir(uri, str(tmp_path)) == local  # served from the cache while the store is away
     with pytest.raises(
-        DownloadError, match=rf"s3://{bucket}/org/other/: cannot reach the S3 endpoint {proxy.url}"
+        DownloadError, match=rf"s3://{bucket}/{PREFIX}/: cannot reach the S3 endpoint {proxy.url}"
     ):
-        local_model_dir(f"s3://{bucket}/org/other", str(tmp_path))
+        local_model_dir(uri, str(tmp_path))
 
 
 def test_a_connection_cut_mid_object_is_resumed_with_a_range_request(
@@ -149,7 +191,7 @@ def test_a_partial_file_left_by_a_failed_start_is_resumed_by_the_next(
     proxy.rules.append(Rule(SHARD, "cut", after_bytes=400_000))
     with pytest.raises(DownloadError, match=rf"{uri.key_uri(PREFIX + '/' + SHARD)}: connection lost at byte"):
         S3Snapshot(uri, tmp_path, s3_client(), max_attempts=1).sync()
-    partial = uri.state_dir(tmp_path) / "partial" / partial_name(listed_object(s3, bucket, SHARD))
+    partial = uri.state_dir(tmp_path, proxy.url) / "partial" / partial_name(listed_object(s3, bucket, SHARD))
     left = partial.stat().st_size
     assert left > 0
 
@@ -171,7 +213,7 @@ def test_a_corrupt_partial_file_fails_the_md5_and_is_fetched_from_the_start(
     s3, bucket, checkpoint, proxy, aws_env, tmp_path
 ):
     uri = S3Uri.parse(f"s3://{bucket}/{PREFIX}")
-    partial = uri.state_dir(tmp_path) / "partial" / partial_name(listed_object(s3, bucket, SHARD))
+    partial = uri.state_dir(tmp_path, proxy.url) / "partial" / partial_name(listed_object(s3, bucket, SHARD))
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"\0" * 100_000)  # what a crashed node can leave behind
     local = Path(local_model_dir(str(uri), str(tmp_path)))
@@ -198,7 +240,7 @@ def test_two_processes_sharing_a_cache_download_each_object_once(s3, bucket, che
 
     outputs = [p.communicate(timeout=120)[0].strip() for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], (tmp_path / "second.log").read_text()
-    assert outputs[0] == outputs[1] == str(cache / "s3" / bucket / PREFIX)
+    assert outputs[0] == outputs[1] == str(S3Uri.parse(uri).local_dir(cache, proxy.url))
     gets = sorted(r.path.rsplit("/", 1)[1] for r in proxy.object_gets())
     assert gets == sorted(os.listdir(checkpoint))  # each object once, by the first process
     assert same_files(checkpoint, Path(outputs[0]))

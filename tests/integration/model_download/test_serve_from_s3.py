@@ -44,7 +44,7 @@ def status(url: str) -> int | None:
 def test_not_ready_while_downloading_then_resumed_after_a_kill_and_serving(s3, bucket, proxy, tmp_path):
     uri = f"s3://{bucket}/{PREFIX}"
     env = {**s3.env(proxy.url), "MOE_RUNTIME_DOWNLOAD_DIR": str(tmp_path / "cache")}
-    partial = S3Uri.parse(uri).state_dir(tmp_path / "cache") / "partial"
+    partial = S3Uri.parse(uri).state_dir(tmp_path / "cache", proxy.url) / "partial"
     partial /= partial_name(listed_object(s3, bucket, SHARD))
     proxy.rules.append(Rule(SHARD, "hold", after_bytes=600_000))
 

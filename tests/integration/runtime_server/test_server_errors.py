@@ -1,6 +1,9 @@
 """Bad input gets a 400 naming the parameter, a full queue gets 429, and nothing makes the server fail."""
 
 import concurrent.futures
+import json
+import urllib.error
+import urllib.request
 
 import httpx
 import pytest
@@ -83,6 +86,23 @@ def test_a_body_over_the_size_limit_gets_413_without_being_read_whole(server):
     assert response.status_code == 413
     error = response.json()["error"]
     assert error["code"] == "request_too_large" and "--max-request-bytes" in error["message"]
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("megabytes", [8, 40])
+def test_a_client_that_sends_its_whole_body_before_reading_still_gets_the_413(server, megabytes):
+    """urllib (like many clients) writes the whole body before it reads the answer: a server that answers and
+    closes while bytes are still coming resets the connection, and the client sees that, not the 413. The
+    server reads the rest of an oversized body (up to a bound) before it closes, as nginx's lingering close."""
+    body = json.dumps({"prompt": "x" * (megabytes * 2**20)}).encode()
+    request = urllib.request.Request(
+        server.url + "/v1/completions", data=body, headers={"content-type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert refused.value.headers["connection"] == "close"
+    assert json.loads(refused.value.read())["error"]["code"] == "request_too_large"
     assert httpx.get(server.url + "/health").status_code == 200
 
 

@@ -46,7 +46,7 @@ class FakeApi:
         meta["resourceVersion"] = str(next(self.versions))
         meta.setdefault("creationTimestamp", f"2026-01-01T00:00:{next(self.versions) % 60:02d}Z")
         self.objects[key] = obj
-        self.cache.put(obj)
+        self.cache.observe(obj)
         return copy.deepcopy(obj)
 
     def get_obj(self, kind: str, namespace: str, name: str) -> dict | None:
@@ -65,7 +65,7 @@ class FakeApi:
             "readyReplicas": replicas if ready is None else ready,
         }
         deployment["metadata"]["resourceVersion"] = str(next(self.versions))
-        self.cache.put(deployment)
+        self.cache.observe(deployment)
 
     # ---- the Kube interface the operator uses ---------------------------------------------------------
 
@@ -117,7 +117,7 @@ class FakeApi:
         stored["status"] = copy.deepcopy(status)
         stored["metadata"]["resourceVersion"] = str(next(self.versions))
         self.objects[key] = stored
-        self.cache.put(stored)
+        self.cache.observe(stored)
         return copy.deepcopy(stored)
 
     def _refused(self, kind):

@@ -1,11 +1,14 @@
 """Load a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) for a model.
 
-Everything is read and checked before anything is returned, so a refused adapter leaves nothing behind; each
-refusal is an AdapterError naming the adapter and the reason.
+Everything is checked before anything is returned, so a refused adapter leaves nothing behind; each refusal is
+an AdapterError naming the adapter and the reason. The tensors are checked from the safetensors header (names,
+shapes, dtypes) before a byte of them is read: an adapter of any declared size is refused at the cost of its
+header, and what passes is at most max_lora_rank wide on each of the model's own projections.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,22 +64,34 @@ def load_adapter(
         raise AdapterError(name, f"{path}: not a directory")
     adapter_config = read_adapter_config(name, path)
     _check_targets(name, adapter_config, config)
-    targets: dict[Target, dict[str, torch.Tensor]] = {}
-    for key, tensor in _read_tensors(name, path).items():
-        try:
-            target, factor = locate(key, config, adapter_config)
-        except TargetError as err:
-            raise AdapterError(name, str(err)) from None
-        factors = targets.setdefault(target, {})
-        if factor in factors:
-            raise AdapterError(name, f"tensor {key!r} repeats lora_{factor} of {target.module}: unused")
-        factors[factor] = tensor
-    if not targets:
-        raise AdapterError(name, f"{path / WEIGHTS_FILE}: holds no LoRA tensors")
-    per_expert = any(t.expert is not None for t in targets)
-    if per_expert and any(t.fused for t in targets):
-        raise AdapterError(name, "mixes per-expert and fused expert tensors")
-    checked = {t: _checked(name, t, factors, adapter_config, max_rank) for t, factors in targets.items()}
+    with _weights(name, path) as weights:
+        declared = _declared(weights)
+        targets: dict[Target, dict[str, str]] = {}  # target -> factor -> tensor name
+        for key in declared:
+            try:
+                target, factor = locate(key, config, adapter_config)
+            except TargetError as err:
+                raise AdapterError(name, str(err)) from None
+            factors = targets.setdefault(target, {})
+            if factor in factors:
+                raise AdapterError(name, f"tensor {key!r} repeats lora_{factor} of {target.module}: unused")
+            factors[factor] = key
+        if not targets:
+            raise AdapterError(name, f"{path / WEIGHTS_FILE}: holds no LoRA tensors")
+        per_expert = any(t.expert is not None for t in targets)
+        if per_expert and any(t.fused for t in targets):
+            raise AdapterError(name, "mixes per-expert and fused expert tensors")
+        for target, factors in targets.items():
+            _check_declared(
+                name, target, {f: declared[k] for f, k in factors.items()}, adapter_config, max_rank
+            )
+        # every tensor is as the model and the rank need: only now are its bytes read
+        checked = {
+            target: _scaled(
+                target, weights.get_tensor(factors["A"]), weights.get_tensor(factors["B"]), adapter_config
+            )
+            for target, factors in targets.items()
+        }
     return Adapter(
         name=name,
         path=str(path),
@@ -104,7 +119,8 @@ def _check_targets(name: str, adapter: AdapterConfig, config: ModelConfig) -> No
         )
 
 
-def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
+@contextmanager
+def _weights(name: str, path: Path):
     file = path / WEIGHTS_FILE
     if not file.is_file():
         other = (
@@ -114,36 +130,52 @@ def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
         )
         raise AdapterError(name, f"{file}: missing{other}")
     try:
-        with safe_open(file, "pt") as f:
-            names = f.keys()
-            return {key: f.get_tensor(key) for key in names}
+        with safe_open(file, "pt") as weights:
+            yield weights
     except (SafetensorError, OSError) as err:
         raise AdapterError(name, f"{file}: unreadable ({err})") from err
 
 
-def _checked(
-    name: str, target: Target, factors: dict[str, torch.Tensor], adapter: AdapterConfig, max_rank: int
-) -> Factors:
+def _declared(weights) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype, from the header alone."""
+    found = {}
+    for key in weights.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+        part = weights.get_slice(key)
+        found[key] = (tuple(part.get_shape()), part.get_dtype())
+    return found
+
+
+# safetensors' names of the floating-point dtypes
+FLOATING = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+
+def _check_declared(
+    name: str,
+    target: Target,
+    declared: dict[str, tuple[tuple[int, ...], str]],  # factor -> (shape, dtype) from the header
+    adapter: AdapterConfig,
+    max_rank: int,
+) -> None:
     for factor in "AB":
-        if factor not in factors:
+        if factor not in declared:
             raise AdapterError(
                 name, f"{target.module}: lora_{factor} is missing (has only lora_{'AB'.replace(factor, '')})"
             )
     rank = adapter.rank(target.module)
     if rank > max_rank:
         raise AdapterError(name, f"rank {rank} of {target.module} is above max_lora_rank {max_rank}")
-    a, b = factors["A"], factors["B"]
     width = rank * target.experts
-    for factor, tensor, expected in (
-        ("A", a, (width, target.in_features)),
-        ("B", b, (target.out_features, width)),
-    ):
-        if tuple(tensor.shape) != expected:
+    for factor, expected in (("A", (width, target.in_features)), ("B", (target.out_features, width))):
+        shape, dtype = declared[factor]
+        if shape != expected:
             raise AdapterError(
                 name,
-                f"shape of {target.module} lora_{factor} is {tuple(tensor.shape)}, but the model and rank {rank} "
+                f"shape of {target.module} lora_{factor} is {shape}, but the model and rank {rank} "
                 f"(adapter_config.json) need {expected}",
             )
-    if not (a.is_floating_point() and b.is_floating_point()):
-        raise AdapterError(name, f"{target.module}: LoRA weights must be floating point, not {a.dtype}")
+        if dtype not in FLOATING:
+            raise AdapterError(name, f"{target.module}: LoRA weights must be floating point, not {dtype}")
+
+
+def _scaled(target: Target, a: torch.Tensor, b: torch.Tensor, adapter: AdapterConfig) -> Factors:
     return a.float(), b.float() * adapter.scaling(target.module)

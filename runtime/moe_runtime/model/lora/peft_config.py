@@ -16,6 +16,7 @@ from pathlib import Path
 from moe_runtime.model.lora.errors import AdapterError
 
 CONFIG_FILE = "adapter_config.json"
+MAX_CONFIG_BYTES = 1 << 20  # PEFT writes a few kilobytes; rank and alpha patterns stay far below this
 # Settings that change what the adapter computes in ways a plain low-rank update does not express.
 UNSUPPORTED = {
     "use_dora": "DoRA (use_dora) is not supported",
@@ -69,6 +70,9 @@ def read_adapter_config(name: str, path: Path) -> AdapterConfig:
     file = path / CONFIG_FILE
     if not file.is_file():
         raise AdapterError(name, f"{file}: missing (a PEFT adapter directory needs {CONFIG_FILE})")
+    size = file.stat().st_size
+    if size > MAX_CONFIG_BYTES:  # read whole, it would take the pod's memory before any check
+        raise AdapterError(name, f"{file}: {size} bytes, more than any adapter config ({MAX_CONFIG_BYTES})")
     try:
         raw = json.loads(file.read_text())
     except json.JSONDecodeError as err:

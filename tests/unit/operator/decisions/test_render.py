@@ -3,7 +3,7 @@ import json
 import pytest
 
 from moe_operator.decisions.naming import REVISION_LABEL, TRACK_LABEL
-from moe_operator.decisions.runtime_config import RUNTIME_SETTINGS
+from moe_operator.decisions.runtime_config import OPERATOR_MOUNT_PATHS, RUNTIME_SETTINGS
 from moe_operator.decisions.spec import parse_spec
 from tests.unit.operator.samples import OWNER, render_children, spec
 
@@ -52,6 +52,22 @@ CASES = [
         None,
         None,
         None,
+        None,
+    ),
+    (
+        "download-shm-and-adapters",
+        spec(
+            model__source={"uri": "s3://b/m", "cache": {"hostPath": {"path": "/var/cache/m"}}},
+            runtime__shmSize="1Gi",
+            adapters=[
+                {"name": "a", "source": {"hostPath": {"path": "/srv/loras/a"}}},
+                {"name": "b", "source": {"pvc": {"claimName": "loras", "path": "b"}}},
+            ],
+        ),
+        "s3://b/m",
+        1,
+        None,
+        [GPU_TOLERATION],
         None,
     ),
     (
@@ -144,6 +160,9 @@ def test_invariants(raw):
         pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == RUNTIME_IMAGE_USER
     )
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    # the policy keeps the author's mounts off the operator's: it must know every one of them
+    for mount in container["volumeMounts"]:
+        assert any(mount["mountPath"].startswith(path) for path in OPERATOR_MOUNT_PATHS), mount
 
 
 def test_runtime_settings_reach_the_config_map():
@@ -262,15 +281,30 @@ def test_pod_settings_real_clusters_need_are_passed_through():
     assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
 
 
+def test_a_download_into_the_pod_is_bounded_and_counted_in_the_node_s_disk():
+    """An unbounded download fills the node's disk, and DiskPressure evicts the node's other pods."""
+    source = {"uri": "s3://m/q", "cache": {"sizeLimit": "80Gi"}}
+    pod = pod_of(render_children(spec(model__source=source)))["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["model-cache"]
+    assert volume == {"name": "model-cache", "emptyDir": {"sizeLimit": "80Gi"}}
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "80Gi"
+    shared = {"uri": "s3://m/q", "cache": {"hostPath": {"path": "/var/cache/models"}}}
+    requests = pod_of(render_children(spec(model__source=shared)))["spec"]["containers"][0]["resources"]
+    assert "ephemeral-storage" not in requests.get("requests", {}), "a node folder is not the pod's storage"
+
+
 def test_object_storage_renders_the_download():
     raw = spec(model__source={"uri": "s3://models/qwen3", "s3": {"endpoint": "https://minio.local", "region": "eu-1",
-                                                                 "credentialsSecret": "aws"}})  # fmt: skip
+                                                                 "credentialsSecret": "aws"},
+                              "cache": {"sizeLimit": "100Gi"}})  # fmt: skip
     children = render_children(raw)
     pod = pod_of(children)["spec"]
     container = pod["containers"][0]
     assert container["args"][:2] == ["--model", "s3://models/qwen3"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio.local" and env["AWS_REGION"]["value"] == "eu-1"
+    # the S3 endpoint only: AWS_ENDPOINT_URL would send STS there too, and IRSA / Pod Identity get no credentials
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "https://minio.local" and "AWS_ENDPOINT_URL" not in env
+    assert env["AWS_REGION"]["value"] == "eu-1"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
         "name": "aws",
         "key": "AWS_ACCESS_KEY_ID",

@@ -16,6 +16,20 @@ def test_every_variable_the_operator_sets_is_one_the_runtime_reads():
     assert {name for name, _ in RUNTIME_SETTINGS} <= {option.env for option in OPTIONS}
 
 
+def test_the_flags_refused_in_args_are_every_flag_of_what_the_operator_sets():
+    from moe_operator.decisions.runtime_config import OPERATOR_FLAGS
+
+    runtime_flags = {option.env: option.flags for option in OPTIONS}
+    assert {name for name, _ in RUNTIME_SETTINGS} <= set(OPERATOR_FLAGS)
+    assert {env: runtime_flags[env] for env in OPERATOR_FLAGS} == OPERATOR_FLAGS
+
+
+def test_the_runtime_takes_no_abbreviated_flags():
+    """An abbreviation would slip past a list of exact flags (argparse takes --mod for --model by default)."""
+    with pytest.raises(SystemExit):
+        parse_args(["--mod", "/etc"], environ={})
+
+
 @pytest.mark.parametrize(
     "raw",
     [

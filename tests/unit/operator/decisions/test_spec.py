@@ -95,6 +95,17 @@ def test_incomplete_spec_is_refused(broken):
         parse_spec(broken)
 
 
+def test_a_download_into_the_pod_needs_a_size_limit():
+    with pytest.raises(InvalidSpec, match=r"spec.model.source.cache.sizeLimit"):
+        parse_spec(spec(model__source={"uri": "s3://m/q"}))
+    assert (
+        parse_spec(
+            spec(model__source={"uri": "s3://m/q", "cache": {"sizeLimit": 10**11}})
+        ).model.source.cache_size_limit
+        == 10**11
+    )
+
+
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_parse(example):
     body = yaml.safe_load(example.read_text())

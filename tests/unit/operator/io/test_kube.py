@@ -68,3 +68,28 @@ def test_a_read_answered_429_with_retry_after_is_tried_again_as_client_go_does()
         kube = Kube(api_client(connections=2, configuration=client.Configuration(host=api.url)))
         assert kube.list("ModelDeployment", "ns") == []
         assert api.requests == [("GET", "/apis/moedeploy.dev/v1alpha1/namespaces/ns/modeldeployments")] * 2
+
+
+def test_a_replica_that_does_not_lead_sends_no_write_but_still_reads():
+    from moe_operator.machinery.errors import NotLeader
+    from tests.unit.operator.scripted_api import EMPTY_LIST, ScriptedApi
+
+    leading = threading.Event()
+    with ScriptedApi(lambda method, path, n: EMPTY_LIST) as api:
+        kube = Kube(
+            api_client(connections=2, configuration=client.Configuration(host=api.url)),
+            may_write=leading.is_set,
+        )
+        body = {"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+        for write in (
+            lambda: kube.create(body),
+            lambda: kube.apply(body),
+            lambda: kube.delete("ConfigMap", "ns", "c"),
+        ):
+            with pytest.raises(NotLeader):
+                write()
+        assert kube.list("ConfigMap", "ns") == []
+        assert [method for method, _ in api.requests] == ["GET"], "nothing written went out"
+        leading.set()
+        kube.create(body)
+        assert [method for method, _ in api.requests] == ["GET", "POST"]

@@ -23,7 +23,8 @@ def test_first_pass_creates_the_children_and_reports_progress():
     world = World()
     world.reconcile()
     kinds = sorted({kind for (kind, _, _) in world.api.objects})
-    assert kinds == ["ConfigMap", "Deployment", "ModelDeployment", "Service"]
+    # two replicas: the stable track gets a PodDisruptionBudget too
+    assert kinds == ["ConfigMap", "Deployment", "ModelDeployment", "PodDisruptionBudget", "Service"]
     by_name = {cm["metadata"]["name"]: cm for cm in world.api.of_kind("ConfigMap")}
     adapters_config = by_name.pop(f"{NAME}-adapters")
     assert adapters_config["data"] == {"adapters.json": "[]"} and "immutable" not in adapters_config

@@ -5,6 +5,7 @@ adapters are in the engine, and requests wait for room instead of failing."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -217,6 +218,69 @@ def test_requests_waiting_for_a_first_load_that_fails_end_as_adapter_failed_and_
     assert (
         'moe_runtime_lora_load_failures_total{adapter="dora",reason="dora"} 1.0' in metrics.render().decode()
     )
+
+
+def test_a_load_that_hangs_holds_back_no_other_adapter():
+    """A load stuck on a dead volume held the one loader thread: no adapter after it ever loaded."""
+    loads = Loads()
+    stuck = loads.hold("ok:9")
+
+    async def body(worker, manager):
+        loaded = lambda: "b" in worker.engine.adapters  # noqa: E731
+        await asyncio.to_thread(wait_for, loaded, 10, what="b loaded while a hangs")
+        result = await collect(worker.submit([5], SamplingParams(max_tokens=3), None, "b"))
+        stuck.set()
+        return result
+
+    (ids, finished), _, _ = run({"max_loras": 2, "fixed": fixed(a="ok:9", b="ok:2")}, body, loads)
+    assert ids == expected([5], 3, 2) and finished.reason is FinishReason.LENGTH
+
+
+def test_a_load_past_its_timeout_fails_alone_readiness_comes_and_its_late_answer_is_dropped():
+    """Restarted pods waited on a hung adapter before Ready: a try ends at --lora-load-timeout."""
+    loads = Loads()
+    stuck = loads.hold("ok:9")
+
+    async def body(worker, manager):
+        await asyncio.to_thread(manager.ready.wait, 10)
+        with pytest.raises(AdapterError, match="failed to load .*longer than 0.5 s"):
+            worker.check_adapter("a")
+        assert [name for name, _ in worker.adapter_models()] == ["b"]
+        stuck.set()  # the hung read returns at last: too late to count
+        await asyncio.to_thread(
+            wait_for, lambda: "a" in worker.engine.adapters, 10, what="a loaded on its retry"
+        )
+        return await collect(worker.submit([5], SamplingParams(max_tokens=3), None, "a"))
+
+    options = {"max_loras": 2, "fixed": fixed(a="ok:9", b="ok:2"), "load_timeout_s": 0.5}
+    (ids, finished), engine, metrics = run(options, body, loads)
+    assert ids == expected([5], 3, 9) and finished.reason is FinishReason.LENGTH
+    assert (
+        'moe_runtime_lora_load_failures_total{adapter="a",reason="timeout"} 1.0' in metrics.render().decode()
+    )
+
+
+class PickyEngine(AdapterEngine):
+    """An engine that refuses to take one adapter (on the engine thread, after it loaded)."""
+
+    def add_adapter(self, adapter) -> None:
+        if adapter.name == "odd":
+            raise AdapterError(adapter.name, "the engine refuses it")
+        super().add_adapter(adapter)
+
+
+def test_an_adapter_the_engine_refuses_fails_alone_and_the_engine_thread_goes_on(monkeypatch):
+    """An error about one adapter on the engine thread ended the engine loop: every request failed."""
+    monkeypatch.setattr(sys.modules[__name__], "AdapterEngine", PickyEngine)
+
+    async def body(worker, manager):
+        await asyncio.to_thread(manager.ready.wait, 10)
+        with pytest.raises(AdapterError, match="failed to load .*the engine refuses it"):
+            worker.check_adapter("odd")
+        return await collect(worker.submit([5], SamplingParams(max_tokens=3), None, "b"))
+
+    (ids, finished), engine, _ = run({"max_loras": 2, "fixed": fixed(odd="ok:1", b="ok:2")}, body)
+    assert ids == expected([5], 3, 2) and finished.reason is FinishReason.LENGTH
 
 
 def test_the_inference_extension_gauge_names_the_adapters_running_and_waiting():

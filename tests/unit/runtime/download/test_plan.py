@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -34,8 +35,12 @@ def test_uris_name_a_bucket_and_a_folder_prefix():
     assert S3Uri.parse("s3://models/org/qwen/") == S3Uri("models", "org/qwen/")
     assert S3Uri.parse("s3://models") == S3Uri.parse("s3://models/") == S3Uri("models", "")
     assert str(S3Uri.parse("s3://models/org/qwen")) == "s3://models/org/qwen/"
-    assert S3Uri("models", "org/qwen/").local_dir(Path("/cache")) == Path("/cache/s3/models/org/qwen")
-    assert S3Uri("models", "").local_dir(Path("/cache")) == Path("/cache/s3/models")
+    minio = "https://minio.example:9000"
+    folder = "minio.example_9000-" + hashlib.sha256(minio.encode()).hexdigest()[:8]
+    assert S3Uri("models", "org/qwen/").local_dir(Path("/c"), minio) == Path(
+        f"/c/s3/{folder}/models/org/qwen"
+    )
+    assert S3Uri("models", "").local_dir(Path("/c"), minio) == Path(f"/c/s3/{folder}/models")
 
 
 @pytest.mark.parametrize(
@@ -57,9 +62,26 @@ def test_uris_that_cannot_be_a_folder_are_refused(uri):
 
 def test_snapshots_keep_their_bookkeeping_apart_from_each_other_and_from_the_files():
     a, b = S3Uri.parse("s3://models/a"), S3Uri.parse("s3://models/b")
-    root = Path("/cache")
-    assert a.state_dir(root) != b.state_dir(root)
-    assert a.state_dir(root).parent == root / ".moe-runtime"  # no bucket name starts with "."
+    root, aws = Path("/cache"), "https://s3.us-east-1.amazonaws.com"
+    assert a.state_dir(root, aws) != b.state_dir(root, aws)
+    assert a.state_dir(root, aws).parent == root / ".moe-runtime"  # no bucket name starts with "."
+
+
+@given(
+    endpoints=st.lists(
+        st.sampled_from(["http://a", "https://a", "http://a:1", "http://b", "http://a/path"]),
+        min_size=2,
+        max_size=2,
+        unique=True,
+    )
+)
+def test_the_same_bucket_at_another_endpoint_is_another_snapshot(endpoints):
+    """Another endpoint may hold other bytes under the same names (a tenant's own store): its copy must never
+    be the one another endpoint's reader finds."""
+    uri, root = S3Uri.parse("s3://models/a"), Path("/cache")
+    one, other = endpoints
+    assert uri.local_dir(root, one) != uri.local_dir(root, other)
+    assert uri.state_dir(root, one) != uri.state_dir(root, other)
 
 
 @given(key=KEY_TEXT, prefix=st.sampled_from(["", "m/", "m/x/"]))

@@ -4,6 +4,7 @@ loaded keeps working exactly as before."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import peft
@@ -201,3 +202,111 @@ def test_max_lora_rank_admits_what_it_names(engine, model, tmp_path):
 
 def test_every_refusal_has_its_reason_word():
     assert set(REASON_WORDS) == set(CASES) and set(REASON_WORDS.values()) <= set(REASONS)
+
+
+def sparse_adapter(good: Path, out: Path, huge: dict[str, tuple[int, ...]], config=None) -> Path:
+    """A copy of `good` whose safetensors file also declares `huge` float32 tensors (replacing namesakes),
+    their bytes a hole in a sparse file: gigabytes declared, nothing on disk."""
+    import json
+    import math
+    import struct
+
+    from safetensors.torch import load_file
+
+    edited(good, out, config=config)
+    small = {k: v for k, v in load_file(good / "adapter_model.safetensors").items() if k not in huge}
+    header, chunks, offset = {}, [], 0
+    for key, tensor in small.items():
+        data = tensor.float().contiguous().numpy().tobytes()
+        header[key] = {
+            "dtype": "F32",
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    for key, shape in huge.items():
+        size = 4 * math.prod(shape)
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(out / "adapter_model.safetensors", "wb") as file:
+        file.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+        file.truncate(8 + len(text) + offset)
+    return out
+
+
+LOAD_AND_MEASURE = """
+import json, resource, sys
+import torch
+from moe_runtime.model.config import load_config
+from moe_runtime.model.lora import AdapterError, load_adapter
+config = load_config(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_adapter("big", sys.argv[2], config, dtype=torch.float32, device=torch.device("cpu"), max_rank=16)
+    outcome = "loaded"
+except AdapterError as err:
+    outcome = str(err)
+print(json.dumps({"grew_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "outcome": outcome}))
+"""
+
+
+def huge_config(good: Path, out: Path) -> Path:
+    edited(good, out)
+    with open(out / "adapter_config.json", "wb") as file:
+        file.truncate(512 * 2**20)
+    return out
+
+
+def test_an_oversized_config_is_refused_by_its_size_without_reading_it(model, good, tmp_path):
+    """adapter_config.json was read whole: half a gigabyte of it took 760 MiB before the JSON error."""
+    measured = load_and_measure(model, huge_config(good, tmp_path / "big"))
+    assert re.search(r"adapter_config.json: 536870912 bytes, more than", measured["outcome"]), measured[
+        "outcome"
+    ]
+    assert measured["grew_mib"] < 32, f"{measured['grew_mib']:.0f} MiB allocated for an adapter refused"
+
+
+def load_and_measure(model, path: Path) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_MEASURE, str(model[0]), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("huge", "config", "reason"),
+    [
+        # 1 GiB declared where the model takes (4, 64): refused by the shape its header declares
+        (
+            {f"{Q}.lora_A.weight": (4, 2**26)},
+            None,
+            r"shape of model.layers.0.self_attn.q_proj lora_A is \(4, 67108864\)",
+        ),
+        # a rank far above the limit, its tensors as large as that rank needs
+        (
+            {f"{Q}.lora_A.weight": (2**20, 64), f"{Q}.lora_B.weight": (64, 2**20)},
+            lambda c: c.update(r=2**20, rank_pattern={}),
+            r"rank 1048576 of model.layers.[0-9.a-z_]+ is above max_lora_rank 16",
+        ),
+    ],
+    ids=["declared-shape", "declared-rank"],
+)
+def test_an_oversized_adapter_is_refused_from_its_header_without_reading_it(
+    model, good, tmp_path, huge, config, reason
+):
+    """An adapter refused after it was read whole could take the pod's memory (and OOM-kill it, every restart
+    again): its header says what it holds before a byte of it is read."""
+    measured = load_and_measure(model, sparse_adapter(good, tmp_path / "big", huge, config))
+    assert re.search(reason, measured["outcome"]), measured["outcome"]
+    assert measured["grew_mib"] < 100, f"{measured['grew_mib']:.0f} MiB allocated for an adapter refused"
