@@ -25,6 +25,10 @@ class FakeApi:
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
         self.events: list[dict] = []
         self.refuse: dict[str, ApiException] = {}  # kind -> error every write of that kind gets
+        self.fail_next: dict[str, ApiException] = {}  # kind -> error the next write of that kind gets, once
+        self.interfere_next_status = (
+            False  # another client changes the ModelDeployment before the next status write
+        )
         self.cache = ObjectCache()
 
     # ---- what the tests do to the world -------------------------------------------------------------
@@ -110,6 +114,11 @@ class FakeApi:
         stored = self.objects.get(key)
         if stored is None:
             raise _error(404, "not found")
+        if self.interfere_next_status:
+            self.interfere_next_status = False
+            changed = copy.deepcopy(stored)
+            changed["metadata"].setdefault("annotations", {})["touched-by"] = str(next(self.versions))
+            stored = self.put(changed)
         if meta.get("resourceVersion") != stored["metadata"]["resourceVersion"]:
             raise _error(409, "the object has been modified")
         self.writes.append(("status", "ModelDeployment", meta["name"]))
@@ -123,6 +132,8 @@ class FakeApi:
     def _refused(self, kind):
         if kind in self.refuse:
             raise self.refuse[kind]
+        if kind in self.fail_next:
+            raise self.fail_next.pop(kind)
 
 
 class Events:
