@@ -32,9 +32,9 @@ out-of-memory step keeps its arrival time and waits with its generated tokens as
 LoRA: a waiting request whose adapter is not in memory is passed over (it neither starts nor holds up others);
 a running request's adapter stays in memory until it finishes (adapters/residency.py).
 
-KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens, capped per
-sequence for windowed attention), so a running sequence never runs out of room and nothing is preempted
-for lack of reserved cache.
+KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens rounded up to
+whole blocks of `block_size`, capped per sequence for windowed attention), so a running sequence never runs
+out of room and nothing is preempted for lack of reserved cache.
 
 Out of memory: when the device runs out of memory in a step anyway (activations, fragmentation), `back_off`
 halves the sequences and tokens a step may take, and `requeue` puts that step's requests back to waiting
@@ -79,7 +79,8 @@ class SchedulerConfig:
     policy: Policy = Policy.LENGTH_AWARE
     aging_tokens_per_s: float = 64.0
     kv_capacity_tokens: int | None = None
-    kv_tokens_per_sequence: int | None = None
+    kv_tokens_per_sequence: int | None = None  # a multiple of block_size
+    block_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_running", "token_budget", "prefill_chunk"):
@@ -93,7 +94,7 @@ class SchedulerConfig:
             raise ValueError("aging_tokens_per_s must not be negative")
 
     def kv_reservation(self, prompt_tokens: int, max_tokens: int) -> int:
-        need = prompt_tokens + max_tokens
+        need = -(-(prompt_tokens + max_tokens) // self.block_size) * self.block_size
         return need if self.kv_tokens_per_sequence is None else min(need, self.kv_tokens_per_sequence)
 
 

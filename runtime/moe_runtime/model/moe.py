@@ -2,7 +2,10 @@
 
 Sparse dispatch sorts the (token, expert) pairs by expert and runs each expert that was chosen once, over
 exactly the tokens that chose it; experts nobody chose cost nothing. Expert weights are stacked per layer:
-gate+up as [E, 2I, D], down as [E, D, I].
+gate+up as [E, 2I, D], down as [E, D, I]. A small batch (a decode step: at least one pair per expert on
+average, at most `BATCHED_MAX_PAIRS`) runs every expert at once instead, as two batched matmuls over the tokens
+grouped by expert and padded to the busiest one: a few ops in place of several per expert, which on a CPU
+cost more than the padding (2.3x faster at 16 tokens, 16 experts, top-4; the loop wins from ~150 tokens).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch.nn.functional as F
 
 from moe_runtime.model.lora.batch import LayerBatch, Part, add_lora
 from moe_runtime.model.quant import Weight, linear
+
+BATCHED_MAX_PAIRS = 256
 
 
 @dataclass
@@ -78,6 +83,8 @@ def sparse_moe(
         out = _sorted_with_lora(moe, x, weights, experts, lora)
     elif x.shape[0] == 1:
         out = _one_token(moe, x, weights, experts)
+    elif num_experts <= experts.numel() <= BATCHED_MAX_PAIRS and isinstance(moe.gate_up, torch.Tensor):
+        out = _batched(moe, x, weights, experts, counts)
     else:
         out = _sorted(moe, x, weights, experts, counts)
     if moe.shared is not None:
@@ -108,6 +115,23 @@ def _sorted(moe: SparseMoE, x, weights, experts, counts) -> torch.Tensor:
         y = swiglu(x[tokens], moe.gate_up[expert], moe.down[expert]) * weights[pairs, None]
         out.index_add_(0, tokens, y)
     return out
+
+
+def _batched(moe: SparseMoE, x, weights, experts, counts) -> torch.Tensor:
+    """Every expert at once: the (token, expert) pairs laid out [E, busiest expert's count] (zero rows pad the
+    others), through two batched matmuls, then added back to their tokens."""
+    num_experts, k = moe.router.shape[0], moe.top_k
+    order = torch.argsort(experts, stable=True)
+    by_expert = experts[order]
+    capacity = int(counts.max())
+    first = torch.cumsum(counts, 0) - counts  # each expert's first pair in `order`
+    slot = by_expert * capacity + torch.arange(order.numel(), device=x.device) - first[by_expert]
+    tokens = order // k
+    padded = x.new_zeros(num_experts * capacity, x.shape[1])
+    padded[slot] = x[tokens]
+    gate, up = torch.bmm(padded.view(num_experts, capacity, -1), moe.gate_up.transpose(1, 2)).chunk(2, dim=-1)
+    y = torch.bmm(F.silu(gate) * up, moe.down.transpose(1, 2)).view(num_experts * capacity, -1)
+    return torch.zeros_like(x).index_add_(0, tokens, y[slot] * weights[order, None])
 
 
 def _sorted_with_lora(moe: SparseMoE, x, weights, experts, lora: LayerBatch) -> torch.Tensor:

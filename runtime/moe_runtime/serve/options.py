@@ -122,6 +122,8 @@ OPTIONS = (
     Option(("--max-kv-tokens",), "MOE_RUNTIME_MAX_KV_TOKENS", _positive_int,
            help="KV cache tokens over all sequences (overrides the byte sizing); a request starts only when "
            "its prompt + max_tokens fits beside the running ones", default_text="sized from memory"),
+    Option(("--block-size",), "MOE_RUNTIME_BLOCK_SIZE", _positive_int, 16,
+           "tokens per KV cache block: a sequence holds whole blocks, and prefix caching shares full ones"),
     Option(("--max-request-bytes",), "MOE_RUNTIME_MAX_REQUEST_BYTES", _positive_int, LIMITS.max_request_bytes,
            "largest request body (413 above)"),
     Option(("--max-prompt-chars",), "MOE_RUNTIME_MAX_PROMPT_CHARS", _positive_int, LIMITS.max_prompt_chars,

@@ -29,15 +29,19 @@ def hf_models(checkpoints):
 def our_hidden_states(engine, ids: list[int], config=None):
     """Each layer's output, and the logits, from one prefill through the model function."""
     layers: list[torch.Tensor] = []
+    seq = engine.new_sequence()
     with torch.inference_mode():
+        tokens, positions, plan, _ = engine.prepare([(seq, ids)])
         hidden = model.forward(
             engine.weights,
             config or engine.config,
-            torch.tensor(ids),
-            torch.arange(len(ids)),
-            [(engine.new_sequence(), len(ids))],
+            tokens,
+            positions,
+            engine.pool,
+            plan,
             layer_outputs=layers,
         )
+        engine.release(seq)
         return layers, hidden, model.logits(engine.weights, hidden)
 
 
@@ -105,11 +109,12 @@ def test_the_parity_check_notices_a_wrong_config_field(engines, hf_models, field
     ids = prompt_ids(seed=0, length=37)
     with torch.no_grad():
         reference = hf_models["qwen2_moe"](torch.tensor([ids])).logits[0]
+    seq = engine.new_sequence()
     with torch.inference_mode():
-        hidden = model.forward(
-            weights, wrong, torch.tensor(ids), torch.arange(len(ids)), [(engine.new_sequence(), len(ids))]
-        )
+        tokens, positions, plan, _ = engine.prepare([(seq, ids)])
+        hidden = model.forward(weights, wrong, tokens, positions, engine.pool, plan)
         logits = model.logits(weights, hidden)
+    engine.release(seq)
     assert (logits - reference).abs().max() > 1e-2
 
 
