@@ -15,6 +15,11 @@ histogram fed only by the few that do: this gauge grows with the stuck ones. Can
 beside the latency quantiles, e.g. `max(moe_runtime_oldest_request_age_seconds{revision="..."})` against the
 latency objective.
 
+`moe_runtime_prefix_cache_queries_total` and `moe_runtime_prefix_cache_hits_total` (and the same under vLLM's
+names, `vllm:prefix_cache_queries_total` and `vllm:prefix_cache_hits_total`): prompt tokens of admitted
+requests looked up in the prefix cache, and of those the ones found there (their prefill skipped); counted in
+tokens, whole blocks for the hits, as vLLM counts them. The hit rate is their ratio.
+
 `moe_runtime_expert_tokens_total{layer,expert}`: tokens routed to each expert, at the granularity
 `--expert-metrics` sets: `off` (no samples), `expert` (one series per expert, summed over the layers, with
 layer="all"; the default: bounded by the expert count) or `layer_expert` (one series per layer and expert:
@@ -293,10 +298,25 @@ class RuntimeMetrics:
         self.kv_cache_usage = Gauge(
             "moe_runtime_kv_cache_usage_ratio", "Fraction of KV cache in use", registry=r
         )
+        # the same counts under vLLM's names, in tokens as vLLM counts them
+        self.prefix_cache = [
+            (
+                Counter(
+                    f"{prefix}prefix_cache_queries", "Prompt tokens looked up in the prefix cache", registry=r
+                ),
+                Counter(f"{prefix}prefix_cache_hits", "Prompt tokens found in the prefix cache", registry=r),
+            )
+            for prefix in ("moe_runtime_", "vllm:")
+        ]
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
         self.lora = LoraMetrics()
         r.register(self.lora)
+
+    def count_prefix_cache(self, queries: int, hits: int) -> None:
+        for query_counter, hit_counter in self.prefix_cache:
+            query_counter.inc(queries)
+            hit_counter.inc(hits)
 
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)

@@ -31,7 +31,7 @@ class CacheFull(RuntimeError):
     "out of memory" so the engine thread backs off as from any other out-of-memory step."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two sequences with the same blocks are still two
 class KvState:
     """What the cache knows of one sequence: its blocks and how many positions they hold."""
 
@@ -124,6 +124,8 @@ class BlockManager:
         self._block_of: dict[tuple, int] = {}  # prefix key -> block
         self._idle: OrderedDict[int, None] = OrderedDict()  # cached blocks nobody holds, least recent first
         self.used = 0  # blocks some sequence holds
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache (vLLM's counter), and found
+        self.prefix_hits = 0
 
     # ---- capacity --------------------------------------------------------------------------------------------
 
@@ -157,11 +159,13 @@ class BlockManager:
             seq.block_table.append(self._allocate(_last_block(seq.block_table)))
 
     def free(self, seq: KvState) -> None:
-        """Gives back every block of `seq` (cached ones stay findable until their space is needed)."""
+        """Gives back every block of `seq` (cached ones stay findable until their space is needed); it is
+        empty again."""
         for block in seq.block_table:
             if block != NO_BLOCK:
                 self._release(block)
         seq.block_table = []
+        seq.length = 0
         seq.keys, seq.unkeyed = [], []
 
     def commit(self, seq: KvState, tokens: list[int]) -> None:
@@ -201,6 +205,8 @@ class BlockManager:
             parent = hash(key)
             seq.keys.append(parent)
         seq.length = len(seq.block_table) * bs
+        self.prefix_queries += len(tokens)
+        self.prefix_hits += seq.length
         return seq.length
 
     # ---- internals -------------------------------------------------------------------------------------------

@@ -265,8 +265,10 @@ class Engine:
                 raise ValueError(
                     f"sequence would hold {seq.length + len(tokens)} tokens, over max_context {self.max_context}"
                 )
-            if seq.length == 0 and adapter:
-                seq.adapter = adapter[0]
+            if seq.length == 0:
+                seq.window = None if self.window is None else self.window.size + self.window.sinks
+                if adapter:
+                    seq.adapter = adapter[0]
             starts.append(len(ids))
             positions.extend(range(seq.length, seq.length + len(tokens)))
             ids.extend(tokens)

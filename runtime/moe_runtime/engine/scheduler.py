@@ -32,6 +32,9 @@ out-of-memory step keeps its arrival time and waits with its generated tokens as
 LoRA: a waiting request whose adapter is not in memory is passed over (it neither starts nor holds up others);
 a running request's adapter stays in memory until it finishes (adapters/residency.py).
 
+Prefix caching: with the engine's block manager, an admitted request takes the cached blocks its prompt
+starts with (`BlockManager.match_prefix`) and prefills only the rest.
+
 KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens rounded up to
 whole blocks of `block_size`, capped per sequence for windowed attention), so a running sequence never runs
 out of room and nothing is preempted for lack of reserved cache.
@@ -45,9 +48,15 @@ halves the sequences and tokens a step may take, and `requeue` puts that step's 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Container, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Container
+from collections.abc import Sequence as Many
+from dataclasses import dataclass
 from enum import StrEnum
+
+from moe_runtime.engine.blocks import BlockManager
+from moe_runtime.engine.sequence import FinishReason, Sequence
+
+__all__ = ["FinishReason", "Policy", "QueueFull", "Scheduler", "SchedulerConfig", "Sequence", "Step", "Work"]
 
 RECOVERY_STEPS = 64
 
@@ -55,15 +64,6 @@ RECOVERY_STEPS = 64
 class Policy(StrEnum):
     LENGTH_AWARE = "length_aware"
     FCFS = "fcfs"
-
-
-class FinishReason(StrEnum):
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    ERROR = "error"
-    ADAPTER_FAILED = "adapter_failed"  # waited for a LoRA adapter whose load failed
 
 
 class QueueFull(Exception):
@@ -98,41 +98,11 @@ class SchedulerConfig:
         return need if self.kv_tokens_per_sequence is None else min(need, self.kv_tokens_per_sequence)
 
 
-@dataclass(eq=False)
-class Request:
-    id: str
-    prompt: list[int]
-    max_tokens: int
-    arrival: float
-    stop_token_ids: frozenset[int] = frozenset()
-    deadline: float | None = None
-    adapter: str | None = None  # the LoRA adapter it runs with; None: the base model
-    prefilled: int = 0
-    output: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    finish_reason: FinishReason | None = None
-    stop_token_id: int | None = None  # the stop token that ended it (not part of `output`)
-    # What the cache must hold before the next token is sampled: the prompt, or after `requeue` the prompt
-    # and the tokens generated so far.
-    prefill_tokens: list[int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.prefill_tokens = self.prompt
-
-    @property
-    def remaining_prompt(self) -> int:
-        return len(self.prefill_tokens) - self.prefilled
-
-    @property
-    def is_prefilling(self) -> bool:
-        return self.prefilled < len(self.prefill_tokens)
-
-
 @dataclass(frozen=True)
 class Work:
     """One sequence's part of a step: feed `tokens`; when `samples`, the logits of the last give the next token."""
 
-    request: Request
+    seq: Sequence
     tokens: list[int]
     samples: bool
 
@@ -140,7 +110,7 @@ class Work:
 @dataclass
 class Step:
     work: list[Work]
-    dropped: list[Request]
+    dropped: list[Sequence]
 
     @property
     def num_tokens(self) -> int:
@@ -148,11 +118,14 @@ class Step:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, kv: BlockManager | None = None) -> None:
+        """`kv`: the engine's block manager, whose prefix cache an admitted sequence starts from (None: every
+        prompt is prefilled whole)."""
         self.config = config
-        self.waiting: list[Request] = []
-        self.running: list[Request] = []
-        self._by_id: dict[str, Request] = {}
+        self._kv = kv
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self._by_id: dict[str, Sequence] = {}
         self._arrival_order = itertools.count()
         self._order: dict[str, int] = {}
         # lowered by `back_off` after an out-of-memory step, raised again by `step_succeeded`
@@ -164,10 +137,10 @@ class Scheduler:
     def idle(self) -> bool:
         return not self.waiting and not self.running
 
-    def add(self, request: Request) -> None:
+    def add(self, request: Sequence) -> None:
         self.add_all([request])
 
-    def add_all(self, requests: Sequence[Request]) -> None:
+    def add_all(self, requests: Many[Sequence]) -> None:
         """Queues all of them or none (QueueFull when the queue lacks room for all: the sequences of one HTTP
         request, its prompts times `n`, are accepted together or refused together)."""
         capacity = self.config.kv_capacity_tokens
@@ -211,6 +184,9 @@ class Scheduler:
                     continue
                 self.waiting.remove(request)
                 self.running.append(request)
+                # prompt log-probabilities need every prompt position computed: no cache for them (as vLLM)
+                if self._kv is not None and request.params.prompt_logprobs is None:
+                    request.prefilled = self._kv.match_prefix(request, request.prefill_tokens)
             chunk = min(request.remaining_prompt, self.config.prefill_chunk, budget)
             start = request.prefilled
             end = start + chunk
@@ -218,13 +194,13 @@ class Scheduler:
             budget -= chunk
         return Step(work, dropped)
 
-    def complete(self, step: Step, sampled: Sequence[int | None]) -> list[Request]:
+    def complete(self, step: Step, sampled: Many[int | None]) -> list[Sequence]:
         """Records a step's outcome (`sampled[i]` is the token for `step.work[i]` where it samples; requests
         failed meanwhile are skipped); returns the requests that finished."""
         self._step_succeeded()
         finished = []
         for item, token in zip(step.work, sampled, strict=True):
-            request = item.request
+            request = item.seq
             if request.finish_reason is not None:
                 continue
             if request.is_prefilling:
@@ -243,7 +219,7 @@ class Scheduler:
                 finished.append(request)
         return finished
 
-    def fail(self, requests: Sequence[Request], reason: FinishReason = FinishReason.ERROR) -> list[Request]:
+    def fail(self, requests: Many[Sequence], reason: FinishReason = FinishReason.ERROR) -> list[Sequence]:
         """These requests cannot go on: they end with `reason`. Returns those not finished before."""
         failed = [r for r in requests if r.finish_reason is None]
         for request in failed:
@@ -260,7 +236,7 @@ class Scheduler:
         self._good_steps = 0
         return True
 
-    def requeue(self, requests: Sequence[Request]) -> None:
+    def requeue(self, requests: Many[Sequence]) -> None:
         """Puts running requests back to waiting, their caches gone: each one prefills its prompt and the
         tokens it generated again, then goes on where it was (it keeps its arrival time and priority)."""
         for request in requests:
@@ -280,7 +256,7 @@ class Scheduler:
             self.max_running = min(self.config.max_running, 2 * self.max_running)
             self.token_budget = min(self.config.token_budget, 2 * self.token_budget)
 
-    def _drop_cancelled_and_expired(self, now: float) -> list[Request]:
+    def _drop_cancelled_and_expired(self, now: float) -> list[Sequence]:
         dropped = []
         for request in [*self.waiting, *self.running]:
             if request.cancelled:
@@ -292,7 +268,7 @@ class Scheduler:
             dropped.append(request)
         return dropped
 
-    def _prefill_order(self, now: float) -> list[Request]:
+    def _prefill_order(self, now: float) -> list[Sequence]:
         candidates = [r for r in self.running if r.is_prefilling] + self.waiting
         if self.config.policy is Policy.FCFS:
             return sorted(candidates, key=lambda r: self._order[r.id])
@@ -301,7 +277,7 @@ class Scheduler:
             candidates, key=lambda r: (r.remaining_prompt - aging * (now - r.arrival), self._order[r.id])
         )
 
-    def _can_admit(self, request: Request) -> bool:
+    def _can_admit(self, request: Sequence) -> bool:
         if len(self.running) >= self.max_running:
             return False
         capacity = self.config.kv_capacity_tokens
@@ -310,10 +286,10 @@ class Scheduler:
         reserved = sum(self._reservation(r) for r in self.running)
         return reserved + self._reservation(request) <= capacity
 
-    def _reservation(self, request: Request) -> int:
+    def _reservation(self, request: Sequence) -> int:
         return self.config.kv_reservation(len(request.prompt), request.max_tokens)
 
-    def _finish(self, request: Request, reason: FinishReason) -> None:
+    def _finish(self, request: Sequence, reason: FinishReason) -> None:
         request.finish_reason = reason
         if request in self.running:
             self.running.remove(request)

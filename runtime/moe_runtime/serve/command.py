@@ -30,6 +30,7 @@ flag has vLLM's name; the older names still work.
 | --kv-cache-memory-bytes | MOE_RUNTIME_KV_CACHE_MEMORY_BYTES | CUDA: from --gpu-memory-utilization; CPU: half the available memory, at most 4 GiB | KV cache bytes |
 | --max-kv-tokens | MOE_RUNTIME_MAX_KV_TOKENS | sized from memory | KV cache tokens over all sequences (overrides the byte sizing) |
 | --block-size | MOE_RUNTIME_BLOCK_SIZE | 16 | tokens per KV cache block: a sequence holds whole blocks, and prefix caching shares full ones |
+| --enable-prefix-caching, --no-enable-prefix-caching | MOE_RUNTIME_ENABLE_PREFIX_CACHING | on | a prompt starting with the full KV cache blocks of an earlier one takes them instead of computing them (off for windowed attention); the variable takes true/false |
 | --max-request-bytes | MOE_RUNTIME_MAX_REQUEST_BYTES | 4194304 | largest request body (413 above) |
 | --max-prompt-chars | MOE_RUNTIME_MAX_PROMPT_CHARS | 1048576 | longest prompt text, or all messages together |
 | --max-messages | MOE_RUNTIME_MAX_MESSAGES | 2048 | most messages in a chat request |
@@ -158,6 +159,7 @@ def load_engine(args: argparse.Namespace):
         global_tokens=args.global_tokens,
         max_model_len=args.max_model_len,
         block_size=args.block_size,
+        prefix_caching=args.enable_prefix_caching,
     )
     # The first forward passes pay for lazy initialisation (seconds on CPU): pay it before /ready says 200.
     engine.generate([[0, 0]], SamplingParams(max_tokens=2))
