@@ -137,8 +137,6 @@ def test_an_expert_adapter_changes_only_the_tokens_routed_to_that_expert(
         return weights, experts
 
     monkeypatch.setattr(moe_module, "route", recording_route)
-    # the base run takes the per-expert loop the adapter run takes, so untouched rows match to the bit
-    monkeypatch.setattr(moe_module, "BATCHED_MAX_PAIRS", 0)
     ids = prompt_ids(9, 40)
 
     def layer_outputs(adapter):
