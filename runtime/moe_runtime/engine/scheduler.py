@@ -11,6 +11,9 @@ Prefill order:
   `aging_tokens_per_s` tokens shorter, so a long prompt under a steady stream of short ones still reaches the
   front. (Buckets would need tuned boundaries; one continuous key needs one knob.)
 - `fcfs`: arrival order.
+- `static`: static batching, the baseline continuous batching is measured against: when nothing runs, the
+  requests waiting then (in arrival order, as many as fit) form a batch, and it runs to completion before the
+  next one starts; nobody joins it meanwhile.
 Walking that order, running prefills get their chunks; waiting requests are admitted until the first one
 that does not fit (no free sequence slot or not enough KV cache left). After it no other waiting request is
 admitted in that step (skipping ahead of it would starve it), but the running prefills behind it still get
@@ -64,6 +67,7 @@ RECOVERY_STEPS = 64
 class Policy(StrEnum):
     LENGTH_AWARE = "length_aware"
     FCFS = "fcfs"
+    STATIC = "static"  # no continuous batching: a batch runs to its end before the next one starts
 
 
 class QueueFull(Exception):
@@ -171,28 +175,38 @@ class Scheduler:
         work = [Work(r, [r.output[-1]], samples=True) for r in self.running if not r.is_prefilling]
         budget = self.token_budget - len(work)
         admitting = True
+        if self.config.policy is Policy.STATIC:
+            if not self.running:  # the last batch has finished: the next one is whatever waits (that fits)
+                for request in sorted(self.waiting, key=lambda r: self._order[r.id]):
+                    if not _ready(request, adapters):
+                        continue
+                    if not self._can_admit(request):
+                        break
+                    self._admit(request)
+            admitting = False  # nobody joins a batch that runs
         for request in self._prefill_order(now):
             if budget <= 0:
                 break
             if request not in self.running:
-                if not admitting or (
-                    request.adapter is not None and adapters is not None and request.adapter not in adapters
-                ):
+                if not admitting or not _ready(request, adapters):
                     continue
                 if not self._can_admit(request):
                     admitting = False  # nobody may overtake it; the running prefills behind it go on
                     continue
-                self.waiting.remove(request)
-                self.running.append(request)
-                # prompt log-probabilities need every prompt position computed: no cache for them (as vLLM)
-                if self._kv is not None and request.params.prompt_logprobs is None:
-                    request.prefilled = self._kv.match_prefix(request, request.prefill_tokens)
+                self._admit(request)
             chunk = min(request.remaining_prompt, self.config.prefill_chunk, budget)
             start = request.prefilled
             end = start + chunk
             work.append(Work(request, request.prefill_tokens[start:end], end == len(request.prefill_tokens)))
             budget -= chunk
         return Step(work, dropped)
+
+    def _admit(self, request: Sequence) -> None:
+        self.waiting.remove(request)
+        self.running.append(request)
+        # prompt log-probabilities need every prompt position computed: no cache for them (as vLLM)
+        if self._kv is not None and request.params.prompt_logprobs is None:
+            request.prefilled = self._kv.match_prefix(request, request.prefill_tokens)
 
     def complete(self, step: Step, sampled: Many[int | None]) -> list[Sequence]:
         """Records a step's outcome (`sampled[i]` is the token for `step.work[i]` where it samples; requests
@@ -270,7 +284,7 @@ class Scheduler:
 
     def _prefill_order(self, now: float) -> list[Sequence]:
         candidates = [r for r in self.running if r.is_prefilling] + self.waiting
-        if self.config.policy is Policy.FCFS:
+        if self.config.policy is not Policy.LENGTH_AWARE:
             return sorted(candidates, key=lambda r: self._order[r.id])
         aging = self.config.aging_tokens_per_s
         return sorted(
@@ -297,3 +311,8 @@ class Scheduler:
             self.waiting.remove(request)
         del self._by_id[request.id]
         del self._order[request.id]
+
+
+def _ready(request: Sequence, adapters: Container[str] | None) -> bool:
+    """Its adapter (if any) can take new requests."""
+    return request.adapter is None or adapters is None or request.adapter in adapters

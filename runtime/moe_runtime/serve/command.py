@@ -15,7 +15,7 @@ flag has vLLM's name; the older names still work.
 | --max-num-seqs, --max-batch-seqs | MOE_RUNTIME_MAX_BATCH_SEQS | 32 | sequences running at once (1 = no batching) |
 | --max-num-batched-tokens, --max-batch-tokens | MOE_RUNTIME_MAX_BATCH_TOKENS | 8192 on CUDA, 512 on CPU | tokens per engine step (decodes + prefill chunks) |
 | --prefill-chunk | MOE_RUNTIME_PREFILL_CHUNK | 512 | most prompt tokens of one sequence per step |
-| --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware` or `fcfs` |
+| --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware`, `fcfs`, or `static` (static batching: a batch runs to its end before the next starts; a baseline to measure against) |
 | --aging-tokens-per-s | MOE_RUNTIME_AGING_TOKENS_PER_S | 64.0 | length_aware: priority a waiting second earns |
 | --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 300.0 | seconds from arrival to last token (0: none) |
 | --engine-stall-timeout | MOE_RUNTIME_ENGINE_STALL_TIMEOUT | 300.0 | seconds one engine step may run before /health and /ready answer 503 and the liveness probe restarts the pod (0: never) |

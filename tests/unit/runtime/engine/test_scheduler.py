@@ -261,3 +261,24 @@ def test_a_request_whose_adapter_is_not_in_memory_is_passed_over_without_holding
     assert plan(step) == {"base": 3, "other": 3} and [r.id for r in s.waiting] == ["lora"]
     step = s.schedule(1, adapters={"chat", "sql"})
     assert "lora" in plan(step)
+
+
+def test_static_batching_runs_a_batch_to_its_end_before_the_next_starts():
+    s = Scheduler(SchedulerConfig(max_running=3, token_budget=8, prefill_chunk=4, policy=Policy.STATIC))
+    for rid, length, tokens in (("a", 6, 2), ("b", 5, 5), ("c", 1, 1), ("d", 1, 1)):
+        s.add(request(rid, length, max_tokens=tokens, arrival=0.0))
+    step, _ = run_step(s)
+    assert {r.id for r in s.running} == {"a", "b", "c"}  # the first 3 form the batch, even if not all prefill
+    assert plan(step) == {"a": 4, "b": 4}
+    s.add(request("e", 1, max_tokens=1, arrival=0.1))
+    ends = []
+    for _ in range(10):
+        step, finished = run_step(s)
+        ends += [r.id for r in finished]
+        if s.running:
+            assert {w.seq.id for w in step.work} <= {"a", "b", "c"}  # nobody joins a running batch
+        if not s.running:
+            break
+    assert sorted(ends) == ["a", "b", "c"]
+    step, _ = run_step(s)
+    assert set(plan(step)) == {"d", "e"}  # then the next batch: what waited, in arrival order
