@@ -205,8 +205,10 @@ class Scheduler:
         self.waiting.remove(request)
         self.running.append(request)
         # prompt log-probabilities need every prompt position computed: no cache for them (as vLLM)
+        cached = 0
         if self._kv is not None and request.params.prompt_logprobs is None:
-            request.prefilled = self._kv.match_prefix(request, request.prefill_tokens)
+            cached = self._kv.match_prefix(request, request.prefill_tokens)
+        request.prefilled = request.cached_tokens = cached
 
     def complete(self, step: Step, sampled: Many[int | None]) -> list[Sequence]:
         """Records a step's outcome (`sampled[i]` is the token for `step.work[i]` where it samples; requests
@@ -259,7 +261,7 @@ class Scheduler:
             self.running.remove(request)
             self.waiting.append(request)
             request.prefill_tokens = request.prompt + request.output
-            request.prefilled = 0
+            request.prefilled = request.cached_tokens = 0
 
     def _step_succeeded(self) -> None:
         if self.max_running == self.config.max_running and self.token_budget == self.config.token_budget:

@@ -55,6 +55,7 @@ class Sequence(KvState):
         # an out-of-memory requeue the prompt and the tokens generated so far) and how much of it is fed
         self.prefill_tokens = self.prompt
         self.prefilled = 0
+        self.cached_tokens = 0  # prompt positions the prefix cache held when it was admitted
         self.output: list[int] = []
         self.cancelled = False
         self.finish_reason: FinishReason | None = None
@@ -78,6 +79,11 @@ class Sequence(KvState):
     @property
     def is_prefilling(self) -> bool:
         return self.prefilled < len(self.prefill_tokens)
+
+    @property
+    def starts_prefill(self) -> bool:
+        """Its next chunk is the first one it feeds since admission (what the prefix cache held is skipped)."""
+        return self.is_prefilling and self.prefilled == self.cached_tokens
 
     @property
     def tokens_held(self) -> int:

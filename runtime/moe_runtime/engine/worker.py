@@ -33,6 +33,7 @@ from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_n
 from moe_runtime.engine.scheduler import Scheduler, SchedulerConfig, Step, Work
 from moe_runtime.engine.sequence import FinishReason, Sequence
 from moe_runtime.engine.streams import Finished, GenerationStream, OpenStreams, PromptLogprobs, Tokens
+from moe_runtime.faults import Faults
 from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 
 __all__ = ["EngineFailed", "EngineWorker", "Finished", "GenerationStream", "Tokens"]
@@ -70,8 +71,10 @@ class EngineWorker:
         metrics: RuntimeMetrics,
         loop: asyncio.AbstractEventLoop,
         adapters: LoraManager | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.engine = engine
+        self.faults = faults or Faults()
         self.metrics = metrics
         self.failure: BaseException | None = None
         self._loop = loop
@@ -185,8 +188,12 @@ class EngineWorker:
         )
         if step.work:
             self._step_started_at = time.monotonic()
+            # the prompts whose prefill begins in this step (what --inject-faults acts on), read before the
+            # step moves them on
+            started = [len(w.seq.prefill_tokens) for w in step.work if w.seq.starts_prefill]
             try:
                 deliveries += self._execute(step)
+                self.faults.after_step(started)
             finally:
                 self._step_started_at = None
         self._deliver(deliveries)

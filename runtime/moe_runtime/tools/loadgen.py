@@ -236,6 +236,7 @@ def summarize(
         "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
         "tpot_s": percentiles([o.tpot_s for o in done if o.tpot_s is not None]),
         "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
+        "errors_by_target": dict(sorted(Counter(o.url for o in outcomes if o.error is not None).items())),
     }
 
 

@@ -1,66 +1,15 @@
-"""The autoscaler wired into the reconcile pass: decisions land on the Deployment and in the status, missing
-data holds, a restarted operator keeps its windows, a manual scale is answered with an Event."""
+"""The autoscaler wired into the reconcile pass: each queue read the measurement loop takes is evaluated once,
+decisions land on the Deployment and in the status, missing data holds, a restarted operator keeps its
+windows, a manual scale is answered with an Event."""
 
 from moe_operator.decisions.promdata import NoData, PodSamples
-from moe_operator.decisions.rollout import Verdict
-from moe_operator.reconcile.reconciler import Reconciler
-from moe_operator.reconcile.scaling import Scaler
-from tests.unit.operator.fake_api import Events
-from tests.unit.operator.reconcile.test_reconciler import NAME, NS, OPEN_POLICY, Clock, World
-
-AUTOSCALING = {
-    "enabled": True,
-    "targetQueueDepth": 4,
-    "intervalSeconds": 10,
-    "scaleUp": {"stabilizationWindowSeconds": 0, "maxPods": 4, "periodSeconds": 10},
-    "scaleDown": {"stabilizationWindowSeconds": 60, "maxPods": 1, "periodSeconds": 10},
-}
-
-
-class FakePrometheus:
-    """Answers the queue query with what the test sets, and counts the queries."""
-
-    def __init__(self):
-        self.answer = PodSamples({})
-        self.queries = 0
-
-    def queue_depth(self, namespace, name, window_s, template=None, now=None):
-        self.queries += 1
-        return self.answer
+from tests.unit.operator.world import AUTOSCALING, GOOD, NAME, World
 
 
 class AutoscaledWorld(World):
     def __init__(self, **md_spec):
-        self.prometheus = FakePrometheus()
         super().__init__(autoscaling=AUTOSCALING, minReplicas=1, maxReplicas=10, **md_spec)
-        self.reconciler = self._reconciler()
-
-    def _reconciler(self):
-        return Reconciler(
-            self.api, self.api.cache, self.events, policy=lambda: OPEN_POLICY, scaler=Scaler(self.prometheus),
-            analyzer=self.analyser, clock=self.clock,
-        )  # fmt: skip
-
-    def restart(self):
-        self.reconciler = self._reconciler()
-
-    def ready_pods(self, count):
-        for i in range(count):
-            self.api.put(
-                {"apiVersion": "v1", "kind": "Pod",
-                 "metadata": {"name": f"{NAME}-{i}", "namespace": NS,
-                              "labels": {"app.kubernetes.io/name": "moe-runtime", "moedeploy.dev/model-deployment": NAME,
-                                         "moedeploy.dev/track": "stable"}},
-                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-            )  # fmt: skip
-        return [f"{NAME}-{i}" for i in range(count)]
-
-    def replicas(self):
-        return self.deployment()["spec"]["replicas"]
-
-    def tick(self, seconds=10):
-        self.clock.now += seconds
-        return self.reconcile()
+        self.queue_answer = PodSamples({})
 
 
 def test_a_queue_over_target_scales_out_and_the_decision_is_remembered_in_status():
@@ -68,18 +17,19 @@ def test_a_queue_over_target_scales_out_and_the_decision_is_remembered_in_status
     world.reconcile()
     pods = world.ready_pods(2)
     world.settle()
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))  # 20 waiting, target 4 per pod
-    result = world.tick()
-    assert world.replicas() == 5 and result.requeue_after == 10
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 10.0))  # 20 waiting, target 4 per pod
+    world.tick()
+    assert world.replicas() == 5
     autoscaling = world.status()["autoscaling"]
     assert autoscaling["desiredReplicas"] == 5 and autoscaling["currentMetric"] == 10.0
     assert autoscaling["memory"]["recommendations"] and autoscaling["lastScaleTime"]
     assert world.status()["desiredReplicas"] == 5
     assert any(e.reason == "Scaled" and "queue" in e.message for e in world.events.posted)
-    queries = world.prometheus.queries
+    evaluated = world.status()["autoscaling"]["lastEvaluationTime"]
     world.clock.now += 3
-    world.reconcile()
-    assert world.prometheus.queries == queries, "no query between two evaluations"
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 0.0))
+    world.reconcile()  # no new read since the last evaluation: the decision stands
+    assert world.status()["autoscaling"]["lastEvaluationTime"] == evaluated and world.replicas() == 5
 
 
 def test_missing_data_holds_the_replicas_and_says_so_once():
@@ -87,14 +37,14 @@ def test_missing_data_holds_the_replicas_and_says_so_once():
     world.reconcile()
     world.ready_pods(3)
     world.settle()
-    world.prometheus.answer = NoData("PrometheusUnavailable", "connection refused")
+    world.queue_answer = NoData("PrometheusUnavailable", "connection refused")
     for _ in range(3):
         world.tick()
         assert world.replicas() == 3
     condition = world.condition("MetricsAvailable")
     assert (condition["status"], condition["reason"]) == ("False", "PrometheusUnavailable")
     assert world.events.reasons.count("PrometheusUnavailable") == 1
-    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 4.0 for i in range(3)})
+    world.queue_answer = PodSamples({f"{NAME}-{i}": 4.0 for i in range(3)})
     world.tick()
     assert world.condition("MetricsAvailable")["status"] == "True"
     assert "MetricsAvailable" in world.events.reasons
@@ -105,10 +55,10 @@ def test_a_restarted_operator_keeps_the_scale_down_window():
     world.reconcile()
     pods = world.ready_pods(2)
     world.settle()
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 10.0))
     world.tick()
     assert world.replicas() == 5
-    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})
+    world.queue_answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})
     world.ready_pods(5)
     world.settle()
     world.restart()  # a new operator: all it knows is the status
@@ -131,20 +81,18 @@ def test_a_manual_scale_while_autoscaling_is_answered_with_an_event():
     assert world.replicas() == world.status()["autoscaling"]["desiredReplicas"] != 7
 
 
-def test_without_autoscaling_spec_replicas_rule_and_no_query_is_made():
-    prometheus = FakePrometheus()
+def test_without_autoscaling_spec_replicas_rule_whatever_the_queue_says():
     world = World()
-    world.reconciler = Reconciler(
-        world.api,
-        world.api.cache,
-        Events(),
-        policy=lambda: OPEN_POLICY,
-        scaler=Scaler(prometheus),
-        clock=Clock(),
-    )
+    world.read_queue(PodSamples({f"{NAME}-0": 50.0}))
     world.reconcile()
-    assert world.deployment()["spec"]["replicas"] == 2 and prometheus.queries == 0
+    assert world.deployment()["spec"]["replicas"] == 2
     assert "autoscaling" not in world.status()
+
+
+def test_a_pass_before_the_first_read_holds_what_runs():
+    world = AutoscaledWorld(replicas=3)
+    world.reconcile()
+    assert world.replicas() == 3 and "desiredReplicas" not in world.status()["autoscaling"]
 
 
 def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or_is_promoted():
@@ -152,7 +100,7 @@ def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or
     world.reconcile()
     pods = world.ready_pods(2)
     world.settle()
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 10.0))
     world.tick()
     assert world.replicas() == 5
     world.ready_pods(5)
@@ -161,10 +109,29 @@ def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or
                       runtime__image="registry.local/moe-runtime:2")  # fmt: skip
     world.tick()
     assert world.deployment("canary") is not None
-    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})  # the canary takes the load
-    for verdict in ("Continue", "Promote"):
-        world.settle("canary")
-        world.reconciler._analyzer.verdict = Verdict(verdict, "R", "m")
-        for _ in range(12):  # two minutes: far past the 60 s scale-down window
-            world.tick()
-            assert world.replicas() == 5, f"scaled in during the canary ({verdict})"
+    world.queue_answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})  # the canary takes the load
+    world.settle("canary")
+    for _ in range(12):  # two minutes: far past the 60 s scale-down window
+        world.tick()
+        assert world.replicas() == 5, "scaled in during the canary"
+    world.analyse_until(GOOD)
+    assert world.status()["canary"]["phase"] == "Promoting"
+    for _ in range(12):
+        world.tick()
+        assert world.replicas() == 5, "scaled in while the canary is promoted"
+
+
+def test_no_series_before_any_pod_could_be_scraped_is_no_warning_but_later_it_is():
+    """Hardening 19: the first pass of a new ModelDeployment warned "does Prometheus scrape its pods?" before
+    any pod could have been scraped."""
+    world = AutoscaledWorld()
+    world.queue_answer = NoData("NoSeries", "no queue depth series")
+    world.tick()
+    world.tick()
+    assert "NoSeries" not in world.events.reasons
+    assert all(c["type"] != "MetricsAvailable" for c in world.status()["conditions"])
+    world.ready_pods(2)
+    world.settle()
+    world.tick(60)  # Ready longer than the metric window: now it should have been scraped
+    assert world.events.reasons.count("NoSeries") == 1
+    assert world.condition("MetricsAvailable")["reason"] == "NoSeries"

@@ -9,17 +9,26 @@ from moe_runtime.engine.engine import Engine
 from moe_runtime.engine.sampling import SamplingParams
 from moe_runtime.engine.scheduler import SchedulerConfig
 from moe_runtime.engine.worker import EngineWorker
+from moe_runtime.faults import Faults, FaultSpec
 from moe_runtime.metrics import RuntimeMetrics
 from tests.unit.runtime.engine.test_worker import collect
 from tests.unit.runtime.helpers import prompt_ids
 
 
-def serve_one_after_another(engine: Engine, prompts: list[list[int]], params: SamplingParams):
+def serve_one_after_another(
+    engine: Engine,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    faults: Faults | None = None,
+    prefill_chunk: int = 256,
+):
     metrics = RuntimeMetrics()
 
     async def main():
-        config = SchedulerConfig(block_size=engine.block_size, kv_capacity_tokens=engine.max_kv_tokens)
-        worker = EngineWorker(engine, config, metrics, asyncio.get_running_loop())
+        config = SchedulerConfig(
+            block_size=engine.block_size, kv_capacity_tokens=engine.max_kv_tokens, prefill_chunk=prefill_chunk
+        )
+        worker = EngineWorker(engine, config, metrics, asyncio.get_running_loop(), faults=faults)
         worker.start()
         try:
             return [await collect(worker.submit(prompt, params, None)) for prompt in prompts]
@@ -65,3 +74,29 @@ def test_prompt_logprobs_bypass_the_cache(checkpoints):
     assert counter(metrics, "moe_runtime_prefix_cache_hits_total") == 0
     assert counter(metrics, "moe_runtime_prompt_tokens_total") == 60
     assert results[0][0] == results[1][0]
+
+
+class RecordedFaults(Faults):
+    """Faults that record the prompt lengths the engine thread hands them each step."""
+
+    def __init__(self) -> None:
+        super().__init__(FaultSpec())
+        self.started: list[int] = []
+
+    def after_step(self, started_prompts: list[int]) -> None:
+        self.started += started_prompts
+        super().after_step(started_prompts)
+
+
+def test_fault_injection_sees_each_prompt_start_once_also_when_the_cache_skips_its_start(checkpoints):
+    # --inject-faults counts started prompts (hang_every, long_prompt): a prompt whose first blocks come from
+    # the cache starts later than position 0, and a prompt prefilled in chunks starts only once
+    engine = Engine.load(checkpoints["qwen3_moe"], block_size=16)
+    system = prompt_ids(5, 50)
+    prompts = [system + prompt_ids(6, 5), system + prompt_ids(7, 3), prompt_ids(8, 4)]
+    faults = RecordedFaults()
+    _, metrics = serve_one_after_another(
+        engine, prompts, SamplingParams(max_tokens=3, ignore_eos=True), faults, prefill_chunk=8
+    )
+    assert counter(metrics, "moe_runtime_prefix_cache_hits_total") == 48
+    assert faults.started == [len(p) for p in prompts]
