@@ -320,25 +320,28 @@ class RuntimeMetrics:
         self.kv_cache_usage = Gauge(
             "moe_runtime_kv_cache_usage_ratio", "Fraction of KV cache in use", registry=r
         )
+        queries_help, hits_help = (
+            "Prompt tokens looked up in the prefix cache",
+            "Prompt tokens found in the prefix cache",
+        )
+        self.prefix_cache_queries = Counter("moe_runtime_prefix_cache_queries", queries_help, registry=r)
+        self.prefix_cache_hits = Counter("moe_runtime_prefix_cache_hits", hits_help, registry=r)
         # the same counts under vLLM's names, in tokens as vLLM counts them
-        self.prefix_cache = [
-            (
-                Counter(
-                    f"{prefix}prefix_cache_queries", "Prompt tokens looked up in the prefix cache", registry=r
-                ),
-                Counter(f"{prefix}prefix_cache_hits", "Prompt tokens found in the prefix cache", registry=r),
-            )
-            for prefix in ("moe_runtime_", "vllm:")
-        ]
+        self.vllm_prefix_cache_queries = Counter("vllm:prefix_cache_queries", queries_help, registry=r)
+        self.vllm_prefix_cache_hits = Counter("vllm:prefix_cache_hits", hits_help, registry=r)
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
         self.lora = LoraMetrics()
         r.register(self.lora)
 
     def count_prefix_cache(self, queries: int, hits: int) -> None:
-        for query_counter, hit_counter in self.prefix_cache:
-            query_counter.inc(queries)
-            hit_counter.inc(hits)
+        for counter, count in (
+            (self.prefix_cache_queries, queries),
+            (self.vllm_prefix_cache_queries, queries),
+            (self.prefix_cache_hits, hits),
+            (self.vllm_prefix_cache_hits, hits),
+        ):
+            counter.inc(count)
 
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)
