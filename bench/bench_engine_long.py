@@ -40,7 +40,7 @@ def prefill(engine: Engine, tokens: list[int], chunk: int) -> tuple[float, int, 
     for i in range(0, len(tokens), chunk):
         logits = engine.forward([(seq, tokens[i : i + chunk])])
     elapsed = time.perf_counter() - start
-    nbytes = seq.nbytes
+    nbytes = engine.sequence_bytes(seq)
     engine.release(seq)
     return elapsed, nbytes, logits
 

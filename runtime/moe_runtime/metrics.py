@@ -18,6 +18,11 @@ histogram fed only by the few that do: this gauge grows with the stuck ones. Can
 beside the latency quantiles, e.g. `max(moe_runtime_oldest_request_age_seconds{revision="..."})` against the
 latency objective.
 
+`moe_runtime_prefix_cache_queries_total` and `moe_runtime_prefix_cache_hits_total` (and the same under vLLM's
+names, `vllm:prefix_cache_queries_total` and `vllm:prefix_cache_hits_total`): prompt tokens of admitted
+requests looked up in the prefix cache, and of those the ones found there (their prefill skipped); counted in
+tokens, whole blocks for the hits, as vLLM counts them. The hit rate is their ratio.
+
 `moe_runtime_expert_tokens_total{layer,expert}`: tokens routed to each expert, at the granularity
 `--expert-metrics` sets: `off` (no samples), `expert` (one series per expert, summed over the layers, with
 layer="all"; the default: bounded by the expert count) or `layer_expert` (one series per layer and expert:
@@ -315,10 +320,28 @@ class RuntimeMetrics:
         self.kv_cache_usage = Gauge(
             "moe_runtime_kv_cache_usage_ratio", "Fraction of KV cache in use", registry=r
         )
+        queries_help, hits_help = (
+            "Prompt tokens looked up in the prefix cache",
+            "Prompt tokens found in the prefix cache",
+        )
+        self.prefix_cache_queries = Counter("moe_runtime_prefix_cache_queries", queries_help, registry=r)
+        self.prefix_cache_hits = Counter("moe_runtime_prefix_cache_hits", hits_help, registry=r)
+        # the same counts under vLLM's names, in tokens as vLLM counts them
+        self.vllm_prefix_cache_queries = Counter("vllm:prefix_cache_queries", queries_help, registry=r)
+        self.vllm_prefix_cache_hits = Counter("vllm:prefix_cache_hits", hits_help, registry=r)
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
         self.lora = LoraMetrics()
         r.register(self.lora)
+
+    def count_prefix_cache(self, queries: int, hits: int) -> None:
+        for counter, count in (
+            (self.prefix_cache_queries, queries),
+            (self.vllm_prefix_cache_queries, queries),
+            (self.prefix_cache_hits, hits),
+            (self.vllm_prefix_cache_hits, hits),
+        ):
+            counter.inc(count)
 
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)

@@ -147,12 +147,12 @@ class LoraManager:
         count as used."""
         used = set()
         for item, token in zip(work, sampled, strict=True):
-            name = item.request.adapter
+            name = item.seq.adapter
             if name is None:
                 continue
             used.add(name)
-            prompt = len(item.tokens) if item.request.is_prefilling else 0
-            generated = token is not None and token not in item.request.stop_token_ids
+            prompt = len(item.tokens) if item.seq.is_prefilling else 0
+            generated = token is not None and token not in item.seq.stop_token_ids
             self._metrics.count(name, prompt_tokens=prompt, generation_tokens=int(generated))
         self._residency.used(used, now)
 

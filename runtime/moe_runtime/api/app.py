@@ -39,6 +39,7 @@ from moe_runtime.api.protocol import (
 )
 from moe_runtime.api.responses import CHAT, COMPLETIONS, Answer, Endpoint
 from moe_runtime.engine.scheduler import QueueFull
+from moe_runtime.engine.sequence import Sequence
 from moe_runtime.engine.worker import EngineFailed, EngineWorker
 from moe_runtime.faults import Faults
 from moe_runtime.metrics import REFUSAL_REASONS, RuntimeMetrics
@@ -210,8 +211,8 @@ async def _generate(
     deadline = None if backstop is None else loop.time() + backstop
     try:
         # all of the request's sequences (prompts times n) are queued, or none: a 429 loses nothing
-        sequences = [(job.prompt_ids, job.params) for job in choices.jobs]
-        streams = state.worker.submit_all(sequences, state.request_timeout_s, adapter)
+        sequences = [Sequence(job.prompt_ids, job.params, adapter=adapter) for job in choices.jobs]
+        streams = state.worker.submit_all(sequences, state.request_timeout_s)
     except AdapterError as error:
         raise _model_not_found(error) from None
     except EngineFailed:

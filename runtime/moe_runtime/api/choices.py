@@ -26,6 +26,7 @@ class Limits:
     kv_tokens_per_sequence: int | None = None
     request: RequestLimits = RequestLimits()
     max_sequences: int | None = None  # sequences one request may start: the waiting queue's size
+    block_size: int = 1  # the KV cache's: a sequence holds whole blocks
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def _check_lengths(
             code="context_length_exceeded",
         )
     if limits.kv_capacity_tokens is not None:
-        need = len(ids) + max_tokens
+        need = -(-(len(ids) + max_tokens) // limits.block_size) * limits.block_size
         if limits.kv_tokens_per_sequence is not None:
             need = min(need, limits.kv_tokens_per_sequence)
         if need > limits.kv_capacity_tokens:

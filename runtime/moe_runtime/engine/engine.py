@@ -10,7 +10,11 @@ Contract (the serving layer codes against it):
   `max_context`; the server sizes it from memory, see `kv_budget`). `max_model_len` caps `max_context`
   below the checkpoint's `max_position_embeddings`.
 - `kv_bytes_per_token()` = bytes one token takes in the KV cache of every layer.
-- `new_sequence()` gives an empty per-sequence cache; `release(seq)` drops it.
+- The KV cache is paged (`model.attention`, `engine.blocks`): `block_size` tokens per block (default 16),
+  `max_kv_tokens` rounded down to whole blocks; setting `max_kv_tokens` re-sizes it (no sequence may be live).
+  `prefix_caching` (default on; off for windowed models) lets a sequence start from cached full blocks of an
+  earlier one (`blocks.match_prefix`).
+- `new_sequence(adapter=None)` gives an empty `Sequence`; `release(seq)` gives its blocks back.
 - `forward([(seq, new_token_ids), ...])` appends each item's new tokens (1 for a decode step, N for a
   prefill chunk; items may differ in length and in how much they already hold) to that sequence's cache,
   runs all of them as ONE batch, and returns fp32 logits [len(batch), vocab] for each item's LAST new
@@ -31,8 +35,8 @@ Contract (the serving layer codes against it):
   `add_adapter(adapter)` serves one that `lora.load_adapter` loaded elsewhere (the server loads off the engine
   thread and registers on it).
   `max_lora_rank` (default 16, vLLM's) bounds the rank of any adapter target; set it before loading.
-- `kv_cache_usage()` = tokens held by live caches / max_kv_tokens (a windowed cache holds at most
-  window + global_tokens per layer, so it stops growing).
+- `kv_cache_usage()` = blocks held by sequences / blocks in the cache (a windowed sequence gives back the blocks
+  behind its window, so it stops growing).
 - `take_expert_token_counts()` = int64 [layers, experts] tokens routed since the last call (dense layers: 0).
 - `generate(prompts, params, adapters=None)` = generated ids per prompt (without the prompt, without the stop
   token), stopping on eos (unless `ignore_eos`) / stop ids / max_tokens / max_context; `adapters`: one adapter
@@ -49,9 +53,11 @@ from pathlib import Path
 
 import torch
 
+from moe_runtime.engine.blocks import BlockManager, Window
 from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_next
+from moe_runtime.engine.sequence import Sequence as Seq
 from moe_runtime.model import decoder as model
-from moe_runtime.model.attention import LayerCache, SequenceCache
+from moe_runtime.model.attention import ItemKv, KvPool, StepPlan, plan_step
 from moe_runtime.model.config import ModelConfig, load_config
 from moe_runtime.model.loader import load_weights
 from moe_runtime.model.lora import Adapter, AdapterError, AdapterNotFound, LoraBatch, load_adapter
@@ -67,8 +73,9 @@ DTYPES = {
     "fp16": torch.float16,
 }
 DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
+DEFAULT_BLOCK_SIZE = 16  # vLLM's default --block-size on GPUs
 # (sequence, new token ids) or (sequence, new token ids, adapter name or None)
-BatchItem = tuple[SequenceCache, list[int]] | tuple[SequenceCache, list[int], str | None]
+BatchItem = tuple[Seq, list[int]] | tuple[Seq, list[int], str | None]
 
 
 class Engine:
@@ -84,6 +91,8 @@ class Engine:
         global_tokens: int = 0,
         max_kv_tokens: int | None = None,
         max_model_len: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        prefix_caching: bool = True,
     ):
         if max_model_len is not None and not 1 < max_model_len <= config.max_position_embeddings:
             raise ValueError(
@@ -98,9 +107,14 @@ class Engine:
         self.max_context = max_model_len or config.max_position_embeddings
         self.layer_windows = layer_windows
         self.global_tokens = global_tokens
-        self.max_kv_tokens = max_kv_tokens or 8 * self.max_context
         self.dtype = weights.final_norm.dtype
-        self._live: dict[int, SequenceCache] = {}
+        self.block_size = block_size
+        self.prefix_caching = prefix_caching
+        # every layer windowed: blocks behind the largest window go back; else every position stays
+        self.window = (
+            None if None in layer_windows else Window(max(layer_windows), global_tokens)  # type: ignore[type-var]
+        )
+        self.max_kv_tokens = max_kv_tokens or 8 * self.max_context
         self._expert_counts = torch.zeros(
             config.num_layers, config.num_experts, dtype=torch.int64, device=device
         )
@@ -119,6 +133,8 @@ class Engine:
         global_tokens: int = 0,
         max_kv_tokens: int | None = None,
         max_model_len: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        prefix_caching: bool = True,
     ) -> Engine:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype_name = dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -140,28 +156,47 @@ class Engine:
             global_tokens=global_tokens,
             max_kv_tokens=max_kv_tokens,
             max_model_len=max_model_len,
+            block_size=block_size,
+            prefix_caching=prefix_caching,
         )
 
-    def new_sequence(self) -> SequenceCache:
+    @property
+    def max_kv_tokens(self) -> int:
+        return self.blocks.num_blocks * self.block_size
+
+    @max_kv_tokens.setter
+    def max_kv_tokens(self, tokens: int) -> None:
+        """(Re)allocates the paged cache for `tokens` rounded down to whole blocks; drops what it held."""
+        if getattr(self, "blocks", None) is not None and self.blocks.used:
+            raise RuntimeError("the KV cache cannot be re-sized while sequences hold blocks")
+        num_blocks = tokens // self.block_size
+        self.blocks = BlockManager(
+            num_blocks, self.block_size, prefix_caching=self.prefix_caching, window=self.window
+        )
         c = self.config
-        seq = SequenceCache(
-            [
-                LayerCache(c.num_kv_heads, c.head_dim, window, self.global_tokens, self.dtype, self.device)
-                for window in self.layer_windows
-            ]
+        self.pool = KvPool(
+            c.num_layers, c.num_kv_heads, c.head_dim, num_blocks * self.block_size, self.dtype, self.device
         )
-        self._live[id(seq)] = seq
-        return seq
 
-    def release(self, seq: SequenceCache) -> None:
-        self._live.pop(id(seq), None)
+    def new_sequence(self, adapter: str | None = None) -> Seq:
+        return Seq(
+            adapter=adapter, window=None if self.window is None else self.window.size + self.window.sinks
+        )
+
+    def release(self, seq: Seq) -> None:
+        self.blocks.free(seq)
 
     def kv_bytes_per_token(self) -> int:
         c = self.config
         return c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.dtype.itemsize
 
+    def sequence_bytes(self, seq: Seq) -> int:
+        """KV cache memory `seq` holds: its blocks."""
+        held = sum(block >= 0 for block in seq.block_table)
+        return held * self.block_size * self.kv_bytes_per_token()
+
     def kv_cache_usage(self) -> float:
-        return sum(seq.tokens_held for seq in self._live.values()) / self.max_kv_tokens
+        return self.blocks.usage()
 
     def take_expert_token_counts(self) -> torch.Tensor:
         counts = self._expert_counts.to("cpu", copy=True)
@@ -197,32 +232,67 @@ class Engine:
             raise ValueError("forward needs at least one sequence")
         order, adapters = self._group_by_adapter(batch)
         run = batch if order is None else [batch[i] for i in order]
-        positions, ids, starts = [], [], []
+        ids, positions, plan, starts = self.prepare(run)
+        hidden = model.forward(
+            self.weights,
+            self.config,
+            ids,
+            positions,
+            self.pool,
+            plan,
+            expert_counts=self._expert_counts,
+            lora=None if order is None else self._lora_batch(run, adapters, len(ids)),
+        )
         for seq, tokens, *_ in run:
+            seq.length += len(tokens)
+            self.blocks.commit(seq, tokens)
+        rows = _rows_wanted(batch, order, starts, every_position, len(ids))
+        if rows is not None:  # some item brought several tokens, or the items were regrouped
+            hidden = hidden[torch.tensor(rows, device=self.device)]
+        return model.logits(self.weights, hidden)
+
+    def prepare(self, run: list[BatchItem]) -> tuple[torch.Tensor, torch.Tensor, StepPlan, list[int]]:
+        """Checks the items and takes cache blocks for their new tokens -> (token ids, positions, what attention
+        reads and writes, where each item starts in the flat batch). The sequences' lengths move on only once
+        the forward pass has run (`forward`)."""
+        ids: list[int] = []
+        positions: list[int] = []
+        starts: list[int] = []
+        for seq, tokens, *adapter in run:
             if not tokens:
                 raise ValueError("each batch item needs at least one new token")
             if seq.length + len(tokens) > self.max_context:
                 raise ValueError(
                     f"sequence would hold {seq.length + len(tokens)} tokens, over max_context {self.max_context}"
                 )
+            if seq.length == 0:
+                seq.window = None if self.window is None else self.window.size + self.window.sinks
+                if adapter:
+                    seq.adapter = adapter[0]
             starts.append(len(ids))
             positions.extend(range(seq.length, seq.length + len(tokens)))
             ids.extend(tokens)
         if max(ids) >= self.config.vocab_size or min(ids) < 0:
             raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
-        hidden = model.forward(
-            self.weights,
-            self.config,
+        items = []
+        for seq, tokens, *_ in run:
+            self.blocks.grow(seq, seq.length + len(tokens))
+            items.append(ItemKv(seq.block_table, seq.length, len(tokens)))
+        c = self.config
+        plan = plan_step(
+            items,
+            self.block_size,
+            self.layer_windows,
+            self.global_tokens,
+            c.num_heads // c.num_kv_heads,
+            self.device,
+        )
+        return (
             torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),
-            [(seq, len(tokens)) for seq, tokens, *_ in run],
-            expert_counts=self._expert_counts,
-            lora=None if order is None else self._lora_batch(run, adapters, len(ids)),
+            plan,
+            starts,
         )
-        rows = _rows_wanted(batch, order, starts, every_position, len(ids))
-        if rows is not None:  # some item brought several tokens, or the items were regrouped
-            hidden = hidden[torch.tensor(rows, device=self.device)]
-        return model.logits(self.weights, hidden)
 
     def _group_by_adapter(self, batch: list[BatchItem]):
         """(order of the items grouped by adapter, base first; the adapter of each item in that order), or

@@ -50,11 +50,15 @@ def process(
         logits[torch.tensor(blocked, dtype=torch.long)] = -torch.inf
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(prompt) | set(output)), dtype=torch.long)
-        values = logits[seen]
+        # in float64: a penalty under fp32's range would round to 0 there, and -inf (a token min_tokens
+        # blocks) times 0 is nan
+        values = logits[seen].double()
         penalised = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
-        # vLLM takes any penalty above 0: a tiny or huge one must not make a logit infinite (or nan after it)
+        # vLLM takes any penalty above 0: a tiny or huge one must not make a logit infinite (or nan after it);
+        # a blocked token stays blocked
         finite = torch.finfo(logits.dtype).max
-        logits[seen] = penalised.clamp(-finite, finite)
+        penalised = torch.where(values == -torch.inf, values, penalised.clamp(-finite, finite))
+        logits[seen] = penalised.to(logits.dtype)
     if (p.frequency_penalty or p.presence_penalty) and output:
         counts = torch.bincount(torch.tensor(list(output), dtype=torch.long), minlength=vocab).to(
             logits.dtype

@@ -11,6 +11,9 @@ Prefill order:
   `aging_tokens_per_s` tokens shorter, so a long prompt under a steady stream of short ones still reaches the
   front. (Buckets would need tuned boundaries; one continuous key needs one knob.)
 - `fcfs`: arrival order.
+- `static`: static batching, the baseline continuous batching is measured against: when nothing runs, the
+  requests waiting then (in arrival order, as many as fit) form a batch, and it runs to completion before the
+  next one starts; nobody joins it meanwhile.
 Walking that order, running prefills get their chunks; waiting requests are admitted until the first one
 that does not fit (no free sequence slot or not enough KV cache left). After it no other waiting request is
 admitted in that step (skipping ahead of it would starve it), but the running prefills behind it still get
@@ -32,9 +35,12 @@ out-of-memory step keeps its arrival time and waits with its generated tokens as
 LoRA: a waiting request whose adapter is not in memory is passed over (it neither starts nor holds up others);
 a running request's adapter stays in memory until it finishes (adapters/residency.py).
 
-KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens, capped per
-sequence for windowed attention), so a running sequence never runs out of room and nothing is preempted
-for lack of reserved cache.
+Prefix caching: with the engine's block manager, an admitted request takes the cached blocks its prompt
+starts with (`BlockManager.match_prefix`) and prefills only the rest.
+
+KV cache: each admitted request reserves the most cache it can ever hold (prompt + max_tokens rounded up to
+whole blocks of `block_size`, capped per sequence for windowed attention), so a running sequence never runs
+out of room and nothing is preempted for lack of reserved cache.
 
 Out of memory: when the device runs out of memory in a step anyway (activations, fragmentation), `back_off`
 halves the sequences and tokens a step may take, and `requeue` puts that step's requests back to waiting
@@ -45,9 +51,15 @@ halves the sequences and tokens a step may take, and `requeue` puts that step's 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Container, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Container
+from collections.abc import Sequence as Many
+from dataclasses import dataclass
 from enum import StrEnum
+
+from moe_runtime.engine.blocks import BlockManager
+from moe_runtime.engine.sequence import FinishReason, Sequence
+
+__all__ = ["FinishReason", "Policy", "QueueFull", "Scheduler", "SchedulerConfig", "Sequence", "Step", "Work"]
 
 RECOVERY_STEPS = 64
 
@@ -55,15 +67,7 @@ RECOVERY_STEPS = 64
 class Policy(StrEnum):
     LENGTH_AWARE = "length_aware"
     FCFS = "fcfs"
-
-
-class FinishReason(StrEnum):
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    ERROR = "error"
-    ADAPTER_FAILED = "adapter_failed"  # waited for a LoRA adapter whose load failed
+    STATIC = "static"  # no continuous batching: a batch runs to its end before the next one starts
 
 
 class QueueFull(Exception):
@@ -79,7 +83,8 @@ class SchedulerConfig:
     policy: Policy = Policy.LENGTH_AWARE
     aging_tokens_per_s: float = 64.0
     kv_capacity_tokens: int | None = None
-    kv_tokens_per_sequence: int | None = None
+    kv_tokens_per_sequence: int | None = None  # a multiple of block_size
+    block_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_running", "token_budget", "prefill_chunk"):
@@ -93,45 +98,15 @@ class SchedulerConfig:
             raise ValueError("aging_tokens_per_s must not be negative")
 
     def kv_reservation(self, prompt_tokens: int, max_tokens: int) -> int:
-        need = prompt_tokens + max_tokens
+        need = -(-(prompt_tokens + max_tokens) // self.block_size) * self.block_size
         return need if self.kv_tokens_per_sequence is None else min(need, self.kv_tokens_per_sequence)
-
-
-@dataclass(eq=False)
-class Request:
-    id: str
-    prompt: list[int]
-    max_tokens: int
-    arrival: float
-    stop_token_ids: frozenset[int] = frozenset()
-    deadline: float | None = None
-    adapter: str | None = None  # the LoRA adapter it runs with; None: the base model
-    prefilled: int = 0
-    output: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    finish_reason: FinishReason | None = None
-    stop_token_id: int | None = None  # the stop token that ended it (not part of `output`)
-    # What the cache must hold before the next token is sampled: the prompt, or after `requeue` the prompt
-    # and the tokens generated so far.
-    prefill_tokens: list[int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.prefill_tokens = self.prompt
-
-    @property
-    def remaining_prompt(self) -> int:
-        return len(self.prefill_tokens) - self.prefilled
-
-    @property
-    def is_prefilling(self) -> bool:
-        return self.prefilled < len(self.prefill_tokens)
 
 
 @dataclass(frozen=True)
 class Work:
     """One sequence's part of a step: feed `tokens`; when `samples`, the logits of the last give the next token."""
 
-    request: Request
+    seq: Sequence
     tokens: list[int]
     samples: bool
 
@@ -139,7 +114,7 @@ class Work:
 @dataclass
 class Step:
     work: list[Work]
-    dropped: list[Request]
+    dropped: list[Sequence]
 
     @property
     def num_tokens(self) -> int:
@@ -147,11 +122,14 @@ class Step:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, kv: BlockManager | None = None) -> None:
+        """`kv`: the engine's block manager, whose prefix cache an admitted sequence starts from (None: every
+        prompt is prefilled whole)."""
         self.config = config
-        self.waiting: list[Request] = []
-        self.running: list[Request] = []
-        self._by_id: dict[str, Request] = {}
+        self._kv = kv
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self._by_id: dict[str, Sequence] = {}
         self._arrival_order = itertools.count()
         self._order: dict[str, int] = {}
         # lowered by `back_off` after an out-of-memory step, raised again by `step_succeeded`
@@ -163,10 +141,10 @@ class Scheduler:
     def idle(self) -> bool:
         return not self.waiting and not self.running
 
-    def add(self, request: Request) -> None:
+    def add(self, request: Sequence) -> None:
         self.add_all([request])
 
-    def add_all(self, requests: Sequence[Request]) -> None:
+    def add_all(self, requests: Many[Sequence]) -> None:
         """Queues all of them or none (QueueFull when the queue lacks room for all: the sequences of one HTTP
         request, its prompts times `n`, are accepted together or refused together)."""
         capacity = self.config.kv_capacity_tokens
@@ -197,19 +175,25 @@ class Scheduler:
         work = [Work(r, [r.output[-1]], samples=True) for r in self.running if not r.is_prefilling]
         budget = self.token_budget - len(work)
         admitting = True
+        if self.config.policy is Policy.STATIC:
+            if not self.running:  # the last batch has finished: the next one is whatever waits (that fits)
+                for request in sorted(self.waiting, key=lambda r: self._order[r.id]):
+                    if not _ready(request, adapters):
+                        continue
+                    if not self._can_admit(request):
+                        break
+                    self._admit(request)
+            admitting = False  # nobody joins a batch that runs
         for request in self._prefill_order(now):
             if budget <= 0:
                 break
             if request not in self.running:
-                if not admitting or (
-                    request.adapter is not None and adapters is not None and request.adapter not in adapters
-                ):
+                if not admitting or not _ready(request, adapters):
                     continue
                 if not self._can_admit(request):
                     admitting = False  # nobody may overtake it; the running prefills behind it go on
                     continue
-                self.waiting.remove(request)
-                self.running.append(request)
+                self._admit(request)
             chunk = min(request.remaining_prompt, self.config.prefill_chunk, budget)
             start = request.prefilled
             end = start + chunk
@@ -217,13 +201,22 @@ class Scheduler:
             budget -= chunk
         return Step(work, dropped)
 
-    def complete(self, step: Step, sampled: Sequence[int | None]) -> list[Request]:
+    def _admit(self, request: Sequence) -> None:
+        self.waiting.remove(request)
+        self.running.append(request)
+        # prompt log-probabilities need every prompt position computed: no cache for them (as vLLM)
+        cached = 0
+        if self._kv is not None and request.params.prompt_logprobs is None:
+            cached = self._kv.match_prefix(request, request.prefill_tokens)
+        request.prefilled = request.cached_tokens = cached
+
+    def complete(self, step: Step, sampled: Many[int | None]) -> list[Sequence]:
         """Records a step's outcome (`sampled[i]` is the token for `step.work[i]` where it samples; requests
         failed meanwhile are skipped); returns the requests that finished."""
         self._step_succeeded()
         finished = []
         for item, token in zip(step.work, sampled, strict=True):
-            request = item.request
+            request = item.seq
             if request.finish_reason is not None:
                 continue
             if request.is_prefilling:
@@ -242,7 +235,7 @@ class Scheduler:
                 finished.append(request)
         return finished
 
-    def fail(self, requests: Sequence[Request], reason: FinishReason = FinishReason.ERROR) -> list[Request]:
+    def fail(self, requests: Many[Sequence], reason: FinishReason = FinishReason.ERROR) -> list[Sequence]:
         """These requests cannot go on: they end with `reason`. Returns those not finished before."""
         failed = [r for r in requests if r.finish_reason is None]
         for request in failed:
@@ -259,7 +252,7 @@ class Scheduler:
         self._good_steps = 0
         return True
 
-    def requeue(self, requests: Sequence[Request]) -> None:
+    def requeue(self, requests: Many[Sequence]) -> None:
         """Puts running requests back to waiting, their caches gone: each one prefills its prompt and the
         tokens it generated again, then goes on where it was (it keeps its arrival time and priority)."""
         for request in requests:
@@ -268,7 +261,7 @@ class Scheduler:
             self.running.remove(request)
             self.waiting.append(request)
             request.prefill_tokens = request.prompt + request.output
-            request.prefilled = 0
+            request.prefilled = request.cached_tokens = 0
 
     def _step_succeeded(self) -> None:
         if self.max_running == self.config.max_running and self.token_budget == self.config.token_budget:
@@ -279,7 +272,7 @@ class Scheduler:
             self.max_running = min(self.config.max_running, 2 * self.max_running)
             self.token_budget = min(self.config.token_budget, 2 * self.token_budget)
 
-    def _drop_cancelled_and_expired(self, now: float) -> list[Request]:
+    def _drop_cancelled_and_expired(self, now: float) -> list[Sequence]:
         dropped = []
         for request in [*self.waiting, *self.running]:
             if request.cancelled:
@@ -291,16 +284,16 @@ class Scheduler:
             dropped.append(request)
         return dropped
 
-    def _prefill_order(self, now: float) -> list[Request]:
+    def _prefill_order(self, now: float) -> list[Sequence]:
         candidates = [r for r in self.running if r.is_prefilling] + self.waiting
-        if self.config.policy is Policy.FCFS:
+        if self.config.policy is not Policy.LENGTH_AWARE:
             return sorted(candidates, key=lambda r: self._order[r.id])
         aging = self.config.aging_tokens_per_s
         return sorted(
             candidates, key=lambda r: (r.remaining_prompt - aging * (now - r.arrival), self._order[r.id])
         )
 
-    def _can_admit(self, request: Request) -> bool:
+    def _can_admit(self, request: Sequence) -> bool:
         if len(self.running) >= self.max_running:
             return False
         capacity = self.config.kv_capacity_tokens
@@ -309,10 +302,10 @@ class Scheduler:
         reserved = sum(self._reservation(r) for r in self.running)
         return reserved + self._reservation(request) <= capacity
 
-    def _reservation(self, request: Request) -> int:
+    def _reservation(self, request: Sequence) -> int:
         return self.config.kv_reservation(len(request.prompt), request.max_tokens)
 
-    def _finish(self, request: Request, reason: FinishReason) -> None:
+    def _finish(self, request: Sequence, reason: FinishReason) -> None:
         request.finish_reason = reason
         if request in self.running:
             self.running.remove(request)
@@ -320,3 +313,8 @@ class Scheduler:
             self.waiting.remove(request)
         del self._by_id[request.id]
         del self._order[request.id]
+
+
+def _ready(request: Sequence, adapters: Container[str] | None) -> bool:
+    """Its adapter (if any) can take new requests."""
+    return request.adapter is None or adapters is None or request.adapter in adapters

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from moe_runtime.engine.logprobs import TokenLogprob
-from moe_runtime.engine.scheduler import FinishReason
+from moe_runtime.engine.sequence import FinishReason
 from moe_runtime.metrics import RuntimeMetrics
 
 

@@ -23,15 +23,15 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence as Many
 
 import torch
 
 from moe_runtime.adapters.manager import LoraManager
 from moe_runtime.engine.logprobs import TokenLogprob, token_logprobs
 from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_next
-from moe_runtime.engine.scheduler import FinishReason, Request, Scheduler, SchedulerConfig, Step, Work
+from moe_runtime.engine.scheduler import Scheduler, SchedulerConfig, Step, Work
+from moe_runtime.engine.sequence import FinishReason, Sequence
 from moe_runtime.engine.streams import Finished, GenerationStream, OpenStreams, PromptLogprobs, Tokens
 from moe_runtime.faults import Faults
 from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
@@ -63,16 +63,6 @@ def unscored_span(start: int, count: int, prompt_length: int, scored: int) -> tu
     return (first, last) if first <= last else None
 
 
-@dataclass
-class _Live:
-    stream: GenerationStream
-    params: SamplingParams
-    generator: torch.Generator | None
-    cache: object = None
-    # the prompt tokens before this one had their log-probabilities delivered (the first has none)
-    scored: int = 1
-
-
 class EngineWorker:
     def __init__(
         self,
@@ -88,17 +78,17 @@ class EngineWorker:
         self.metrics = metrics
         self.failure: BaseException | None = None
         self._loop = loop
-        self._scheduler = Scheduler(config)
+        self._scheduler = Scheduler(config, getattr(engine, "blocks", None))
         self._streams = OpenStreams(metrics)
         metrics.oldest_request_age.set_function(self._streams.oldest_age)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
-        self._live: dict[str, _Live] = {}
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._last_expert_flush = 0.0
         self._step_started_at: float | None = None  # while a forward pass runs
+        self._prefix_counted = (0, 0)  # the block manager's prefix cache counts already in the metrics
         self.adapters = adapters or LoraManager(engine, metrics.lora, base_model="", max_loras=1)
         self.adapters.wake = self._wake.set  # loads that finish and list changes wake an idle engine thread
 
@@ -122,44 +112,32 @@ class EngineWorker:
     def submit(
         self, prompt: list[int], params: SamplingParams, timeout_s: float | None, adapter: str | None = None
     ) -> GenerationStream:
-        """Queues a request; raises `QueueFull` when the waiting queue is full, `EngineFailed` after the
-        engine loop died, and `AdapterError` for an adapter that cannot serve. Call from the event loop."""
-        return self.submit_all([(prompt, params)], timeout_s, adapter)[0]
+        """Queues one sequence; see `submit_all`."""
+        return self.submit_all([Sequence(prompt, params, adapter=adapter)], timeout_s)[0]
 
-    def submit_all(
-        self,
-        sequences: Sequence[tuple[list[int], SamplingParams]],
-        timeout_s: float | None,
-        adapter: str | None = None,
-    ) -> list[GenerationStream]:
-        """Queues several sequences (one HTTP request's choices) all together or, with `QueueFull`, none."""
+    def submit_all(self, sequences: Many[Sequence], timeout_s: float | None) -> list[GenerationStream]:
+        """Queues several sequences (one HTTP request's choices, which share their adapter) all together or,
+        with `QueueFull`, none; each gets its id, arrival, deadline and stream here. Raises `EngineFailed`
+        after the engine loop died and `AdapterError` for an adapter that cannot serve. Call from the event
+        loop; the sequences belong to the engine thread from then on."""
         if self.failure is not None:
             raise EngineFailed(str(self.failure))
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
-        requests = [
-            Request(
-                f"req-{next(self._ids)}",
-                prompt,
-                params.max_tokens,
-                arrival=now,
-                stop_token_ids=frozenset(params.stop_token_ids),
-                deadline=deadline,
-                adapter=adapter,
-            )
-            for prompt, params in sequences
-        ]
+        adapters = {seq.adapter for seq in sequences} - {None}
         streams = []
         with self._lock:
-            if adapter is not None:
+            for adapter in adapters:
                 self.adapters.check(adapter)
-            self._scheduler.add_all(requests)
-            if adapter is not None:
+            for seq in sequences:
+                seq.id, seq.arrival, seq.deadline = f"req-{next(self._ids)}", now, deadline
+            self._scheduler.add_all(sequences)
+            for adapter in adapters:
                 self.adapters.count_request(adapter)
-            for request, (prompt, params) in zip(requests, sequences, strict=True):
-                stream = GenerationStream(request.id, len(prompt), self.cancel, self._streams)
-                self._live[request.id] = _Live(stream, params, make_generator(params))
-                streams.append(stream)
+            for seq in sequences:
+                seq.generator = make_generator(seq.params)
+                seq.stream = GenerationStream(seq.id, len(seq.prompt), self.cancel, self._streams)
+                streams.append(seq.stream)
             self.metrics.queue_depth.set(len(self._scheduler.waiting))
         self._wake.set()
         return streams
@@ -210,10 +188,9 @@ class EngineWorker:
         )
         if step.work:
             self._step_started_at = time.monotonic()
-            # the prompts whose prefill begins in this step (what --inject-faults acts on)
-            started = [
-                len(w.request.prefill_tokens) for w in step.work if w.request.prefilled == 0 and w.tokens
-            ]
+            # the prompts whose prefill begins in this step (what --inject-faults acts on), read before the
+            # step moves them on
+            started = [len(w.seq.prefill_tokens) for w in step.work if w.seq.starts_prefill]
             try:
                 deliveries += self._execute(step)
                 self.faults.after_step(started)
@@ -238,10 +215,10 @@ class EngineWorker:
             if is_out_of_memory(error):
                 return self._push_back(step, error)
             log.exception("engine step failed; failing its %d requests", len(step.work))
-            return self._fail([w.request for w in step.work])
+            return self._fail([w.seq for w in step.work])
         sampled, logprobs, unsampled = self._sample(step, logits)
         deliveries = prompt_logprobs + self._fail(unsampled)
-        self.metrics.prompt_tokens.inc(sum(len(w.tokens) for w in step.work if w.request.is_prefilling))
+        self.metrics.prompt_tokens.inc(sum(len(w.tokens) for w in step.work if w.seq.is_prefilling))
         with self._lock:
             self.adapters.after_step(step.work, sampled, time.monotonic())
             finished = self._scheduler.complete(step, sampled)
@@ -253,7 +230,7 @@ class EngineWorker:
         """One forward pass: the logits of each item's last token, and the prompt log-probabilities the step
         computed (deliveries). Items that need prompt log-probabilities get every position's logits; without
         them the engine is called exactly as before."""
-        items = [(self._cache(w.request.id), w.tokens, w.request.adapter) for w in step.work]
+        items = [(w.seq, w.tokens, w.seq.adapter) for w in step.work]
         scored = [self._scores_prompt(w) for w in step.work]
         if not any(scored):
             return self.engine.forward(items), []
@@ -268,41 +245,35 @@ class EngineWorker:
         return logits[last], deliveries
 
     def _scores_prompt(self, item: Work) -> bool:
-        live = self._live[item.request.id]
-        return live.params.prompt_logprobs is not None and self._unscored(item) is not None
+        return item.seq.params.prompt_logprobs is not None and self._unscored(item) is not None
 
     def _unscored(self, item: Work) -> tuple[int, int] | None:
-        live, request = self._live[item.request.id], item.request
-        return unscored_span(request.prefilled, len(item.tokens), len(request.prompt), live.scored)
+        seq = item.seq
+        return unscored_span(seq.prefilled, len(item.tokens), len(seq.prompt), seq.scored)
 
     def _prompt_logprobs(self, item: Work, logits: torch.Tensor) -> list:
         """The entries of the prompt tokens this chunk predicts (row j predicts the token at start + j + 1)."""
-        live, start = self._live[item.request.id], item.request.prefilled
+        seq, start = item.seq, item.seq.prefilled
         first, last = self._unscored(item)
         entries = token_logprobs(
-            logits[first - start - 1 : last - start],
-            item.request.prompt[first : last + 1],
-            live.params.prompt_logprobs,
+            logits[first - start - 1 : last - start], seq.prompt[first : last + 1], seq.params.prompt_logprobs
         )
-        live.scored = last + 1
-        return [(live.stream, PromptLogprobs(entries))]
+        seq.scored = last + 1
+        return [(seq.stream, PromptLogprobs(entries))]
 
     def _push_back(self, step: Step, error: Exception) -> list:
         """The step ran out of memory: its requests wait again with their caches dropped (a forward pass
         that stopped half way leaves them inconsistent), and the next steps are smaller."""
-        requests = [w.request for w in step.work]
+        sequences = [w.seq for w in step.work]
         with self._lock:
             smaller = self._scheduler.back_off(step)
         if not smaller:
             log.error("out of memory with one token of one sequence (%s); failing its request", error)
-            return self._fail(requests)
-        for request in requests:
-            live = self._live[request.id]
-            if live.cache is not None:
-                self.engine.release(live.cache)
-                live.cache = None
+            return self._fail(sequences)
+        for seq in sequences:
+            self.engine.release(seq)
         with self._lock:
-            self._scheduler.requeue(requests)
+            self._scheduler.requeue(sequences)
             limits = (self._scheduler.max_running, self._scheduler.token_budget)
         if self.engine.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -316,20 +287,14 @@ class EngineWorker:
         )
         return []
 
-    def _fail(self, requests: list[Request], reason: FinishReason = FinishReason.ERROR) -> list:
+    def _fail(self, sequences: list[Sequence], reason: FinishReason = FinishReason.ERROR) -> list:
         with self._lock:
-            failed = self._scheduler.fail(requests, reason)
-        return [self._end(r) for r in failed]
-
-    def _cache(self, request_id: str):
-        live = self._live[request_id]
-        if live.cache is None:
-            live.cache = self.engine.new_sequence()
-        return live.cache
+            failed = self._scheduler.fail(sequences, reason)
+        return [self._end(seq) for seq in failed]
 
     def _sample(
         self, step: Step, logits: torch.Tensor
-    ) -> tuple[list[int | None], list[TokenLogprob | None], list[Request]]:
+    ) -> tuple[list[int | None], list[TokenLogprob | None], list[Sequence]]:
         """Next tokens of the sampling rows, their log-probabilities where asked for, and the requests whose
         sampling failed (retried one by one, so one request's bad parameters cannot fail its batch-mates)."""
         sampled: list[int | None] = [None] * len(step.work)
@@ -348,7 +313,7 @@ class EngineWorker:
                     tokens += self._sample_rows(step, logits, [i])
                 except Exception:
                     tokens.append((None, None))
-                    unsampled.append(step.work[i].request)
+                    unsampled.append(step.work[i].seq)
         for i, (token, entry) in zip(rows, tokens, strict=True):
             sampled[i], logprobs[i] = token, entry
         return sampled, logprobs, unsampled
@@ -356,21 +321,20 @@ class EngineWorker:
     def _sample_rows(
         self, step: Step, logits: torch.Tensor, rows: list[int]
     ) -> list[tuple[int, TokenLogprob | None]]:
-        requests = [step.work[i].request for i in rows]
-        lives = [self._live[r.id] for r in requests]
+        sequences = [step.work[i].seq for i in rows]
         tokens = sample_next(
             logits[rows],
-            [x.params for x in lives],
-            [x.generator for x in lives],
-            [(r.prompt, r.output) for r in requests],
+            [seq.params for seq in sequences],
+            [seq.generator for seq in sequences],
+            [(seq.prompt, seq.output) for seq in sequences],
         )
         entries: list[TokenLogprob | None] = [None] * len(rows)
-        wanted = [j for j, x in enumerate(lives) if x.params.logprobs is not None]
+        wanted = [j for j, seq in enumerate(sequences) if seq.params.logprobs is not None]
         if wanted:  # from the raw logits, before the logits processors (vLLM's default, raw_logprobs)
-            k = max(lives[j].params.logprobs for j in wanted)
+            k = max(sequences[j].params.logprobs for j in wanted)
             computed = token_logprobs(logits[[rows[j] for j in wanted]], [tokens[j] for j in wanted], k)
             for j, entry in zip(wanted, computed, strict=True):
-                keep = lives[j].params.logprobs
+                keep = sequences[j].params.logprobs
                 entries[j] = (
                     entry if keep == k else TokenLogprob(entry.token, entry.logprob, entry.top[:keep])
                 )
@@ -381,19 +345,18 @@ class EngineWorker:
     ) -> list:
         deliveries = []
         for item, token, entry in zip(step.work, sampled, logprobs, strict=True):
-            if token is None or item.request.finish_reason in (FinishReason.ERROR, FinishReason.CANCELLED):
+            if token is None or item.seq.finish_reason in (FinishReason.ERROR, FinishReason.CANCELLED):
                 continue
-            stop = item.request.finish_reason is FinishReason.STOP
+            stop = item.seq.finish_reason is FinishReason.STOP
             event = Tokens([token], None if entry is None else [entry], stop=stop)
-            deliveries.append((self._live[item.request.id].stream, event))
+            deliveries.append((item.seq.stream, event))
         return deliveries
 
-    def _end(self, request: Request):
-        live = self._live.pop(request.id)
-        if live.cache is not None:
-            self.engine.release(live.cache)
-        generated = len(request.output) + (request.stop_token_id is not None)
-        return live.stream, Finished(request.finish_reason, len(request.prompt), generated)
+    def _end(self, seq: Sequence):
+        if seq.length or seq.block_table:  # it ran: give its cache back
+            self.engine.release(seq)
+        generated = len(seq.output) + (seq.stop_token_id is not None)
+        return seq.stream, Finished(seq.finish_reason, len(seq.prompt), generated)
 
     def _deliver(self, deliveries: list) -> None:
         if not deliveries:
@@ -409,6 +372,11 @@ class EngineWorker:
             log.warning("event loop closed; %d events undelivered", len(deliveries))
 
     def _publish_gauges(self) -> None:
+        blocks = getattr(self.engine, "blocks", None)
+        if blocks is not None and blocks.prefix_queries != self._prefix_counted[0]:
+            queries, hits = blocks.prefix_queries, blocks.prefix_hits
+            self.metrics.count_prefix_cache(queries - self._prefix_counted[0], hits - self._prefix_counted[1])
+            self._prefix_counted = (queries, hits)
         self.metrics.queue_depth.set(len(self._scheduler.waiting))
         self.metrics.requests_running.set(len(self._scheduler.running))
         self.metrics.kv_cache_usage.set(self.engine.kv_cache_usage())

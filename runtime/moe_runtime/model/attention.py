@@ -1,160 +1,217 @@
-"""Per-sequence KV caches and causal / sliding-window / window+sink attention over them.
+"""The paged KV cache and causal / sliding-window / window+sink attention over it.
+
+Keys and values live in fixed-size blocks of `block_size` token slots: per layer one key and one value tensor
+[kv_heads, slots, head_dim] (`KvPool`), slot = block * block_size + offset; a sequence's block table lists its
+blocks in position order. A step first writes its new tokens' keys and values into their slots (one copy per
+layer for the whole batch), then each sequence attends to its own keys where they lie:
+- a decode item (one query) reads the runs of consecutive slots that hold the positions it sees, in place: no
+  copy, no padding to the longest sequence, so its cost follows its own length (one run when its blocks are
+  consecutive, which the block allocator arranges where it can);
+- a prefill chunk gathers the keys its queries see and runs SDPA under the mask, per block of `QUERY_BLOCK`
+  queries, each against only the keys it can see.
+What a step reads and writes is planned once per step from the block tables (`plan_step`), not per layer.
 
 A query at position p sees key j when j <= p and (j > p - window or j < sinks): `window` counts the query
-itself, as transformers' sliding-window mask does. A windowed layer's cache holds the `sinks` first tokens
-plus a ring buffer of the last `window` tokens, so its memory stops growing; a full layer's cache grows.
-Keys are stored after RoPE, so their order inside the cache does not matter to a query that sees them all:
-decoding attends to the cache as it lies, with no mask. A decode step over many sequences pads their caches
-to the longest and runs one SDPA with a key-padding mask (`attend_decode`).
+itself, as transformers' sliding-window mask does.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pad_sequence
 
 # Long prefills run SDPA per block of queries, each against only the keys it can see (sinks + the window
 # before it); on CPU at 8K tokens that was ~9x faster than one SDPA with a dense mask.
 QUERY_BLOCK = 512
 
-
-class LayerCache:
-    """Keys and values of one layer of one sequence: `kv` [slots, 2, kv_heads, head_dim], keys at [:, 0].
-    Slots come first so that a batched decode pads many caches' held slots into one tensor in one op."""
-
-    def __init__(self, kv_heads: int, head_dim: int, window: int | None, sinks: int, dtype, device):
-        self.window = window
-        self.sinks = sinks if window else 0
-        self.length = 0  # tokens seen so far = position of the next token
-        capacity = self.sinks + window if window else 0
-        self.kv = torch.empty(capacity, 2, kv_heads, head_dim, dtype=dtype, device=device)
-
-    @property
-    def held(self) -> int:
-        return self.length if self.window is None else min(self.length, self.sinks + self.window)
-
-    @property
-    def nbytes(self) -> int:
-        return self.kv.numel() * self.kv.element_size()
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [n, heads, d], k/v [n, kv_heads, d] for the next n positions -> output [n, heads, d]."""
-        kv = torch.stack([k, v], dim=1)
-        if q.shape[0] == 1:
-            self.next_slot().copy_(kv[0])
-            keys, values = _split(self.kv[: self.held])
-            return _sdpa(q, keys, values, None)
-        past, past_pos = self._ordered()
-        start = self.length
-        keys, values = _split(torch.cat([past, kv]))
-        key_pos = torch.cat([past_pos, torch.arange(start, start + q.shape[0], device=q.device)])
-        out = torch.cat(
-            [
-                self._attend_block(q[a : a + QUERY_BLOCK], keys, values, key_pos, start + a)
-                for a in range(0, q.shape[0], QUERY_BLOCK)
-            ]
-        )
-        self._store(kv)
-        return out
-
-    def next_slot(self) -> torch.Tensor:
-        """Take the slot of the next position (the oldest ring slot once the window is full): its [2, kv_heads,
-        d] view, for the caller to fill."""
-        pos = self.length
-        if self.window is None:
-            self._grow(pos + 1)
-            slot = pos
-        else:
-            slot = pos if pos < self.sinks else self.sinks + (pos - self.sinks) % self.window
-        self.length += 1
-        return self.kv[slot]
-
-    def _attend_block(self, q, keys, values, key_pos, first_pos: int) -> torch.Tensor:
-        q_pos = torch.arange(first_pos, first_pos + q.shape[0], device=q.device)
-        end = int(torch.searchsorted(key_pos, first_pos + q.shape[0]))
-        start = 0 if self.window is None else int(torch.searchsorted(key_pos, first_pos - self.window + 1))
-        sink_count = min(int(torch.searchsorted(key_pos, self.sinks)), start)
-        if sink_count in (0, start):  # the visible keys are one contiguous run
-            lo = 0 if sink_count else start
-            keys, values, key_pos = keys[:, lo:end], values[:, lo:end], key_pos[lo:end]
-        else:
-            keep = torch.cat([torch.arange(sink_count), torch.arange(start, end)]).to(q.device)
-            keys, values, key_pos = keys[:, keep], values[:, keep], key_pos[keep]
-        return _sdpa(q, keys, values, visible(q_pos, key_pos, self.window, self.sinks))
-
-    def _ordered(self):
-        """Held keys/values [m, 2, kv_heads, d] sorted by position, with their positions."""
-        device = self.kv.device
-        if self.window is None:
-            return self.kv[: self.length], torch.arange(self.length, device=device)
-        sink_pos = torch.arange(min(self.length, self.sinks), device=device)
-        ring_start = min(max(self.sinks, self.length - self.window), self.length)
-        ring_pos = torch.arange(ring_start, self.length, device=device)
-        pos = torch.cat([sink_pos, ring_pos])
-        return self.kv[self._slots(pos)], pos
-
-    def _slots(self, pos: torch.Tensor) -> torch.Tensor:
-        if self.window is None:
-            return pos
-        return torch.where(pos < self.sinks, pos, self.sinks + (pos - self.sinks) % self.window)
-
-    def _store(self, kv: torch.Tensor) -> None:
-        """Write kv [n, 2, kv_heads, d] for positions length..length+n-1, dropping what falls out of the window."""
-        n = kv.shape[0]
-        pos = torch.arange(self.length, self.length + n, device=kv.device)
-        if self.window is None:
-            self._grow(self.length + n)
-        else:
-            kept = (pos < self.sinks) | (pos >= self.length + n - self.window)
-            pos, kv = pos[kept], kv[kept]
-        self.kv[self._slots(pos)] = kv
-        self.length += n
-
-    def _grow(self, needed: int) -> None:
-        if needed <= self.kv.shape[0]:
-            return
-        new = self.kv.new_empty(max(needed, 2 * self.kv.shape[0], 16), *self.kv.shape[1:])
-        new[: self.length] = self.kv[: self.length]
-        self.kv = new
+Run = tuple[int, int]  # (first slot, number of slots)
 
 
-class SequenceCache:
-    """The KV cache of one sequence across all layers."""
+class KvPool:
+    """Every layer's keys and values: `keys[layer]`, `values[layer]` [kv_heads, num_slots, head_dim]. Memory is
+    reserved, not touched: on the CPU a page counts once a block on it is written."""
 
-    def __init__(self, layers: list[LayerCache]):
-        self.layers = layers
-
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
-
-    @property
-    def tokens_held(self) -> int:
-        return max(layer.held for layer in self.layers)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(layer.nbytes for layer in self.layers)
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, num_slots: int, dtype, device):
+        self.num_slots = num_slots
+        self.keys = [
+            torch.empty(kv_heads, num_slots, head_dim, dtype=dtype, device=device) for _ in range(num_layers)
+        ]
+        self.values = [torch.empty_like(k) for k in self.keys]
 
 
-def attend_decode(caches: list[LayerCache], q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-    """One new token per cache, all at once: q [B, heads, d], kv [B, 2, kv_heads, d] -> output [B, heads, d]."""
-    torch._foreach_copy_([cache.next_slot() for cache in caches], list(kv.unbind(0)))
-    held = [cache.held for cache in caches]
-    padded = pad_sequence([cache.kv[:n] for cache, n in zip(caches, held, strict=True)], batch_first=True)
-    keys, values = padded.permute(2, 0, 3, 1, 4).unbind(0)  # [B, kv_heads, max(held), d] each
-    mask = None
-    if min(held) < padded.shape[1]:
-        lengths = torch.tensor(held, device=q.device)
-        mask = (torch.arange(padded.shape[1], device=q.device) < lengths[:, None])[:, None, None]
-    b, heads, d = q.shape
-    kv_heads = keys.shape[1]
-    # Grouped-query attention as in _sdpa: the query heads sharing a kv head are its extra query rows.
-    out = F.scaled_dot_product_attention(
-        q.view(b, kv_heads, heads // kv_heads, d), keys, values, attn_mask=mask
+@dataclass(frozen=True)
+class Decode:
+    """One query (row `row`) against the keys in `runs`, in position order."""
+
+    row: int
+    runs: tuple[Run, ...]
+
+
+@dataclass(frozen=True)
+class QueryBlock:
+    """Queries [first, first + count) of a prefill item against the keys at `slots` (a run, or a gather index),
+    under `mask` [group * count, keys] (None: every key is visible to every query)."""
+
+    first: int
+    count: int
+    slots: Run | torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Prefill:
+    row: int  # its first row in the step
+    count: int
+    blocks: tuple[QueryBlock, ...]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one step writes (`write_slots`, one per new token, in row order) and, per layer, what each item
+    reads (layers with the same window share their list)."""
+
+    write_slots: torch.Tensor
+    layers: list[list[Decode | Prefill]]
+
+
+@dataclass(frozen=True)
+class ItemKv:
+    """One batch item as the cache sees it: its block table, its first new position, its new token count."""
+
+    block_table: list[int]
+    start: int
+    count: int
+
+
+def plan_step(
+    items: list[ItemKv],
+    block_size: int,
+    layer_windows: tuple[int | None, ...],
+    sinks: int,
+    group: int,
+    device,
+) -> StepPlan:
+    write = []
+    for item in items:
+        write += _slots(item.block_table, block_size, item.start, item.start + item.count)
+    by_window: dict[int | None, list[Decode | Prefill]] = {}
+    for window in layer_windows:
+        if window not in by_window:
+            by_window[window] = _plan_reads(items, block_size, window, sinks if window else 0, group, device)
+    return StepPlan(
+        torch.tensor(write, dtype=torch.int64, device=device), [by_window[window] for window in layer_windows]
     )
-    return out.view(b, heads, d)
+
+
+def _plan_reads(items, block_size, window, sinks, group, device) -> list[Decode | Prefill]:
+    reads: list[Decode | Prefill] = []
+    row = 0
+    for item in items:
+        if item.count == 1:
+            ranges = visible_ranges(item.start, item.start + 1, window, sinks)
+            reads.append(Decode(row, tuple(_runs(item.block_table, block_size, ranges))))
+        else:
+            blocks = []
+            for a in range(item.start, item.start + item.count, QUERY_BLOCK):
+                n = min(QUERY_BLOCK, item.start + item.count - a)
+                ranges = visible_ranges(a, a + n, window, sinks)
+                runs = _runs(item.block_table, block_size, ranges)
+                slots = runs[0] if len(runs) == 1 else _gather_index(runs, device)
+                key_pos = torch.cat([torch.arange(lo, hi) for lo, hi in ranges])
+                mask = None
+                if n > 1:
+                    mask = visible(torch.arange(a, a + n), key_pos, window, sinks).repeat(group, 1).to(device)
+                blocks.append(QueryBlock(a - item.start, n, slots, mask))
+            reads.append(Prefill(row, item.count, tuple(blocks)))
+        row += item.count
+    return reads
+
+
+def visible_ranges(first: int, end: int, window: int | None, sinks: int) -> list[tuple[int, int]]:
+    """The key positions queries first..end-1 see together, as disjoint [lo, hi) ranges in order."""
+    if window is None:
+        return [(0, end)]
+    lo = max(0, first - window + 1)
+    if lo <= sinks:
+        return [(0, end)]
+    return [(0, sinks), (lo, end)] if sinks else [(lo, end)]
+
+
+def _runs(table: list[int], block_size: int, ranges: list[tuple[int, int]]) -> list[Run]:
+    runs: list[list[int]] = []
+    for lo, hi in ranges:
+        position = lo
+        while position < hi:
+            index, offset = divmod(position, block_size)
+            take = min(block_size - offset, hi - position)
+            slot = table[index] * block_size + offset
+            if runs and runs[-1][0] + runs[-1][1] == slot:
+                runs[-1][1] += take
+            else:
+                runs.append([slot, take])
+            position += take
+    return [(start, count) for start, count in runs]
+
+
+def _slots(table: list[int], block_size: int, lo: int, hi: int) -> list[int]:
+    return [table[p // block_size] * block_size + p % block_size for p in range(lo, hi)]
+
+
+def _gather_index(runs: list[Run], device) -> torch.Tensor:
+    return torch.cat([torch.arange(start, start + count) for start, count in runs]).to(device)
+
+
+def attend(
+    pool: KvPool, layer: int, plan: StepPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """q [T, heads, d], k/v [T, kv_heads, d] for the step's new tokens -> output [T, heads, d]; stores k/v."""
+    keys, values = pool.keys[layer], pool.values[layer]
+    keys.index_copy_(1, plan.write_slots, k.transpose(0, 1))
+    values.index_copy_(1, plan.write_slots, v.transpose(0, 1))
+    kv_heads, d = keys.shape[0], keys.shape[2]
+    group = q.shape[1] // kv_heads
+    scaled = q * (1.0 / math.sqrt(d))
+    outputs = []
+    for read in plan.layers[layer]:
+        if isinstance(read, Decode):
+            outputs.append(_decode(scaled[read.row].view(kv_heads, group, d), keys, values, read.runs))
+            continue
+        for block in read.blocks:
+            first = read.row + block.first
+            if isinstance(block.slots, tuple):
+                start, count = block.slots
+                k_blk, v_blk = keys[:, start : start + count], values[:, start : start + count]
+            else:
+                k_blk, v_blk = keys.index_select(1, block.slots), values.index_select(1, block.slots)
+            outputs.append(_sdpa(q[first : first + block.count], k_blk, v_blk, block.mask))
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, runs: tuple[Run, ...]) -> torch.Tensor:
+    """q [kv_heads, group, d] (pre-scaled) against the keys in `runs` -> [1, heads, d]. Plain matmuls: for one
+    query they cost less than SDPA's kernel set-up, and several runs share one softmax."""
+    if len(runs) == 1:
+        start, count = runs[0]
+        scores = torch.bmm(q, keys[:, start : start + count].transpose(1, 2))
+        out = torch.bmm(_softmax(scores, values.dtype), values[:, start : start + count])
+    else:
+        scores = torch.cat([torch.bmm(q, keys[:, s : s + n].transpose(1, 2)) for s, n in runs], dim=-1)
+        probs = _softmax(scores, values.dtype)
+        out, offset = None, 0
+        for start, count in runs:
+            part = torch.bmm(probs[..., offset : offset + count], values[:, start : start + count])
+            out = part if out is None else out.add_(part)
+            offset += count
+    return out.view(1, -1, q.shape[-1])
+
+
+def _softmax(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if scores.dtype == torch.float32:
+        return torch.softmax(scores, dim=-1)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, sinks: int) -> torch.Tensor:
@@ -167,20 +224,11 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, sinks:
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """q [n, heads, d]; k/v [kv_heads, keys, d]. Grouped-query attention without repeating k/v: the query
-    heads sharing a kv head are laid out as extra query rows of that head."""
+    """q [n, heads, d]; k/v [kv_heads, keys, d]; mask [group * n, keys] or None. Grouped-query attention
+    without repeating k/v: the query heads sharing a kv head are laid out as extra query rows of that head."""
     n, heads, d = q.shape
     kv_heads = k.shape[0]
     group = heads // kv_heads
-    if n == 1:  # decode: the query heads of one kv head are already adjacent rows
-        return F.scaled_dot_product_attention(q.view(kv_heads, group, d), k, v).view(1, heads, d)
     q = q.view(n, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * n, d)
-    if mask is not None:
-        mask = mask.repeat(group, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.view(kv_heads, group, n, d).permute(2, 0, 1, 3).reshape(n, heads, d)
-
-
-def _split(kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """kv [m, 2, kv_heads, d] -> keys, values [kv_heads, m, d] each (views)."""
-    return kv[:, 0].transpose(0, 1), kv[:, 1].transpose(0, 1)

@@ -2,20 +2,19 @@
 
 The model works on a flat batch: the new tokens of every sequence laid end to end ([T] ids with their
 positions), so prefill chunks and decode steps of different lengths run as one set of matmuls. Attention
-runs the decode items (one new token each) of a step as one padded batch over their caches, and each prefill
-chunk on its own against its cache.
+reads and writes the paged KV cache as the step's plan says (`attention.plan_step`): each sequence against its
+own keys, where they lie.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from moe_runtime.model.attention import SequenceCache, attend_decode
+from moe_runtime.model.attention import KvPool, StepPlan, attend
 from moe_runtime.model.config import ModelConfig
 from moe_runtime.model.lora.batch import LayerBatch, LoraBatch
 from moe_runtime.model.moe import DenseMLP, SparseMoE, dense_mlp, sparse_moe
@@ -78,23 +77,23 @@ def forward(
     config: ModelConfig,
     tokens: torch.Tensor,
     positions: torch.Tensor,
-    batch: list[tuple[SequenceCache, int]],
+    pool: KvPool,
+    plan: StepPlan,
     expert_counts: torch.Tensor | None = None,
     layer_outputs: list[torch.Tensor] | None = None,
     lora: LoraBatch | None = None,
 ) -> torch.Tensor:
-    """Run the new tokens of each (cache, count) in `batch` (laid end to end in `tokens`) through the decoder,
-    appending their keys/values to the caches. Returns the final-normed hidden states [T, D].
+    """Run the new tokens of a step (every sequence's laid end to end in `tokens`) through the decoder, writing
+    their keys/values into `pool` where `plan` says. Returns the final-normed hidden states [T, D].
     Adds tokens per expert into `expert_counts` [layers, experts]; appends each layer's output to `layer_outputs`;
     `lora` says which rows use which adapter (None: every row runs the base model alone)."""
     dtype = weights.final_norm.dtype
     x = embed(tokens, weights.embed, dtype)
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, dtype)
     for index, layer in enumerate(weights.layers):
-        caches = [(cache.layers[index], count) for cache, count in batch]
         layer_lora = lora.layer(index) if lora is not None else None
         h = rms_norm(x, layer.input_norm, config.rms_norm_eps)
-        x = x + attention(layer.attention, config, h, cos, sin, caches, layer_lora)
+        x = x + attention(layer.attention, config, h, cos, sin, pool, index, plan, layer_lora)
         h = rms_norm(x, layer.post_attention_norm, config.rms_norm_eps)
         if isinstance(layer.mlp, SparseMoE):
             out, counts = sparse_moe(layer.mlp, h, layer_lora)
@@ -109,8 +108,9 @@ def forward(
 
 
 def attention(
-    attn: Attention, config: ModelConfig, x, cos, sin, caches, lora: LayerBatch | None = None
-) -> torch.Tensor:
+    attn: Attention, config: ModelConfig, x, cos, sin, pool: KvPool, index: int, plan: StepPlan,
+    lora: LayerBatch | None = None,
+) -> torch.Tensor:  # fmt: skip
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
     qkv = linear(x, attn.qkv, attn.qkv_bias)
     if lora is not None:
@@ -120,34 +120,11 @@ def attention(
     if attn.qk_norm is not None:
         qk = rms_norm(qk, attn.qk_norm, config.rms_norm_eps)
     q, k = apply_rope(qk, cos, sin).split([heads, kv_heads], dim=1)
-    out = attend(caches, q, k, v).reshape(-1, heads * head_dim)
+    out = attend(pool, index, plan, q, k, v).reshape(-1, heads * head_dim)
     projected = linear(out, attn.o, attn.o_bias)
     if lora is not None:
         lora.add("o", projected, out)
     return projected
-
-
-def attend(caches, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Each (cache, count) item's rows of q/k/v [T, heads or kv_heads, d] against its own cache -> [T, heads, d]."""
-    counts = [count for _, count in caches]
-    if len(caches) > 1 and max(counts) == 1:
-        return attend_decode([cache for cache, _ in caches], q, torch.stack([k, v], dim=1))
-    starts = list(itertools.accumulate(counts, initial=0))[:-1]
-    decode = [i for i, count in enumerate(counts) if count == 1]
-    if len(decode) < 2:
-        outputs = [
-            cache.attend(q[a : a + n], k[a : a + n], v[a : a + n])
-            for (cache, n), a in zip(caches, starts, strict=True)
-        ]
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-    out = torch.empty_like(q)
-    for (cache, n), a in zip(caches, starts, strict=True):
-        if n > 1:
-            out[a : a + n] = cache.attend(q[a : a + n], k[a : a + n], v[a : a + n])
-    rows = torch.tensor([starts[i] for i in decode], device=q.device)
-    kv = torch.stack([k[rows], v[rows]], dim=1)
-    out[rows] = attend_decode([caches[i][0] for i in decode], q[rows], kv)
-    return out
 
 
 def logits(weights: Weights, hidden: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,10 @@
 
 Sparse dispatch sorts the (token, expert) pairs by expert and runs each expert that was chosen once, over
 exactly the tokens that chose it; experts nobody chose cost nothing. Expert weights are stacked per layer:
-gate+up as [E, 2I, D], down as [E, D, I].
+gate+up as [E, 2I, D], down as [E, D, I]. The per-expert work is only the two matmuls, each writing its rows
+of one buffer; gathering the tokens, the activation, the routing weights and adding the pairs back to their
+tokens run once for all experts (on a CPU the ops per expert cost more than their arithmetic at decode sizes:
+2x faster than an expert-by-expert loop at 16 tokens, 16 experts, top-4; 1.4x at 154 tokens).
 """
 
 from __future__ import annotations
@@ -75,11 +78,12 @@ def sparse_moe(
     experts = experts.flatten()
     counts = torch.bincount(experts, minlength=num_experts)
     if lora is not None and lora.routed:
-        out = _sorted_with_lora(moe, x, weights, experts, lora)
+        order, group_counts = lora.sort_routed(experts, moe.top_k, num_experts)
+        out = _grouped(moe, x, weights, order, [sum(c) for c in group_counts], lora, group_counts)
     elif x.shape[0] == 1:
         out = _one_token(moe, x, weights, experts)
     else:
-        out = _sorted(moe, x, weights, experts, counts)
+        out = _grouped(moe, x, weights, torch.argsort(experts, stable=True), counts.tolist())
     if moe.shared is not None:
         out += torch.sigmoid(F.linear(x, moe.shared_gate)) * dense_mlp(moe.shared, x, lora, "shared")
     return out, counts
@@ -94,36 +98,38 @@ def _one_token(moe: SparseMoE, x: torch.Tensor, weights: torch.Tensor, experts: 
     return out
 
 
-def _sorted(moe: SparseMoE, x, weights, experts, counts) -> torch.Tensor:
-    """Each chosen expert once, over the tokens that chose it."""
-    order = torch.argsort(experts, stable=True)
-    out = torch.zeros_like(x)
+def _grouped(
+    moe: SparseMoE, x, weights, order, counts: list[int], lora: LayerBatch | None = None, group_counts=None
+) -> torch.Tensor:
+    """The (token, slot) pairs in `order` (grouped by expert: `counts[e]` of them for expert e, and with `lora`
+    by adapter segment inside each expert: `group_counts[e]`), each expert's rows through its two matmuls (and
+    its adapters' updates of exactly their rows), then added back to their tokens, weighted."""
+    tokens = order // moe.top_k
+    rows = x[tokens]
+    inter = moe.down.shape[-1]
+    hidden = x.new_empty(rows.shape[0], 2 * inter)
+    spans = []
     start = 0
-    for expert, count in enumerate(counts.tolist()):
-        if count == 0:
-            continue
-        pairs = order[start : start + count]
-        start += count
-        tokens = pairs // moe.top_k
-        y = swiglu(x[tokens], moe.gate_up[expert], moe.down[expert]) * weights[pairs, None]
-        out.index_add_(0, tokens, y)
-    return out
+    for expert, count in enumerate(counts):
+        if count:
+            spans.append((expert, start, start + count))
+            start += count
+    for expert, a, b in spans:
+        _linear_into(hidden[a:b], rows[a:b], moe.gate_up[expert])
+        if lora is not None and (parts := lora.expert_parts(expert, group_counts[expert])[0]):
+            add_lora(hidden[a:b], rows[a:b], parts)
+    act = F.silu(hidden[:, :inter]) * hidden[:, inter:]
+    out = x.new_empty(rows.shape)
+    for expert, a, b in spans:
+        _linear_into(out[a:b], act[a:b], moe.down[expert])
+        if lora is not None and (parts := lora.expert_parts(expert, group_counts[expert])[1]):
+            add_lora(out[a:b], act[a:b], parts)
+    out *= weights[order, None]
+    return torch.zeros_like(x).index_add_(0, tokens, out)
 
 
-def _sorted_with_lora(moe: SparseMoE, x, weights, experts, lora: LayerBatch) -> torch.Tensor:
-    """As _sorted, with each expert's tokens grouped by adapter: every (adapter, expert) update runs once,
-    over exactly that adapter's tokens routed to that expert."""
-    order, group_counts = lora.sort_routed(experts, moe.top_k, moe.router.shape[0])
-    out = torch.zeros_like(x)
-    start = 0
-    for expert, segment_counts in enumerate(group_counts):
-        count = sum(segment_counts)
-        if count == 0:
-            continue
-        pairs = order[start : start + count]
-        start += count
-        tokens = pairs // moe.top_k
-        gate_up, down = lora.expert_parts(expert, segment_counts)
-        y = swiglu(x[tokens], moe.gate_up[expert], moe.down[expert], gate_up, down) * weights[pairs, None]
-        out.index_add_(0, tokens, y)
-    return out
+def _linear_into(out: torch.Tensor, x: torch.Tensor, w: Weight) -> None:
+    if isinstance(w, torch.Tensor):
+        torch.mm(x, w.t(), out=out)
+    else:
+        out.copy_(linear(x, w))

@@ -15,7 +15,7 @@ flag has vLLM's name; the older names still work.
 | --max-num-seqs, --max-batch-seqs | MOE_RUNTIME_MAX_BATCH_SEQS | 32 | sequences running at once (1 = no batching) |
 | --max-num-batched-tokens, --max-batch-tokens | MOE_RUNTIME_MAX_BATCH_TOKENS | 8192 on CUDA, 512 on CPU | tokens per engine step (decodes + prefill chunks) |
 | --prefill-chunk | MOE_RUNTIME_PREFILL_CHUNK | 512 | most prompt tokens of one sequence per step |
-| --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware` or `fcfs` |
+| --schedule-policy | MOE_RUNTIME_SCHEDULE_POLICY | length_aware | `length_aware`, `fcfs`, or `static` (static batching: a batch runs to its end before the next starts; a baseline to measure against) |
 | --aging-tokens-per-s | MOE_RUNTIME_AGING_TOKENS_PER_S | 64.0 | length_aware: priority a waiting second earns |
 | --request-timeout | MOE_RUNTIME_REQUEST_TIMEOUT | 300.0 | seconds from arrival to last token (0: none) |
 | --engine-stall-timeout | MOE_RUNTIME_ENGINE_STALL_TIMEOUT | 300.0 | seconds one engine step may run before /health and /ready answer 503 and the liveness probe restarts the pod (0: never) |
@@ -29,6 +29,8 @@ flag has vLLM's name; the older names still work.
 | --gpu-memory-utilization | MOE_RUNTIME_GPU_MEMORY_UTILIZATION | 0.9 | CUDA: fraction of the device's memory to use; the KV cache gets what weights and activations leave |
 | --kv-cache-memory-bytes | MOE_RUNTIME_KV_CACHE_MEMORY_BYTES | CUDA: from --gpu-memory-utilization; CPU: half the available memory, at most 4 GiB | KV cache bytes |
 | --max-kv-tokens | MOE_RUNTIME_MAX_KV_TOKENS | sized from memory | KV cache tokens over all sequences (overrides the byte sizing) |
+| --block-size | MOE_RUNTIME_BLOCK_SIZE | 16 | tokens per KV cache block: a sequence holds whole blocks, and prefix caching shares full ones |
+| --enable-prefix-caching, --no-enable-prefix-caching | MOE_RUNTIME_ENABLE_PREFIX_CACHING | on | a prompt starting with the full KV cache blocks of an earlier one takes them instead of computing them (off for windowed attention); the variable takes true/false |
 | --max-request-bytes | MOE_RUNTIME_MAX_REQUEST_BYTES | 4194304 | largest request body (413 above) |
 | --max-prompt-chars | MOE_RUNTIME_MAX_PROMPT_CHARS | 1048576 | longest prompt text, or all messages together |
 | --max-messages | MOE_RUNTIME_MAX_MESSAGES | 2048 | most messages in a chat request |
@@ -104,10 +106,12 @@ CUDA_TOKEN_BUDGET = 8192  # vLLM's default max-num-batched-tokens
 CPU_TOKEN_BUDGET = 512
 
 
-def kv_tokens_per_sequence(engine) -> int | None:
-    """The most KV cache one sequence can hold: window + global tokens when every layer is windowed."""
-    windows = engine.layer_windows
-    return None if None in windows else max(windows) + engine.global_tokens
+def kv_tokens_per_sequence(engine, prefill_chunk: int) -> int | None:
+    """The most KV cache one sequence can hold when every layer is windowed (its sink blocks, and the window
+    behind a prefill chunk and the chunk, in whole blocks); None when it grows with the sequence."""
+    if engine.window is None:
+        return None
+    return engine.blocks.blocks_for(engine.max_context, prefill_chunk) * engine.block_size
 
 
 def resolve_token_budget(args: argparse.Namespace, engine) -> int:
@@ -128,7 +132,8 @@ def scheduler_config(args: argparse.Namespace, engine) -> SchedulerConfig:
         policy=Policy(args.schedule_policy),
         aging_tokens_per_s=args.aging_tokens_per_s,
         kv_capacity_tokens=engine.max_kv_tokens,
-        kv_tokens_per_sequence=kv_tokens_per_sequence(engine),
+        kv_tokens_per_sequence=kv_tokens_per_sequence(engine, args.prefill_chunk),
+        block_size=engine.block_size,
     )
 
 
@@ -138,9 +143,10 @@ def limits(args: argparse.Namespace, engine) -> Limits:
         vocab_size=engine.config.vocab_size,
         default_max_tokens=args.default_max_tokens,
         kv_capacity_tokens=engine.max_kv_tokens,
-        kv_tokens_per_sequence=kv_tokens_per_sequence(engine),
+        kv_tokens_per_sequence=kv_tokens_per_sequence(engine, args.prefill_chunk),
         request=request_limits(args),
         max_sequences=args.max_queue,
+        block_size=engine.block_size,
     )
 
 
@@ -157,6 +163,8 @@ def load_engine(args: argparse.Namespace):
         window=args.window,
         global_tokens=args.global_tokens,
         max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        prefix_caching=args.enable_prefix_caching,
     )
     # The first forward passes pay for lazy initialisation (seconds on CPU): pay it before /ready says 200.
     engine.generate([[0, 0]], SamplingParams(max_tokens=2))
@@ -166,7 +174,7 @@ def load_engine(args: argparse.Namespace):
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         gpu_memory_utilization=args.gpu_memory_utilization,
         step_tokens=resolve_token_budget(args, engine),
-        tokens_per_sequence=kv_tokens_per_sequence(engine),
+        tokens_per_sequence=kv_tokens_per_sequence(engine, args.prefill_chunk),
     )
     engine.take_expert_token_counts()
     engine.max_lora_rank = args.max_lora_rank

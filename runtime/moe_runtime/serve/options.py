@@ -27,12 +27,25 @@ class Option:
     dest_name: str | None = None  # the attribute, when not the first flag's name (kept for older callers)
     # repeatable, each flag taking one value or more (a list); the variable's whole value goes to `parse_all`
     parse_all: Callable[[str], list] | None = None
+    switch: bool = (
+        False  # on/off: --flag and --no-flag (vLLM's BooleanOptionalAction); the variable true/false
+    )
+
+    @property
+    def all_flags(self) -> tuple[str, ...]:
+        return (
+            (*self.flags, *(f"--no-{f.removeprefix('--')}" for f in self.flags))
+            if self.switch
+            else self.flags
+        )
 
     @property
     def dest(self) -> str:
         return self.dest_name or self.flags[0].removeprefix("--").replace("-", "_")
 
     def shown_default(self) -> str:
+        if self.switch:
+            return "on" if self.default else "off"
         return self.default_text if self.default is None else str(self.default)
 
 
@@ -69,6 +82,15 @@ def _lora_module(text: str):
         return parse_lora_module(text)
     except SourceError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
 
 
 def _faults(text: str) -> FaultSpec:
@@ -137,6 +159,11 @@ OPTIONS = (
     Option(("--max-kv-tokens",), "MOE_RUNTIME_MAX_KV_TOKENS", _positive_int,
            help="KV cache tokens over all sequences (overrides the byte sizing); a request starts only when "
            "its prompt + max_tokens fits beside the running ones", default_text="sized from memory"),
+    Option(("--block-size",), "MOE_RUNTIME_BLOCK_SIZE", _positive_int, 16,
+           "tokens per KV cache block: a sequence holds whole blocks, and prefix caching shares full ones"),
+    Option(("--enable-prefix-caching",), "MOE_RUNTIME_ENABLE_PREFIX_CACHING", _switch, True,
+           "a prompt that starts with the full KV cache blocks of an earlier one takes them instead of "
+           "computing them again (off for windowed attention, whose early blocks are gone)", switch=True),
     Option(("--max-request-bytes",), "MOE_RUNTIME_MAX_REQUEST_BYTES", _positive_int, LIMITS.max_request_bytes,
            "largest request body (413 above)"),
     Option(("--max-prompt-chars",), "MOE_RUNTIME_MAX_PROMPT_CHARS", _positive_int, LIMITS.max_prompt_chars,
@@ -192,6 +219,15 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespac
         "a flag wins over the variable, an empty variable counts as unset.",
     )
     for option in OPTIONS:
+        if option.switch:
+            parser.add_argument(
+                *option.flags,
+                dest=option.dest,
+                action=argparse.BooleanOptionalAction,
+                default=_switch_default(parser, option, environ),
+                help=f"{option.help} (default: {option.shown_default()}) [env {option.env}]",
+            )
+            continue
         # argparse runs `type` over string defaults, so values from the environment are checked like flags.
         parser.add_argument(
             *option.flags,
@@ -222,6 +258,16 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespac
     if args.max_batch_tokens is not None and args.max_batch_tokens < args.max_batch_seqs:
         parser.error("--max-num-batched-tokens must be at least --max-num-seqs")
     return args
+
+
+def _switch_default(parser: argparse.ArgumentParser, option: Option, environ: Mapping[str, str]) -> bool:
+    text = environ.get(option.env)
+    if not text:
+        return bool(option.default)
+    try:
+        return _switch(text)
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"{option.env}: {err}")
 
 
 def request_limits(args: argparse.Namespace) -> RequestLimits:

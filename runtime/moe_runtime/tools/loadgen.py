@@ -30,6 +30,7 @@ import math
 import os
 import random
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -97,6 +98,7 @@ class LoadConfig:
     model: str | None = None
     temperature: float = 1.0
     seed: int = 0
+    ignore_eos: bool = False  # every request generates exactly its max_tokens (vLLM's field)
 
     def check(self) -> None:
         """ValueError naming the setting that is out of bounds."""
@@ -190,13 +192,21 @@ class Outcome:
     ttft_s: float | None
     output_tokens: int
 
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first (vLLM's TPOT); None with fewer than two tokens."""
+        if self.ttft_s is None or self.output_tokens < 2:
+            return None
+        return (self.latency_s - self.ttft_s) / (self.output_tokens - 1)
+
 
 def percentiles(values: Sequence[float]) -> dict[str, float] | None:
-    """mean, p50/p90/p99 (linear interpolation between ranks) and max; None without values."""
+    """mean, population standard deviation, p50/p90/p99 (linear interpolation between ranks) and max; None
+    without values."""
     if not values:
         return None
     ordered = sorted(values)
-    out = {"mean": sum(ordered) / len(ordered)}
+    out = {"mean": sum(ordered) / len(ordered), "stdev": statistics.pstdev(ordered)}
     for p in PERCENTILES:
         rank = (len(ordered) - 1) * p / 100
         low, high = math.floor(rank), math.ceil(rank)
@@ -224,6 +234,7 @@ def summarize(
         "output_tokens_per_s": round(tokens / elapsed, 3),
         "latency_s": percentiles([o.latency_s for o in done]),
         "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
+        "tpot_s": percentiles([o.tpot_s for o in done if o.tpot_s is not None]),
         "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
         "errors_by_target": dict(sorted(Counter(o.url for o in outcomes if o.error is not None).items())),
     }
@@ -352,6 +363,8 @@ class LoadGenerator:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self.config.ignore_eos:
+            body["ignore_eos"] = True
         if self.config.model:
             body["model"] = self.config.model
         start = time.perf_counter()
@@ -416,6 +429,7 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
     parser.add_argument("--model", help="`model` in the requests (default: the server's)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ignore-eos", action="store_true", help="generate exactly max_tokens each time")
     args = parser.parse_args(argv)
     try:
         config = LoadConfig(
@@ -432,6 +446,7 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
             model=args.model,
             temperature=args.temperature,
             seed=args.seed,
+            ignore_eos=args.ignore_eos,
         )
         config.check()
     except ValueError as err:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from moe_runtime.engine.engine import Engine
+from moe_runtime.engine.sampling import SamplingParams
+from moe_runtime.engine.sequence import Sequence
 
 
 def greedy(engine: Engine, prompt: list[int], steps: int, adapter: str | None = None) -> list[int]:
@@ -35,3 +37,18 @@ def hf_greedy(hf_model, prompt: list[int], steps: int) -> list[int]:
 
 def prompt_ids(seed: int, length: int, vocab: int = 400) -> list[int]:
     return torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def sequence(
+    rid: str,
+    prompt: list[int],
+    max_tokens: int,
+    *,
+    arrival: float = 0.0,
+    stop_token_ids=(),
+    deadline: float | None = None,
+    adapter: str | None = None,
+) -> Sequence:
+    """A sequence as the engine thread queues it, for the scheduler's tests."""
+    params = SamplingParams(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids))
+    return Sequence(prompt, params, id=rid, arrival=arrival, deadline=deadline, adapter=adapter)

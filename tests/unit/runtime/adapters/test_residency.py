@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_runtime.adapters.residency import Demand, Residency, Status
-from moe_runtime.engine.scheduler import Request, Scheduler, SchedulerConfig
+from moe_runtime.engine.scheduler import Scheduler, SchedulerConfig
+from tests.unit.runtime.helpers import sequence
 
 
 def settle(residency: Residency, now: float = 0.0) -> None:
@@ -160,7 +161,7 @@ def test_a_request_for_a_configured_adapter_never_fails_for_lack_of_residency(
     for now in range(2000):
         while pending and pending[0][1][3] <= now:
             i, (adapter, prompt, max_tokens, _) = pending.pop(0)
-            scheduler.add(Request(f"r{i}", [1] * prompt, max_tokens, arrival=now, adapter=adapter))
+            scheduler.add(sequence(f"r{i}", [1] * prompt, max_tokens, arrival=now, adapter=adapter))
         for name in [n for n, left in loading.items() if left <= 0]:
             del loading[name]
             in_memory.add(name)
@@ -180,9 +181,9 @@ def test_a_request_for_a_configured_adapter_never_fails_for_lack_of_residency(
             loading[name] = load_steps
         assert len(in_memory) + len(loading) <= max_resident
         step = scheduler.schedule(now, plan.admissible)
-        assert all(w.request.adapter is None or w.request.adapter in in_memory for w in step.work)
+        assert all(w.seq.adapter is None or w.seq.adapter in in_memory for w in step.work)
         done = scheduler.complete(step, [7 if w.samples else None for w in step.work])
-        residency.used({w.request.adapter for w in step.work} - {None}, now)
+        residency.used({w.seq.adapter for w in step.work} - {None}, now)
         finished.update({r.id: r.finish_reason.value for r in done})
         loading = {name: left - 1 for name, left in loading.items()}
         if not pending and scheduler.idle:
@@ -208,9 +209,9 @@ def test_a_parked_adapter_gets_room_even_while_the_resident_ones_never_stop(
     in_memory: set[str] = set()
     for now in range(300):
         for name in busy:
-            scheduler.add(Request(f"{name}{now}", [1, 2], max_tokens, arrival=now, adapter=name))
+            scheduler.add(sequence(f"{name}{now}", [1, 2], max_tokens, arrival=now, adapter=name))
         if now == arrives:
-            scheduler.add(Request("c", [1, 2], max_tokens, arrival=now, adapter="c"))
+            scheduler.add(sequence("c", [1, 2], max_tokens, arrival=now, adapter="c"))
         demand = {}
         for name in "abc":
             waiting = [r.arrival for r in scheduler.waiting if r.adapter == name]
@@ -225,7 +226,7 @@ def test_a_parked_adapter_gets_room_even_while_the_resident_ones_never_stop(
         plan = residency.plan(demand, now) if plan.load else plan
         step = scheduler.schedule(now, plan.admissible)
         done = scheduler.complete(step, [7 if w.samples else None for w in step.work])
-        residency.used({w.request.adapter for w in step.work}, now)
+        residency.used({w.seq.adapter for w in step.work}, now)
         if any(r.id == "c" for r in done):
             return
     raise AssertionError("the request for c never finished")

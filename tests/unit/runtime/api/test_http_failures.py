@@ -51,10 +51,10 @@ class SilentWorker:
     def seconds_in_step(self) -> float | None:
         return self.step_running_for
 
-    def submit_all(self, sequences, timeout_s, adapter=None) -> list[GenerationStream]:
+    def submit_all(self, sequences, timeout_s) -> list[GenerationStream]:
         return [
-            GenerationStream(f"req-{next(self._ids)}", len(prompt), self.cancelled.append, self._streams)
-            for prompt, _ in sequences
+            GenerationStream(f"req-{next(self._ids)}", len(seq.prompt), self.cancelled.append, self._streams)
+            for seq in sequences
         ]
 
 
@@ -65,8 +65,8 @@ class EndingWorker(SilentWorker):
         super().__init__(metrics)
         self.reason = reason
 
-    def submit_all(self, sequences, timeout_s, adapter=None) -> list[GenerationStream]:
-        streams = super().submit_all(sequences, timeout_s, adapter)
+    def submit_all(self, sequences, timeout_s) -> list[GenerationStream]:
+        streams = super().submit_all(sequences, timeout_s)
         for stream in streams:
             asyncio.get_running_loop().call_soon(stream.put, Finished(self.reason, stream.prompt_tokens, 0))
         return streams

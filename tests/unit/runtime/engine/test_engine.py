@@ -116,16 +116,18 @@ def test_seeded_sampling_is_reproducible_and_differs_from_greedy(engines):
     assert other_seed != first[0]
 
 
-def test_kv_cache_usage_counts_live_sequences(checkpoints):
-    from moe_runtime.engine.engine import Engine
-
-    engine = Engine.load(checkpoints["qwen2_moe"], max_kv_tokens=100)
-    assert engine.kv_cache_usage() == 0
+def test_kv_cache_usage_counts_the_blocks_live_sequences_hold(checkpoints):
+    """Memory is what is held, rounded up to a block: 30 and 20 tokens take 2 blocks of 16 each."""
+    engine = Engine.load(checkpoints["qwen2_moe"], max_kv_tokens=170, block_size=16)
+    assert engine.max_kv_tokens == 160 and engine.kv_cache_usage() == 0
     a, b = engine.new_sequence(), engine.new_sequence()
     engine.forward([(a, prompt_ids(60, 30)), (b, prompt_ids(61, 20))])
+    assert engine.kv_cache_usage() == pytest.approx(0.4)
+    assert engine.sequence_bytes(a) == 32 * engine.kv_bytes_per_token()
+    engine.forward([(b, prompt_ids(62, 13))])  # 33 tokens: a third block
     assert engine.kv_cache_usage() == pytest.approx(0.5)
     engine.release(a)
-    assert engine.kv_cache_usage() == pytest.approx(0.2)
+    assert engine.kv_cache_usage() == pytest.approx(0.3)
 
 
 def test_expert_token_counts(engines):

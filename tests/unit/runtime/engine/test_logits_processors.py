@@ -54,6 +54,28 @@ def test_extreme_repetition_penalties_keep_logits_finite_and_sampling_possible(p
     assert sample_next(logits[None], [params], [make_generator(params)], [((0, 1, 2, 3), ())])[0] in range(4)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    penalty=st.floats(min_value=5e-324, max_value=1.7e308),
+    temperature=st.sampled_from([0.0, 5e-324, 1e-30, 0.7]),
+    blocked=st.sets(st.integers(0, V - 1), max_size=V - 1),
+)
+def test_penalties_never_give_nan_nor_unblock_a_token_min_tokens_blocks(penalty, temperature, blocked):
+    """Found by schemathesis (a 500): a penalty below fp32's range rounded to 0 there, and a stop token that
+    min_tokens had set to -inf and that the prompt held became -inf * 0 = nan."""
+    logits = torch.linspace(-3, 3, V)
+    params = SamplingParams(
+        max_tokens=4, min_tokens=1, stop_token_ids=tuple(blocked), repetition_penalty=penalty,
+        temperature=temperature, seed=0,
+    )  # fmt: skip
+    history = (tuple(range(V)), ())
+    processed = process(logits, params, *history)
+    assert not torch.isnan(processed).any()
+    assert all(processed[token] == -math.inf for token in blocked)
+    (token,) = sample_next(logits[None], [params], [make_generator(params)], [history])
+    assert token not in blocked
+
+
 def test_frequency_and_presence_penalties_count_generated_tokens_only():
     logits = logits_of(1, 1, 1, 1)
     params = SamplingParams(frequency_penalty=0.5, presence_penalty=0.25)

@@ -2,11 +2,13 @@
 
 import pytest
 
-from moe_runtime.engine.scheduler import FinishReason, Policy, QueueFull, Request, Scheduler, SchedulerConfig
+from moe_runtime.engine.scheduler import FinishReason, Policy, QueueFull, Scheduler, SchedulerConfig
+from moe_runtime.engine.sequence import Sequence
+from tests.unit.runtime.helpers import sequence
 
 
-def request(rid: str, prompt_len: int, arrival: float = 0.0, max_tokens: int = 4, **kw) -> Request:
-    return Request(rid, list(range(1, prompt_len + 1)), max_tokens, arrival=arrival, **kw)
+def request(rid: str, prompt_len: int, arrival: float = 0.0, max_tokens: int = 4, **kw) -> Sequence:
+    return sequence(rid, list(range(1, prompt_len + 1)), max_tokens, arrival=arrival, **kw)
 
 
 def run_step(scheduler: Scheduler, now: float = 0.0, token: int = 7):
@@ -16,7 +18,7 @@ def run_step(scheduler: Scheduler, now: float = 0.0, token: int = 7):
 
 
 def plan(step) -> dict[str, int]:
-    return {w.request.id: len(w.tokens) for w in step.work}
+    return {w.seq.id: len(w.tokens) for w in step.work}
 
 
 def test_prompt_fits_in_one_step_then_decodes_one_token_per_step():
@@ -74,7 +76,7 @@ def test_aging_lets_a_long_waiting_prompt_overtake_fresh_short_ones():
         )
         s.add(request("long", 50, arrival=0.0))
         s.add(request("short", 4, arrival=now))
-        return s.schedule(now).work[0].request.id
+        return s.schedule(now).work[0].seq.id
 
     assert first_prefill(now=1.0) == "short"  # 50 - 10 > 4
     assert first_prefill(now=9.0) == "long"  # 50 - 90 < 4
@@ -168,7 +170,7 @@ def test_engine_failure_fails_the_step_requests_only():
     s.add(request("a", 2))
     s.add(request("b", 2))
     step = s.schedule(0.0)
-    assert [r.id for r in s.fail([w.request for w in step.work])] == ["a"]
+    assert [r.id for r in s.fail([w.seq for w in step.work])] == ["a"]
     assert [r.id for r in s.waiting] == ["b"]
 
 
@@ -177,7 +179,7 @@ def test_a_request_failed_during_a_step_is_skipped_when_the_step_completes():
     s.add(request("bad", 2))
     s.add(request("good", 2, max_tokens=1))
     step = s.schedule(0.0)
-    s.fail([step.work[0].request])
+    s.fail([step.work[0].seq])
     assert [r.id for r in s.complete(step, [None, 5])] == ["good"]
     assert s.idle
 
@@ -222,7 +224,7 @@ def test_back_off_halves_the_step_and_requeued_requests_prefill_what_they_genera
     step = s.schedule(0.0)  # four decodes
     assert s.back_off(step)
     assert (s.max_running, s.token_budget) == (2, 2)
-    s.requeue([w.request for w in step.work])
+    s.requeue([w.seq for w in step.work])
     assert not s.running and len(s.waiting) == 4
     step, _ = run_step(s, token=8)
     # 2 tokens of budget for the prompt plus output [1, 2, 3, 7]
@@ -259,3 +261,24 @@ def test_a_request_whose_adapter_is_not_in_memory_is_passed_over_without_holding
     assert plan(step) == {"base": 3, "other": 3} and [r.id for r in s.waiting] == ["lora"]
     step = s.schedule(1, adapters={"chat", "sql"})
     assert "lora" in plan(step)
+
+
+def test_static_batching_runs_a_batch_to_its_end_before_the_next_starts():
+    s = Scheduler(SchedulerConfig(max_running=3, token_budget=8, prefill_chunk=4, policy=Policy.STATIC))
+    for rid, length, tokens in (("a", 6, 2), ("b", 5, 5), ("c", 1, 1), ("d", 1, 1)):
+        s.add(request(rid, length, max_tokens=tokens, arrival=0.0))
+    step, _ = run_step(s)
+    assert {r.id for r in s.running} == {"a", "b", "c"}  # the first 3 form the batch, even if not all prefill
+    assert plan(step) == {"a": 4, "b": 4}
+    s.add(request("e", 1, max_tokens=1, arrival=0.1))
+    ends = []
+    for _ in range(10):
+        step, finished = run_step(s)
+        ends += [r.id for r in finished]
+        if s.running:
+            assert {w.seq.id for w in step.work} <= {"a", "b", "c"}  # nobody joins a running batch
+        if not s.running:
+            break
+    assert sorted(ends) == ["a", "b", "c"]
+    step, _ = run_step(s)
+    assert set(plan(step)) == {"d", "e"}  # then the next batch: what waited, in arrival order

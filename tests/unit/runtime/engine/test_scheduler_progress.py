@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime.engine.scheduler import FinishReason, Policy, Request, Scheduler, SchedulerConfig
+from moe_runtime.engine.scheduler import FinishReason, Policy, Scheduler, SchedulerConfig
+from moe_runtime.engine.sequence import Sequence
+from tests.unit.runtime.helpers import sequence
 
 TICK_S = 0.25  # one step of simulated time (a power of two: priority keys compare exactly)
 STOP_TOKEN = 0
@@ -60,7 +62,7 @@ def fitting(config: SchedulerConfig, workload: list[Arrival]) -> SchedulerConfig
 
 @dataclass
 class Trace:
-    request: Request
+    request: Sequence
     arrival_step: int
     admitted_step: int | None = None
     ended_step: int | None = None
@@ -72,8 +74,8 @@ def simulate(config: SchedulerConfig, workload: list[Arrival], seed: int) -> lis
     rng = random.Random(seed)
     scheduler = Scheduler(config)
     traces = [
-        Trace(Request(f"r{i}", [1] * a.prompt_len, a.max_tokens, arrival=a.step * TICK_S,
-                      stop_token_ids=frozenset({STOP_TOKEN})), a.step)
+        Trace(sequence(f"r{i}", [1] * a.prompt_len, a.max_tokens, arrival=a.step * TICK_S,
+                       stop_token_ids=(STOP_TOKEN,)), a.step)
         for i, a in enumerate(workload)
     ]  # fmt: skip
     by_id = {t.request.id: t for t in traces}
@@ -138,10 +140,10 @@ def test_a_waiting_request_is_overtaken_only_within_the_aging_bound(config, work
 def test_a_waiting_request_that_cannot_start_does_not_stall_the_running_prefills():
     for policy in Policy:
         s = Scheduler(SchedulerConfig(max_running=2, token_budget=512, prefill_chunk=256, policy=policy))
-        s.add(Request("long-1", [1] * 3000, 8, arrival=0.0))
-        s.add(Request("long-2", [1] * 3000, 8, arrival=0.0))
+        s.add(sequence("long-1", [1] * 3000, 8, arrival=0.0))
+        s.add(sequence("long-2", [1] * 3000, 8, arrival=0.0))
         s.schedule(0.0)
-        s.add(Request("short", [1] * 10, 8, arrival=0.1))
+        s.add(sequence("short", [1] * 10, 8, arrival=0.1))
         step = s.schedule(0.2)
         assert step.num_tokens == 512, policy
-        assert {w.request.id for w in step.work} <= {"long-1", "long-2"}
+        assert {w.seq.id for w in step.work} <= {"long-1", "long-2"}

@@ -10,16 +10,12 @@ from hypothesis import strategies as st
 
 from moe_runtime.engine.sampling import SamplingParams
 from moe_runtime.engine.scheduler import FinishReason, QueueFull, SchedulerConfig
+from moe_runtime.engine.sequence import Sequence
 from moe_runtime.engine.streams import PromptLogprobs
 from moe_runtime.engine.worker import EngineFailed, EngineWorker, Finished, Tokens, unscored_span
 from moe_runtime.metrics import RuntimeMetrics
 
 VOCAB = 50
-
-
-class FakeSequence:
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
 
 
 def next_token(tokens: list[int]) -> int:
@@ -38,16 +34,11 @@ class FakeEngine:
         oom_above: int | None = None,
         release_fails: bool = False,
     ) -> None:
-        self.live: set[FakeSequence] = set()
+        self.live: dict[int, list[int]] = {}  # id(sequence) -> the tokens it was fed
         self.batch_sizes: list[int] = []
         self.fail_when_batch_has = fail_when_batch_has
         self.oom_above = oom_above
         self.release_fails = release_fails
-
-    def new_sequence(self) -> FakeSequence:
-        sequence = FakeSequence()
-        self.live.add(sequence)
-        return sequence
 
     def forward(self, batch, every_position=()):
         self.batch_sizes.append(len(batch))
@@ -55,22 +46,25 @@ class FakeEngine:
         for i, (sequence, tokens, *_) in enumerate(batch):
             if self.fail_when_batch_has in tokens:
                 raise RuntimeError("boom")
-            start = len(sequence.tokens)
-            sequence.tokens += tokens
+            fed = self.live.setdefault(id(sequence), [])
+            start = len(fed)
+            fed += tokens
+            sequence.length = len(fed)
             if self.oom_above is not None and i == self.oom_above:  # half way, as a real forward pass would
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             flagged = i < len(every_position) and every_position[i]
-            for end in range(start + 1, len(sequence.tokens) + 1) if flagged else [len(sequence.tokens)]:
-                rows.append(next_token_logits(sequence.tokens[:end]))
+            for end in range(start + 1, len(fed) + 1) if flagged else [len(fed)]:
+                rows.append(next_token_logits(fed[:end]))
         return torch.stack(rows)
 
-    def release(self, sequence: FakeSequence) -> None:
+    def release(self, sequence) -> None:
         if self.release_fails:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        self.live.remove(sequence)
+        self.live.pop(id(sequence), None)
+        sequence.length = 0
 
     def kv_cache_usage(self) -> float:
-        return sum(len(s.tokens) for s in self.live) / 10_000
+        return sum(len(tokens) for tokens in self.live.values()) / 10_000
 
     def take_expert_token_counts(self) -> torch.Tensor:
         return torch.ones(2, 3, dtype=torch.int64)
@@ -315,10 +309,11 @@ def test_the_sequences_of_one_request_are_queued_together_or_not_at_all():
 
     async def body(worker):
         with pytest.raises(QueueFull):
-            worker.submit_all([([1], SamplingParams(max_tokens=2))] * 3, None)
+            worker.submit_all([Sequence([1], SamplingParams(max_tokens=2)) for _ in range(3)], None)
         assert worker.idle  # nothing of it was queued
         streams = worker.submit_all(
-            [([1], SamplingParams(max_tokens=2)), ([2, 3], SamplingParams(max_tokens=2))], None
+            [Sequence([1], SamplingParams(max_tokens=2)), Sequence([2, 3], SamplingParams(max_tokens=2))],
+            None,
         )
         return await asyncio.gather(*(collect(s) for s in streams))
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from moe_runtime.engine.blocks import NO_BLOCK, BlockManager, KvState, Window
 from moe_runtime.engine.engine import Engine
 from moe_runtime.model import attention
-from moe_runtime.model.attention import LayerCache
+from moe_runtime.model.attention import ItemKv, KvPool, plan_step
 from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 from tests.unit.runtime.helpers import greedy, hf_greedy, prompt_ids
 
@@ -30,35 +34,97 @@ def reference_attention(q, k, v, window, sinks):
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
 
 
-@pytest.mark.parametrize(("window", "sinks"), [(None, 0), (8, 0), (8, 3), (5, 7)])
-@pytest.mark.parametrize("chunks", [[50], [1] * 50, [3, 1, 9, 1, 1, 20, 2, 1, 13]])
-def test_layer_cache_matches_dense_mask_reference(monkeypatch, window, sinks, chunks):
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # several query blocks even in short chunks
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (
-        torch.randn(50, 4, 16, generator=g),
-        torch.randn(50, 2, 16, generator=g),
-        torch.randn(50, 2, 16, generator=g),
+def run_paged(sequences, chunks_per_step, window, sinks, block_size, num_blocks):
+    """Feeds each sequence's q/k/v [T, heads or kv_heads, d] through the paged cache: at step s sequence i gets
+    its next chunks_per_step[s][i] tokens (0: not in this step), all of a step's items in one batch, with blocks
+    placed by the block manager (scattered by a warm-up of other sequences) -> each sequence's outputs."""
+    layer_windows = (window,)
+    manager = BlockManager(num_blocks, block_size, window=Window(window, sinks) if window else None)
+    filler = [KvState() for _ in range(7)]  # occupy and free blocks so that tables are not one run
+    for i, state in enumerate(filler):
+        manager.grow(state, (i % 3 + 1) * block_size)
+    for state in filler[::2]:
+        manager.free(state)
+    pool = KvPool(1, 2, 16, num_blocks * block_size, torch.float32, "cpu")
+    states = [KvState() for _ in sequences]
+    outputs = [[] for _ in sequences]
+    for counts in chunks_per_step:
+        items = []
+        for i, n in enumerate(counts):
+            n = min(n, len(sequences[i][0]) - states[i].length)
+            if n:
+                manager.grow(states[i], states[i].length + n)
+                items.append((i, ItemKv(states[i].block_table, states[i].length, n)))
+        if not items:
+            continue
+        plan = plan_step([item for _, item in items], block_size, layer_windows, sinks, 2, "cpu")
+        cat = [
+            torch.cat([sequences[i][part][kv.start : kv.start + kv.count] for i, kv in items])
+            for part in range(3)
+        ]
+        out = attention.attend(pool, 0, plan, *cat)
+        row = 0
+        for i, kv in items:
+            outputs[i].append(out[row : row + kv.count])
+            states[i].length += kv.count
+            row += kv.count
+    return [torch.cat(o) for o in outputs], states, manager
+
+
+def random_qkv(length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(length, 4, 16, generator=g),
+        torch.randn(length, 2, 16, generator=g),
+        torch.randn(length, 2, 16, generator=g),
     )
-    expected = reference_attention(q, k, v, window, sinks)
-    cache = LayerCache(2, 16, window, sinks, torch.float32, "cpu")
-    outputs, start = [], 0
-    for n in chunks:
-        outputs.append(cache.attend(q[start : start + n], k[start : start + n], v[start : start + n]))
-        start += n
-    torch.testing.assert_close(torch.cat(outputs), expected, atol=1e-5, rtol=0)
 
 
-def test_windowed_cache_stops_growing():
-    cache = LayerCache(2, 16, 8, 3, torch.float32, "cpu")
-    sizes = []
-    for _ in range(40):
-        cache.attend(torch.randn(1, 4, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 16))
-        sizes.append((cache.nbytes, cache.held))
-    assert sizes[10] == sizes[-1] == (2 * 2 * (8 + 3) * 16 * 4, 11)
-    full = LayerCache(2, 16, None, 0, torch.float32, "cpu")
-    full.attend(torch.randn(40, 4, 16), torch.randn(40, 2, 16), torch.randn(40, 2, 16))
-    assert full.held == 40 and full.nbytes > sizes[-1][0]
+@pytest.mark.parametrize(("window", "sinks"), [(None, 0), (8, 0), (8, 3), (5, 7), (20, 2)])
+@pytest.mark.parametrize("chunks", [[50], [1] * 50, [3, 1, 9, 1, 1, 20, 2, 1, 13]])
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_paged_attention_matches_dense_mask_reference(monkeypatch, window, sinks, chunks, block_size):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # several query blocks even in short chunks
+    qkv = random_qkv(50, 0)
+    (out,), _, _ = run_paged([qkv], [[n] for n in chunks], window, sinks, block_size, 200)
+    torch.testing.assert_close(out, reference_attention(*qkv, window, sinks), atol=1e-5, rtol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=5),
+    window=st.sampled_from([None, 3, 8, 17]),
+    sinks=st.integers(0, 5),
+    block_size=st.sampled_from([1, 2, 4, 8]),
+    seed=st.integers(0, 1000),
+)
+def test_a_mixed_batch_gives_each_sequence_the_attention_it_gets_alone(
+    lengths, window, sinks, block_size, seed
+):
+    """Prefill chunks and decodes of several sequences share steps; whatever blocks each lands in, each
+    sequence's outputs equal the dense reference's."""
+    rng = random.Random(seed)
+    qkvs = [random_qkv(n, seed + i) for i, n in enumerate(lengths)]
+    left = list(lengths)
+    steps = []
+    while any(left):
+        counts = [min(n, rng.choice([0, 1, 1, 3, 7])) for n in left]
+        left = [n - c for n, c in zip(left, counts, strict=True)]
+        steps.append(counts)
+    outs, _, _ = run_paged(qkvs, steps, window, sinks, block_size, 400)
+    for out, qkv in zip(outs, qkvs, strict=True):
+        torch.testing.assert_close(out, reference_attention(*qkv, window, sinks), atol=1e-5, rtol=0)
+
+
+def test_a_windowed_sequence_holds_its_sinks_and_window_in_blocks():
+    qkv = random_qkv(100, 1)
+    _, (state,), manager = run_paged([qkv], [[1]] * 100, 8, 3, 4, 200)
+    held = [block for block in state.block_table if block != NO_BLOCK]
+    # the sink block (positions 0-3) and the two of positions 92..99, which the last query saw
+    assert len(held) == 3 and state.block_table[0] != NO_BLOCK
+    assert len(held) <= manager.blocks_for(10_000, chunk=1)
+    full = run_paged([qkv], [[1]] * 100, None, 0, 4, 200)[1][0]
+    assert len(full.block_table) == 25
 
 
 def test_engine_window_with_sinks_matches_transformers_under_the_explicit_mask(checkpoints):
@@ -101,10 +167,13 @@ def test_model_sliding_window_matches_transformers(windowed_mixtral):
 
 
 def test_window_override_keeps_engine_memory_flat(checkpoints):
-    engine = Engine.load(checkpoints["mixtral"], window=16, global_tokens=2)
+    engine = Engine.load(checkpoints["mixtral"], window=16, global_tokens=2, block_size=4)
     seq = engine.new_sequence()
     engine.forward([(seq, prompt_ids(82, 18))])
-    size = seq.nbytes
-    for token in prompt_ids(83, 30):
+    sizes = []
+    for token in prompt_ids(83, 60):
         engine.forward([(seq, [token])])
-    assert seq.nbytes == size and seq.tokens_held == 18 and seq.length == 48
+        sizes.append(engine.sequence_bytes(seq))
+    # the sink block and the 16-token window in blocks of 4 (one more while the window straddles a block)
+    assert set(sizes) <= {b * 4 * engine.kv_bytes_per_token() for b in (5, 6)}
+    assert seq.tokens_held == 18 and seq.length == 78

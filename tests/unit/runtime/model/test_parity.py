@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+from moe_runtime.engine.engine import Engine
 from moe_runtime.model import decoder as model
 from tests.unit.runtime.helpers import greedy, hf_greedy, prompt_ids
 
@@ -29,15 +30,19 @@ def hf_models(checkpoints):
 def our_hidden_states(engine, ids: list[int], config=None):
     """Each layer's output, and the logits, from one prefill through the model function."""
     layers: list[torch.Tensor] = []
+    seq = engine.new_sequence()
     with torch.inference_mode():
+        tokens, positions, plan, _ = engine.prepare([(seq, ids)])
         hidden = model.forward(
             engine.weights,
             config or engine.config,
-            torch.tensor(ids),
-            torch.arange(len(ids)),
-            [(engine.new_sequence(), len(ids))],
+            tokens,
+            positions,
+            engine.pool,
+            plan,
             layer_outputs=layers,
         )
+        engine.release(seq)
         return layers, hidden, model.logits(engine.weights, hidden)
 
 
@@ -105,11 +110,12 @@ def test_the_parity_check_notices_a_wrong_config_field(engines, hf_models, field
     ids = prompt_ids(seed=0, length=37)
     with torch.no_grad():
         reference = hf_models["qwen2_moe"](torch.tensor([ids])).logits[0]
+    seq = engine.new_sequence()
     with torch.inference_mode():
-        hidden = model.forward(
-            weights, wrong, torch.tensor(ids), torch.arange(len(ids)), [(engine.new_sequence(), len(ids))]
-        )
+        tokens, positions, plan, _ = engine.prepare([(seq, ids)])
+        hidden = model.forward(weights, wrong, tokens, positions, engine.pool, plan)
         logits = model.logits(weights, hidden)
+    engine.release(seq)
     assert (logits - reference).abs().max() > 1e-2
 
 
@@ -118,3 +124,29 @@ def test_greedy_tokens_match_transformers_for_32_steps(engines, hf_models, famil
     for seed, length in ((1, 5), (2, 23)):
         ids = prompt_ids(seed, length)
         assert greedy(engines[family], ids, 32) == hf_greedy(hf, ids, 32)
+
+
+def test_logits_match_transformers_when_the_prompt_starts_from_cached_blocks(checkpoints, hf_models, family):
+    """Prefix caching on: a prompt sharing 40 tokens with an earlier one takes its 2 full blocks of 16 from the
+    cache and prefills the rest; its logits and greedy tokens are transformers', as with caching off."""
+    shared = prompt_ids(seed=90, length=40)
+    first, second = shared + prompt_ids(91, 7), shared + prompt_ids(92, 9)
+    results = {}
+    for caching in (True, False):
+        engine = Engine.load(checkpoints[family], block_size=16, prefix_caching=caching)
+        warm = engine.new_sequence()
+        engine.forward([(warm, first)])
+        engine.release(warm)
+        seq = engine.new_sequence()
+        hit = engine.blocks.match_prefix(seq, second)
+        assert hit == (32 if caching else 0)
+        logits = engine.forward([(seq, second[hit:])])[0]
+        tokens = [int(logits.argmax())]
+        for _ in range(7):
+            tokens.append(int(engine.forward([(seq, tokens[-1:])])[0].argmax()))
+        results[caching] = logits, tokens
+    with torch.no_grad():
+        reference = hf_models[family](torch.tensor([second])).logits[0, -1]
+    for logits, tokens in results.values():
+        torch.testing.assert_close(logits, reference, atol=1e-4, rtol=0)
+        assert tokens == hf_greedy(hf_models[family], second, 8)

@@ -51,7 +51,7 @@ def test_the_docstring_table_lists_every_option_with_its_variable_and_default():
     assert set(table) == {o.env for o in OPTIONS}
     for option in OPTIONS:
         flags, _, default, meaning = table[option.env]
-        assert flags.split(", ") == list(option.flags)
+        assert flags.split(", ") == list(option.all_flags)
         assert default == option.shown_default() and meaning
 
 
@@ -156,3 +156,23 @@ def test_lora_options_from_flags_and_from_the_environment():
 def test_bad_lora_options_are_refused_at_startup(argv, env):
     with pytest.raises(SystemExit):
         parse_args(argv, env)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, True),
+        (["--no-enable-prefix-caching"], {}, False),
+        ([], {"MOE_RUNTIME_ENABLE_PREFIX_CACHING": "false"}, False),
+        (["--enable-prefix-caching"], {"MOE_RUNTIME_ENABLE_PREFIX_CACHING": "0"}, True),
+        ([], {"MOE_RUNTIME_ENABLE_PREFIX_CACHING": ""}, True),
+    ],
+)
+def test_prefix_caching_is_a_switch_with_vllms_flags(argv, env, expected):
+    assert parse_args(["--model", "m", *argv], env).enable_prefix_caching is expected
+
+
+def test_a_switch_variable_that_is_not_true_or_false_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m"], {"MOE_RUNTIME_ENABLE_PREFIX_CACHING": "maybe"})
+    assert "MOE_RUNTIME_ENABLE_PREFIX_CACHING" in capsys.readouterr().err

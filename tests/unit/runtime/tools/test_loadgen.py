@@ -132,6 +132,7 @@ def test_percentiles_are_ordered_and_within_the_values(values):
     p = percentiles(values)
     assert min(values) - 1e-3 <= p["p50"] <= p["p90"] <= p["p99"] <= p["max"] == round(max(values), 4)
     assert min(values) - 1e-3 <= p["mean"] <= max(values) + 1e-3
+    assert 0 <= p["stdev"] <= (max(values) - min(values)) / 2 + 1e-3
 
 
 def test_summary_counts_errors_by_status():
@@ -147,4 +148,8 @@ def test_summary_counts_errors_by_status():
     assert summary["errors"] == {"503": 2, "connect_error": 1}
     assert summary["latency_s"]["p50"] == 2.0 and summary["ttft_s"]["max"] == 0.4
     assert summary["output_tokens_per_s"] == 20.0 and summary["by_target"] == {"u1": 3, "u2": 2}
+    assert summary["latency_s"]["stdev"] == 1.0
+    # time per output token after the first: (1.0 - 0.2) / 9 and (3.0 - 0.4) / 29
+    tpot = summary["tpot_s"]
+    assert tpot["max"] == round(2.6 / 29, 4) and tpot["p50"] == round((0.8 / 9 + 2.6 / 29) / 2, 4)
     assert percentiles([]) is None

@@ -145,16 +145,20 @@ def test_an_expert_adapter_changes_only_the_tokens_routed_to_that_expert(
         lora = (
             LoraBatch([(engine.adapters[adapter], 0, len(ids))], len(ids), engine.device) if adapter else None
         )
+        seq = engine.new_sequence()
         with torch.inference_mode():
+            tokens, positions, plan, _ = engine.prepare([(seq, ids)])
             model.forward(
                 engine.weights,
                 engine.config,
-                torch.tensor(ids),
-                torch.arange(len(ids)),
-                [(engine.new_sequence(), len(ids))],
+                tokens,
+                positions,
+                engine.pool,
+                plan,
                 layer_outputs=outputs,
                 lora=lora,
             )
+        engine.release(seq)
         return outputs, routed[0]
 
     base, experts = layer_outputs(None)
