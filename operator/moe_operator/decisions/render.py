@@ -59,6 +59,8 @@ PROBE_PERIOD_SECONDS = 10
 STARTUP_PROBE_PERIOD_SECONDS = 2
 # A rollout may wait this long beyond weight loading (scheduling, image pull) before it counts as stuck.
 PROGRESS_MARGIN_SECONDS = 600
+# After the last answer: the process writes its last events and exits.
+EXIT_MARGIN_SECONDS = 5
 # Revisions live in the ConfigMaps; a Deployment's own ReplicaSet history is only for its rolling update.
 REPLICA_SET_HISTORY = 2
 # Environment variables the operator sets itself; the CRD refuses them in spec.runtime.env, since a
@@ -171,8 +173,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "automountServiceAccountToken": runtime.service_account_name is not None,
         # hundreds of Services in a namespace would otherwise become environment variables
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": runtime.batching.request_timeout_seconds
-        + runtime.drain_delay_seconds,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_USER,
@@ -204,6 +205,16 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         },
         "spec": pod_spec,
     }
+
+
+def termination_grace_seconds(spec: ModelDeploymentSpec) -> int:
+    """The grace period counts from the deletion, preStop sleep included, and pods keep taking requests during
+    that sleep (the Service may still send them some): a request accepted at its last moment may run its whole
+    timeout, plus the runtime's backstop margin for the step in flight (max(2 s, 10%), api/app.py), and the
+    process then needs a moment to exit."""
+    timeout = spec.runtime.batching.request_timeout_seconds
+    backstop_margin = max(2, math.ceil(0.1 * timeout))
+    return spec.runtime.drain_delay_seconds + timeout + backstop_margin + EXIT_MARGIN_SECONDS
 
 
 def _container(spec: ModelDeploymentSpec) -> dict[str, Any]:

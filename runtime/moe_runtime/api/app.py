@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from moe_runtime.api.body_limit import BodyLimit
 from moe_runtime.api.choices import Choices, Limits, chat_choices, completion_choices
+from moe_runtime.api.close_when_draining import CloseWhenDraining
 from moe_runtime.api.limits import RequestLimits
 from moe_runtime.api.protocol import (
     ApiError,
@@ -130,6 +131,7 @@ GENERATION_ERRORS = {
 def create_app(state: ServingState) -> FastAPI:
     app = FastAPI(title="moe_runtime", version="0.1.0")
     app.add_middleware(BodyLimit, max_bytes=state.max_request_bytes, on_refused=lambda: _count(state, 413))
+    app.add_middleware(CloseWhenDraining, draining=lambda: state.phase is Phase.DRAINING)
     _install_error_handlers(app, state)
     _document_400_instead_of_422(app)
 

@@ -59,7 +59,9 @@ configured at startup was tried once (loaded or failed), so a restarted pod come
 
 Lifecycle: `/health` answers as soon as the port is open; `/ready` answers 503 while the weights load, 200
 once they have, and 503 again after SIGTERM or SIGINT. Then new generation requests get 503, the ones already
-accepted finish, and the process exits 0. A second signal exits without waiting. If the engine loop dies,
+accepted finish, and the process exits 0. Draining, the server closes its idle keep-alive connections at once,
+closes the others when their answer ends, and sends `Connection: close` with every answer, so that clients
+holding a connection to it (kube-proxy picks a pod per connection) reconnect to a pod that serves. A second signal exits without waiting. If the engine loop dies,
 every open request gets a 500, `/health` and `/ready` answer 503, and the process exits 1 at the next signal.
 
 Torch's own OMP_NUM_THREADS applies too: set it to the CPUs the pod may use. Torch otherwise starts a thread
@@ -204,7 +206,15 @@ class _DrainingServer(uvicorn.Server):
             return
         log.info("received %s: draining", signal.Signals(sig).name)
         self._state.phase = Phase.DRAINING
+        self._loop.call_soon_threadsafe(self._close_connections)
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._exit_when_idle()))
+
+    def _close_connections(self) -> None:
+        """Idle keep-alive connections close now; one with an answer in flight closes when it ends. Clients
+        reconnect, and their Service sends them to a pod that serves (later answers here carry `Connection:
+        close`, api/close_when_draining.py)."""
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
 
     async def _exit_when_idle(self) -> None:
         while self._state.worker is not None and not self._state.worker.idle:
