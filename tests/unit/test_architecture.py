@@ -21,6 +21,8 @@ RUNTIME = {
     "api": {"engine", "model", "adapters", "metrics"},
     "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs"},
     "tools": {"model"},
+    # the router runs without torch: nothing of the model, the engine or the runtime's metrics (torch)
+    "router": {"logs"},
     "__main__": {"*"},
 }
 OPERATOR = {
