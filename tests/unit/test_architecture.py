@@ -14,15 +14,16 @@ from tests.paths import ROOT
 RUNTIME = {
     "logs": set(),
     "metrics": set(),
+    "draining": set(),
     "model": set(),
     "download": {"logs"},
     "adapters": {"model", "metrics"},
     "engine": {"model", "adapters", "metrics"},
-    "api": {"engine", "model", "adapters", "metrics"},
-    "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs"},
+    "api": {"engine", "model", "adapters", "metrics", "draining"},
+    "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs", "draining"},
     "tools": {"model"},
     # the router runs without torch: nothing of the model, the engine or the runtime's metrics (torch)
-    "router": {"logs"},
+    "router": {"logs", "draining"},
     "__main__": {"*"},
 }
 OPERATOR = {

@@ -28,7 +28,6 @@ from starlette.exceptions import HTTPException
 
 from moe_runtime.api.body_limit import BodyLimit
 from moe_runtime.api.choices import Choices, Limits, chat_choices, completion_choices
-from moe_runtime.api.close_when_draining import CloseWhenDraining
 from moe_runtime.api.limits import RequestLimits
 from moe_runtime.api.protocol import (
     ApiError,
@@ -39,6 +38,7 @@ from moe_runtime.api.protocol import (
     validation_error,
 )
 from moe_runtime.api.responses import CHAT, COMPLETIONS, Answer, Endpoint
+from moe_runtime.draining import CloseWhenDraining
 from moe_runtime.engine.scheduler import QueueFull
 from moe_runtime.engine.worker import EngineFailed, EngineWorker
 from moe_runtime.metrics import RuntimeMetrics

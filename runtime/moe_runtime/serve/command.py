@@ -85,6 +85,7 @@ from moe_runtime.adapters.manager import LoraManager
 from moe_runtime.adapters.watch import LoraListWatcher
 from moe_runtime.api.app import Phase, ServingState, create_app
 from moe_runtime.api.choices import Limits
+from moe_runtime.draining import close_connections
 from moe_runtime.engine import kv_budget
 from moe_runtime.engine.scheduler import Policy, SchedulerConfig
 from moe_runtime.engine.worker import EngineWorker
@@ -210,11 +211,8 @@ class _DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._exit_when_idle()))
 
     def _close_connections(self) -> None:
-        """Idle keep-alive connections close now; one with an answer in flight closes when it ends. Clients
-        reconnect, and their Service sends them to a pod that serves (later answers here carry `Connection:
-        close`, api/close_when_draining.py)."""
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
+        """Clients on kept connections reconnect, and their Service sends them to a pod that serves."""
+        close_connections(self)
 
     async def _exit_when_idle(self) -> None:
         while self._state.worker is not None and not self._state.worker.idle:

@@ -1,10 +1,12 @@
-"""An ASGI middleware that answers with `Connection: close` once the server drains.
+"""Draining an HTTP server without sending clients 503s on kept connections (the runtime's and the router's).
+
+`CloseWhenDraining`: an ASGI middleware that answers with `Connection: close` once the server drains.
 
 A client that keeps its connection to a draining pod (a pooled keep-alive connection, kube-proxy's choice made
 once per connection) would otherwise send every later request to it and get 503 after 503 for the whole drain.
 With `Connection: close` on each answer it reconnects, and the Service sends the new connection to a pod that
 serves. The answers that started before the drain close their connection when they end (the server's
-`shutdown()` of each connection), and idle connections are closed at once (serve/command.py).
+`shutdown()` of each connection), and idle connections are closed at once (`close_connections`).
 """
 
 from __future__ import annotations
@@ -29,3 +31,10 @@ class CloseWhenDraining:
             await send(message)
 
         await self.app(scope, receive, closing_send)
+
+
+def close_connections(server) -> None:
+    """Closes a uvicorn server's idle keep-alive connections now; one with an answer in flight closes when the
+    answer ends. Call it on the server's event loop."""
+    for connection in list(server.server_state.connections):
+        connection.shutdown()
