@@ -26,6 +26,9 @@ RESOURCES = {  # kind -> kopf resource selector
     "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
     "Pod": ("v1", "pods"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
 
 
@@ -67,5 +70,8 @@ for _kind, _labels in (
     ("ConfigMap", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("Service", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("Pod", {MODEL_DEPLOYMENT_LABEL: kopf.PRESENT}),
+    ("ServiceAccount", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("Role", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("RoleBinding", {MANAGED_BY_LABEL: MANAGED_BY}),
 ):
     kopf.on.event(*RESOURCES[_kind], labels=_labels)(_feeds(_kind))

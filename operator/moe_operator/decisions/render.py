@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_operator.decisions.naming import (
+    COMPONENT_LABEL,
+    ENGINE,
     POD_TEMPLATE_ANNOTATION,
     REVISION_LABEL,
+    ROUTER,
     TRACK_LABEL,
     Owner,
     adapters_config_map_name,
@@ -122,10 +125,15 @@ def adapters_config_map(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, An
     return {**body, "data": {ADAPTER_LIST_KEY: json.dumps(listed, indent=1)}}
 
 
-def service(owner: Owner) -> dict[str, Any]:
+def service(owner: Owner, routed: bool = False) -> dict[str, Any]:
+    """The Service clients use (status.url): the router's pods with spec.routing, else the runtime pods of
+    both tracks (kube-proxy then picks a pod per connection)."""
+    selector = selector_labels(owner.name)
+    if routed:
+        selector[COMPONENT_LABEL] = ROUTER
     spec = {
         "type": "ClusterIP",
-        "selector": selector_labels(owner.name),
+        "selector": selector,
         "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
     }
     return _object("v1", "Service", service_name(owner.name), owner, spec=spec)
@@ -135,7 +143,9 @@ def deployment(
     owner: Owner, spec: ModelDeploymentSpec, revision: Revision, track: str, replicas: int
 ) -> dict[str, Any]:
     template = json.loads(json.dumps(revision.template))
+    # outside the revision's hash: labels that say where a pod runs, not what it runs
     template["metadata"]["labels"][TRACK_LABEL] = track
+    template["metadata"]["labels"][COMPONENT_LABEL] = ENGINE
     body = {
         "replicas": replicas,
         "selector": {"matchLabels": track_selector_labels(owner.name, track)},
@@ -153,6 +163,11 @@ def deployment(
     obj = _object("apps/v1", "Deployment", deployment_name(owner.name, track), owner, spec=body)
     obj["metadata"]["labels"][TRACK_LABEL] = track
     return obj
+
+
+def child_object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:
+    """A child of the ModelDeployment: its name, namespace, labels and controlling ownerReference."""
+    return _object(api_version, kind, name, owner, **body)
 
 
 def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from moe_operator.decisions.naming import (
     STABLE,
     Owner,
     deployment_name,
+    is_router_pod,
     selector_labels,
     selector_string,
     service_name,
@@ -50,6 +51,7 @@ from moe_operator.io.metrics import OperatorMetrics
 from moe_operator.machinery.cache import ObjectCache
 from moe_operator.machinery.errors import StaleRead
 from moe_operator.reconcile.canary import Analyzer
+from moe_operator.reconcile.routing import ensure_routing
 from moe_operator.reconcile.scaling import Scaler
 from moe_operator.timestamps import now_time
 
@@ -108,7 +110,7 @@ class _Pass:
         self.stable = cache.get("Deployment", ns, deployment_name(md_name, STABLE))
         self.canary = cache.get("Deployment", ns, deployment_name(md_name, CANARY))
         self.service = cache.get("Service", ns, service_name(md_name))
-        self.pods = cache.select("Pod", ns, selector_labels(md_name))
+        self.pods = [p for p in cache.select("Pod", ns, selector_labels(md_name)) if not is_router_pod(p)]
         self.config_maps = [
             cm
             for cm in cache.select("ConfigMap", ns, {MODEL_DEPLOYMENT_LABEL: md_name})
@@ -211,7 +213,8 @@ class _Pass:
         }.values():
             self._ensure_config_map(revision)
         self._ensure_adapters_config_map(spec)
-        self._ensure_service()
+        self._ensure_service(spec)
+        self.events.extend(ensure_routing(self.writer, self.r._cache, self.owner, spec))
         stable_now = self._ensure_deployment(
             spec, stable_revision, STABLE, self.stable, scaling.replicas, scaling.reason
         )
@@ -284,15 +287,29 @@ class _Pass:
         elif not in_step(desired, observed):
             self.writer.apply(desired, observed)
 
-    def _ensure_service(self) -> None:
-        desired = service(self.owner)
+    def _ensure_service(self, spec: ModelDeploymentSpec) -> None:
+        routed = spec.routing is not None
+        desired = service(self.owner, routed=routed)
         if self.service is None:
             self.writer.create(desired)
-        elif not in_step(desired, self.service):
+            return
+        # a selector must match exactly: one key too many selects nothing the operator means
+        retarget = (
+            self.service["spec"].get("selector") == service(self.owner, routed=not routed)["spec"]["selector"]
+        )
+        if (
+            retarget
+            or self.service["spec"].get("selector") != desired["spec"]["selector"]
+            or not in_step(desired, self.service)
+        ):
             self.writer.apply(desired, self.service)
-            self.events.append(
-                Event("Normal", "DriftRepaired", "put back Service fields changed outside the operator")
-            )
+            if retarget:
+                pods = "the router's pods" if routed else "the runtime pods"
+                self.events.append(Event("Normal", "ServiceRetargeted", f"the Service now selects {pods}"))
+            else:
+                self.events.append(
+                    Event("Normal", "DriftRepaired", "put back Service fields changed outside the operator")
+                )
 
     def _ensure_deployment(
         self,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_operator.decisions.naming import REVISION_LABEL, TRACK_LABEL
+from moe_operator.decisions.naming import COMPONENT_LABEL, ENGINE, REVISION_LABEL, TRACK_LABEL
 from moe_operator.decisions.render import termination_grace_seconds
 from moe_operator.decisions.runtime_config import RUNTIME_SETTINGS
 from moe_operator.decisions.spec import parse_spec
@@ -120,7 +120,12 @@ def test_invariants(raw):
         }
     template = pod_of(children)
     labels = template["metadata"]["labels"]
-    assert labels == {**FIXED_LABELS, REVISION_LABEL: children.revision, TRACK_LABEL: "stable"}
+    assert labels == {
+        **FIXED_LABELS,
+        REVISION_LABEL: children.revision,
+        TRACK_LABEL: "stable",
+        COMPONENT_LABEL: ENGINE,
+    }
     selector = children.deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= labels.items() and REVISION_LABEL not in selector
     assert children.service["spec"]["selector"].items() < selector.items(), "the Service selects both tracks"

@@ -285,3 +285,26 @@ def test_two_writers_never_make_the_status_flap():
     for thread in threads:
         thread.join()
     assert phases == ["Ready"], phases
+
+
+def test_routing_adds_the_router_points_the_service_at_it_and_goes_away_without_leftovers():
+    world = World(routing={"strategy": "RoundRobin"})
+    world.reconcile()
+    name = f"{NAME}-router"
+    assert world.api.get_obj("Deployment", NS, name) is not None
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        assert world.api.get_obj(kind, NS, name) is not None, kind
+    assert (
+        world.api.get_obj("Service", NS, NAME)["spec"]["selector"]["app.kubernetes.io/component"] == "router"
+    )
+    assert world.api.get_obj("Service", NS, f"{NAME}-stable")["spec"]["clusterIP"] == "None"
+    assert [e for e in world.events.posted if e.reason == "RouterCreated"]
+    assert world.status()["url"] == f"http://{NAME}.{NS}.svc.cluster.local"
+
+    world.api.put({**world.md(), "spec": {k: v for k, v in world.md()["spec"].items() if k != "routing"}})
+    world.reconcile()
+    for kind in ("Deployment", "ServiceAccount", "Role", "RoleBinding"):
+        assert world.api.get_obj(kind, NS, name) is None, kind
+    assert world.api.get_obj("Service", NS, f"{NAME}-stable") is None
+    assert "app.kubernetes.io/component" not in world.api.get_obj("Service", NS, NAME)["spec"]["selector"]
+    assert world.api.get_obj("Deployment", NS, NAME) is not None, "the runtime pods stay"
