@@ -8,7 +8,8 @@ as a `python -m moe_runtime serve` process; KWOK playing the kubelet of the othe
 objects; Prometheus scraping the Ready runtime pods through file-based discovery of `targets.json`.
 Every process, its log and its state live in one folder; `down` stops exactly the processes recorded there.
 What other tools rely on (the README's "local stack" contract): `<state dir>/kubeconfig`, `<state dir>/env`
-(KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`.
+(KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`, `<state dir>/services.json` (the Service proxy,
+hack/localservices: `namespace/name` -> `127.0.0.1:PORT`).
 
     python hack/localcluster.py up   --state-dir .cluster     # KUBEBUILDER_ASSETS names the binaries
     python hack/localcluster.py down --state-dir .cluster
@@ -53,6 +54,7 @@ COMPONENTS = (
     "kube-scheduler",
     "kwok",
     "localkubelet",
+    "localservices",
     "prometheus",
 )
 
@@ -249,6 +251,11 @@ class LocalCluster:
         return self.state_dir / "targets.json"
 
     @property
+    def services_file(self) -> Path:
+        """`namespace/name` -> the loopback address that forwards to the Service's Ready endpoints."""
+        return self.state_dir / "services.json"
+
+    @property
     def pods_dir(self) -> Path:
         """Where the local kubelet keeps each pod's log (`<namespace>_<pod>.log`) and volumes."""
         return self.state_dir / "pods"
@@ -279,6 +286,7 @@ class LocalCluster:
         self.kubeconfig.write_text(kubeconfig_text(server, pki))
         (self.state_dir / "kwok.yaml").write_text(self._kwok_config())
         self.targets_file.write_text("[]\n")
+        self.services_file.write_text("{}\n")
         (self.state_dir / "prometheus.yml").write_text(
             prometheus_config(self.targets_file, self.scrape_interval)
         )
@@ -299,6 +307,7 @@ class LocalCluster:
                 ("kube-scheduler", self._binary("kube-scheduler", self._scheduler_args(ports))),
                 ("kwok", self._binary("kwok", self._kwok_args(ports))),
                 ("localkubelet", self._kubelet_argv()),
+                ("localservices", self._services_argv()),
                 ("prometheus", self._prometheus_argv(ports)),
             ):
                 started[name] = self._start(name, argv)
@@ -457,6 +466,15 @@ class LocalCluster:
             f"--nodes={','.join(self.served_nodes)}",
             f"--state-dir={self.state_dir}",
             f"--targets={self.targets_file}",
+        ]
+
+    def _services_argv(self) -> list[str]:
+        """The Service proxy (hack/localservices): Services reachable on loopback, as kube-proxy makes them."""
+        return [
+            sys.executable,
+            str(HACK / "localservices"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--state-dir={self.state_dir}",
         ]
 
     def _prometheus_argv(self, ports: dict[str, int]) -> list[str]:
