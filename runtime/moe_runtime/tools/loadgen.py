@@ -1,8 +1,13 @@
 """`python -m moe_runtime loadgen`: load on runtime pods over the OpenAI completions API, and a JSON summary.
 
-Where requests go: `--url` (repeatable; taken in turn), or `--targets .cluster/targets.json --model-deployment
-NAME`: the Ready pods of that ModelDeployment as the local kubelet lists them, re-read whenever the file
-changes and taken in turn, as a Service spreads connections over its ready endpoints.
+Where requests go, as clients in a cluster send them by default: `--model-deployment NAME [--namespace NS]`
+alone sends them to the ModelDeployment's `status.url` (read through the API with the current kubeconfig), which
+is the router's Service with spec.routing and the plain Service without, reached through the local stack's
+Service proxy (`--services`, default `.cluster/services.json`, re-read when it changes); `--service-url URL`
+names such an in-cluster URL directly. Or, bypassing Services: `--url` (repeatable; taken in turn), or
+`--targets .cluster/targets.json --model-deployment NAME`: the Ready pods as the local kubelet lists them, taken
+in turn. Connections are kept alive and reused, as HTTP clients do (through a plain Service each stays with the
+pod kube-proxy picked for it). Answers that name their pod (the router's `x-moedeploy-pod`) are counted per pod.
 
 How they come: closed loop (`--concurrency N` clients, each sending its next request when the last one is
 answered) or open loop (`--rate R` requests per second, Poisson arrivals, at most `--concurrency` in flight;
@@ -48,6 +53,8 @@ MAX_DURATION_S = 24 * 3600.0
 MAX_REQUESTS = 10_000_000
 MAX_TIMEOUT_S = 3600.0
 NO_TARGET_WAIT_S = 0.1
+DEFAULT_SERVICES_FILE = Path(".cluster/services.json")
+POD_HEADER = "x-moedeploy-pod"
 PERCENTILES = (50, 90, 99)
 WORDS = (
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "experts", "route",
@@ -86,6 +93,8 @@ def parse_mix(text: str) -> tuple[Shape, ...]:
 class LoadConfig:
     urls: tuple[str, ...] = ()
     targets_file: Path | None = None
+    service_url: str | None = None  # an in-cluster URL (status.url), reached through `services_file`
+    services_file: Path = DEFAULT_SERVICES_FILE
     model_deployment: str | None = None
     namespace: str | None = None
     concurrency: int = 4
@@ -100,10 +109,14 @@ class LoadConfig:
 
     def check(self) -> None:
         """ValueError naming the setting that is out of bounds."""
-        if bool(self.urls) == (self.targets_file is not None):
-            raise ValueError("give --url (one or more) or --targets, not both")
+        if [bool(self.urls), self.targets_file is not None, self.service_url is not None].count(True) != 1:
+            raise ValueError(
+                "give one of --model-deployment (its status.url), --service-url, --url or --targets"
+            )
         if self.targets_file is not None and not self.model_deployment:
             raise ValueError("--targets needs --model-deployment")
+        if self.service_url is not None:
+            service_key(self.service_url)
         for url in self.urls:
             require_loopback(url)
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -148,8 +161,44 @@ def targets_from(entries: Any, model_deployment: str, namespace: str | None) -> 
     return urls
 
 
+def service_key(url: str) -> str:
+    """`namespace/name` of an in-cluster Service URL (http://name.namespace.svc.cluster.local[:port])."""
+    host = urlsplit(url).hostname or ""
+    parts = host.split(".")
+    if urlsplit(url).scheme != "http" or len(parts) < 3 or parts[2] != "svc":
+        raise ValueError(f"{url!r}: not an in-cluster Service URL (http://<name>.<namespace>.svc...)")
+    return f"{parts[1]}/{parts[0]}"
+
+
+def service_address(services: Any, url: str) -> list[str]:
+    """The loopback URL the Service proxy gives an in-cluster URL (none while it has no port for it)."""
+    address = services.get(service_key(url)) if isinstance(services, dict) else None
+    if not isinstance(address, str):
+        return []
+    try:
+        return [require_loopback(f"http://{address}")]
+    except ValueError:
+        return []
+
+
+def status_url(model_deployment: str, namespace: str | None) -> str:
+    """A ModelDeployment's status.url, read with the current kubeconfig; ValueError while it has none."""
+    from kubernetes import client, config  # only for this mode
+
+    api = config.new_client_from_config()
+    context_namespace = config.list_kube_config_contexts()[1]["context"].get("namespace", "default")
+    found = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "moedeploy.dev", "v1alpha1", namespace or context_namespace, "modeldeployments", model_deployment
+    )
+    url = (found.get("status") or {}).get("url")
+    if not url:
+        raise ValueError(f"ModelDeployment {model_deployment} has no status.url yet")
+    return url
+
+
 class Endpoints:
-    """Where the next request goes: fixed URLs, or a targets file re-read whenever it changes; in turn."""
+    """Where the next request goes: fixed URLs, a targets file re-read whenever it changes (in turn), or the
+    Service proxy's address of a Service URL."""
 
     def __init__(self, config: LoadConfig) -> None:
         self._config = config
@@ -160,6 +209,8 @@ class Endpoints:
     def next(self) -> str | None:
         if self._config.targets_file is not None:
             self._reload(self._config.targets_file)
+        elif self._config.service_url is not None:
+            self._reload(self._config.services_file)
         if not self._urls:
             return None
         self._turn += 1
@@ -179,7 +230,10 @@ class Endpoints:
         except (OSError, ValueError):
             return  # keep the last good list; the writer replaces the file whole
         self._seen = version
-        self._urls = targets_from(entries, self._config.model_deployment or "", self._config.namespace)
+        if self._config.service_url is not None:
+            self._urls = service_address(entries, self._config.service_url)
+        else:
+            self._urls = targets_from(entries, self._config.model_deployment or "", self._config.namespace)
 
 
 @dataclass(frozen=True)
@@ -189,6 +243,7 @@ class Outcome:
     latency_s: float
     ttft_s: float | None
     output_tokens: int
+    pod: str | None = None  # the pod that answered, when the answer names it (the router's header)
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float] | None:
@@ -225,6 +280,7 @@ def summarize(
         "latency_s": percentiles([o.latency_s for o in done]),
         "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
         "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
+        "by_pod": dict(sorted(Counter(o.pod for o in outcomes if o.pod).items())),
     }
 
 
@@ -354,9 +410,10 @@ class LoadGenerator:
         if self.config.model:
             body["model"] = self.config.model
         start = time.perf_counter()
-        ttft, tokens, error = None, 0, None
+        ttft, tokens, error, pod = None, 0, None, None
         try:
             async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+                pod = response.headers.get(POD_HEADER)
                 if response.status_code != 200:
                     await response.aread()
                     error = str(response.status_code)
@@ -380,7 +437,7 @@ class LoadGenerator:
             error = "connect_error"
         except (httpx.HTTPError, ValueError) as err:
             error = type(err).__name__
-        self._outcomes.append(Outcome(url, error, time.perf_counter() - start, ttft, tokens))
+        self._outcomes.append(Outcome(url, error, time.perf_counter() - start, ttft, tokens, pod))
 
 
 def run_load(config: LoadConfig) -> dict:
@@ -391,6 +448,7 @@ def run_load(config: LoadConfig) -> dict:
 def _config_json(config: LoadConfig) -> dict:
     values = asdict(config)
     values["targets_file"] = None if config.targets_file is None else str(config.targets_file)
+    values["services_file"] = str(config.services_file)
     values["mix"] = [f"{s.prompt_words}:{s.max_tokens}:{s.weight:g}" for s in config.mix]
     values["urls"] = list(config.urls)
     return values
@@ -402,8 +460,17 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
     )
     parser.add_argument("--url", action="append", default=[], help="a runtime's base URL (repeatable)")
     parser.add_argument("--targets", type=Path, help="file_sd targets file, e.g. .cluster/targets.json")
-    parser.add_argument("--model-deployment", help="with --targets: whose pods")
-    parser.add_argument("--namespace", help="with --targets: only pods in this namespace")
+    parser.add_argument(
+        "--model-deployment", help="send to its status.url (alone), or with --targets to its pods in turn"
+    )
+    parser.add_argument("--namespace", help="the ModelDeployment's namespace (default: the kubeconfig's)")
+    parser.add_argument("--service-url", help="an in-cluster Service URL, e.g. a status.url")
+    parser.add_argument(
+        "--services",
+        type=Path,
+        default=DEFAULT_SERVICES_FILE,
+        help="the local stack's Service proxy file (default .cluster/services.json)",
+    )
     parser.add_argument(
         "--concurrency", type=int, default=4, help="clients (closed loop) or most in flight (open)"
     )
@@ -417,9 +484,17 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        service = args.service_url
+        if service is None and args.model_deployment and not args.url and args.targets is None:
+            try:
+                service = status_url(args.model_deployment, args.namespace)
+            except Exception as err:  # noqa: BLE001 - the API's refusal, a missing kubeconfig: said as they are
+                raise ValueError(f"the status.url of ModelDeployment {args.model_deployment}: {err}") from err
         config = LoadConfig(
             urls=tuple(args.url),
             targets_file=args.targets,
+            service_url=service,
+            services_file=args.services,
             model_deployment=args.model_deployment,
             namespace=args.namespace,
             concurrency=args.concurrency,

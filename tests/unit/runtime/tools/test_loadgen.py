@@ -63,7 +63,12 @@ def test_no_address_off_loopback_is_ever_taken(ip, port):
     ("settings", "message"),
     [
         ({"urls": ("http://127.0.0.1:1",)}, "must end"),
-        ({"urls": ("http://127.0.0.1:1",), "targets_file": "t.json", "requests": 1}, "not both"),
+        ({"urls": ("http://127.0.0.1:1",), "targets_file": "t.json", "requests": 1}, "give one of"),
+        (
+            {"service_url": "http://md.ns.svc.cluster.local", "urls": ("http://127.0.0.1:1",), "requests": 1},
+            "give one of",
+        ),
+        ({"service_url": "http://example.com", "requests": 1}, "not an in-cluster Service URL"),
         ({"targets_file": "t.json", "requests": 1}, "needs --model-deployment"),
         ({"urls": ("http://127.0.0.1:1",), "requests": 1, "concurrency": 0}, "--concurrency"),
         ({"urls": ("http://127.0.0.1:1",), "requests": 1, "concurrency": 5000}, "--concurrency"),
@@ -148,3 +153,23 @@ def test_summary_counts_errors_by_status():
     assert summary["latency_s"]["p50"] == 2.0 and summary["ttft_s"]["max"] == 0.4
     assert summary["output_tokens_per_s"] == 20.0 and summary["by_target"] == {"u1": 3, "u2": 2}
     assert percentiles([]) is None
+
+
+def test_a_service_url_goes_through_the_service_proxy_file_and_follows_it(tmp_path):
+    from moe_runtime.tools.loadgen import Endpoints, service_key
+
+    assert service_key("http://chat.team-a.svc.cluster.local") == "team-a/chat"
+    services = tmp_path / "services.json"
+    config = LoadConfig(
+        service_url="http://chat.team-a.svc.cluster.local", services_file=services, requests=1
+    )
+    endpoints = Endpoints(config)
+    assert endpoints.next() is None  # no file yet: no target
+    services.write_text(json.dumps({"team-a/chat": "127.0.0.1:41000", "team-a/other": "127.0.0.1:41001"}))
+    assert endpoints.next() == "http://127.0.0.1:41000"
+    replaced = tmp_path / "new.json"
+    replaced.write_text(json.dumps({"team-a/chat": "127.0.0.1:42000"}))
+    os.replace(replaced, services)
+    assert endpoints.next() == "http://127.0.0.1:42000"
+    services.write_text(json.dumps({"team-a/chat": "10.0.0.1:80"}))  # never off the machine
+    assert endpoints.next() is None
