@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moe_operator.decisions.autoscale import AutoscalePolicy, AutoscaleState, Observation, ScaleRule, decide
+from moe_operator.decisions.autoscale import (
+    AutoscalePolicy,
+    AutoscaleState,
+    Observation,
+    ScaleRule,
+    decide,
+    scale_to_zero,
+)
 from moe_operator.decisions.events import Event
 from moe_operator.decisions.pods import PodCounts
 from moe_operator.decisions.promdata import PROMETHEUS_UNAVAILABLE, NoData
@@ -23,6 +30,10 @@ from moe_operator.io.metrics import OperatorMetrics
 from moe_operator.timestamps import from_time, to_time
 
 METRICS_AVAILABLE = "MetricsAvailable"
+# spec.routing.scaleToZero: how often the routers are read while at zero (a held request waits for it), and
+# while running (for the idle time).
+ZERO_POLL_S = 1.0
+IDLE_CHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,14 @@ class Scaler:
         now: float,
     ) -> Scaling:
         meta = md["metadata"]
+        zero = spec.routing.scale_to_zero if spec.routing is not None else None
+        if zero is not None:
+            overridden = self._scale_to_zero(md, spec, current, zero.idle_seconds, now)
+            if overridden is not None:
+                return overridden
+            floor = max(floor, 1)  # only the scale-to-zero decision goes to zero
         if not spec.autoscaling.enabled:
-            return Scaling(replicas=spec.replicas)
+            return Scaling(replicas=spec.replicas, next_due=now + IDLE_CHECK_S if zero else None)
         before = (md.get("status") or {}).get("autoscaling") or {}
         current = current if current is not None else spec.replicas
         events = self._manual_scale(spec, before, current)
@@ -101,7 +118,7 @@ class Scaler:
             else NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
         )
         decision = decide(
-            Observation(current, stable_pods.ready, stable_pods.starting, samples),
+            Observation(current, stable_pods.ready, stable_pods.starting, samples, self._held(md, spec, now)),
             policy_of(spec),
             AutoscaleState.from_status(before.get("memory")),
             now,
@@ -130,6 +147,34 @@ class Scaler:
             events=tuple(events),
             next_due=now + interval,
         )
+
+    def _held(self, md: Mapping[str, Any], spec: ModelDeploymentSpec, now: float) -> int:
+        """Requests the routers hold for want of a Ready pod (0 without routing or without data)."""
+        if spec.routing is None or self._prometheus is None:
+            return 0
+        demand = self._prometheus.router_demand(md["metadata"]["namespace"], md["metadata"]["name"], now)
+        return 0 if isinstance(demand, NoData) else demand.held
+
+    def _scale_to_zero(
+        self, md: Mapping[str, Any], spec: ModelDeploymentSpec, current: int | None, idle_s: float, now: float
+    ) -> Scaling | None:
+        """The scale-to-zero decision when it overrides the autoscaler (to zero, at zero, back from zero)."""
+        meta = md["metadata"]
+        current = current if current is not None else spec.replicas
+        demand = (
+            self._prometheus.router_demand(meta["namespace"], meta["name"], now)
+            if self._prometheus is not None
+            else NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
+        )
+        wake_to = 1 if spec.autoscaling.enabled else max(1, spec.replicas)
+        verdict = scale_to_zero(current, demand, idle_s, wake_to)
+        if verdict.replicas is None:
+            return None
+        before = dict((md.get("status") or {}).get("autoscaling") or {})
+        status = {"autoscaling": {**before, "desiredReplicas": verdict.replicas, "reason": verdict.reason}}
+        changed = verdict.replicas != current
+        next_due = now + (ZERO_POLL_S if verdict.replicas == 0 else IDLE_CHECK_S)
+        return Scaling(verdict.replicas, verdict.reason if changed else None, status, (), (), next_due)
 
     @staticmethod
     def _manual_scale(spec: ModelDeploymentSpec, before: Mapping[str, Any], current: int) -> list[Event]:

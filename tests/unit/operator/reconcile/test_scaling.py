@@ -168,3 +168,45 @@ def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or
         for _ in range(12):  # two minutes: far past the 60 s scale-down window
             world.tick()
             assert world.replicas() == 5, f"scaled in during the canary ({verdict})"
+
+
+class RoutedPrometheus(FakePrometheus):
+    """Also answers what the routers report."""
+
+    def __init__(self):
+        super().__init__()
+        from moe_operator.decisions.autoscale import RouterDemand
+
+        self.demand = RouterDemand(held=0, in_flight=0, idle_s=0.0)
+
+    def router_demand(self, namespace, name, now=None):
+        return self.demand
+
+
+def test_scale_to_zero_goes_to_zero_when_idle_and_back_to_one_for_a_held_request():
+    from moe_operator.decisions.autoscale import RouterDemand
+
+    world = AutoscaledWorld(routing={"scaleToZero": {"idleSeconds": 60}})
+    world.prometheus = RoutedPrometheus()
+    world.api.put({**world.md(), "spec": {**world.md()["spec"], "minReplicas": 0}})
+    world.restart()
+    world.reconcile()
+    pods = world.ready_pods(2)
+    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 0.0))
+    world.prometheus.demand = RouterDemand(held=0, in_flight=0, idle_s=30.0)
+    world.clock.now += 11
+    world.reconcile()
+    assert world.replicas() >= 1, "an empty queue alone never scales to zero, even with minReplicas 0"
+
+    world.prometheus.demand = RouterDemand(held=0, in_flight=0, idle_s=61.0)
+    world.clock.now += 11
+    result = world.reconcile()
+    assert world.replicas() == 0 and result.requeue_after <= 1.0, "at zero the routers are read every second"
+    scaled = [e for e in world.events.posted if e.reason == "Scaled"]
+    assert "scaling to zero" in scaled[-1].message
+
+    world.prometheus.demand = RouterDemand(held=2, in_flight=2, idle_s=0.1)
+    world.clock.now += 1
+    world.reconcile()
+    assert world.replicas() == 1
+    assert "held at the router" in [e for e in world.events.posted if e.reason == "Scaled"][-1].message
