@@ -106,6 +106,9 @@ class LoadConfig:
     model: str | None = None
     temperature: float = 1.0
     seed: int = 0
+    # times a request is sent again when its connection failed before any answer came (as the OpenAI SDK does,
+    # max_retries 2): a refused or reset connection, nothing streamed
+    retries: int = 0
 
     def check(self) -> None:
         """ValueError naming the setting that is out of bounds."""
@@ -133,6 +136,8 @@ class LoadConfig:
             raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
         if not self.mix:
             raise ValueError("--mix needs at least one shape")
+        if not 0 <= self.retries <= 10:
+            raise ValueError("--retries must be 0..10")
 
 
 def require_loopback(url: str) -> str:
@@ -292,6 +297,7 @@ class LoadGenerator:
     _issued: int = 0
     _dropped: int = 0
     _no_target_waits: int = 0
+    _retried: int = 0
     _started: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -323,6 +329,7 @@ class LoadGenerator:
         elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
         return {
             **summarize(list(self._outcomes), self._issued, self._dropped, self._no_target_waits, elapsed),
+            "retried": self._retried,
             "config": _config_json(self.config),
         }
 
@@ -410,9 +417,23 @@ class LoadGenerator:
         if self.config.model:
             body["model"] = self.config.model
         start = time.perf_counter()
+        for attempt in range(self.config.retries + 1):
+            outcome = await self._send(client, url, body, start)
+            if outcome is not None or attempt == self.config.retries:
+                break
+            url = self._endpoints.next() or url
+            self._retried += 1
+        self._outcomes.append(
+            outcome or Outcome(url, "connection_lost", time.perf_counter() - start, None, 0)
+        )
+
+    async def _send(self, client: httpx.AsyncClient, url: str, body: dict, start: float) -> Outcome | None:
+        """One try; None when the connection failed before any answer came (a retry cannot do harm)."""
         ttft, tokens, error, pod = None, 0, None, None
+        answered = False
         try:
             async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+                answered = True
                 pod = response.headers.get(POD_HEADER)
                 if response.status_code != 200:
                     await response.aread()
@@ -434,10 +455,14 @@ class LoadGenerator:
         except httpx.TimeoutException:
             error = "timeout"
         except httpx.ConnectError:
+            if self.config.retries:
+                return None
             error = "connect_error"
         except (httpx.HTTPError, ValueError) as err:
+            if not answered and isinstance(err, httpx.TransportError) and self.config.retries:
+                return None
             error = type(err).__name__
-        self._outcomes.append(Outcome(url, error, time.perf_counter() - start, ttft, tokens, pod))
+        return Outcome(url, error, time.perf_counter() - start, ttft, tokens, pod)
 
 
 def run_load(config: LoadConfig) -> dict:
@@ -482,6 +507,12 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
     parser.add_argument("--model", help="`model` in the requests (default: the server's)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="tries again when a connection failed before any answer (default 0)",
+    )
     args = parser.parse_args(argv)
     try:
         service = args.service_url
@@ -506,6 +537,7 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
             model=args.model,
             temperature=args.temperature,
             seed=args.seed,
+            retries=args.retries,
         )
         config.check()
     except ValueError as err:
