@@ -14,7 +14,9 @@ answered) or open loop (`--rate R` requests per second, Poisson arrivals, at mos
 arrivals beyond that are dropped and counted). It ends after `--duration` seconds or `--requests` requests,
 whichever comes first (one of them is required), or on SIGINT/SIGTERM: no new requests, the ones in flight
 finish (a second signal abandons them), and the summary so far is printed. Every request streams, so that
-the time to first token is measured; prompt and output lengths come from `--mix PROMPT_WORDS:MAX_TOKENS[:WEIGHT]`.
+the time to first token is measured; prompt and output lengths come from
+`--mix PROMPT_WORDS:MAX_TOKENS[:WEIGHT[:SHARED_PREFIXES]]` (with SHARED_PREFIXES, prompts start with one of that
+many fixed prefixes, as requests sharing a system prompt do).
 
 Loopback only: it refuses any other host. As a library:
 
@@ -65,28 +67,47 @@ WORDS = (
 
 @dataclass(frozen=True)
 class Shape:
-    """One kind of request in the mix: prompt length in words, output limit in tokens, relative weight."""
+    """One kind of request in the mix: prompt length in words, output limit in tokens, relative weight, and
+    `prefixes`: when above 0, the prompt starts with one of that many fixed prefixes (all but its last
+    PREFIX_TAIL_WORDS words, shared by the requests that drew the same one, as a system prompt is), the rest
+    random."""
 
     prompt_words: int
     max_tokens: int
     weight: float = 1.0
+    prefixes: int = 0
+
+
+PREFIX_TAIL_WORDS = 8
 
 
 def parse_mix(text: str) -> tuple[Shape, ...]:
-    """`32:16:3,512:64:1` -> shapes; ValueError naming the bad entry."""
+    """`32:16:3,512:64:1:4` -> shapes; ValueError naming the bad entry."""
     shapes = []
     for entry in (part.strip() for part in text.split(",")):
         parts = entry.split(":")
         try:
-            if len(parts) not in (2, 3):
+            if len(parts) not in (2, 3, 4):
                 raise ValueError
-            shape = Shape(int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) == 3 else 1.0)
+            weight = float(parts[2]) if len(parts) >= 3 else 1.0
+            shape = Shape(int(parts[0]), int(parts[1]), weight, int(parts[3]) if len(parts) == 4 else 0)
         except ValueError:
-            raise ValueError(f"--mix entry {entry!r}: want PROMPT_WORDS:MAX_TOKENS[:WEIGHT]") from None
-        if shape.prompt_words < 1 or shape.max_tokens < 1 or not shape.weight > 0:
+            raise ValueError(
+                f"--mix entry {entry!r}: want PROMPT_WORDS:MAX_TOKENS[:WEIGHT[:SHARED_PREFIXES]]"
+            ) from None
+        if shape.prompt_words < 1 or shape.max_tokens < 1 or not shape.weight > 0 or shape.prefixes < 0:
             raise ValueError(f"--mix entry {entry!r}: lengths must be at least 1 and the weight positive")
         shapes.append(shape)
     return tuple(shapes)
+
+
+def prompt(shape: Shape, rng: random.Random) -> str:
+    if not shape.prefixes:
+        return " ".join(rng.choice(WORDS) for _ in range(shape.prompt_words))
+    fixed = max(0, shape.prompt_words - PREFIX_TAIL_WORDS)
+    prefix_rng = random.Random(f"{shape.prompt_words}:{rng.randrange(shape.prefixes)}")
+    head = [prefix_rng.choice(WORDS) for _ in range(fixed)]
+    return " ".join([*head, *(rng.choice(WORDS) for _ in range(shape.prompt_words - fixed))])
 
 
 @dataclass(frozen=True)
@@ -408,7 +429,7 @@ class LoadGenerator:
     async def _request(self, client: httpx.AsyncClient, url: str) -> None:
         shape = self._rng.choices(self.config.mix, weights=[s.weight for s in self.config.mix])[0]
         body: dict[str, Any] = {
-            "prompt": " ".join(self._rng.choice(WORDS) for _ in range(shape.prompt_words)),
+            "prompt": prompt(shape, self._rng),
             "max_tokens": shape.max_tokens,
             "temperature": self.config.temperature,
             "stream": True,
@@ -474,7 +495,7 @@ def _config_json(config: LoadConfig) -> dict:
     values = asdict(config)
     values["targets_file"] = None if config.targets_file is None else str(config.targets_file)
     values["services_file"] = str(config.services_file)
-    values["mix"] = [f"{s.prompt_words}:{s.max_tokens}:{s.weight:g}" for s in config.mix]
+    values["mix"] = [f"{s.prompt_words}:{s.max_tokens}:{s.weight:g}:{s.prefixes}" for s in config.mix]
     values["urls"] = list(config.urls)
     return values
 
@@ -502,7 +523,11 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
     parser.add_argument("--rate", type=float, help="requests per second, Poisson arrivals (open loop)")
     parser.add_argument("--duration", type=float, help="seconds to send requests for")
     parser.add_argument("--requests", type=int, help="requests to send in all")
-    parser.add_argument("--mix", default="32:16", help="PROMPT_WORDS:MAX_TOKENS[:WEIGHT],... (default 32:16)")
+    parser.add_argument(
+        "--mix",
+        default="32:16",
+        help="PROMPT_WORDS:MAX_TOKENS[:WEIGHT[:SHARED_PREFIXES]],... (default 32:16)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--model", help="`model` in the requests (default: the server's)")
     parser.add_argument("--temperature", type=float, default=1.0)

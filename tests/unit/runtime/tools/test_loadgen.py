@@ -33,7 +33,7 @@ def entry(port: int, md: str = "tiny", namespace: str = "ns", host: str = "127.0
 
 def test_mix():
     assert parse_mix("32:16:3, 512:64") == (Shape(32, 16, 3.0), Shape(512, 64, 1.0))
-    for bad in ("32", "a:1", "0:5", "5:5:0", "1:2:3:4"):
+    for bad in ("32", "a:1", "0:5", "5:5:0", "1:2:3:4:5", "1:2:3:x"):
         with pytest.raises(ValueError, match="--mix entry"):
             parse_mix(bad)
 
@@ -173,3 +173,19 @@ def test_a_service_url_goes_through_the_service_proxy_file_and_follows_it(tmp_pa
     assert endpoints.next() == "http://127.0.0.1:42000"
     services.write_text(json.dumps({"team-a/chat": "10.0.0.1:80"}))  # never off the machine
     assert endpoints.next() is None
+
+
+def test_shared_prefixes_repeat_across_requests_and_the_tails_differ():
+    import random
+
+    from moe_runtime.tools.loadgen import PREFIX_TAIL_WORDS, Shape, parse_mix, prompt
+
+    (shape,) = parse_mix("40:8:1:2")
+    assert shape == Shape(40, 8, 1.0, 2)
+    rng = random.Random(0)
+    prompts = [prompt(shape, rng) for _ in range(40)]
+    heads = {" ".join(p.split()[: 40 - PREFIX_TAIL_WORDS]) for p in prompts}
+    assert len(heads) == 2 and all(len(p.split()) == 40 for p in prompts)
+    assert len(set(prompts)) > 2
+    with pytest.raises(ValueError):
+        parse_mix("40:8:1:-1")
