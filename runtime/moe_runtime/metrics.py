@@ -327,5 +327,6 @@ class RuntimeMetrics:
         if first_token_at is not None and tokens > 1:
             self.time_per_output_token.observe((end - first_token_at) / (tokens - 1))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, names: list[str] | None = None) -> bytes:
+        """The exposition; only the families named in `names` when it is given."""
+        return generate_latest(self.registry.restricted_registry(names) if names else self.registry)

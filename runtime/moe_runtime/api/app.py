@@ -153,8 +153,11 @@ def create_app(state: ServingState) -> FastAPI:
         return JSONResponse({"status": phase.value}, status_code=200 if phase is Phase.READY else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # `?name[]=...` keeps only those families, as the Prometheus client libraries' handlers do: a router
+        # reading four gauges several times a second need not make the pod render everything
+        names = request.query_params.getlist("name[]")
+        return Response(state.metrics.render(names), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", responses={503: GENERATION_ERRORS[503]})
     async def models() -> dict:

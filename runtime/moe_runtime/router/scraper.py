@@ -1,6 +1,8 @@
 """Reads every Ready pod's load from its /metrics at a fraction of a second's interval (the Inference
-Extension's endpoint picker reads them every 50 ms by default). A pod that does not answer in time has no known
-load until it does; the router's own count of its requests still counts."""
+Extension's endpoint picker reads them every 50 ms by default), asking for those families only (`name[]`, which
+our runtime and vLLM's prometheus_client handler honour: a whole exposition costs the pod milliseconds). A pod
+that does not answer in time has no known load until it does; the router's own count of its requests still
+counts."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import logging
 import httpx
 
 from moe_runtime.router.addresses import AddressMap
-from moe_runtime.router.load import NotMetrics, parse_load
+from moe_runtime.router.load import WANTED, NotMetrics, parse_load
 from moe_runtime.router.metrics import RouterMetrics
 from moe_runtime.router.state import RouterState
 
@@ -36,7 +38,9 @@ class LoadScraper:
 
     async def _scrape(self, address: str) -> None:
         try:
-            response = await self._client.get(f"http://{self.addresses.dial(address)}/metrics")
+            response = await self._client.get(
+                f"http://{self.addresses.dial(address)}/metrics", params=[("name[]", name) for name in WANTED]
+            )
             response.raise_for_status()
             load = parse_load(response.text)
         except (httpx.HTTPError, NotMetrics) as err:
