@@ -110,7 +110,9 @@ class _Pass:
         self.stable = cache.get("Deployment", ns, deployment_name(md_name, STABLE))
         self.canary = cache.get("Deployment", ns, deployment_name(md_name, CANARY))
         self.service = cache.get("Service", ns, service_name(md_name))
-        self.pods = [p for p in cache.select("Pod", ns, selector_labels(md_name)) if not is_router_pod(p)]
+        pods = cache.select("Pod", ns, selector_labels(md_name))
+        self.pods = [p for p in pods if not is_router_pod(p)]
+        self.router_pods = [p for p in pods if is_router_pod(p)]
         self.config_maps = [
             cm
             for cm in cache.select("ConfigMap", ns, {MODEL_DEPLOYMENT_LABEL: md_name})
@@ -240,7 +242,7 @@ class _Pass:
             canary=DeploymentState.of(canary_now) if canary_now else None,
             rollout=plan.state.to_status(),
             canary_phase=plan.state.canary.phase if plan.state.canary else None,
-            pod_problem=pod_problem(self.pods),
+            pod_problem=pod_problem([*self.pods, *self.router_pods]),
             rejected_target=Problem(
                 rejected.reason,
                 f"revision {rejected.revision} was rolled back: {rejected.message}; change the spec, or annotate "

@@ -1,8 +1,8 @@
 """`python -m moe_runtime router`: watch the ModelDeployment's endpoints and status, read its pods' load, and
 route every request (options: router/options.py).
 
-Lifecycle: /health answers at once; /ready answers 200 once the EndpointSlices and the ModelDeployment were
-listed (with no pod Ready too: it then holds requests). On SIGTERM or SIGINT it drains as the runtime does:
+Lifecycle: /health answers at once; /ready answers 200 once the EndpointSlices were listed (with no pod Ready
+too: it then holds requests). On SIGTERM or SIGINT it drains as the runtime does:
 /ready turns 503, idle keep-alive connections close, answers carry `Connection: close`, the requests it
 accepted (held ones included) are answered, then it exits 0. A second signal exits at once.
 """
@@ -90,8 +90,8 @@ async def serve(args) -> int:
     server: _RouterServer | None = None
 
     def ready() -> bool:
-        synced = discovery.slices_synced.is_set() and discovery.status_synced.is_set()
-        return synced and server is not None and not server.draining
+        # the ModelDeployment's status is not waited for: until it is read, the Ready pods decide the tracks
+        return discovery.slices_synced.is_set() and server is not None and not server.draining
 
     app = RouterApp(state, metrics, addresses, limits, ready)
     config = uvicorn.Config(

@@ -262,3 +262,25 @@ def test_a_router_told_to_stop_answers_what_it_accepted_and_closes_its_connectio
         write(endpoint_slice(STABLE, [("10.245.200.1", "pod-a", True)]))
         assert held.result(timeout=60).status_code == 200
         assert routed.process.wait(timeout=30) == 0
+
+
+def test_past_the_bound_on_held_requests_the_next_one_gets_503_at_once(
+    models, model_deployment, network, write, tmp_path
+):
+    write(endpoint_slice(STABLE, []))
+    set_status(models, {"canary": None})
+    with (
+        router(models, network, tmp_path, "--hold-timeout", "30", "--max-held", "1") as routed,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        held = pool.submit(complete, routed.url, "first", 2)
+        wait_for(
+            lambda: routed.metric("moe_router_held_requests") == 1, timeout=10, interval=0.05, what="held"
+        )
+        refused = complete(routed.url, "second", 2)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert "holds as many requests as it may" in refused.json()["error"]["message"]
+        assert not held.done()
+        routed.process.send_signal(signal.SIGINT)  # a second signal exits at once: the held one is abandoned
+        routed.process.send_signal(signal.SIGINT)
+        routed.process.wait(timeout=30)

@@ -308,3 +308,19 @@ def test_routing_adds_the_router_points_the_service_at_it_and_goes_away_without_
     assert world.api.get_obj("Service", NS, f"{NAME}-stable") is None
     assert "app.kubernetes.io/component" not in world.api.get_obj("Service", NS, NAME)["spec"]["selector"]
     assert world.api.get_obj("Deployment", NS, NAME) is not None, "the runtime pods stay"
+
+
+def test_a_router_pod_that_cannot_start_shows_in_the_status_but_never_counts_as_a_runtime_pod():
+    world = World(routing={})
+    world.reconcile()
+    world.api.put(
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": f"{NAME}-router-abc", "namespace": NS,
+                      "labels": {"app.kubernetes.io/name": "moe-runtime", "moedeploy.dev/model-deployment": NAME,
+                                 "app.kubernetes.io/component": "router"}},
+         "status": {"conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}}
+    )  # fmt: skip
+    world.reconcile()
+    degraded = next(c for c in world.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and f"{NAME}-router-abc" in degraded["message"]
