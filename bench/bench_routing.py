@@ -48,7 +48,7 @@ PODS = 3
 MIX = "160:16:6:4,8:8:3,400:96:1"
 BATCHING = {"maxBatchSequences": 4, "tokenBudget": 256, "prefillChunk": 128, "maxQueue": 512}
 STRATEGIES = ("RoundRobin", "LeastLoad", "PrefixAware")
-LOAD_FRACTION = 0.7  # of the calibrated throughput
+LOAD_FRACTION = 0.7  # of the calibrated throughput, by default
 TIMEOUT_S = 300
 
 
@@ -197,7 +197,7 @@ def variant(
     }
 
 
-def run(cluster, quick: bool, workdir: Path) -> dict:
+def run(cluster, quick: bool, workdir: Path, fraction: float = LOAD_FRACTION) -> dict:
     seconds, calibration_s = (30.0, 15.0) if quick else (90.0, 30.0)
     model_dir = demo_checkpoint(workdir / "qwen3-moe-demo")
     install_crd(cluster)
@@ -211,7 +211,7 @@ def run(cluster, quick: bool, workdir: Path) -> dict:
         wait(lambda: settled(cluster, namespace, "LeastLoad"), "the pods to start")
         url = wait(lambda: serving_through(cluster, namespace, True), "status.url to answer")
         calibration = run_load(load(url, None, calibration_s, concurrency=8))
-        rate = round(LOAD_FRACTION * calibration["requests_per_s"], 2)
+        rate = round(fraction * calibration["requests_per_s"], 2)
         log(
             f"calibration: {calibration['requests_per_s']} req/s closed loop (8 clients) -> {rate} req/s offered"
         )
@@ -233,6 +233,7 @@ def run(cluster, quick: bool, workdir: Path) -> dict:
         "mix": MIX,
         "batching": BATCHING,
         "offered_rate_per_s": rate,
+        "load_fraction": fraction,
         "calibration_requests_per_s": calibration["requests_per_s"],
         "seconds_per_variant": seconds,
         "variants": results,

@@ -180,7 +180,7 @@ def test_at_zero_with_a_pod_that_cannot_start_the_request_gets_503_after_the_bou
     assert replicas(models, name) == 1, "the held request woke it, though its pod cannot start"
 
 
-def test_scale_in_promotion_and_a_router_restart_under_load_through_the_router_fail_no_request(
+def test_scale_in_promotion_rollback_and_a_router_restart_under_load_through_the_router_fail_no_request(
     cluster, models, operator, model_dir, created
 ):
     name = created(routed_md("steady", {"hostPath": {"path": str(model_dir)}}, replicas=2))
@@ -204,10 +204,18 @@ def test_scale_in_promotion_and_a_router_restart_under_load_through_the_router_f
         # the router itself rolls (its settings changed): accepted requests are answered by the old one
         models.patch_spec(name, {"routing": {**models.get(name)["spec"]["routing"], "strategy": "LeastLoad"}})
         wait_for(lambda: _router_rolled(models, name, "LeastLoad"), timeout=120, what="the router to roll")
+        # a revision whose canary breaches its SLO under that load: rejected and rolled back
+        runtime = {**models.get(name)["spec"]["runtime"], "env": [{"name": "ROUND", "value": "3"}]}
+        slo = {"p99LatencySeconds": 0.001, "analysisIntervalSeconds": 3, "minRequests": 2, "failureLimit": 0}
+        models.patch_spec(name, {"runtime": runtime, "slo": slo})
+        wait_for(lambda: (models.get(name).get("status") or {}).get("rejectedRevisions"), timeout=START_TIMEOUT_S,
+                 what="the canary to be rolled back")  # fmt: skip
+        wait_for(lambda: not models.deployment(f"{name}-canary"), timeout=60, what="the canary to go")
         done = load.summary()["completed"]
         wait_for(lambda: load.summary()["completed"] >= done + 8, timeout=60, what="load after the rollouts")
     summary = load.result
     assert summary["errors"] == {} and summary["completed"] >= 24, summary
+    assert summary["by_pod"], "the answers named their pods: they came through the router"
 
 
 def _router_rolled(models, name: str, strategy: str) -> bool:
