@@ -94,6 +94,13 @@ class Watcher:
             thread.join()
 
 
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:  # the Service proxy has no Ready router to send the connection to yet
+        return False
+
+
 def router_holds(url: str) -> bool:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -169,7 +176,7 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
             lambda: service_url(cluster.services_file, f"http://{NAME}.{namespace}.svc.cluster.local"),
             "status.url",
         )
-        wait(lambda: httpx.get(f"{address}/ready", timeout=2).status_code == 200, "the router")
+        wait(lambda: ready(address), "the router")
         results = [one_round(cluster, core, apps, prom, namespace, address, i) for i in range(rounds)]
     finally:
         operator.stop()
