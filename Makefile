@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # e.g. CLUSTER_ARGS="--scrape-interval 2s --served-nodes gpu-node-0" (hack/localcluster.py up --help)
 CLUSTER_ARGS ?=
 
-.PHONY: install test unit integration lint testbin prometheus cluster-up cluster-down demo bench images push-images chart clean
+.PHONY: install test unit integration lint testbin prometheus vllm cluster-up cluster-down demo bench images push-images chart clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -23,6 +23,10 @@ testbin:
 
 prometheus:
 	@bash hack/ensure-prometheus.sh
+
+# vLLM's CPU build in a venv outside the repo (prints its folder); a no-op when installed
+vllm:
+	@bash hack/ensure-vllm.sh
 
 test: install testbin prometheus
 	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) -m pytest $(PYTEST_ARGS)

@@ -7,8 +7,8 @@ The ModelDeployment (spec.routing.scaleToZero, idle after 3 s) is left to reach 
 request goes to its status.url. Seen from outside, each round times, from the request's sending:
 - held_at_router_s: the router reports it held (its own /metrics, read directly every 50 ms);
 - held_in_prometheus_s: Prometheus has the held request (queried every 100 ms; the stack scrapes every 1 s);
-- scale_decision_s: the operator set the Deployment to 1 replica (it reads the routers through Prometheus, every
-  second while at zero);
+- scale_decision_s: the operator set the Deployment to 1 replica (its measurement loop reads the routers through
+  Prometheus every ROUTERS_AT_ZERO_S while at zero, and the read wakes the reconcile pass);
 - pod_created_s, pod_ready_s: the runtime pod exists, and is Ready (weights loaded, its probe passed);
 - first_token_s: the client got the first token (the router sent the request on the moment the pod's
   endpoint turned Ready).
@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+
+from moe_operator.decisions.measurements import ROUTERS_AT_ZERO_S
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
@@ -196,7 +198,7 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
         "rounds": rounds,
         "idle_seconds": IDLE_S,
         "prometheus_scrape_interval": cluster.scrape_interval,
-        "operator_poll_at_zero_s": 1.0,
+        "operator_read_at_zero_s": ROUTERS_AT_ZERO_S,
         "median_s": medians,
         "median_derived_s": {k: round(statistics.median(d[k] for d in derived), 3) for k in derived[0]},
         "runs": results,

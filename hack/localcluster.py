@@ -1,15 +1,20 @@
 """The local stack: a real Kubernetes control plane on loopback, from the binaries hack/testbin.sh builds,
 with real runtime pods and a real Prometheus.
 
-etcd, kube-apiserver (TLS, client-certificate admin, RBAC, service-account keys), kube-controller-manager,
-kube-scheduler; fake nodes (some with `nvidia.com/gpu`) so that pods really get scheduled; the local kubelet
-(hack/localkubelet) owning the served nodes (by default the GPU nodes), where every ModelDeployment pod runs
-as a `python -m moe_runtime serve` process; KWOK playing the kubelet of the other nodes, whose pods stay API
-objects; Prometheus scraping the Ready runtime pods through file-based discovery of `targets.json`.
-Every process, its log and its state live in one folder; `down` stops exactly the processes recorded there.
-What other tools rely on (the README's "local stack" contract): `<state dir>/kubeconfig`, `<state dir>/env`
-(KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`, `<state dir>/services.json` (the Service proxy,
-hack/localservices: `namespace/name` -> `127.0.0.1:PORT`).
+kwokctl's binary runtime starts the control plane (`kwokctl create cluster`, configured by `kwokctl_config`):
+it writes the PKI and the kubeconfig and runs etcd, kube-apiserver (TLS, client-certificate admin, RBAC,
+service-account keys), kube-controller-manager, kube-scheduler, KWOK and Prometheus from our binaries, named
+by path so that it downloads nothing, with its flags completed by `FLAGS`. This module adds the rest: fake
+nodes (some with `nvidia.com/gpu`) so that pods really get scheduled; the local kubelet (hack/localkubelet)
+owning the served nodes (by default the GPU nodes), where every ModelDeployment pod runs as a
+`python -m moe_runtime serve` process, while KWOK plays the kubelet of the other nodes, whose pods stay API
+objects; Prometheus' configuration, scraping the Ready runtime pods through file-based discovery of
+`targets.json`; bounded waits that fail at once, with the log, when a component exits; and the stop.
+Every process, its log and its state live in one folder (kwokctl's in `kwokctl/`); `down` stops exactly the
+processes recorded there, each checked to still be the component it started, and the pod processes, also
+after an `up` that failed half-way. What other tools rely on (docs/local-stack.md): `<state dir>/kubeconfig`,
+`<state dir>/env` (KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`, `<state dir>/services.json`
+(the Service proxy, hack/localservices: `namespace/name` -> `127.0.0.1:PORT`).
 
     python hack/localcluster.py up   --state-dir .cluster     # KUBEBUILDER_ASSETS names the binaries
     python hack/localcluster.py down --state-dir .cluster
@@ -18,16 +23,17 @@ hack/localservices: `namespace/name` -> `127.0.0.1:PORT`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +43,8 @@ HACK = Path(__file__).resolve().parent
 SERVICE_CIDR = "10.96.0.0/16"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 GPUS_PER_NODE = 8
+# KWOK's stages, from its module (hack/testbin.sh copies them): nodes turn Ready and post heartbeats, pods
+# turn Ready, complete and go away when deleted
 KWOK_STAGES = [
     "node/fast/node-initialize.yaml",
     "node/heartbeat/node-heartbeat.yaml",
@@ -44,18 +52,60 @@ KWOK_STAGES = [
     "pod/fast/pod-complete.yaml",
     "pod/fast/pod-delete.yaml",
 ]
+# What kwokctl's flags for each component (sigs.k8s.io/kwok pkg/kwokctl/components) lack or set otherwise;
+# the flags in OVERRIDE replace kwokctl's own, the others are added.
+FLAGS = {
+    "etcd": {"unsafe-no-fsync": "true", "log-level": "warn"},
+    "kube-apiserver": {
+        "authorization-mode": "RBAC",
+        "disable-admission-plugins": "ServiceAccount",
+        "service-cluster-ip-range": SERVICE_CIDR,
+        "advertise-address": "127.0.0.1",  # for machines without a default route
+        # the endpoint reconciler refuses a loopback advertise address; nothing here needs the `kubernetes`
+        # Service's endpoints
+        "endpoint-reconciler-type": "none",
+        "enable-priority-and-fairness": "false",
+    },
+    "kube-controller-manager": {
+        "service-cluster-ip-range": SERVICE_CIDR,
+        "controllers": "*,-nodeipam",
+        "leader-elect": "false",
+    },
+    "kube-scheduler": {"leader-elect": "false"},
+    "kwok-controller": {
+        # only the nodes annotated for it: the served nodes are the local kubelet's
+        "manage-all-nodes": "false",
+        "manage-nodes-with-annotation-selector": "kwok.x-k8s.io/node=fake",
+        "node-lease-duration-seconds": "0",  # heartbeats come from the node-heartbeat stage
+        "node-ip": "10.244.0.1",
+        "cidr": "10.244.0.0/16",
+    },
+}
+OVERRIDE = {"authorization-mode", "manage-all-nodes", "node-lease-duration-seconds", "node-ip", "config.file"}
+# kwokctl's options naming our binaries, so that it never downloads one
+BINARIES = {
+    "etcdBinary": "etcd",
+    "kubeApiserverBinary": "kube-apiserver",
+    "kubeControllerManagerBinary": "kube-controller-manager",
+    "kubeSchedulerBinary": "kube-scheduler",
+    "kwokControllerBinary": "kwok",
+    "kubectlBinary": "kubectl",
+}
+KWOKCTL_CLUSTER = "moedeploy"
 # Marks the nodes the local kubelet serves; with taint_served they also carry it as a NoSchedule taint, so
 # that only pods asking for real processes land there.
 LOCAL_KUBELET_LABEL = "moedeploy.dev/local-kubelet"
+# The processes of the stack in the order they start (kwokctl names each after its binary); `down` stops
+# them in reverse, the clients of the apiserver first and etcd last.
 COMPONENTS = (
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
-    "kwok",
+    "kwok-controller",
+    "prometheus",
     "localkubelet",
     "localservices",
-    "prometheus",
 )
 
 
@@ -74,92 +124,37 @@ def assets_dir() -> Path:
     return Path(assets)
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def write_pki(pki: Path) -> None:
-    """CA, apiserver serving cert, admin client cert (system:masters), service-account key pair."""
-    pki.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = pki / "ca.key", pki / "ca.crt"
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=moedeploy-local-ca",
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca_crt),
-    )
-
-    def issue(name: str, subject: str, ext: str) -> None:
-        key, csr, crt, extfile = (pki / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
-        extfile.write_text(ext)
-        _openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(key), "-out", str(csr)
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(ca_crt),
-            "-CAkey",
-            str(ca_key),
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-extfile",
-            str(extfile),
-            "-out",
-            str(crt),
-        )
-
-    issue(
-        "apiserver",
-        "/CN=kube-apiserver",
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
-    )
-    issue("admin", "/O=system:masters/CN=admin", "extendedKeyUsage=clientAuth\n")
-    _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
-    _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
-
-
-def kubeconfig_text(server: str, pki: Path) -> str:
-    return json.dumps(
+def kwokctl_config(assets: Path, prometheus_port: int, prometheus_config_file: Path) -> str:
+    """kwokctl's configuration: the binary runtime on loopback, our binaries by path, FLAGS, KWOK_STAGES,
+    and its Prometheus on our configuration."""
+    options = {
+        "runtime": "binary",
+        "bindAddress": "127.0.0.1",
+        **{option: str(assets / binary) for option, binary in BINARIES.items()},
+        "enable": ["prometheus"],
+        "prometheusBinary": shutil.which("prometheus") or "/usr/bin/prometheus",
+        "prometheusPort": prometheus_port,
+        # the controller-manager's own node-monitor period (5 s) and grace period (50 s): kwokctl's
+        # heartbeatFactor (5) would stretch them
+        "heartbeatFactor": 1,
+        "kubeControllerManagerNodeMonitorGracePeriodMilliseconds": 50_000,
+    }
+    flags = {**FLAGS, "prometheus": {"config.file": str(prometheus_config_file)}}
+    patches = [
         {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "moedeploy-local",
-                    "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate": str(pki / "admin.crt"),
-                        "client-key": str(pki / "admin.key"),
-                    },
-                }
-            ],
-            "contexts": [
-                {"name": "moedeploy-local", "context": {"cluster": "moedeploy-local", "user": "admin"}}
-            ],
-            "current-context": "moedeploy-local",
-        },
-        indent=2,
-    )
+            "name": name,
+            "extraArgs": [{"key": k, "value": v, "override": k in OVERRIDE} for k, v in args.items()],
+        }
+        for name, args in flags.items()
+    ]
+    configuration = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": options,
+        "componentsPatches": patches,
+    }
+    stages = [(assets / "kwok-stages" / stage).read_text() for stage in KWOK_STAGES]
+    return "\n---\n".join([json.dumps(configuration, indent=2), *stages])
 
 
 def fake_node(name: str, gpus: int, served: bool = False, tainted: bool = False) -> dict:
@@ -261,83 +256,73 @@ class LocalCluster:
         return self.state_dir / "pods"
 
     @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
     def prometheus_url(self) -> str:
         return read_env_file(self.env_file)["PROMETHEUS_URL"]
 
     @property
-    def _pids(self) -> Path:
-        return self.state_dir / "pids.json"
+    def _kwokctl_workdir(self) -> Path:
+        """What kwokctl keeps of the cluster: PKI, etcd's and Prometheus' data, PID files (KWOK_WORKDIR)."""
+        return self.state_dir / "kwokctl" / "clusters" / KWOKCTL_CLUSTER
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
-    def up(self, timeout: float = 90) -> None:
+    def up(self, timeout: float = 120) -> None:
+        """Starts the stack unless it runs; TimeoutError (with the logs) when it does not come up: a
+        component exited, or `timeout` passed."""
         if self.running():
             return
         self.down()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "logs").mkdir(exist_ok=True)
-        pki = self.state_dir / "pki"
-        write_pki(pki)
-        ports = {
-            name: free_port()
-            for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok", "prometheus")
-        }
-        server = f"https://127.0.0.1:{ports['apiserver']}"
-        self.kubeconfig.write_text(kubeconfig_text(server, pki))
-        (self.state_dir / "kwok.yaml").write_text(self._kwok_config())
+        deadline = time.monotonic() + timeout
+        self.logs_dir.mkdir(parents=True)
+        # kwokctl writes each component's log into its workdir's logs/: let that be ours, which outlives it
+        self._kwokctl_workdir.mkdir(parents=True)
+        (self._kwokctl_workdir / "logs").symlink_to(self.logs_dir)
         self.targets_file.write_text("[]\n")
         self.services_file.write_text("{}\n")
-        (self.state_dir / "prometheus.yml").write_text(
-            prometheus_config(self.targets_file, self.scrape_interval)
-        )
-
-        started: dict[str, subprocess.Popen] = {}
+        prometheus = self.state_dir / "prometheus.yml"
+        prometheus.write_text(prometheus_config(self.targets_file, self.scrape_interval))
+        port = free_port()
+        prometheus_url = f"http://127.0.0.1:{port}"
+        config = self.state_dir / "kwokctl.yaml"
+        config.write_text(kwokctl_config(self.assets, port, prometheus))
+        create = None
         try:
-            started["etcd"] = self._start("etcd", self._binary("etcd", self._etcd_args(ports)))
-            started["kube-apiserver"] = self._start(
-                "kube-apiserver", self._binary("kube-apiserver", self._apiserver_args(ports, pki))
-            )
-            self._record_pids(started)
-            self._wait_healthy(server, pki, started, timeout)
-            for name, argv in (
-                (
-                    "kube-controller-manager",
-                    self._binary("kube-controller-manager", self._controller_manager_args(ports, pki)),
-                ),
-                ("kube-scheduler", self._binary("kube-scheduler", self._scheduler_args(ports))),
-                ("kwok", self._binary("kwok", self._kwok_args(ports))),
-                ("localkubelet", self._kubelet_argv()),
-                ("localservices", self._services_argv()),
-                ("prometheus", self._prometheus_argv(ports)),
-            ):
-                started[name] = self._start(name, argv)
-            self._record_pids(started)
+            create = self._start("kwokctl", self._kwokctl_argv(config), env=self._kwokctl_env())
+            self._wait("kwokctl create cluster", lambda: create.poll() is not None, deadline)
+            if create.returncode:
+                raise TimeoutError(f"kwokctl create cluster failed ({create.returncode})\n{self.log_tails()}")
+            self._wait("kube-apiserver", self._api_ready, deadline)
+            # the nodes first: the kubelet's first heartbeat makes its nodes Ready (the next comes 10 s later)
             self._create_nodes()
-            self._wait_nodes_ready(timeout)
-            self._wait_default_service_account(timeout)
-            prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
-            self._wait_prometheus(prometheus_url, started, timeout)
+            kubelet = self._start("localkubelet", self._kubelet_argv())
+            (self._kwokctl_workdir / "pids" / "localkubelet.pid").write_text(str(kubelet.pid))
+            services = self._start("localservices", self._services_argv())
+            (self._kwokctl_workdir / "pids" / "localservices.pid").write_text(str(services.pid))
+            self._wait("the nodes", self._nodes_ready, deadline)
+            self._wait("the default ServiceAccount", self._default_service_account, deadline)
+            self._wait("Prometheus", lambda: _http_ok(f"{prometheus_url}/-/ready"), deadline)
+            (self.state_dir / "pids.json").write_text(json.dumps(self.pids()))
             self.env_file.write_text(f"KUBECONFIG={self.kubeconfig}\nPROMETHEUS_URL={prometheus_url}\n")
         except BaseException:
+            if create is not None:
+                _terminate(create.pid, "kwokctl")
             self.down(keep_logs=True)
             raise
 
     def running(self) -> bool:
-        if not self._pids.exists() or not self.kubeconfig.exists():
+        pids = self.pids()
+        if not all(name in pids and _alive(pids[name], name) for name in COMPONENTS):
             return False
-        pids = json.loads(self._pids.read_text())
-        if set(pids) != set(COMPONENTS) or not all(_alive(pid, name) for name, pid in pids.items()):
-            return False
-        if not self.env_file.exists():
-            return False
-        return self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
+        return self.env_file.exists() and self._api_ready()
 
     def down(self, keep_logs: bool = False) -> None:
-        if self._pids.exists():
-            pids = json.loads(self._pids.read_text())
-            # stop the clients of the apiserver first, etcd last
-            for name in reversed(list(pids)):
-                _terminate(pids[name], name)
+        pids = self.pids()
+        for name in sorted(pids, key=lambda n: COMPONENTS.index(n) if n in COMPONENTS else -1, reverse=True):
+            _terminate(pids[name], name)
         _kill_pod_processes(self.state_dir)
         if self.state_dir.exists():
             if keep_logs:
@@ -346,6 +331,24 @@ class LocalCluster:
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
             else:
                 shutil.rmtree(self.state_dir)
+
+    def pids(self) -> dict[str, int]:
+        """The stack's processes by component: those in `pids.json` and in kwokctl's PID files."""
+        listed = self.state_dir / "pids.json"
+        pids = json.loads(listed.read_text()) if listed.exists() else {}
+        for path in (self._kwokctl_workdir / "pids").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):  # being written
+                pids[path.stem] = int(path.read_text())
+        return pids
+
+    def log_tails(self, names: list[str] | None = None, chars: int = 2000) -> str:
+        """The end of each component's log (of the named ones only, when given)."""
+        logs = sorted(self.logs_dir.glob("*.log")) if self.logs_dir.exists() else []
+        return "".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}\n"
+            for log in logs
+            if names is None or log.stem in names
+        )
 
     # ---- helpers for callers ---------------------------------------------------------------------------
 
@@ -376,87 +379,23 @@ class LocalCluster:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    # ---- process arguments -----------------------------------------------------------------------------
+    # ---- steps -----------------------------------------------------------------------------------------
 
-    def _etcd_args(self, ports: dict[str, int]) -> list[str]:
-        client, peer = f"http://127.0.0.1:{ports['etcd']}", f"http://127.0.0.1:{ports['etcd-peer']}"
+    def _kwokctl_argv(self, config: Path) -> list[str]:
         return [
-            "--name",
-            "default",
-            "--data-dir",
-            str(self.state_dir / "etcd"),
-            "--listen-client-urls",
-            client,
-            "--advertise-client-urls",
-            client,
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-            "--initial-cluster",
-            f"default={peer}",
-            "--unsafe-no-fsync",
-            "--log-level",
-            "warn",
-        ]
-
-    def _apiserver_args(self, ports: dict[str, int], pki: Path) -> list[str]:
-        return [
-            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            f"--secure-port={ports['apiserver']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--cert-dir={self.state_dir / 'apiserver-certs'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
-            "--allow-privileged=true",
-            "--disable-admission-plugins=ServiceAccount",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--enable-priority-and-fairness=false",
-            # the endpoint reconciler refuses a loopback advertise address; nothing here needs the
-            # `kubernetes` Service's endpoints
-            "--endpoint-reconciler-type=none",
-        ]
-
-    def _component_args(self, port: int) -> list[str]:
-        """What controller-manager and scheduler share: the admin identity, one instance, a loopback port."""
-        kc = str(self.kubeconfig)
-        return [
-            f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}",
-            f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false",
-            f"--secure-port={port}",
-            "--bind-address=127.0.0.1",
-        ]
-
-    def _controller_manager_args(self, ports: dict[str, int], pki: Path) -> list[str]:
-        return [
-            *self._component_args(ports["kcm"]),
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-nodeipam",
-        ]
-
-    def _scheduler_args(self, ports: dict[str, int]) -> list[str]:
-        return self._component_args(ports["scheduler"])
-
-    def _kwok_args(self, ports: dict[str, int]) -> list[str]:
-        return [
+            str(self.assets / "kwokctl"),
+            f"--config={config}",
+            f"--name={KWOKCTL_CLUSTER}",
+            "create",
+            "cluster",
             f"--kubeconfig={self.kubeconfig}",
-            f"--config={self.state_dir / 'kwok.yaml'}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-ip=10.244.0.1",
-            "--cidr=10.244.0.0/16",
-            f"--server-address=127.0.0.1:{ports['kwok']}",
         ]
+
+    def _kwokctl_env(self) -> dict[str, str]:
+        """Its workdir in ours, our kubectl first on PATH, and no KWOK_* setting of the caller's."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("KWOK_")}
+        path = f"{self.assets}{os.pathsep}{env.get('PATH', '')}"
+        return {**env, "KWOK_WORKDIR": str(self._kwokctl_workdir.parent.parent), "PATH": path}
 
     def _kubelet_argv(self) -> list[str]:
         return [
@@ -477,63 +416,23 @@ class LocalCluster:
             f"--state-dir={self.state_dir}",
         ]
 
-    def _prometheus_argv(self, ports: dict[str, int]) -> list[str]:
-        return [
-            shutil.which("prometheus") or "/usr/bin/prometheus",
-            f"--config.file={self.state_dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={self.state_dir / 'prometheus'}",
-            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
-            "--storage.tsdb.retention.time=1d",
-        ]
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        return start_component(self.logs_dir / f"{name}.log", argv, env)
 
-    def _kwok_config(self) -> str:
-        stages = self.assets / "kwok-stages"
-        return "\n---\n".join((stages / stage).read_text() for stage in KWOK_STAGES)
-
-    # ---- steps -----------------------------------------------------------------------------------------
-
-    def _binary(self, name: str, args: list[str]) -> list[str]:
-        return [str(self.assets / name), *args]
-
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        return start_component(self.state_dir / "logs" / f"{name}.log", argv)
-
-    def _record_pids(self, started: dict[str, subprocess.Popen]) -> None:
-        self._pids.write_text(json.dumps({name: proc.pid for name, proc in started.items()}))
-
-    def _wait_healthy(
-        self, server: str, pki: Path, started: dict[str, subprocess.Popen], timeout: float
-    ) -> None:
-        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{server}/readyz", context=context, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            dead = exited(started)
-            if dead or time.monotonic() > deadline:
-                why = f"{', '.join(dead)} exited" if dead else f"not ready in {timeout}s"
-                raise TimeoutError(f"kube-apiserver {why}; see {self.state_dir / 'logs'}")
-            time.sleep(0.3)
-
-    def _wait_prometheus(self, url: str, started: dict[str, subprocess.Popen], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if exited({"prometheus": started["prometheus"]}) or time.monotonic() > deadline:
+    def _wait(self, what: str, done: Callable[[], bool], deadline: float) -> None:
+        """Until done(); TimeoutError when a component exits first (with its log) or the deadline passes."""
+        while not done():
+            dead = [name for name, pid in self.pids().items() if not _alive(pid, name)]
+            if dead:
                 raise TimeoutError(
-                    f"Prometheus did not get ready; see {self.state_dir / 'logs' / 'prometheus.log'}"
+                    f"{', '.join(dead)} exited while waiting for {what}\n{self.log_tails(dead)}"
                 )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready in time; see the logs in {self.logs_dir}")
             time.sleep(0.3)
+
+    def _api_ready(self) -> bool:
+        return self.kubectl("get", "--raw", "/readyz", "--request-timeout=5s", check=False).returncode == 0
 
     def _create_nodes(self) -> None:
         served = set(self.served_nodes)
@@ -545,45 +444,49 @@ class LocalCluster:
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
         )
 
-    def _wait_nodes_ready(self, timeout: float) -> None:
-        names = [*self.gpu_nodes, *self.cpu_nodes]
-        self.kubectl(
-            "wait", "--for=condition=Ready", f"--timeout={int(timeout)}s", *(f"node/{n}" for n in names)
-        )
-        # the node-lifecycle controller lifts the not-ready taint that admission put on the new nodes
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].spec.taints}").stdout
-            if "not-ready" not in out:
-                return
-            time.sleep(0.5)
-        raise TimeoutError("fake nodes kept their not-ready taints")
+    def _nodes_ready(self) -> bool:
+        """Every node Ready, and rid of the not-ready taint that admission put on it (the node-lifecycle
+        controller lifts it)."""
+        listed = self.kubectl("get", "nodes", "-o", "json", check=False)
+        if listed.returncode:
+            return False
+        nodes = {node["metadata"]["name"]: node for node in json.loads(listed.stdout)["items"]}
 
-    def _wait_default_service_account(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.kubectl("get", "serviceaccount", "default", check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the serviceaccount controller did not create default/default")
-            time.sleep(0.3)
+        def ready(node: dict) -> bool:
+            conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+            taints = {t["key"] for t in node["spec"].get("taints", [])}
+            return conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints
+
+        return all(name in nodes and ready(nodes[name]) for name in [*self.gpu_nodes, *self.cpu_nodes])
+
+    def _default_service_account(self) -> bool:
+        return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
 
 
-def start_component(log_path: Path, argv: list[str]) -> subprocess.Popen:
-    """Starts one component in its own session (so `down` can stop its whole group), output to `log_path`."""
+def start_component(log_path: Path, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts one process in its own session (so `down` can stop its whole group), output to `log_path`."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
 
 
-def exited(started: dict[str, subprocess.Popen]) -> list[str]:
-    """The components this process started that have exited. Asked of the child handles, not of /proc: right
-    after it starts, a child's /proc/<pid>/cmdline can still be empty, and it would read as dead."""
-    return [name for name, proc in started.items() if proc.poll() is not None]
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _alive(pid: int, name: str) -> bool:
-    """Whether `pid` still runs the component `name` (its binary, or the script a Python runs); for processes
-    another invocation started, and before stopping one."""
+    """Whether `pid` still runs the component `name` (its binary, or the script a Python runs): a PID file
+    can outlive its process, and the PID be reused."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
@@ -633,9 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     if args.command == "down":
-        if not (state_dir / "pids.json").exists():
+        cluster = LocalCluster(state_dir, assets=Path(os.environ.get("KUBEBUILDER_ASSETS", "/nonexistent")))
+        if not cluster.pids():
             print(f"no local cluster recorded in {state_dir}")
-        LocalCluster(state_dir, assets=Path(os.environ.get("KUBEBUILDER_ASSETS", "/nonexistent"))).down()
+        cluster.down()
         print("local cluster stopped")
         return 0
     served = None if args.served_nodes is None else [n for n in args.served_nodes.split(",") if n]

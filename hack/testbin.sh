@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane from Go modules into a cache folder outside the repo, laid out like
-# KUBEBUILDER_ASSETS: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, helm.
+# KUBEBUILDER_ASSETS: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, kwokctl,
+# helm (kwokctl runs the local stack's control plane from the others: hack/localcluster.py).
 # Prints the folder. A no-op when every binary is already there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,7 +12,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-trimpath
 cache_root=${MOEDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moedeploy}
 key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_$(go env GOOS)-$(go env GOARCH)"
 out=${KUBEBUILDER_ASSETS:-$cache_root/testbin/$key}
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
 
 complete() { for b in "${binaries[@]}"; do [ -x "$out/$b" ] || return 1; done; }
 # The Inference Extension's InferencePool CRD, from its Go module, for the chart's tests (no binary to build)
@@ -44,10 +45,11 @@ build_wrapped() {
       go mod edit -require="$module@v$version"
       [ -z "${REPLACES:-}" ] || while read -r from to; do go mod edit -replace="$from=$to"; done <<<"$REPLACES"
       go mod download "$module"
-      # a wrapper needs every transitive module recorded; 'go get' of the packages at the pinned version does
-      # that (without the version it would upgrade the module to its latest release)
-      go get "${@/%/@v$version}" >/dev/null
     fi
+    # a wrapper needs every transitive module of its packages recorded (also of a package added to an existing
+    # wrapper); 'go get' of the packages at the pinned version does that (without the version it would
+    # upgrade the module to its latest release)
+    go get "${@/%/@v$version}" >/dev/null
     go build -ldflags "-s -w $ldflags" -o "$out/" "$@"
   )
 }
@@ -72,10 +74,12 @@ if [ ! -x "$out/etcd" ]; then
   # go names a binary after the last path element that is not a major version: "server"
   mv "$out/server" "$out/etcd"
 fi
-if [ ! -x "$out/kwok" ]; then
-  log "building kwok v$KWOK_VERSION"
-  build_wrapped sigs.k8s.io/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
-  # the stages that standalone kwok needs, from its own module
+if [ ! -x "$out/kwok" ] || [ ! -x "$out/kwokctl" ]; then
+  log "building kwok and kwokctl v$KWOK_VERSION"
+  build_wrapped sigs.k8s.io/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION" \
+    sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  # KWOK's stages, from its own module: hack/localcluster.py gives them to kwok through kwokctl
+  rm -rf "$out/kwok-stages"
   cp -r "$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION/kustomize/stage" "$out/kwok-stages"
   chmod -R u+w "$out/kwok-stages"
 fi

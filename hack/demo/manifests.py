@@ -13,7 +13,7 @@ TARGET_QUEUE = 3  # waiting requests per Ready pod the autoscaler aims for
 MAX_REPLICAS = 3
 
 
-def model_deployment(checkpoint: str, p99_seconds: float, **runtime: object) -> dict:
+def model_deployment(checkpoint: str, **runtime: object) -> dict:
     """The demo's ModelDeployment; `runtime` overrides fields of spec.runtime.batching (a new revision)."""
     batching = {"maxQueue": 256, "maxBatchSequences": 2, "tokenBudget": 256, "prefillChunk": 128,
                 "requestTimeoutSeconds": 300, **runtime}  # fmt: skip
@@ -47,14 +47,19 @@ def model_deployment(checkpoint: str, p99_seconds: float, **runtime: object) -> 
                 # kept connection to the pod it first reached, and new pods would get no load), sends the canary
                 # exactly its share, and retries what a draining pod refuses
                 "routing": {"replicas": 1, "nodeSelector": {LOCAL_KUBELET_LABEL: "true"}},
+                # judged against the stable track in the same windows: a busy machine slows both alike
                 "slo": {
-                    "p99LatencySeconds": round(p99_seconds, 3),
+                    "maxRelativeIncrease": 0.5,
+                    "p99LatencySeconds": 120,  # a backstop: a request running longer than this fails a window
                     "maxErrorRatio": 0.01,
                     "analysisIntervalSeconds": 6,
+                    "scrapeIntervalSeconds": 1,
+                    "metricDelaySeconds": 2,
                     "initialDelaySeconds": 2,
                     "measurements": 2,
                     "failureLimit": 1,
                     "minRequests": 3,
+                    "bakeSeconds": 12,
                 },
             },
         }

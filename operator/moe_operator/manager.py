@@ -17,7 +17,6 @@ from typing import Any
 
 from kubernetes import client
 
-from moe_operator.decisions.adapters import AdapterReader
 from moe_operator.decisions.naming import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -34,9 +33,9 @@ from moe_operator.machinery.cache import ObjectCache
 from moe_operator.machinery.controller import Controller
 from moe_operator.machinery.leader import LeaderElector, LeaseTimings
 from moe_operator.machinery.workqueue import WorkQueue
-from moe_operator.reconcile.canary import Analyzer
+from moe_operator.measure.loop import Measurer
+from moe_operator.measure.store import Measurements
 from moe_operator.reconcile.reconciler import Reconciler
-from moe_operator.reconcile.scaling import Scaler
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,7 @@ class Manager:
         self.queue = WorkQueue()
         self.recorder = EventRecorder(self.kube, identity())
         self.metrics = OperatorMetrics()
+        self.measurements = Measurements()
         prometheus = None
         if options.prometheus_url:
             prometheus = Prometheus(
@@ -97,10 +97,16 @@ class Manager:
             self.cache,
             self.recorder,
             policy=PolicySource(options.policy_file),
-            scaler=Scaler(prometheus, self.metrics),
-            analyzer=Analyzer(prometheus, self.metrics),
-            adapters=AdapterReader(prometheus),
+            measurements=self.measurements,
+            measuring=prometheus is not None,
             metrics=self.metrics,
+        )
+        self.measurer = (
+            Measurer(
+                prometheus, lambda: self.cache.list("ModelDeployment"), self.measurements, self.queue.add
+            )
+            if prometheus is not None
+            else None
         )
         self.controller = Controller(self.reconciler, self.queue, options.workers, self.metrics)
         self.metrics_server = None
@@ -130,6 +136,8 @@ class Manager:
     def stop(self) -> None:
         if self.elector is not None:
             self.elector.stop()
+        if self.measurer is not None:
+            self.measurer.stop()
         self.controller.stop()
 
     def prime(self) -> None:
@@ -145,6 +153,7 @@ class Manager:
             self.cache.delete(obj)
             if kind == "ModelDeployment":
                 self.metrics.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
+                self.measurements.forget((obj["metadata"]["namespace"], obj["metadata"]["name"]))
         else:
             self.cache.put(obj)
         meta = obj["metadata"]
@@ -162,6 +171,8 @@ class Manager:
         for key in self.cache.names("ModelDeployment"):
             self.queue.add(key)
         self.controller.start()
+        if self.measurer is not None:
+            self.measurer.start()
 
 
 def _own_namespace() -> str:

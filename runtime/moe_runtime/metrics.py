@@ -1,8 +1,11 @@
 """Prometheus metrics of one runtime process, in their own registry (names fixed by DESIGN.md).
 
 `moe_runtime_requests_total{status}` counts generation requests by the HTTP status of their outcome: "200",
-"400" (bad input), "404" (no such model or LoRA adapter), "413" (body too large), "429" (queue full), "503" (loading, draining, engine failed or stalled),
-"504" (timed out), "500" (engine failure) and "499" (the client went away first).
+"400" (bad input), "404" (no such model or LoRA adapter), "413" (body too large), "429" (queue full), "503" (engine failed
+or stalled), "504" (timed out), "500" (engine failure) and "499" (the client went away first); every status the
+operator's analysis reads is there from the start, at 0. Requests a server refuses because it is still loading
+or already draining are not among them (they are no outcome of the revision: a rollout's canary analysis must not
+count a pod's shutdown against it) but in `moe_runtime_requests_refused_total{reason}` (loading, draining).
 
 `moe_runtime_request_latency_seconds` (end to end: accepted to last event) and
 `moe_runtime_time_per_output_token_seconds` count every accepted request however it ends: finished,
@@ -61,7 +64,16 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5,
     10, 15, 20, 30, 45, 60, 120, 300, 600, 1200, 1800, 3600,
 )  # fmt: skip
-TOKEN_INTERVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Time per output token: fine steps (at most 1.5x apart) where decoding sits, so that a canary 1.2 times slower
+# than the stable track shows between buckets, not inside one
+TOKEN_INTERVAL_BUCKETS = (
+    0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.06, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 30,
+)  # fmt: skip
+# The outcomes the operator's analysis reads, exported from the start at zero: increase() sees a pod's first
+# errors only when the series existed before them
+REQUEST_STATUSES = ("200", "400", "404", "413", "429", "499", "500", "503", "504")
+REFUSAL_REASONS = ("loading", "draining")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -291,6 +303,16 @@ class RuntimeMetrics:
             ["status"],
             registry=r,
         )
+        self.requests_refused = Counter(
+            "moe_runtime_requests_refused",
+            "Requests refused with 503 before acceptance because the server was loading or draining",
+            ["reason"],
+            registry=r,
+        )
+        for status in REQUEST_STATUSES:
+            self.requests.labels(status=status)
+        for reason in REFUSAL_REASONS:
+            self.requests_refused.labels(reason=reason)
         self.prompt_tokens = Counter("moe_runtime_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.generation_tokens = Counter("moe_runtime_generation_tokens", "Tokens generated", registry=r)
         self.batch_size = Histogram(

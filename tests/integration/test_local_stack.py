@@ -1,5 +1,6 @@
 """`make cluster-up` / `make cluster-down` (hack/localcluster.py up/down): the contract files, idempotence,
-a pod the local kubelet runs without any operator, and nothing left behind: no process, no listening port."""
+kwokctl running only our binaries, a pod the local kubelet runs without any operator, and nothing left behind:
+no process, no listening port; a failed `up` names the component, shows its log and leaves nothing running."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from localcluster import assets_dir
+from localcluster import FLAGS, LocalCluster, assets_dir
 
 from tests.integration.local_stack import processes, write_tiny_checkpoint
 from tests.paths import ROOT
@@ -95,6 +96,14 @@ def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(tmp_path):
         assert contract["KUBECONFIG"] == str(state / "kubeconfig")
         assert httpx.get(f"{contract['PROMETHEUS_URL']}/-/ready", timeout=5).status_code == 200
         assert json.loads((state / "targets.json").read_text()) == []
+        # kwokctl ran our binaries (it links each into its workdir) and downloaded nothing into its cache
+        kwokctl = state / "kwokctl"
+        linked = {
+            link.name: link.resolve() for link in (kwokctl / "clusters" / "moedeploy" / "bin").iterdir()
+        }
+        assert linked.pop("prometheus") == Path("/usr/bin/prometheus").resolve()
+        assert {path.parent for path in linked.values()} == {assets.resolve()}
+        assert not (kwokctl / "cache").exists()
 
         kubectl = [str(assets / "kubectl"), "--kubeconfig", str(state / "kubeconfig")]
         subprocess.run([*kubectl, "apply", "-f", "-"], input=json.dumps(bare_runtime_pod(model_dir)), text=True,
@@ -140,3 +149,31 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_failed_up_names_the_component_shows_its_log_and_leaves_nothing_running(tmp_path, monkeypatch):
+    monkeypatch.setitem(FLAGS, "kube-apiserver", {"no-such-flag": "1"})
+    state = tmp_path / "stack"
+    with pytest.raises(TimeoutError) as failed:
+        LocalCluster(state, assets=assets_dir()).up()
+    assert "kube-apiserver exited" in str(failed.value)
+    assert "unknown flag: --no-such-flag" in str(failed.value)  # the tail of its log
+    assert "unknown flag: --no-such-flag" in (state / "logs" / "kube-apiserver.log").read_text()
+    assert [child.name for child in state.iterdir()] == ["logs"]
+    assert not _pids_mentioning(state), "a process of the failed stack still runs"
+
+
+def _pids_mentioning(path: Path) -> list[int]:
+    """Live processes whose command line names `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                proc.name.isdigit()
+                and str(path).encode() in (proc / "cmdline").read_bytes()
+                and not _zombie(int(proc.name))
+            ):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

@@ -24,7 +24,8 @@ import yaml
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from moe_operator.decisions.analysis import SLO, judge
+from moe_operator.decisions.engine_metrics import ENGINES
+from moe_operator.decisions.judge import Objectives, judge
 from moe_operator.decisions.promdata import Measurement, NoData, PodSamples
 from moe_operator.decisions.promql import SLOQueries
 from moe_operator.io.metrics import OperatorMetrics
@@ -58,6 +59,18 @@ class FakePod:
         self.latency = Histogram(
             "moe_runtime_request_latency_seconds",
             "Arrival to last token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "moe_runtime_time_to_first_token_seconds",
+            "Arrival to first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "moe_runtime_time_per_output_token_seconds",
+            "Per output token",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -230,8 +243,13 @@ def canary_traffic(setup) -> tuple[float, float]:
     wait_for(lambda: time.time() > before + 2 * SCRAPE_S, timeout=10, what="zero samples before the traffic")
     for _ in range(98):
         pod.latency.observe(0.3)
+        pod.ttft.observe(0.03)
     for _ in range(2):
         pod.latency.observe(7.0)
+        pod.ttft.observe(0.03)
+    stable = setup.pods["chat-0"]
+    for _ in range(50):
+        stable.latency.observe(0.3)
     for status, count in (("200", 100), ("429", 20), ("499", 3), ("500", 10), ("503", 5)):
         pod.requests.labels(status).inc(count)
     pod.oldest.set(42)
@@ -241,34 +259,49 @@ def canary_traffic(setup) -> tuple[float, float]:
     pod.oldest.set(0)
     wait_for(lambda: scalar(setup, f'moe_runtime_requests_total{{{canary},status="503"}}') == 5, timeout=20,
              what="the counts in Prometheus")  # fmt: skip
+    wait_for(lambda: scalar(setup, 'moe_runtime_request_latency_seconds_count{pod="chat-0"}') == 50, timeout=20,
+             what="the stable pod's requests in Prometheus")  # fmt: skip
     end = time.time()
     wait_for(lambda: scalar(setup, f"timestamp(moe_runtime_queue_depth{{{canary}}})") > end + SCRAPE_S,
              timeout=20, what="a scrape after the window's end")  # fmt: skip
     return before, end
 
 
-def test_canary_window_measures_what_the_pod_served(setup, canary_traffic):
+MOE = ENGINES["moe-runtime"]
+
+
+def test_tracks_measure_what_each_revisions_pods_served(setup, canary_traffic):
     before, end = canary_traffic
     interval = math.ceil(end - before) + 1
-    measured = setup.client.canary_window("team", "chat", "r2", end=end, interval_s=interval)
-    assert isinstance(measured, Measurement), measured
-    # increase() extrapolates every series of the pod by the same factor: ratios and quantiles come out exact
-    assert measured.p99_latency_s == pytest.approx(7.5)  # rank 99 of 100: halfway through the (5, 10] bucket
-    assert measured.error_ratio == pytest.approx(15 / 118)  # 5xx over all answers but 429
+    measured = setup.client.tracks("team", "chat", ["r2", "r1"], end, interval, MOE)
+    assert set(measured) == {"r1", "r2"}, measured
+    canary, stable = measured["r2"], measured["r1"]
+    # increase() extrapolates every series of a pod by the same factor: ratios and quantiles come out exact
+    assert canary.latency.quantile(0.99) == pytest.approx(7.5)  # rank 99 of 100: halfway through (5, 10]
+    assert canary.latency.count_above(2.5) / canary.latency.count == pytest.approx(0.02)
+    assert canary.ttft.quantile(0.5) == pytest.approx(0.025 + 0.025 * 0.5)
+    assert canary.tpot.count == 0, "no time per output token observed: an empty distribution, not an error"
+    statuses = {status: v / canary.outcomes["200"] * 100 for status, v in canary.outcomes.items()}
+    assert statuses == pytest.approx({"200": 100, "429": 20, "499": 3, "500": 10, "503": 5})
     # the count itself is extrapolated towards the window's end, by at most about a scrape interval
-    assert 118 <= measured.requests <= 118 * interval / (interval - 2.5 * SCRAPE_S)
-    assert measured.oldest_in_flight_s == 42
-    assert measured.at == end
-    assert judge(measured, SLO(p99_latency_s=2.0), at=end).kind == "Failed"
+    assert 100 <= canary.requests <= 100 * interval / (interval - 2.5 * SCRAPE_S)
+    assert canary.oldest_in_flight_s == 42 and canary.pods == 1
+    assert stable.pods == 3 and stable.latency.quantile(0.5) == pytest.approx(0.25 + 0.25 * 0.5)
+    window = Measurement(end, canary, canary, stable, stable)
+    outcome = judge(window, Objectives(p99_latency_s=2.0, max_error_ratio=0.05), at=end)
+    assert (outcome.kind, outcome.rule) == ("Failed", "Errors")  # 10 of 118 answered with 5xx
+    assert "a request has been running 42s" in outcome.message  # and one hung past the limit
+    assert "requests above it" not in outcome.message, "2 of 100 over the p99 limit is what a p99 allows"
 
 
-def test_a_past_window_before_the_traffic_is_empty_not_missing(setup, canary_traffic):
+def test_a_past_span_before_the_traffic_is_empty_not_missing(setup, canary_traffic):
     before, _ = canary_traffic
-    quiet = setup.client.canary_window("team", "chat", "r2", end=before, interval_s=2)
-    assert quiet == Measurement(
-        at=before, requests=0, p99_latency_s=None, error_ratio=None, oldest_in_flight_s=0
+    quiet = setup.client.tracks("team", "chat", ["r2"], before, 2, MOE)["r2"]
+    assert quiet.requests == 0 and quiet.oldest_in_flight_s == 0 and quiet.pods == 1
+    assert (
+        judge(Measurement(before, quiet, quiet), Objectives(p99_latency_s=2.0), at=before).kind
+        == "Inconclusive"
     )
-    assert judge(quiet, SLO(p99_latency_s=2.0), at=before).kind == "Inconclusive"
 
 
 def test_slo_overrides(setup, canary_traffic):
@@ -277,19 +310,20 @@ def test_slo_overrides(setup, canary_traffic):
     p50 = f"histogram_quantile(0.5, sum by (le) (increase(moe_runtime_request_latency_seconds_bucket{{{revision}}}[{{window}}])))"
     errors = f'sum(increase(moe_runtime_requests_total{{{revision},status="500"}}[{{window}}])) / sum(increase(moe_runtime_requests_total{{{revision}}}[{{window}}]))'
     queries = SLOQueries(p99_latency=p50, error_ratio=errors)
-    measured = setup.client.canary_window(
-        "team", "chat", "r2", end=end, interval_s=math.ceil(end - before) + 1, templates=queries
-    )
-    assert measured.p99_latency_s == pytest.approx(0.25 + 0.25 * 50 / 98)  # rank 50 of the 98 in (0.25, 0.5]
-    assert measured.error_ratio == pytest.approx(10 / 138)
+    measured = setup.client.tracks("team", "chat", ["r2"], end, math.ceil(end - before) + 1, MOE, queries)[
+        "r2"
+    ]
+    assert measured.p99_override == pytest.approx(0.25 + 0.25 * 50 / 98)  # rank 50 of the 98 in (0.25, 0.5]
+    assert measured.error_ratio_override == pytest.approx(10 / 138)
     many = SLOQueries(error_ratio=f"increase(moe_runtime_requests_total{{{revision}}}[{{window}}])")
-    failed = setup.client.canary_window("team", "chat", "r2", end=end, interval_s=10, templates=many)
+    failed = setup.client.tracks("team", "chat", ["r2"], end, 10, MOE, many)
     assert failed.reason == "QueryFailed" and "where one value was expected" in failed.message
 
 
-def test_a_revision_prometheus_does_not_scrape_is_no_data(setup):
-    missing = setup.client.canary_window("team", "chat", "r9", end=time.time(), interval_s=10)
-    assert missing.reason == "NoSeries" and "revision r9" in missing.message
+def test_a_revision_prometheus_does_not_scrape_is_absent_and_none_scraped_is_no_data(setup):
+    assert set(setup.client.tracks("team", "chat", ["r1", "r9"], time.time(), 10, MOE)) == {"r1"}
+    missing = setup.client.tracks("team", "chat", ["r9"], time.time(), 10, MOE)
+    assert missing.reason == "NoSeries" and "revision(s) r9" in missing.message
 
 
 # --- Prometheus unreachable, behind an auth proxy, over TLS ------------------------------------------------
@@ -300,14 +334,11 @@ def test_nothing_listening_is_prometheus_unavailable():
     client = Prometheus(f"http://127.0.0.1:{free_port()}", metrics=metrics)
     refused = client.queue_depth("team", "chat", WINDOW_S)
     assert refused.reason == "PrometheusUnavailable" and "Connection refused" in refused.message, refused
-    assert (
-        client.canary_window("team", "chat", "r2", end=time.time(), interval_s=10).reason
-        == "PrometheusUnavailable"
-    )
+    assert client.tracks("team", "chat", ["r2"], time.time(), 10, MOE).reason == "PrometheusUnavailable"
     sample = metrics.registry.get_sample_value
     assert sample("moe_operator_prometheus_query_failures_total", {"reason": "PrometheusUnavailable"}) == 2
     assert sample("moe_operator_prometheus_query_duration_seconds_count", {"query": "queue_depth"}) == 1
-    assert sample("moe_operator_prometheus_query_duration_seconds_count", {"query": "canary_window"}) == 1
+    assert sample("moe_operator_prometheus_query_duration_seconds_count", {"query": "tracks"}) == 1
 
 
 def test_a_server_that_never_answers_times_out_as_unavailable():

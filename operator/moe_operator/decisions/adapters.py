@@ -1,7 +1,7 @@
 """status.adapters, the AdaptersReady condition and the adapter Events: how many Ready pods have each LoRA adapter
-of the spec loaded, and why it failed where it did, from the runtime's own metrics through Prometheus (one
-query per ModelDeployment and evaluation, every EVALUATION_INTERVAL_S while it has adapters; in between, a
-pass keeps what the last evaluation found, unless the spec's adapters changed).
+of the spec loaded, and why it failed where it did, from the runtime's own metrics through Prometheus (read every
+READ_INTERVAL_S off the reconcile pass while the ModelDeployment has adapters; a pass reports the newest read).
+Pure.
 
 The runtime exports, per adapter, `moe_runtime_lora_adapter_loaded` (1 once it loaded and serves, also while
 evicted for room) and `moe_runtime_lora_adapter_load_error{reason}` while its last load failed (runtime/metrics.py).
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moe_operator.decisions.events import Event
+from moe_operator.decisions.naming import REVISION_LABEL
 from moe_operator.decisions.pods import is_ready, is_terminating
 from moe_operator.decisions.promdata import PROMETHEUS_UNAVAILABLE, AdapterStates, NoData
 from moe_operator.decisions.spec import ModelDeploymentSpec
@@ -25,7 +26,7 @@ from moe_operator.decisions.status import Condition
 from moe_operator.decisions.statusfields import count, mappings
 
 ADAPTERS_READY = "AdaptersReady"
-EVALUATION_INTERVAL_S = 10.0
+READ_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,43 +105,62 @@ def ready_pod_names(pods: Iterable[Mapping[str, Any]]) -> list[str]:
     return [p["metadata"]["name"] for p in pods if is_ready(p) and not is_terminating(p)]
 
 
-class AdapterReader:
-    def __init__(self, prometheus=None, interval_s: float = EVALUATION_INTERVAL_S) -> None:
-        self._prometheus = prometheus
-        self._interval_s = interval_s
-        self._last: dict[tuple[str, str], float] = {}  # when each ModelDeployment was last evaluated
+@dataclass(frozen=True)
+class AdapterRead:
+    """The newest read of every pod's adapter states, and when it was taken."""
 
-    def report(
-        self,
-        md: Mapping[str, Any],
-        spec: ModelDeploymentSpec,
-        pods: Iterable[Mapping[str, Any]],
-        now: float,
-    ) -> AdapterReport:
-        meta = md["metadata"]
-        key = (meta["namespace"], meta["name"])
-        names = [adapter.name for adapter in spec.adapters]
-        if not names:
-            self._last.pop(key, None)
-            return AdapterReport()
-        status_before = md.get("status") or {}
-        previous = mappings(status_before.get("adapters"))
-        last = self._last.get(key)
-        if last is not None and now < last + self._interval_s and [i.get("name") for i in previous] == names:
-            return AdapterReport({"adapters": previous}, _carried(status_before), (), last + self._interval_s)
-        states = (
-            self._prometheus.adapter_states(meta["namespace"], meta["name"], now)
-            if self._prometheus is not None
-            else NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
-        )
-        items, verdict = summarize(names, ready_pod_names(pods), states)
-        self._last[key] = now
-        return AdapterReport(
-            {"adapters": items},
-            ((ADAPTERS_READY, verdict),),
-            tuple(adapter_events(previous, items)),
-            now + self._interval_s,
-        )
+    at: float
+    states: AdapterStates | NoData
+
+
+def report(
+    spec: ModelDeploymentSpec,
+    status_before: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]],
+    read: AdapterRead | None,
+    measuring: bool,
+) -> AdapterReport:
+    names = [adapter.name for adapter in spec.adapters]
+    if not names:
+        return AdapterReport()
+    previous = mappings(status_before.get("adapters"))
+    if read is None and measuring:
+        if [i.get("name") for i in previous] == names:
+            return AdapterReport({"adapters": previous}, _carried(status_before))
+        read = AdapterRead(0, NoData("NoSeries", "the adapters' state has not been read yet"))
+    states = (
+        read.states if read else NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
+    )
+    items, verdict = summarize(names, ready_pod_names(pods), states)
+    return AdapterReport(
+        {"adapters": items}, ((ADAPTERS_READY, verdict),), tuple(adapter_events(previous, items))
+    )
+
+
+def regression(
+    read: AdapterRead | None, pods: Iterable[Mapping[str, Any]], candidate: str, baseline: str | None
+) -> str | None:
+    """An adapter that serves on a pod of the baseline revision and failed to load on a pod of the candidate:
+    a deterministic regression of the candidate (say, a lower max LoRA rank), named with the pod and reason."""
+    if read is None or isinstance(read.states, NoData) or baseline is None:
+        return None
+    revision_of = {
+        p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(REVISION_LABEL) for p in pods
+    }
+    serving = {
+        adapter
+        for pod, states in read.states.pods.items()
+        if revision_of.get(pod) == baseline
+        for adapter, state in states.items()
+        if state is None
+    }
+    for pod, states in sorted(read.states.pods.items()):
+        if revision_of.get(pod) != candidate:
+            continue
+        for adapter, state in sorted(states.items()):
+            if state and adapter in serving:
+                return f"adapter {adapter} failed to load on pod {pod} ({state}) and serves on revision {baseline}"
+    return None
 
 
 def _carried(status: Mapping[str, Any]) -> tuple[tuple[str, Condition], ...]:

@@ -124,3 +124,26 @@ def controlling_owner(obj: Mapping[str, Any]) -> str | None:
         ):
             return ref["name"]
     return None
+
+
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+def is_ours(obj: Mapping[str, Any], uid: str) -> bool:
+    """An object is ours only when its controlling ownerReference carries the ModelDeployment's uid."""
+    owner = controller_of(obj)
+    return owner is not None and owner.get("uid") == uid
+
+
+def conflict_message(obj: Mapping[str, Any]) -> str:
+    """Why a child's name cannot be used: it is taken by `obj`, which the ModelDeployment does not control."""
+    meta = obj.get("metadata", {})
+    owner = controller_of(obj)
+    holder = (
+        f"{owner['kind']} {owner['name']}" if owner else "no controller (made by hand or by another tool)"
+    )
+    return f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')} already exists and belongs to {holder}; nothing was changed"

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from moe_operator.decisions.naming import TRACK_LABEL
+from moe_operator.decisions.naming import REVISION_LABEL, TRACK_LABEL
 from moe_operator.decisions.status import Problem
 from moe_operator.timestamps import from_time
 
@@ -101,4 +101,38 @@ def _problem_of(pod: Mapping[str, Any]) -> Problem | None:
                 f", {container.get('restartCount', 0)} restarts)"
             )
         return Problem(reason, message)
+    return None
+
+
+def unhealthy(
+    pods: Iterable[Mapping[str, Any]], revision: str, ready_at: float | None, grace_s: float, now: float
+) -> Problem | None:
+    """Why the pods of `revision` cannot be trusted with traffic, naming the pod; None when nothing is wrong:
+    any restart (the liveness probe, a crash, OOMKilled), a container waiting in CrashLoopBackOff, or a pod that
+    existed when all of them were Ready (`ready_at`) and has not been Ready for longer than `grace_s` (about a
+    probe period). A pod that never was Ready is the startup deadline's business, not this."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        meta = pod["metadata"]
+        if is_terminating(pod) or (meta.get("labels") or {}).get(REVISION_LABEL) != revision:
+            continue
+        name, status = meta["name"], pod.get("status") or {}
+        for container in status.get("containerStatuses") or ():
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            restarts = container.get("restartCount") or 0
+            waiting = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+            if restarts or waiting == "CrashLoopBackOff":
+                why = last.get("reason") or waiting or "restarted"
+                exit_code = f", exit code {last['exitCode']}" if last.get("exitCode") is not None else ""
+                return Problem(
+                    "CanaryUnhealthy", f"pod {name} restarted {restarts} time(s) ({why}{exit_code})"
+                )
+        created = from_time(meta.get("creationTimestamp"))
+        if ready_at is None or created is None or created > ready_at or is_ready(pod):
+            continue
+        ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+        since = from_time(ready.get("lastTransitionTime")) or ready_at
+        if now - max(since, ready_at) > grace_s:
+            return Problem(
+                "CanaryUnhealthy", f"pod {name} has not been Ready for {now - since:.0f}s after it was"
+            )
     return None

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal
 
+from moe_operator.decisions.stats import Distribution
+
 PROMETHEUS_UNAVAILABLE: Final = "PrometheusUnavailable"  # connection refused, timeout, TLS failure, 502-504
 QUERY_FAILED: Final = (
     "QueryFailed"  # Prometheus refused or failed the query, or its answer has the wrong shape
@@ -48,21 +50,43 @@ class PodSamples:
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """One canary analysis window of one revision, (at - interval, at].
+class TrackWindow:
+    """One track's requests (one revision's pods) over a span of time, from its engine's histograms.
 
-    requests: requests the revision answered in the window (429 excluded: a full queue is the deployment's
-    capacity, not the revision's fault); p99_latency_s: from the latency histogram of finished generations,
-    None when none finished; error_ratio: 5xx among those requests, None without requests;
-    oldest_in_flight_s: the highest age of an accepted, unfinished request seen in the window, None when
-    the runtime does not export it.
+    latency, ttft, tpot: end-to-end latency, time to first token and time per output token of the requests that
+    ended in the span (every accepted request however it ended, for our runtime); outcomes: requests answered by
+    HTTP status ("200", "503", ...; refusals by a draining pod are not among them); oldest_in_flight_s: the highest
+    age of a request accepted and not finished seen in the span (None when the engine does not export it); pods:
+    pods of the revision Prometheus scraped in the span. p99_override and error_ratio_override: the values of
+    the user's `spec.slo.queries`, when set.
     """
 
-    at: float
-    requests: float
-    p99_latency_s: float | None
-    error_ratio: float | None
+    latency: Distribution = Distribution()
+    ttft: Distribution = Distribution()
+    tpot: Distribution = Distribution()
+    outcomes: Mapping[str, float] = field(default_factory=dict)
     oldest_in_flight_s: float | None = None
+    pods: int = 0
+    p99_override: float | None = None
+    error_ratio_override: float | None = None
+
+    @property
+    def requests(self) -> float:
+        """Requests that ended, as the latency histogram counts them: the evidence a window rests on."""
+        return self.latency.count
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One analysis window, (at - interval, at]: the candidate revision's track and its baseline (the stable
+    track in the same window; None during bake or when the baseline has no pods), each in the window and over
+    the analysis so far (`*_total`, from its start to `at`), so that relative comparisons gather evidence."""
+
+    at: float
+    candidate: TrackWindow
+    candidate_total: TrackWindow
+    baseline: TrackWindow | None = None
+    baseline_total: TrackWindow | None = None
 
 
 @dataclass(frozen=True)

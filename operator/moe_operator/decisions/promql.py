@@ -28,24 +28,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-QUEUE_DEPTH = "moe_runtime_queue_depth"
-REQUEST_LATENCY = "moe_runtime_request_latency_seconds"
-REQUESTS = "moe_runtime_requests_total"
-OLDEST_REQUEST_AGE = "moe_runtime_oldest_request_age_seconds"
+from moe_operator.decisions.engine_metrics import ENGINES, MOE_RUNTIME, EngineMetrics
 
 _MD = 'namespace="{namespace}",model_deployment="{name}"'
 _REVISION = _MD + ',revision="{revision}"'
+_TRACKS = _MD + ',revision=~"{revisions}"'
 
-# Raw samples per pod: the operator averages the last window itself and sees how old the newest sample is.
-DEFAULT_QUEUE_DEPTH = QUEUE_DEPTH + "{" + _MD + "}[{lookback}]"
-DEFAULT_P99_LATENCY = (
-    f"histogram_quantile(0.99, sum by (le) (increase({REQUEST_LATENCY}_bucket{{{_REVISION}}}[{{window}}])))"
-)
-# Requests answered in the window, by HTTP status; the default error ratio is 5xx over all but 429.
-REQUESTS_BY_STATUS = f"sum by (status) (increase({REQUESTS}{{{_REVISION}}}[{{window}}]))"
-OLDEST_IN_FLIGHT = f"max(max_over_time({OLDEST_REQUEST_AGE}{{{_REVISION}}}[{{window}}]))"
-# Pods of the revision seen in the window: none means Prometheus does not scrape them (no data, not zero).
-PODS_SCRAPED = f"count(count_over_time({QUEUE_DEPTH}{{{_REVISION}}}[{{window}}]))"
 
 # Every pod's LoRA adapters, in one query: loaded (1/0) and, for a failed load, the reason.
 ADAPTER_LOADED = "moe_runtime_lora_adapter_loaded"
@@ -94,11 +82,14 @@ def duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
-def render(template: str, values: Mapping[str, str]) -> str:
-    """`template` with its placeholders replaced; namespace, name and revision escaped."""
+def render(template: str, values: Mapping[str, str], raw: tuple[str, ...] = ()) -> str:
+    """`template` with its placeholders replaced; namespace, name and revision escaped (not those in `raw`,
+    which the caller escaped already)."""
 
     def substitute(match: re.Match[str]) -> str:
         key = match.group(1)
+        if key in raw:
+            return values[key]
         if key not in PLACEHOLDERS:
             raise TemplateError(f"unknown placeholder {{{key}}} (known: {', '.join(PLACEHOLDERS)})")
         if key not in values:
@@ -109,7 +100,12 @@ def render(template: str, values: Mapping[str, str]) -> str:
 
 
 def queue_depth(
-    namespace: str, name: str, window_s: float, lookback_s: float, template: str | None = None
+    namespace: str,
+    name: str,
+    window_s: float,
+    lookback_s: float,
+    template: str | None = None,
+    metrics: EngineMetrics = ENGINES[MOE_RUNTIME],
 ) -> str:
     values = {
         "namespace": namespace,
@@ -117,7 +113,8 @@ def queue_depth(
         "window": duration(window_s),
         "lookback": duration(lookback_s),
     }
-    return render(template or DEFAULT_QUEUE_DEPTH, values)
+    # by default raw samples per pod: the operator averages the window itself and sees how old the newest is
+    return render(template or metrics.queue_depth + "{" + _MD + "}[{lookback}]", values)
 
 
 @dataclass(frozen=True)
@@ -129,26 +126,58 @@ class SLOQueries:
 
 
 @dataclass(frozen=True)
-class CanaryQueries:
+class TrackQueries:
+    """The queries that measure every track of `revisions` over one span, each answering one series per
+    revision (one per revision and bucket for the histograms)."""
+
     pods: str
-    requests_by_status: str
-    p99_latency: str
-    oldest_in_flight: str
-    error_ratio: str | None  # None: computed from requests_by_status
+    histograms: Mapping[str, str]  # "latency", "ttft", "tpot" -> buckets' increase by (revision, le)
+    outcomes: str  # answered requests' increase by (revision, status)
+    in_flight: str | None  # the oldest unfinished request's age by revision
+    p99_overrides: Mapping[str, str]  # revision -> the user's p99 query
+    error_ratio_overrides: Mapping[str, str]
 
 
-def canary_window(
-    namespace: str, name: str, revision: str, interval_s: float, overrides: SLOQueries | None = None
-) -> CanaryQueries:
-    """The queries of one analysis window of `revision`, each over [interval] (evaluated at its end)."""
+def track_queries(
+    namespace: str,
+    name: str,
+    revisions: list[str],
+    span_s: float,
+    metrics: EngineMetrics,
+    overrides: SLOQueries | None = None,
+) -> TrackQueries:
+    """Queries over (t - span, t] evaluated at t."""
     overrides = overrides or SLOQueries()
-    values = {"namespace": namespace, "name": name, "revision": revision, "window": duration(interval_s)}
-    return CanaryQueries(
-        pods=render(PODS_SCRAPED, values),
-        requests_by_status=render(REQUESTS_BY_STATUS, values),
-        p99_latency=render(overrides.p99_latency or DEFAULT_P99_LATENCY, values),
-        oldest_in_flight=render(OLDEST_IN_FLIGHT, values),
-        error_ratio=render(overrides.error_ratio, values) if overrides.error_ratio else None,
+    window = duration(span_s)
+    values = {"namespace": namespace, "name": name, "window": window}
+    selector = render(
+        _TRACKS, {**values, "revisions": "|".join(escape(r) for r in revisions)}, raw=("revisions",)
+    )
+    outcome_selector = selector + ("," + metrics.outcome_selector if metrics.outcome_selector else "")
+    histograms = {
+        key: f"sum by (revision, le) (increase({base}_bucket{{{selector}}}[{window}]))"
+        for key, base in metrics.histograms().items()
+    }
+
+    def per_revision(template: str | None) -> dict[str, str]:
+        if not template:
+            return {}
+        return {r: render(template, {**values, "revision": r}) for r in revisions}
+
+    return TrackQueries(
+        pods=f"count by (revision) (count_over_time({metrics.queue_depth}{{{selector}}}[{window}]))",
+        histograms=histograms,
+        outcomes=(
+            f"sum by (revision, {metrics.outcome_label}) "
+            f"(increase({metrics.outcomes}{{{outcome_selector}}}[{window}]))"
+        ),
+        in_flight=(
+            f"max by (revision) (max_over_time({metrics.in_flight_age}{{{selector}}}[{window}]))"
+            if metrics.in_flight_age
+            else None
+        ),
+        p99_overrides=per_revision(overrides.p99_latency),
+        error_ratio_overrides=per_revision(overrides.error_ratio),
     )
 
 

@@ -7,6 +7,11 @@ Canary). The canary starts, its pods turn Ready, it is analysed against the SLO,
   Deployment never changed. The revision is rejected and not deployed again until the spec changes to another
   revision or the user asks for a retry (the retry annotation with a new value).
 - is inconclusive or cannot be measured past the limits: it is held. The canary keeps running; status says why.
+- breaks its pods (a restart, OOMKilled, CrashLoopBackOff, not Ready after having been Ready) or fails to
+  load an adapter the stable track serves: it is rolled back at once, whatever the analysis says.
+After a promotion the revision bakes (`spec.slo.bakeSeconds`): it keeps being judged, against the figures its
+predecessor had during the canary, and a breach rolls the stable Deployment back to the predecessor (its
+immutable ConfigMap is still there) and rejects the revision as a failed canary would be.
 Strategy RollingUpdate moves the stable Deployment at once, with no analysis. The first revision of a
 ModelDeployment has nothing to be compared with or rolled back to: it is stable from the start.
 
@@ -20,18 +25,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from moe_operator.decisions.analysis import CONTINUE, Verdict
 from moe_operator.decisions.events import Event
+from moe_operator.decisions.status import Problem
 from moe_operator.timestamps import from_time, to_time
 
 ROLLING_UPDATE = "RollingUpdate"  # spec.rollout.strategy; the other one is "Canary"
-STARTING, ANALYZING, HOLDING, PROMOTING = "Starting", "Analyzing", "Holding", "Promoting"
+STARTING, ANALYZING, HOLDING, PROMOTING, BAKING = "Starting", "Analyzing", "Holding", "Promoting", "Baking"
+PHASES = (STARTING, ANALYZING, HOLDING, PROMOTING, BAKING)
 REJECTED_KEPT = 5
 
 
 @dataclass(frozen=True)
 class Rejected:
     revision: str
-    reason: str  # SLOBreached, ProgressDeadlineExceeded, AnalysisInconclusive
+    reason: str  # SLOBreached, ProgressDeadlineExceeded, AnalysisInconclusive, CanaryUnhealthy, ...
     message: str
     at: float
     measurements: tuple[Mapping[str, Any], ...] = ()
@@ -64,7 +72,9 @@ class Canary:
     phase: str
     started_at: float
     baseline_replicas: int  # the stable Deployment's replicas when the canary started: its floor meanwhile
+    previous: str | None = None  # the stable revision when the canary started: what a failed bake restores
     ready_at: float | None = None
+    promoted_at: float | None = None  # when the stable track finished rolling to it (the bake's start)
     reason: str = ""  # why it is held, while it is
     message: str = ""
     analysis: Mapping[str, Any] | None = None  # the analysis module's state, as it stores it
@@ -79,8 +89,12 @@ class Canary:
         }
         if self.reason:
             status["reason"] = self.reason
+        if self.previous:
+            status["previousRevision"] = self.previous
         if self.ready_at is not None:
             status["readyTime"] = to_time(self.ready_at)
+        if self.promoted_at is not None:
+            status["promotedTime"] = to_time(self.promoted_at)
         if self.analysis is not None:
             status["analysis"] = dict(self.analysis)
         return status
@@ -91,7 +105,7 @@ class Canary:
             return None
         phase = raw.get("phase")
         started = from_time(raw.get("startTime"))
-        if phase not in (STARTING, ANALYZING, HOLDING, PROMOTING) or started is None:
+        if phase not in PHASES or started is None:
             return None
         analysis = raw.get("analysis")
         return cls(
@@ -99,7 +113,9 @@ class Canary:
             phase=phase,
             started_at=started,
             baseline_replicas=int(raw.get("baselineReplicas") or 0),
+            previous=str(raw["previousRevision"]) if raw.get("previousRevision") else None,
             ready_at=from_time(raw.get("readyTime")),
+            promoted_at=from_time(raw.get("promotedTime")),
             reason=str(raw.get("reason") or ""),
             message=str(raw.get("message") or ""),
             analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
@@ -138,19 +154,6 @@ class RolloutState:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """What the analysis concluded so far (the analysis module decides it from its measurements)."""
-
-    action: str  # Continue, Promote, Rollback, Hold
-    reason: str
-    message: str
-    measurements: tuple[Mapping[str, Any], ...] = ()
-
-
-CONTINUE = Verdict("Continue", "Analyzing", "")
-
-
-@dataclass(frozen=True)
 class RolloutInputs:
     target: str  # the revision the spec describes now
     strategy: str
@@ -161,8 +164,10 @@ class RolloutInputs:
     stable_done: bool  # every pod of the stable Deployment runs the stable revision and is available
     startup_timeout_s: float
     analysed: bool  # the spec has an SLO; without one a canary passes once its pods are Ready
-    verdict: Verdict = CONTINUE  # for a canary under analysis
+    verdict: Verdict = CONTINUE  # of the analysis running now: the canary's, or the bake's
     retry_token: str | None = None
+    bake: bool = False  # a promoted revision bakes before the rollout is over
+    unhealthy: Problem | None = None  # what is wrong with the pods of the revision under analysis or bake
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ class RolloutPlan:
     @property
     def canary_revision(self) -> str | None:
         """The revision the canary Deployment runs; None: there is no canary Deployment."""
-        return self.state.canary.revision if self.state.canary else None
+        canary = self.state.canary
+        return canary.revision if canary and canary.phase != BAKING else None
 
 
 def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
@@ -190,10 +196,24 @@ def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
     if canary is not None and canary.phase == PROMOTING:
         if not inputs.stable_done:
             return RolloutPlan(state, tuple(events))
+        baking = inputs.bake and inputs.analysed and canary.previous is not None
         events.append(
-            Event("Normal", "PromotionComplete", f"revision {canary.revision} runs on every stable pod")
+            Event(
+                "Normal",
+                "PromotionComplete",
+                f"revision {canary.revision} runs on every stable pod" + ("; baking it" if baking else ""),
+            )
         )
-        state = replace(state, canary=None)
+        canary = (
+            replace(canary, phase=BAKING, promoted_at=inputs.now, analysis=None, message="baking")
+            if baking
+            else None
+        )
+        state = replace(state, canary=canary)
+    if canary is not None and canary.phase == BAKING:
+        if canary.revision == state.stable and canary.revision == inputs.target:
+            return _bake(state, inputs, events)
+        state = replace(state, canary=None)  # the spec moved on: the bake is over
         canary = None
     if canary is not None and (
         canary.revision != inputs.target
@@ -218,7 +238,12 @@ def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
         return RolloutPlan(replace(state, stable=inputs.target), tuple(events))
     if canary is None:
         canary = Canary(
-            inputs.target, STARTING, inputs.now, inputs.stable_replicas, message="starting the canary"
+            inputs.target,
+            STARTING,
+            inputs.now,
+            inputs.stable_replicas,
+            previous=state.stable,
+            message="starting the canary",
         )
         events.append(
             Event(
@@ -249,6 +274,9 @@ def _consume_retry(state: RolloutState, inputs: RolloutInputs, events: list[Even
 def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
     canary = state.canary
     assert canary is not None
+    if inputs.unhealthy is not None:
+        verdict = Verdict("Rollback", inputs.unhealthy.reason, inputs.unhealthy.message)
+        return _reject(state, verdict, inputs, events)
     if canary.phase == STARTING:
         if inputs.canary_ready >= inputs.canary_replicas:
             canary = replace(canary, phase=ANALYZING, ready_at=inputs.now, message="analysing the canary")
@@ -294,6 +322,34 @@ def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) ->
         )
     analysing = replace(canary, phase=ANALYZING, message=verdict.message or "analysing the canary")
     return RolloutPlan(replace(state, canary=analysing), tuple(events))
+
+
+def _bake(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
+    canary = state.canary
+    assert canary is not None and canary.previous is not None
+    verdict = inputs.verdict
+    if inputs.unhealthy is not None:
+        verdict = Verdict("Rollback", inputs.unhealthy.reason, inputs.unhealthy.message)
+    if verdict.action == "Rollback":
+        rejected = Rejected(
+            canary.revision, verdict.reason, verdict.message, inputs.now, verdict.measurements
+        )
+        events.append(
+            Event(
+                "Warning",
+                "RolledBack",
+                f"revision {canary.revision} broke its objectives while baking ({verdict.reason}: "
+                f"{verdict.message}); rolling the stable Deployment back to revision {canary.previous}",
+            )
+        )
+        kept = (*state.rejected, rejected)[-REJECTED_KEPT:]
+        return RolloutPlan(replace(state, stable=canary.previous, canary=None, rejected=kept), tuple(events))
+    if verdict.action == "Promote":
+        events.append(Event("Normal", "BakeComplete", f"revision {canary.revision} baked: {verdict.message}"))
+        return RolloutPlan(replace(state, canary=None), tuple(events))
+    message = verdict.message or "baking"
+    reason = verdict.reason if verdict.action == "Hold" else ""
+    return RolloutPlan(replace(state, canary=replace(canary, reason=reason, message=message)), tuple(events))
 
 
 def _reject(state: RolloutState, verdict: Verdict, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:

@@ -186,3 +186,15 @@ def routing_children(owner: Owner, spec: ModelDeploymentSpec) -> list[dict[str, 
         *track_services(owner),
         router_deployment(owner, spec),
     ]
+
+
+def routing_names(md_name: str) -> list[tuple[str, str]]:
+    """(kind, name) of every object spec.routing may add, in the order routing_children creates them."""
+    router = router_name(md_name)
+    return [
+        ("ServiceAccount", router),
+        ("Role", router),
+        ("RoleBinding", router),
+        *(("Service", track_service_name(md_name, track)) for track in (STABLE, CANARY)),
+        ("Deployment", router),
+    ]

@@ -87,6 +87,7 @@ class KvCache:
 @dataclass(frozen=True)
 class Runtime:
     image: str
+    engine: str = "moe-runtime"
     image_pull_policy: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     service_account_name: str | None = None
@@ -146,9 +147,15 @@ class Rollout:
 
 @dataclass(frozen=True)
 class SLO:
-    p99_latency_seconds: float
+    p99_latency_seconds: float | None = None
+    ttft_p99_seconds: float | None = None
+    time_per_output_token_p99_seconds: float | None = None
+    max_relative_increase: float | None = None
     max_error_ratio: float | None = None
     analysis_interval_seconds: int = 60
+    scrape_interval_seconds: int = 30
+    metric_delay_seconds: int | None = None  # None: two scrape intervals
+    bake_seconds: int | None = None  # None: three analysis intervals; 0: no bake
     initial_delay_seconds: int = 0
     measurements: int = 5
     failure_limit: int = 1
@@ -252,6 +259,7 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
         image=raw["image"],
         **_pick(
             raw,
+            engine="engine",
             image_pull_policy="imagePullPolicy",
             service_account_name="serviceAccountName",
             runtime_class_name="runtimeClassName",
@@ -338,11 +346,17 @@ def _autoscaling(raw: Mapping[str, Any]) -> Autoscaling:
 def _slo(raw: Mapping[str, Any]) -> SLO:
     queries = raw.get("queries") or {}
     return SLO(
-        p99_latency_seconds=raw["p99LatencySeconds"],
         **_pick(
             raw,
+            p99_latency_seconds="p99LatencySeconds",
+            ttft_p99_seconds="ttftP99Seconds",
+            time_per_output_token_p99_seconds="timePerOutputTokenP99Seconds",
+            max_relative_increase="maxRelativeIncrease",
             max_error_ratio="maxErrorRatio",
             analysis_interval_seconds="analysisIntervalSeconds",
+            scrape_interval_seconds="scrapeIntervalSeconds",
+            metric_delay_seconds="metricDelaySeconds",
+            bake_seconds="bakeSeconds",
             initial_delay_seconds="initialDelaySeconds",
             measurements="measurements",
             failure_limit="failureLimit",

@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from moe_operator.decisions.naming import conflict_message, is_ours
 from moe_operator.decisions.status import Problem
 from moe_operator.machinery.cache import ObjectCache, key_of
 from moe_operator.machinery.errors import Refused, StaleRead
@@ -26,14 +27,8 @@ class NameConflict(Exception):
     """The name is taken by an object the ModelDeployment does not control."""
 
     def __init__(self, obj: Mapping[str, Any]) -> None:
-        kind, namespace, name = key_of(obj)
-        owner = controller_of(obj)
-        holder = (
-            f"{owner['kind']} {owner['name']}" if owner else "no controller (made by hand or by another tool)"
-        )
-        super().__init__(
-            f"{kind} {namespace}/{name} already exists and belongs to {holder}; nothing was changed"
-        )
+        super().__init__(conflict_message(obj))
+        self.obj = obj
 
 
 class WriteRefused(Refused):
@@ -42,18 +37,6 @@ class WriteRefused(Refused):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem.message)
         self.problem = problem
-
-
-def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for ref in obj.get("metadata", {}).get("ownerReferences") or ():
-        if ref.get("controller"):
-            return ref
-    return None
-
-
-def is_ours(obj: Mapping[str, Any], uid: str) -> bool:
-    owner = controller_of(obj)
-    return owner is not None and owner.get("uid") == uid
 
 
 def is_refusal(err: ApiException) -> bool:

@@ -10,9 +10,9 @@ instance per operator process, handed to every part that counts something.
 | `moe_operator_desired_replicas` | gauge | `namespace`, `model_deployment` | replicas the operator wants for a ModelDeployment |
 | `moe_operator_current_replicas` | gauge | `namespace`, `model_deployment` | replicas its Deployment has now |
 | `moe_operator_prometheus_query_failures_total` | counter | `reason` (PrometheusUnavailable, QueryFailed, NoSeries, StaleSeries) | Prometheus reads that gave no usable data |
-| `moe_operator_prometheus_query_duration_seconds` | histogram | `query` (queue_depth, canary_window) | time one Prometheus HTTP query took |
+| `moe_operator_prometheus_query_duration_seconds` | histogram | `query` (queue_depth, tracks, adapter_states) | time one Prometheus HTTP query took |
 | `moe_operator_canary_outcomes_total` | counter | `kind` (Passed, Failed, Inconclusive, Errored) | canary analysis windows judged |
-| `moe_operator_rollbacks_total` | counter | `reason` (SLOBreached, AnalysisInconclusive, ProgressDeadlineExceeded) | canaries rolled back |
+| `moe_operator_rollbacks_total` | counter | `reason` (SLOBreached, AnalysisInconclusive, ProgressDeadlineExceeded, CanaryUnhealthy, AdapterLoadFailed) | revisions rolled back (canaries, and bakes that broke) |
 | `moe_operator_promotions_total` | counter | | canaries promoted to stable |
 | `moe_operator_leader` | gauge | | 1 while this operator replica is the one reconciling, else 0 |
 
@@ -31,9 +31,15 @@ from moe_operator.decisions.promdata import NO_DATA_REASONS
 
 RECONCILE_RESULTS = ("ok", "error", "requeued")
 DIRECTIONS = ("up", "down", "none")
-QUERIES = ("queue_depth", "canary_window")
+QUERIES = ("queue_depth", "tracks", "adapter_states")
 OUTCOME_KINDS = ("Passed", "Failed", "Inconclusive", "Errored")
-ROLLBACK_REASONS = ("SLOBreached", "AnalysisInconclusive", "ProgressDeadlineExceeded")
+ROLLBACK_REASONS = (
+    "SLOBreached",
+    "AnalysisInconclusive",
+    "ProgressDeadlineExceeded",
+    "CanaryUnhealthy",
+    "AdapterLoadFailed",
+)
 
 # A reconcile is a few API calls: milliseconds, seconds when the API server is slow.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

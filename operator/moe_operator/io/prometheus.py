@@ -28,16 +28,18 @@ from urllib3.util.retry import Retry
 
 from moe_operator.decisions import promql
 from moe_operator.decisions.autoscale import RouterDemand
+from moe_operator.decisions.engine_metrics import ENGINES, MOE_RUNTIME, EngineMetrics
 from moe_operator.decisions.promdata import (
     NO_SERIES,
     PROMETHEUS_UNAVAILABLE,
     QUERY_FAILED,
     STALE_SERIES,
     AdapterStates,
-    Measurement,
     NoData,
     PodSamples,
+    TrackWindow,
 )
+from moe_operator.decisions.stats import Distribution
 from moe_operator.io.metrics import OperatorMetrics
 from moe_operator.timestamps import to_time
 
@@ -109,12 +111,20 @@ class Prometheus:
         window_s: float,
         template: str | None = None,
         now: float | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> PodSamples | NoData:
         """Requests waiting per pod of the ModelDeployment, each pod's mean over the last `window_s`.
         One HTTP query. `template`: the user's override (spec.autoscaling.query)."""
         now = time.time() if now is None else now
         try:
-            query = promql.queue_depth(namespace, name, window_s, LOOKBACK_WINDOWS * window_s, template)
+            query = promql.queue_depth(
+                namespace,
+                name,
+                window_s,
+                LOOKBACK_WINDOWS * window_s,
+                template,
+                metrics or ENGINES[MOE_RUNTIME],
+            )
         except promql.TemplateError as err:
             return self._failed(NoData(QUERY_FAILED, f"spec.autoscaling.query: {err}"))
         result = self._query("queue_depth", query, now)
@@ -141,69 +151,99 @@ class Prometheus:
         demand = _router_demand(result, now, f"{namespace}/{name}")
         return self._failed(demand) if isinstance(demand, NoData) else demand
 
-    def canary_window(
+    def tracks(
         self,
         namespace: str,
         name: str,
-        revision: str,
+        revisions: list[str],
         end: float,
-        interval_s: float,
-        templates: promql.SLOQueries | None = None,
-    ) -> Measurement | NoData:
-        """One analysis window of `revision`: (end - interval_s, end]. Four or five HTTP queries."""
-        measured = self._canary_window(namespace, name, revision, end, interval_s, templates)
+        span_s: float,
+        metrics: EngineMetrics,
+        overrides: promql.SLOQueries | None = None,
+    ) -> dict[str, TrackWindow] | NoData:
+        """Each revision's requests over (end - span_s, end]: its histograms, answered requests by status,
+        oldest unfinished request, pods scraped. About six HTTP queries, whatever the number of revisions. A
+        revision none of whose pods Prometheus scraped in the span is missing from the answer."""
+        measured = self._tracks(namespace, name, revisions, end, span_s, metrics, overrides)
         return self._failed(measured) if isinstance(measured, NoData) else measured
 
-    def _canary_window(
-        self,
-        namespace: str,
-        name: str,
-        revision: str,
-        end: float,
-        interval_s: float,
-        templates: promql.SLOQueries | None,
-    ) -> Measurement | NoData:
+    def _tracks(self, namespace, name, revisions, end, span_s, metrics, overrides):
         try:
-            queries = promql.canary_window(namespace, name, revision, interval_s, templates)
+            queries = promql.track_queries(namespace, name, revisions, span_s, metrics, overrides)
         except promql.TemplateError as err:
             return NoData(QUERY_FAILED, f"spec.slo.queries: {err}")
-        pods = self._single("canary_window", queries.pods, end, "pods scraped")
+        pods = self._by_labels("tracks", queries.pods, end, ("revision",))
         if isinstance(pods, NoData):
             return pods
-        if not pods:
+        scraped = {key[0]: value for key, value in pods.items() if value > 0}
+        if not scraped:
             return NoData(
                 NO_SERIES,
-                f"no {promql.QUEUE_DEPTH} series of revision {revision} of {namespace}/{name} in the "
-                f"{interval_s:g}s before {to_time(end)}: does Prometheus scrape the canary's pods?",
+                f"no {metrics.queue_depth} series of revision(s) {', '.join(revisions)} of {namespace}/{name} in "
+                f"the {span_s:g}s before {to_time(end)}: does Prometheus scrape their pods?",
             )
-        by_status = self._query("canary_window", queries.requests_by_status, end)
-        if isinstance(by_status, NoData):
-            return by_status
-        counts = _by_label(by_status, "status")
-        if isinstance(counts, NoData):
-            return counts
-        requests_answered = sum(v for status, v in counts.items() if status != "429")
-        errors = sum(v for status, v in counts.items() if status.startswith("5"))
-        error_ratio = errors / requests_answered if requests_answered > 0 else None
-        if queries.error_ratio is not None:
-            error_ratio = self._single(
-                "canary_window", queries.error_ratio, end, "spec.slo.queries.errorRatio"
+        buckets: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        for key, query in queries.histograms.items():
+            found = self._by_labels("tracks", query, end, ("revision", "le"))
+            if isinstance(found, NoData):
+                return found
+            for (revision, le), value in found.items():
+                bound = _bound(le)
+                if bound is not None:
+                    buckets.setdefault(revision, {}).setdefault(key, []).append((bound, value))
+        outcomes = self._by_labels("tracks", queries.outcomes, end, ("revision", metrics.outcome_label))
+        if isinstance(outcomes, NoData):
+            return outcomes
+        oldest: dict[str, float] = {}
+        if queries.in_flight:
+            found = self._by_labels("tracks", queries.in_flight, end, ("revision",))
+            if isinstance(found, NoData):
+                return found
+            oldest = {key[0]: value for key, value in found.items()}
+        tracks = {}
+        for revision in revisions:
+            if revision not in scraped:
+                continue
+            overridden = {}
+            for field, templates in (
+                ("p99_override", queries.p99_overrides),
+                ("error_ratio_override", queries.error_ratio_overrides),
+            ):
+                if revision in templates:
+                    value = self._single("tracks", templates[revision], end, f"spec.slo.queries ({field})")
+                    if isinstance(value, NoData):
+                        return value
+                    overridden[field] = value
+            histograms = {
+                key: _cumulative_to_distribution(points) for key, points in buckets.get(revision, {}).items()
+            }
+            tracks[revision] = TrackWindow(
+                **histograms,
+                outcomes={status: v for (r, status), v in outcomes.items() if r == revision and v > 0},
+                oldest_in_flight_s=oldest.get(revision) if queries.in_flight else None,
+                pods=round(scraped[revision]),
+                **overridden,
             )
-            if isinstance(error_ratio, NoData):
-                return error_ratio
-        p99 = self._single("canary_window", queries.p99_latency, end, "p99 latency")
-        if isinstance(p99, NoData):
-            return p99
-        oldest = self._single("canary_window", queries.oldest_in_flight, end, "oldest request in flight")
-        if isinstance(oldest, NoData):
-            return oldest
-        return Measurement(
-            at=end,
-            requests=requests_answered,
-            p99_latency_s=p99,
-            error_ratio=error_ratio,
-            oldest_in_flight_s=oldest,
-        )
+        return tracks
+
+    def _by_labels(
+        self, kind: str, query: str, at: float, labels: tuple[str, ...]
+    ) -> dict[tuple[str, ...], float] | NoData:
+        result = self._query(kind, query, at)
+        if isinstance(result, NoData):
+            return result
+        if _is_scalar(result):
+            return NoData(QUERY_FAILED, f"expected series by {', '.join(labels)}, got a scalar: {query}")
+        out: dict[tuple[str, ...], float] = {}
+        for item in result:
+            try:
+                key = tuple(str(item["metric"].get(label, "")) for label in labels)
+                value = _finite(item["value"][1])
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return NoData(QUERY_FAILED, f"unexpected series in the answer to {query}: {_excerpt(item)}")
+            if value is not None:
+                out[key] = out.get(key, 0.0) + value
+        return out
 
     def _single(self, kind: str, query: str, at: float, what: str) -> float | None | NoData:
         """The one value a query returns; None when it returns nothing or NaN."""
@@ -357,18 +397,6 @@ def _router_demand(result: Sequence[Any], now: float, what: str) -> RouterDemand
     )
 
 
-def _by_label(result: Sequence[Any], label: str) -> dict[str, float] | NoData:
-    out: dict[str, float] = {}
-    for item in result:
-        try:
-            key, value = item["metric"].get(label, ""), _finite(item["value"][1])
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return NoData(QUERY_FAILED, f"unexpected series in the request counts: {_excerpt(item)}")
-        if value is not None:
-            out[key] = out.get(key, 0.0) + value
-    return out
-
-
 def _http_failure(text: str, url: str) -> NoData:
     """prometheus-api-client raises `HTTP Status Code <n> (<body as bytes repr>)` for a non-200 answer."""
     match = re.match(r"HTTP Status Code (\d+) \((.*)\)$", text, re.DOTALL)
@@ -403,3 +431,20 @@ def _latest(points: Sequence[tuple[float, float]]) -> float:
 def _excerpt(value: Any) -> str:
     text = str(value).strip()
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+
+
+def _bound(le: str) -> float | None:
+    try:
+        return float(le)  # "+Inf" parses as inf
+    except ValueError:
+        return None
+
+
+def _cumulative_to_distribution(points: list[tuple[float, float]]) -> Distribution:
+    """Prometheus' cumulative buckets (le -> observations at or below) to per-bucket counts."""
+    points.sort()
+    per_bucket, below = [], 0.0
+    for bound, cumulative in points:
+        per_bucket.append((bound, max(0.0, cumulative - below)))
+        below = max(below, cumulative)
+    return Distribution.of_buckets(per_bucket)

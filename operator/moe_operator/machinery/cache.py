@@ -68,6 +68,16 @@ class ObjectCache:
                 if labels.items() <= (obj["metadata"].get("labels") or {}).items()
             ]
 
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        """Every cached object of a kind, in every namespace."""
+        with self._lock:
+            return [
+                copy.deepcopy(obj)
+                for (k, _), objs in self._objects.items()
+                if k == kind
+                for obj in objs.values()
+            ]
+
     def names(self, kind: str) -> list[tuple[str, str]]:
         """(namespace, name) of every cached object of a kind."""
         with self._lock:

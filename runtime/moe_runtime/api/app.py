@@ -41,7 +41,8 @@ from moe_runtime.api.responses import CHAT, COMPLETIONS, Answer, Endpoint
 from moe_runtime.draining import CloseWhenDraining
 from moe_runtime.engine.scheduler import QueueFull
 from moe_runtime.engine.worker import EngineFailed, EngineWorker
-from moe_runtime.metrics import RuntimeMetrics
+from moe_runtime.faults import Faults
+from moe_runtime.metrics import REFUSAL_REASONS, RuntimeMetrics
 from moe_runtime.model.lora import AdapterError, AdapterNotFound
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class ServingState:
     limits: Limits | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     reported_unhealthy: bool = False  # logged when it turns so, not at every probe
+    faults: Faults = field(default_factory=Faults)  # --inject-faults
 
     def activate(self, worker: EngineWorker, model_name: str, limits: Limits) -> None:
         self.worker, self.model_name, self.limits = worker, model_name, limits
@@ -101,6 +103,8 @@ class ServingState:
             return None
         if self.worker.failure is not None:
             return Phase.FAILED, str(self.worker.failure)
+        if (injected := self.faults.unhealthy()) is not None:
+            return Phase.FAILED, injected
         if (stalled := self.stalled_for()) is not None:
             why = (
                 f"one engine step has run for {stalled:.0f} s, past the stall timeout of "
@@ -201,6 +205,7 @@ async def _generate(
     adapter = None if body.model in (None, state.model_name) else body.model
     if adapter is not None:
         _check_adapter(state.worker, adapter)
+    state.faults.before_request()
     tokenizer = state.worker.engine.tokenizer
     choices = await asyncio.to_thread(make_choices, body, tokenizer, state.limits)
     if state.current_phase is not Phase.READY:  # it may have changed while the prompt was tokenized
@@ -260,7 +265,10 @@ def _count(state: ServingState, status: int) -> None:
 
 def _install_error_handlers(app: FastAPI, state: ServingState) -> None:
     def respond(error: ApiError) -> JSONResponse:
-        _count(state, error.status)
+        if error.status == 503 and error.code in REFUSAL_REASONS:
+            state.metrics.requests_refused.labels(reason=error.code).inc()
+        else:
+            _count(state, error.status)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(ApiError)

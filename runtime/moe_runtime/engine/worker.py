@@ -33,6 +33,7 @@ from moe_runtime.engine.logprobs import TokenLogprob, token_logprobs
 from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_next
 from moe_runtime.engine.scheduler import FinishReason, Request, Scheduler, SchedulerConfig, Step, Work
 from moe_runtime.engine.streams import Finished, GenerationStream, OpenStreams, PromptLogprobs, Tokens
+from moe_runtime.faults import Faults
 from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 
 __all__ = ["EngineFailed", "EngineWorker", "Finished", "GenerationStream", "Tokens"]
@@ -80,8 +81,10 @@ class EngineWorker:
         metrics: RuntimeMetrics,
         loop: asyncio.AbstractEventLoop,
         adapters: LoraManager | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.engine = engine
+        self.faults = faults or Faults()
         self.metrics = metrics
         self.failure: BaseException | None = None
         self._loop = loop
@@ -207,8 +210,13 @@ class EngineWorker:
         )
         if step.work:
             self._step_started_at = time.monotonic()
+            # the prompts whose prefill begins in this step (what --inject-faults acts on)
+            started = [
+                len(w.request.prefill_tokens) for w in step.work if w.request.prefilled == 0 and w.tokens
+            ]
             try:
                 deliveries += self._execute(step)
+                self.faults.after_step(started)
             finally:
                 self._step_started_at = None
         self._deliver(deliveries)

@@ -7,9 +7,11 @@ requests the split is exact to one request, whatever the pods' load, so a slow c
 its analysis must see (a load-aware pick across tracks would starve it).
 
 The canary track is routable only while the ModelDeployment's status has a canary (`status.canary`) that is not
-among `status.rejectedRevisions`: the moment the operator writes a rejection, its pods get no more requests,
-before their Deployment is even deleted. Without a status read yet (the watch not synced, or not allowed),
-the Ready pods decide alone.
+among `status.rejectedRevisions` and not baking: the moment the operator writes a rejection, its pods get no
+more requests, before their Deployment is even deleted. Through the phases Starting, Analyzing, Holding and
+Promoting it gets its share; once it is Baking it is the stable revision (status.canary.previousRevision is
+what a failed bake restores), served by the stable track, and the canary Deployment's pods, on their way out,
+get none. Without a status read yet (the watch not synced, or not allowed), the Ready pods decide alone.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Any
 
 STABLE, CANARY = "stable", "canary"
 TRACKS = (STABLE, CANARY)
+BAKING = "Baking"  # status.canary.phase once the revision is promoted and judged as the stable one
 
 
 def canary_routable(status: Mapping[str, Any] | None) -> bool:
     if status is None:
         return True
     canary = status.get("canary")
-    if not isinstance(canary, Mapping) or not canary.get("revision"):
+    if not isinstance(canary, Mapping) or not canary.get("revision") or canary.get("phase") == BAKING:
         return False
     rejected = {r.get("revision") for r in status.get("rejectedRevisions") or () if isinstance(r, Mapping)}
     return canary["revision"] not in rejected

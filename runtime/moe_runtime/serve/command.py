@@ -40,6 +40,7 @@ flag has vLLM's name; the older names still work.
 | --max-lora-rank | MOE_RUNTIME_MAX_LORA_RANK | 16 | highest rank a LoRA adapter may have |
 | --max-logprobs | MOE_RUNTIME_MAX_LOGPROBS | 20 | most log-probabilities per token a request may ask for |
 | --expert-metrics | MOE_RUNTIME_EXPERT_METRICS | expert | `off`, `expert` (summed over layers) or `layer_expert` |
+| --inject-faults | MOE_RUNTIME_INJECT_FAULTS | none | faults to have on purpose, to rehearse a rollout: `token_delay=S`, `long_prompt=N:S`, `hang_every=N:S`, `unhealthy_after=N`, comma-separated (runtime/moe_runtime/faults.py) |
 | --log-level | MOE_RUNTIME_LOG_LEVEL | info | `debug`, `info`, `warning`, `error` |
 | --log-format | MOE_RUNTIME_LOG_FORMAT | text | `text`, or `json` (one object per line) |
 
@@ -89,6 +90,7 @@ from moe_runtime.draining import close_connections
 from moe_runtime.engine import kv_budget
 from moe_runtime.engine.scheduler import Policy, SchedulerConfig
 from moe_runtime.engine.worker import EngineWorker
+from moe_runtime.faults import Faults, FaultSpec
 from moe_runtime.metrics import ExpertMetrics, RuntimeMetrics
 from moe_runtime.serve.options import OPTIONS, parse_args, request_limits
 
@@ -240,7 +242,9 @@ class _DrainingServer(uvicorn.Server):
             engine, metrics.lora, base_model=model_name, max_loras=args.max_loras, fixed=args.lora_modules,
             watched=args.lora_list is not None,
         )  # fmt: skip
-        worker = EngineWorker(engine, scheduler_config(args, engine), metrics, self._loop, adapters)
+        worker = EngineWorker(
+            engine, scheduler_config(args, engine), metrics, self._loop, adapters, self._state.faults
+        )
         watcher = LoraListWatcher(args.lora_list, adapters.set_listed) if args.lora_list else None
         if watcher is not None:
             watcher.start()
@@ -269,7 +273,10 @@ def main(argv: list[str]) -> int:
         request_timeout_s=timeout,
         max_request_bytes=args.max_request_bytes,
         engine_stall_timeout_s=args.engine_stall_timeout or None,
+        faults=Faults(args.inject_faults or FaultSpec()),
     )
+    if state.faults.active:
+        log.warning("injecting faults on purpose: %s", state.faults.spec)
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
         log_config=None,  # uvicorn's loggers go through ours (and its format)

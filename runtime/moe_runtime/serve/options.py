@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from moe_runtime.adapters.sources import SourceError, parse_lora_module, parse_lora_modules_variable
 from moe_runtime.api.limits import RequestLimits
 from moe_runtime.engine.scheduler import Policy
+from moe_runtime.faults import FaultError, FaultSpec
 from moe_runtime.metrics import ExpertMetrics
 
 
@@ -60,6 +61,13 @@ def _lora_module(text: str):
     try:
         return parse_lora_module(text)
     except SourceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _faults(text: str) -> FaultSpec:
+    try:
+        return FaultSpec.parse(text)
+    except FaultError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
@@ -149,6 +157,9 @@ OPTIONS = (
     Option(("--expert-metrics",), "MOE_RUNTIME_EXPERT_METRICS", default=ExpertMetrics.EXPERT.value,
            choices=tuple(m.value for m in ExpertMetrics), help="expert token counters: off, per expert "
            "(layer=\"all\") or per layer and expert"),
+    Option(("--inject-faults",), "MOE_RUNTIME_INJECT_FAULTS", _faults,
+           help="faults to have on purpose, to rehearse a rollout: token_delay=S, long_prompt=N:S, hang_every=N:S, "
+                "unhealthy_after=N (comma-separated; see moe_runtime.faults)", default_text="none"),
     Option(("--log-level",), "MOE_RUNTIME_LOG_LEVEL", default="info",
            choices=("debug", "info", "warning", "error"), help="least severe level logged"),
     Option(("--log-format",), "MOE_RUNTIME_LOG_FORMAT", default="text", choices=("text", "json"),

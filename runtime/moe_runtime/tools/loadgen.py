@@ -307,6 +307,7 @@ def summarize(
         "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
         "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
         "by_pod": dict(sorted(Counter(o.pod for o in outcomes if o.pod).items())),
+        "errors_by_target": dict(sorted(Counter(o.url for o in outcomes if o.error is not None).items())),
     }
 
 

@@ -5,41 +5,18 @@ from __future__ import annotations
 
 import json
 
-from moe_operator.decisions.adapters import AdapterReader, adapter_events, summarize
+from moe_operator.decisions.adapters import AdapterRead, adapter_events, regression, summarize
 from moe_operator.decisions.promdata import NO_SERIES, AdapterStates, NoData
 from moe_operator.decisions.promql import adapter_states
 from moe_operator.io.prometheus import _adapter_states
-from moe_operator.reconcile.reconciler import Reconciler
-from tests.unit.operator.reconcile.test_reconciler import NAME, NS, OPEN_POLICY, Verdicts, World
-from tests.unit.operator.reconcile.test_scaling import AutoscaledWorld
+from tests.unit.operator.world import NAME, NS, World
 
 SQL = {"name": "sql", "source": {"pvc": {"claimName": "weights", "path": "loras/sql"}}}
 CHAT = {"name": "chat", "source": {"pvc": {"claimName": "weights", "path": "loras/chat"}}}
 LEGAL = {"name": "legal", "source": {"pvc": {"claimName": "more-loras", "path": "legal"}}}
 
 
-class FakePrometheus:
-    def __init__(self):
-        self.answer: AdapterStates | NoData = AdapterStates({})
-        self.queries = 0
-
-    def adapter_states(self, namespace, name, now=None):
-        assert (namespace, name) == (NS, NAME)
-        self.queries += 1
-        return self.answer
-
-
 class AdapterWorld(World):
-    ready_pods = AutoscaledWorld.ready_pods
-
-    def __init__(self, **md_spec):
-        self.adapters_prometheus = FakePrometheus()
-        super().__init__(**md_spec)
-        self.reconciler = Reconciler(
-            self.api, self.api.cache, self.events, policy=lambda: OPEN_POLICY, analyzer=Verdicts(),
-            clock=self.clock, adapters=AdapterReader(self.adapters_prometheus, interval_s=10),
-        )  # fmt: skip
-
     def listed(self):
         config_map = self.api.get_obj("ConfigMap", NS, f"{NAME}-adapters")
         return {a["name"]: a["path"] for a in json.loads(config_map["data"]["adapters.json"])}
@@ -76,12 +53,14 @@ def test_adding_and_removing_adapters_rewrites_the_list_in_place_and_keeps_the_r
 def test_status_counts_the_ready_pods_per_adapter_and_names_a_failure():
     world = AdapterWorld(adapters=[SQL, CHAT])
     pods = world.ready_pods(2)
-    world.adapters_prometheus.answer = AdapterStates(
-        {
-            pods[0]: {"sql": None, "chat": None},
-            pods[1]: {"sql": None, "chat": "rank_above_max"},
-            "gone": {"sql": None},
-        }
+    world.read_adapters(
+        AdapterStates(
+            {
+                pods[0]: {"sql": None, "chat": None},
+                pods[1]: {"sql": None, "chat": "rank_above_max"},
+                "gone": {"sql": None},
+            }
+        )
     )
     world.reconcile()
     assert world.status()["adapters"] == [
@@ -105,28 +84,21 @@ def test_status_counts_the_ready_pods_per_adapter_and_names_a_failure():
     ]
 
 
-def test_one_query_per_interval_and_the_status_holds_in_between_unless_the_adapters_change():
+def test_the_status_follows_the_newest_read_and_a_change_of_the_adapters_at_once():
     world = AdapterWorld(adapters=[SQL])
+    world.reconcile()
+    assert world.adapters_condition()["reason"] == "NoSeries", "not read yet: said so, nothing made up"
     pods = world.ready_pods(1)
-    world.adapters_prometheus.answer = AdapterStates({pods[0]: {"sql": ""}})
+    world.read_adapters(AdapterStates({pods[0]: {"sql": ""}}))
     world.reconcile()
     assert world.adapters_condition()["reason"] == "AdaptersLoading"
-    world.adapters_prometheus.answer = AdapterStates({pods[0]: {"sql": None, "chat": None}})
-    world.clock.now += 5
+    world.clock.now += 10
+    world.read_adapters(AdapterStates({pods[0]: {"sql": None, "chat": None}}))
     world.reconcile()
-    assert (
-        world.adapters_prometheus.queries == 1 and world.adapters_condition()["reason"] == "AdaptersLoading"
-    )
-    world.clock.now += 5
-    result = world.reconcile()
-    assert world.adapters_prometheus.queries == 2 and world.adapters_condition()["status"] == "True"
-    assert result.requeue_after <= 10
+    assert world.adapters_condition()["status"] == "True"
     world.change_spec(adapters=[SQL, CHAT])
     world.reconcile()
-    assert world.adapters_prometheus.queries == 3 and [a["name"] for a in world.status()["adapters"]] == [
-        "sql",
-        "chat",
-    ]
+    assert [a["name"] for a in world.status()["adapters"]] == ["sql", "chat"]
     world.change_spec(adapters=[])
     world.reconcile()
     assert "adapters" not in world.status()
@@ -136,7 +108,7 @@ def test_one_query_per_interval_and_the_status_holds_in_between_unless_the_adapt
 def test_without_metrics_the_condition_says_why_and_no_count_is_made_up():
     world = AdapterWorld(adapters=[SQL])
     world.ready_pods(1)
-    world.adapters_prometheus.answer = NoData(NO_SERIES, "no moe_runtime_lora_adapter_loaded series")
+    world.read_adapters(NoData(NO_SERIES, "no moe_runtime_lora_adapter_loaded series"))
     world.reconcile()
     assert world.status()["adapters"] == [{"name": "sql", "readyReplicas": 1}]
     condition = world.adapters_condition()
@@ -195,3 +167,24 @@ def test_the_adapter_query_and_what_its_answer_means():
     assert states == AdapterStates({"p0": {"a": None, "b": ""}, "p1": {"b": "shape_mismatch"}})
     assert isinstance(_adapter_states([], "ns/md"), NoData)
     assert _adapter_states([{"metric": {}, "value": [1, "1"]}], "ns/md").reason == "QueryFailed"
+
+
+def test_an_adapter_that_serves_on_the_stable_track_and_fails_on_the_canary_is_a_regression():
+    def pod(name, revision):
+        return {"metadata": {"name": name, "labels": {"moedeploy.dev/revision": revision}}}
+
+    pods = [pod("s0", "old"), pod("c0", "new")]
+    states = AdapterStates(
+        {"s0": {"sql": None, "chat": "not_found"}, "c0": {"sql": "rank_above_max", "chat": "not_found"}}
+    )
+    found = regression(AdapterRead(0, states), pods, candidate="new", baseline="old")
+    assert found == "adapter sql failed to load on pod c0 (rank_above_max) and serves on revision old"
+    # an adapter that fails everywhere is the adapter's fault, not the revision's
+    assert (
+        regression(
+            AdapterRead(0, AdapterStates({"s0": {"chat": "x"}, "c0": {"chat": "x"}})), pods, "new", "old"
+        )
+        is None
+    )
+    assert regression(AdapterRead(0, NoData(NO_SERIES, "none")), pods, "new", "old") is None
+    assert regression(None, pods, "new", "old") is None

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_operator.decisions import promql
+from moe_operator.decisions.engine_metrics import ENGINES
 
 
 def test_default_queue_query_selects_one_model_deployment_raw_samples():
@@ -23,30 +24,44 @@ def test_queue_override_gets_its_placeholders():
     assert query == 'avg by (pod) (avg_over_time(my_queue{ns="team-a",md="chat"}[30s]))'
 
 
-def test_canary_queries_select_the_revision_over_the_interval():
-    queries = promql.canary_window("team-a", "chat", "5f7c9d", interval_s=60)
-    selector = '{namespace="team-a",model_deployment="chat",revision="5f7c9d"}'
-    assert queries.p99_latency == (
-        f"histogram_quantile(0.99, sum by (le) (increase(moe_runtime_request_latency_seconds_bucket{selector}[60s])))"
+def test_track_queries_answer_per_revision_over_the_span():
+    queries = promql.track_queries("team-a", "chat", ["5f7c9d", "0a1b2c"], 60, ENGINES["moe-runtime"])
+    selector = '{namespace="team-a",model_deployment="chat",revision=~"5f7c9d|0a1b2c"}'
+    assert queries.histograms["latency"] == (
+        f"sum by (revision, le) (increase(moe_runtime_request_latency_seconds_bucket{selector}[60s]))"
+    )
+    assert set(queries.histograms) == {"latency", "ttft", "tpot"}
+    assert (
+        queries.outcomes == f"sum by (revision, status) (increase(moe_runtime_requests_total{selector}[60s]))"
     )
     assert (
-        queries.requests_by_status == f"sum by (status) (increase(moe_runtime_requests_total{selector}[60s]))"
+        queries.in_flight
+        == f"max by (revision) (max_over_time(moe_runtime_oldest_request_age_seconds{selector}[60s]))"
     )
+    assert queries.pods == f"count by (revision) (count_over_time(moe_runtime_queue_depth{selector}[60s]))"
+    assert queries.p99_overrides == {} and queries.error_ratio_overrides == {}
+
+
+def test_vllm_tracks_use_vllms_names_and_its_grouped_http_statuses():
+    queries = promql.track_queries("ns", "md", ["abc"], 30, ENGINES["vllm"])
+    assert "vllm:request_time_per_output_token_seconds_bucket" in queries.histograms["tpot"]
     assert (
-        queries.oldest_in_flight
-        == f"max(max_over_time(moe_runtime_oldest_request_age_seconds{selector}[60s]))"
+        'http_requests_total{namespace="ns",model_deployment="md",revision=~"abc",handler=~'
+        in queries.outcomes
     )
-    assert queries.pods == f"count(count_over_time(moe_runtime_queue_depth{selector}[60s]))"
-    assert queries.error_ratio is None
+    assert queries.in_flight is None, "vLLM exports no age of its oldest request"
+    assert promql.queue_depth("ns", "md", 30, 120, metrics=ENGINES["vllm"]).startswith(
+        "vllm:num_requests_waiting{"
+    )
 
 
-def test_slo_overrides_replace_the_defaults():
+def test_slo_overrides_are_rendered_per_revision():
     overrides = promql.SLOQueries(
         p99_latency='my_p99{rev="{revision}"}[{window}]', error_ratio='my_errors{ns="{namespace}"}'
     )
-    queries = promql.canary_window("ns", "md", "abc", interval_s=90, overrides=overrides)
-    assert queries.p99_latency == 'my_p99{rev="abc"}[90s]'
-    assert queries.error_ratio == 'my_errors{ns="ns"}'
+    queries = promql.track_queries("ns", "md", ["abc", "def"], 90, ENGINES["moe-runtime"], overrides)
+    assert queries.p99_overrides == {"abc": 'my_p99{rev="abc"}[90s]', "def": 'my_p99{rev="def"}[90s]'}
+    assert queries.error_ratio_overrides["abc"] == 'my_errors{ns="ns"}'
 
 
 @pytest.mark.parametrize(
@@ -112,10 +127,13 @@ def test_escaped_values_read_back_exactly_in_either_quote(value):
 @given(st.text(), st.text(), st.text())
 def test_rendered_queries_keep_their_shape_whatever_the_values(namespace, name, revision):
     """Blank out every string literal: what is left is the same query as for plain values."""
-    plain = promql.canary_window("a", "b", "c", interval_s=60)
-    odd = promql.canary_window(namespace, name, revision, interval_s=60)
-    for field in ("pods", "requests_by_status", "p99_latency", "oldest_in_flight"):
+    metrics = ENGINES["moe-runtime"]
+    plain = promql.track_queries("a", "b", ["c"], 60, metrics)
+    odd = promql.track_queries(namespace, name, [revision], 60, metrics)
+    for field in ("pods", "outcomes", "in_flight"):
         assert _skeleton(getattr(odd, field)) == _skeleton(getattr(plain, field))
+    for key in plain.histograms:
+        assert _skeleton(odd.histograms[key]) == _skeleton(plain.histograms[key])
 
 
 def _skeleton(query: str) -> str:

@@ -8,89 +8,11 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from moe_operator.decisions.policy import Policy
-from moe_operator.decisions.rollout import Verdict
 from moe_operator.io.children import WriteRefused
 from moe_operator.machinery.errors import StaleRead
-from moe_operator.reconcile.reconciler import Reconciler
-from tests.unit.operator.fake_api import Events, FakeApi
-from tests.unit.operator.samples import OWNER, spec
+from tests.unit.operator.world import BAD, FAST_SLO, GOOD, NAME, NS, World
 
-NS, NAME = OWNER.namespace, OWNER.name
-OPEN_POLICY = Policy(
-    allowed_source_kinds=("*",), allowed_host_path_prefixes=("*",), allowed_image_prefixes=("*",)
-)
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self):
-        self.now = T0
-
-    def __call__(self):
-        return self.now
-
-
-class Verdicts:
-    """An analyser whose verdict the test sets."""
-
-    def __init__(self):
-        self.verdict = Verdict("Continue", "Analyzing", "1/5 passed")
-
-    def analyse(self, md, spec, canary, now):
-        return canary, self.verdict, now + 10
-
-
-class World:
-    def __init__(self, policy=OPEN_POLICY, **md_spec):
-        self.api = FakeApi()
-        self.events = Events()
-        self.clock = Clock()
-        self.analyser = Verdicts()
-        self.reconciler = Reconciler(
-            self.api,
-            self.api.cache,
-            self.events,
-            policy=lambda: policy,
-            analyzer=self.analyser,
-            clock=self.clock,
-        )
-        self.api.put(
-            {
-                "apiVersion": "moedeploy.dev/v1alpha1",
-                "kind": "ModelDeployment",
-                "metadata": {"name": NAME, "namespace": NS, "uid": OWNER.uid},
-                "spec": spec(**{"replicas": 2, **md_spec}),
-            }
-        )
-
-    def reconcile(self):
-        """One pass; a stale read is retried at once, as the workers do."""
-        for _ in range(5):
-            try:
-                return self.reconciler.reconcile(NS, NAME)
-            except StaleRead:
-                continue
-        raise AssertionError("stale five times in a row")
-
-    def md(self):
-        return self.api.get_obj("ModelDeployment", NS, NAME)
-
-    def status(self):
-        return self.md().get("status", {})
-
-    def condition(self, kind):
-        return next(c for c in self.status()["conditions"] if c["type"] == kind)
-
-    def change_spec(self, **fields):
-        md = self.md()
-        md["spec"] = spec(**{"replicas": 2, **fields})
-        self.api.put(md)
-
-    def deployment(self, track="stable"):
-        return self.api.get_obj("Deployment", NS, NAME if track == "stable" else f"{NAME}-canary")
-
-    def settle(self, track="stable", ready=None):
-        self.api.deployment_controller_catches_up(NAME if track == "stable" else f"{NAME}-canary", NS, ready)
+NO_BAKE = {**FAST_SLO, "bakeSeconds": 0}
 
 
 def env_source(deployment):
@@ -109,7 +31,13 @@ def test_first_pass_creates_the_children_and_reports_progress():
     assert config_map["immutable"] is True
     assert env_source(world.deployment()) == config_map["metadata"]["name"]
     status = world.status()
-    assert status["phase"] == "Progressing" and status["stableRevision"] == status["currentRevision"]
+    # the status is recorded before the children are written: it says what was decided, and that the
+    # Deployment is being created; the pass the Deployment's watch event brings sees it progressing
+    assert status["phase"] == "Pending" and status["stableRevision"] == status["currentRevision"]
+    assert world.condition("Progressing")["reason"] == "Creating"
+    world.reconcile()
+    status = world.status()
+    assert status["phase"] == "Progressing"
     assert status["url"] == f"http://{NAME}.{NS}.svc.cluster.local" and status["model"] == NAME
     assert world.events.reasons == ["Created"]
 
@@ -191,12 +119,12 @@ def test_a_policy_violation_touches_nothing():
 
 
 def test_a_good_canary_runs_beside_the_stable_track_and_is_promoted():
-    world = World(slo={"p99LatencySeconds": 1.0})
+    world = World(slo=NO_BAKE)
     world.reconcile()
     world.settle()
     world.reconcile()
     stable_template = world.deployment()["spec"]["template"]
-    world.change_spec(slo={"p99LatencySeconds": 1.0}, runtime__image="registry.local/moe-runtime:2")
+    world.change_spec(slo=NO_BAKE, runtime__image="registry.local/moe-runtime:2")
     world.reconcile()
     canary = world.deployment("canary")
     assert canary["spec"]["replicas"] == 1
@@ -205,8 +133,7 @@ def test_a_good_canary_runs_beside_the_stable_track_and_is_promoted():
     world.settle("canary")
     world.reconcile()
     assert world.status()["canary"]["phase"] == "Analyzing"
-    world.analyser.verdict = Verdict("Promote", "AnalysisPassed", "5/5 windows passed")
-    world.reconcile()
+    world.analyse_until(GOOD)
     assert (
         world.deployment()["spec"]["template"]["spec"]["containers"][0]["image"]
         == "registry.local/moe-runtime:2"
@@ -222,22 +149,25 @@ def test_a_good_canary_runs_beside_the_stable_track_and_is_promoted():
 
 
 def test_a_bad_canary_is_rolled_back_without_the_stable_track_ever_changing():
-    world = World(slo={"p99LatencySeconds": 1.0})
+    world = World(slo=FAST_SLO)
     world.reconcile()
     world.settle()
     world.reconcile()
     stable = world.deployment()
-    world.change_spec(slo={"p99LatencySeconds": 1.0}, runtime__batching={"maxBatchSequences": 1})
+    world.change_spec(slo=FAST_SLO, runtime__batching={"maxBatchSequences": 1})
     world.reconcile()
     world.settle("canary")
     world.reconcile()
-    world.analyser.verdict = Verdict("Rollback", "SLOBreached", "p99 4.2s over 1s", ({"p99": 4.2},))
-    world.reconcile()
+    world.analyse_until(BAD)
     assert world.deployment("canary") is None
     assert world.deployment()["spec"] == stable["spec"]
     status = world.status()
-    assert status["rejectedRevisions"][0]["revision"] == status["currentRevision"]
+    rejected = status["rejectedRevisions"][0]
+    assert rejected["revision"] == status["currentRevision"] and "p99 latency" in rejected["message"]
+    assert rejected["measurements"][0]["canary"]["p99LatencySeconds"] == 5.0
     assert world.condition("Degraded")["reason"] == "SLOBreached"
+    failed = [e for e in world.events.posted if e.reason == "AnalysisWindowFailed"]
+    assert len(failed) == 2 and all("p99 latency 5s over the 1s limit" in e.message for e in failed)
     assert world.condition("Ready")["status"] == "True", "the stable pods still serve"
     for _ in range(2):
         world.clock.now += 120
@@ -285,6 +215,57 @@ def test_two_writers_never_make_the_status_flap():
     for thread in threads:
         thread.join()
     assert phases == ["Ready"], phases
+
+
+BAKE = {**FAST_SLO, "bakeSeconds": 20}
+
+
+def promoted_to_baking(world: World) -> tuple[str, str]:
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    before = world.status()["stableRevision"]
+    world.change_spec(
+        slo=BAKE, rollout={"revisionHistoryLimit": 0}, runtime__image="registry.local/moe-runtime:2"
+    )
+    world.reconcile()
+    world.settle("canary")
+    world.reconcile()
+    world.analyse_until(GOOD)
+    assert world.status()["canary"]["phase"] == "Promoting"
+    world.settle()
+    world.reconcile()
+    assert world.status()["canary"]["phase"] == "Baking"
+    assert world.deployment("canary") is None, (
+        "a bake has no canary Deployment: the revision is the stable one"
+    )
+    return before, world.status()["currentRevision"]
+
+
+def test_a_promoted_revision_bakes_and_then_the_rollout_is_over():
+    world = World(slo=BAKE, rollout={"revisionHistoryLimit": 0})
+    before, after = promoted_to_baking(world)
+    world.analyse_until(GOOD, phase_gone=("Baking",))
+    status = world.status()
+    assert "canary" not in status and status["stableRevision"] == after
+    assert "BakeComplete" in world.events.reasons
+
+
+def test_a_revision_that_breaks_while_baking_goes_back_to_the_previous_stable():
+    world = World(slo=BAKE, rollout={"revisionHistoryLimit": 0})
+    before, after = promoted_to_baking(world)
+    previous_template = env_source(world.deployment())
+    world.analyse_until(BAD, phase_gone=("Baking",))
+    status = world.status()
+    assert status["stableRevision"] == before and "canary" not in status
+    assert status["rejectedRevisions"][-1]["revision"] == after
+    assert env_source(world.deployment()) != previous_template, (
+        "the stable Deployment runs the previous revision"
+    )
+    assert before in env_source(world.deployment()), (
+        "from its ConfigMap, kept for the bake despite the history limit"
+    )
+    assert any(e.reason == "RolledBack" and "while baking" in e.message for e in world.events.posted)
 
 
 def test_routing_adds_the_router_points_the_service_at_it_and_goes_away_without_leftovers():

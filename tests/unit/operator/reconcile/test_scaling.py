@@ -1,66 +1,16 @@
-"""The autoscaler wired into the reconcile pass: decisions land on the Deployment and in the status, missing
-data holds, a restarted operator keeps its windows, a manual scale is answered with an Event."""
+"""The autoscaler wired into the reconcile pass: each queue read the measurement loop takes is evaluated once,
+decisions land on the Deployment and in the status, missing data holds, a restarted operator keeps its
+windows, a manual scale is answered with an Event."""
 
+from moe_operator.decisions.autoscale import RouterDemand
 from moe_operator.decisions.promdata import NoData, PodSamples
-from moe_operator.decisions.rollout import Verdict
-from moe_operator.reconcile.reconciler import Reconciler
-from moe_operator.reconcile.scaling import Scaler
-from tests.unit.operator.fake_api import Events
-from tests.unit.operator.reconcile.test_reconciler import NAME, NS, OPEN_POLICY, Clock, World
-
-AUTOSCALING = {
-    "enabled": True,
-    "targetQueueDepth": 4,
-    "intervalSeconds": 10,
-    "scaleUp": {"stabilizationWindowSeconds": 0, "maxPods": 4, "periodSeconds": 10},
-    "scaleDown": {"stabilizationWindowSeconds": 60, "maxPods": 1, "periodSeconds": 10},
-}
-
-
-class FakePrometheus:
-    """Answers the queue query with what the test sets, and counts the queries."""
-
-    def __init__(self):
-        self.answer = PodSamples({})
-        self.queries = 0
-
-    def queue_depth(self, namespace, name, window_s, template=None, now=None):
-        self.queries += 1
-        return self.answer
+from tests.unit.operator.world import AUTOSCALING, GOOD, NAME, World
 
 
 class AutoscaledWorld(World):
     def __init__(self, **md_spec):
-        self.prometheus = FakePrometheus()
         super().__init__(autoscaling=AUTOSCALING, minReplicas=1, maxReplicas=10, **md_spec)
-        self.reconciler = self._reconciler()
-
-    def _reconciler(self):
-        return Reconciler(
-            self.api, self.api.cache, self.events, policy=lambda: OPEN_POLICY, scaler=Scaler(self.prometheus),
-            analyzer=self.analyser, clock=self.clock,
-        )  # fmt: skip
-
-    def restart(self):
-        self.reconciler = self._reconciler()
-
-    def ready_pods(self, count):
-        for i in range(count):
-            self.api.put(
-                {"apiVersion": "v1", "kind": "Pod",
-                 "metadata": {"name": f"{NAME}-{i}", "namespace": NS,
-                              "labels": {"app.kubernetes.io/name": "moe-runtime", "moedeploy.dev/model-deployment": NAME,
-                                         "moedeploy.dev/track": "stable"}},
-                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-            )  # fmt: skip
-        return [f"{NAME}-{i}" for i in range(count)]
-
-    def replicas(self):
-        return self.deployment()["spec"]["replicas"]
-
-    def tick(self, seconds=10):
-        self.clock.now += seconds
-        return self.reconcile()
+        self.queue_answer = PodSamples({})
 
 
 def test_a_queue_over_target_scales_out_and_the_decision_is_remembered_in_status():
@@ -68,18 +18,19 @@ def test_a_queue_over_target_scales_out_and_the_decision_is_remembered_in_status
     world.reconcile()
     pods = world.ready_pods(2)
     world.settle()
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))  # 20 waiting, target 4 per pod
-    result = world.tick()
-    assert world.replicas() == 5 and result.requeue_after == 10
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 10.0))  # 20 waiting, target 4 per pod
+    world.tick()
+    assert world.replicas() == 5
     autoscaling = world.status()["autoscaling"]
     assert autoscaling["desiredReplicas"] == 5 and autoscaling["currentMetric"] == 10.0
     assert autoscaling["memory"]["recommendations"] and autoscaling["lastScaleTime"]
     assert world.status()["desiredReplicas"] == 5
     assert any(e.reason == "Scaled" and "queue" in e.message for e in world.events.posted)
-    queries = world.prometheus.queries
+    evaluated = world.status()["autoscaling"]["lastEvaluationTime"]
     world.clock.now += 3
-    world.reconcile()
-    assert world.prometheus.queries == queries, "no query between two evaluations"
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 0.0))
+    world.reconcile()  # no new read since the last evaluation: the decision stands
+    assert world.status()["autoscaling"]["lastEvaluationTime"] == evaluated and world.replicas() == 5
 
 
 def test_missing_data_holds_the_replicas_and_says_so_once():
@@ -87,14 +38,14 @@ def test_missing_data_holds_the_replicas_and_says_so_once():
     world.reconcile()
     world.ready_pods(3)
     world.settle()
-    world.prometheus.answer = NoData("PrometheusUnavailable", "connection refused")
+    world.queue_answer = NoData("PrometheusUnavailable", "connection refused")
     for _ in range(3):
         world.tick()
         assert world.replicas() == 3
     condition = world.condition("MetricsAvailable")
     assert (condition["status"], condition["reason"]) == ("False", "PrometheusUnavailable")
     assert world.events.reasons.count("PrometheusUnavailable") == 1
-    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 4.0 for i in range(3)})
+    world.queue_answer = PodSamples({f"{NAME}-{i}": 4.0 for i in range(3)})
     world.tick()
     assert world.condition("MetricsAvailable")["status"] == "True"
     assert "MetricsAvailable" in world.events.reasons
@@ -105,10 +56,10 @@ def test_a_restarted_operator_keeps_the_scale_down_window():
     world.reconcile()
     pods = world.ready_pods(2)
     world.settle()
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 10.0))
     world.tick()
     assert world.replicas() == 5
-    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})
+    world.queue_answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})
     world.ready_pods(5)
     world.settle()
     world.restart()  # a new operator: all it knows is the status
@@ -131,20 +82,18 @@ def test_a_manual_scale_while_autoscaling_is_answered_with_an_event():
     assert world.replicas() == world.status()["autoscaling"]["desiredReplicas"] != 7
 
 
-def test_without_autoscaling_spec_replicas_rule_and_no_query_is_made():
-    prometheus = FakePrometheus()
+def test_without_autoscaling_spec_replicas_rule_whatever_the_queue_says():
     world = World()
-    world.reconciler = Reconciler(
-        world.api,
-        world.api.cache,
-        Events(),
-        policy=lambda: OPEN_POLICY,
-        scaler=Scaler(prometheus),
-        clock=Clock(),
-    )
+    world.read_queue(PodSamples({f"{NAME}-0": 50.0}))
     world.reconcile()
-    assert world.deployment()["spec"]["replicas"] == 2 and prometheus.queries == 0
+    assert world.deployment()["spec"]["replicas"] == 2
     assert "autoscaling" not in world.status()
+
+
+def test_a_pass_before_the_first_read_holds_what_runs():
+    world = AutoscaledWorld(replicas=3)
+    world.reconcile()
+    assert world.replicas() == 3 and "desiredReplicas" not in world.status()["autoscaling"]
 
 
 def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or_is_promoted():
@@ -152,7 +101,7 @@ def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or
     world.reconcile()
     pods = world.ready_pods(2)
     world.settle()
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 10.0))
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 10.0))
     world.tick()
     assert world.replicas() == 5
     world.ready_pods(5)
@@ -161,52 +110,123 @@ def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or
                       runtime__image="registry.local/moe-runtime:2")  # fmt: skip
     world.tick()
     assert world.deployment("canary") is not None
-    world.prometheus.answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})  # the canary takes the load
-    for verdict in ("Continue", "Promote"):
-        world.settle("canary")
-        world.reconciler._analyzer.verdict = Verdict(verdict, "R", "m")
-        for _ in range(12):  # two minutes: far past the 60 s scale-down window
-            world.tick()
-            assert world.replicas() == 5, f"scaled in during the canary ({verdict})"
+    world.queue_answer = PodSamples({f"{NAME}-{i}": 0.0 for i in range(5)})  # the canary takes the load
+    world.settle("canary")
+    for _ in range(12):  # two minutes: far past the 60 s scale-down window
+        world.tick()
+        assert world.replicas() == 5, "scaled in during the canary"
+    world.analyse_until(GOOD)
+    assert world.status()["canary"]["phase"] == "Promoting"
+    for _ in range(12):
+        world.tick()
+        assert world.replicas() == 5, "scaled in while the canary is promoted"
 
 
-class RoutedPrometheus(FakePrometheus):
-    """Also answers what the routers report."""
+def test_no_series_before_any_pod_could_be_scraped_is_no_warning_but_later_it_is():
+    """Hardening 19: the first pass of a new ModelDeployment warned "does Prometheus scrape its pods?" before
+    any pod could have been scraped."""
+    world = AutoscaledWorld()
+    world.queue_answer = NoData("NoSeries", "no queue depth series")
+    world.tick()
+    world.tick()
+    assert "NoSeries" not in world.events.reasons
+    assert all(c["type"] != "MetricsAvailable" for c in world.status()["conditions"])
+    world.ready_pods(2)
+    world.settle()
+    world.tick(60)  # Ready longer than the metric window: now it should have been scraped
+    assert world.events.reasons.count("NoSeries") == 1
+    assert world.condition("MetricsAvailable")["reason"] == "NoSeries"
 
-    def __init__(self):
-        super().__init__()
-        from moe_operator.decisions.autoscale import RouterDemand
 
-        self.demand = RouterDemand(held=0, in_flight=0, idle_s=0.0)
-
-    def router_demand(self, namespace, name, now=None):
-        return self.demand
+def routed_to_zero(**md_spec) -> AutoscaledWorld:
+    """Autoscaled with scale to zero after 60 idle seconds, two Ready pods with empty queues."""
+    world = AutoscaledWorld(routing={"scaleToZero": {"idleSeconds": 60}}, **md_spec)
+    world.change_spec(
+        autoscaling=AUTOSCALING, minReplicas=0, maxReplicas=10, routing={"scaleToZero": {"idleSeconds": 60}},
+        **md_spec,
+    )  # fmt: skip
+    world.reconcile()
+    pods = world.ready_pods(2)
+    world.settle()
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 0.0))
+    return world
 
 
 def test_scale_to_zero_goes_to_zero_when_idle_and_back_to_one_for_a_held_request():
-    from moe_operator.decisions.autoscale import RouterDemand
-
-    world = AutoscaledWorld(routing={"scaleToZero": {"idleSeconds": 60}})
-    world.prometheus = RoutedPrometheus()
-    world.api.put({**world.md(), "spec": {**world.md()["spec"], "minReplicas": 0}})
-    world.restart()
-    world.reconcile()
-    pods = world.ready_pods(2)
-    world.prometheus.answer = PodSamples(dict.fromkeys(pods, 0.0))
-    world.prometheus.demand = RouterDemand(held=0, in_flight=0, idle_s=30.0)
-    world.clock.now += 11
-    world.reconcile()
+    world = routed_to_zero()
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=30.0))
+    world.tick(11)
     assert world.replicas() >= 1, "an empty queue alone never scales to zero, even with minReplicas 0"
 
-    world.prometheus.demand = RouterDemand(held=0, in_flight=0, idle_s=61.0)
-    world.clock.now += 11
-    result = world.reconcile()
-    assert world.replicas() == 0 and result.requeue_after <= 1.0, "at zero the routers are read every second"
-    scaled = [e for e in world.events.posted if e.reason == "Scaled"]
-    assert "scaling to zero" in scaled[-1].message
+    world.read_routers(RouterDemand(held=0, in_flight=1, idle_s=61.0))
+    world.tick(11)
+    assert world.replicas() >= 1, "a request still running keeps the pods"
 
-    world.prometheus.demand = RouterDemand(held=2, in_flight=2, idle_s=0.1)
-    world.clock.now += 1
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=61.0))
+    world.tick(11)
+    assert world.replicas() == 0 and world.status()["desiredReplicas"] == 0
+    assert "scaling to zero" in [e for e in world.events.posted if e.reason == "Scaled"][-1].message
+    world.settle()
+    for _ in range(3):
+        world.tick(11)
+        assert world.replicas() == 0, "the autoscaler alone never wakes it"
+
+    world.read_routers(RouterDemand(held=2, in_flight=2, idle_s=0.1))
+    world.clock.now += 0.5
     world.reconcile()
     assert world.replicas() == 1
     assert "held at the router" in [e for e in world.events.posted if e.reason == "Scaled"][-1].message
+    world.tick(1)
+    assert world.replicas() == 1, "after waking, the autoscaler takes over from one pod"
+
+
+def test_held_requests_count_with_the_pods_queues():
+    world = AutoscaledWorld(routing={})
+    world.reconcile()
+    pods = world.ready_pods(2)
+    world.settle()
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 2.0))  # 4 waiting, target 4 per pod: on target
+    world.read_routers(RouterDemand(held=12, in_flight=12, idle_s=0.0))
+    world.tick()
+    assert world.replicas() == 4, "16 waiting in all over a target of 4 per pod"
+
+
+def test_blind_or_stale_it_neither_goes_to_zero_nor_leaves_it():
+    world = routed_to_zero()
+    world.read_routers(NoData("PrometheusUnavailable", "connection refused"))
+    world.tick(120)
+    assert world.replicas() >= 1
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=600.0))
+    world.tick(11)
+    assert world.replicas() == 0
+    world.settle()
+    world.read_routers(RouterDemand(held=3, in_flight=3, idle_s=0.0))
+    world.clock.now += 60  # the read is older than ROUTERS_STALE_S by the time the pass runs
+    world.reconcile()
+    assert world.replicas() == 0, "a stale read wakes nothing"
+
+
+def test_never_to_zero_while_a_canary_is_analysed():
+    world = routed_to_zero()
+    world.change_spec(
+        autoscaling=AUTOSCALING, minReplicas=0, maxReplicas=10, routing={"scaleToZero": {"idleSeconds": 60}},
+        slo={"p99LatencySeconds": 1.0}, runtime__image="registry.local/moe-runtime:2",
+    )  # fmt: skip
+    world.tick()
+    assert world.deployment("canary") is not None
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=600.0))
+    world.tick(11)
+    assert world.replicas() >= 1
+
+
+def test_without_autoscaling_it_wakes_to_spec_replicas():
+    world = World(routing={"scaleToZero": {"idleSeconds": 60}}, replicas=3)
+    world.reconcile()
+    world.settle()
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=61.0))
+    world.tick(1)
+    assert world.replicas() == 0
+    world.settle()
+    world.read_routers(RouterDemand(held=1, in_flight=1, idle_s=0.0))
+    world.tick(1)
+    assert world.replicas() == 3

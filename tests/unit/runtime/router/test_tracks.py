@@ -7,7 +7,13 @@ from moe_runtime.router.tracks import CANARY, STABLE, TrackTurns, canary_routabl
 def test_the_canary_is_routable_only_while_the_status_has_it_and_has_not_rejected_it():
     assert canary_routable(None)  # no status read yet: the Ready pods decide
     assert not canary_routable({})
-    assert canary_routable({"canary": {"revision": "abc", "phase": "Analyzing"}})
+    for phase in ("Starting", "Analyzing", "Holding", "Promoting"):
+        assert canary_routable({"canary": {"revision": "abc", "phase": phase}}), phase
+    baking = {
+        "stableRevision": "abc",
+        "canary": {"revision": "abc", "phase": "Baking", "previousRevision": "old"},
+    }
+    assert not canary_routable(baking), "a baking revision is the stable one: the canary track is leaving"
     rejected = {
         "canary": {"revision": "abc"},
         "rejectedRevisions": [{"revision": "abc", "reason": "SLOBreached"}],
