@@ -128,18 +128,33 @@ def test_the_canary_gets_exactly_its_share_of_requests_and_none_once_rejected(
         served = Counter(complete(routed.url, f"share {i}", 1).headers[POD_HEADER] for i in range(30))
         assert served["canary-1"] == 10, served  # 1 Ready canary pod of 3: a third of the requests, exactly
 
-        set_status(
-            models, {"rejectedRevisions": [{"revision": "r2", "reason": "SLOBreached", "message": "slow"}]}
+        def canary_stops_getting_requests(what: str) -> None:
+            recent: list[str] = []
+
+            def stable_streak() -> bool:
+                recent.append(complete(routed.url, "after", 1).headers[POD_HEADER])
+                return len(recent) >= 3 and "canary-1" not in recent[-3:]
+
+            wait_for(stable_streak, timeout=10, interval=0, what=what)
+            after = Counter(complete(routed.url, f"after {i}", 1).headers[POD_HEADER] for i in range(12))
+            assert "canary-1" not in after, after
+
+        # promoted and baking: the revision is the stable one now; the canary Deployment's pods are leaving
+        baking = {"revision": "r2", "phase": "Baking", "previousRevision": "r1"}
+        set_status(models, {"stableRevision": "r2", "canary": baking, "rejectedRevisions": []})
+        canary_stops_getting_requests("the bake to reach the router")
+
+        set_status(models, {"canary": {"revision": "r3", "phase": "Holding"}, "rejectedRevisions": []})
+        wait_for(
+            lambda: complete(routed.url, "held canary", 1).headers[POD_HEADER] == "canary-1",
+            timeout=10,
+            interval=0,
+            what="a held canary to get its share again",
         )
-        recent: list[str] = []
-
-        def stable_streak() -> bool:
-            recent.append(complete(routed.url, "after", 1).headers[POD_HEADER])
-            return len(recent) >= 3 and "canary-1" not in recent[-3:]
-
-        wait_for(stable_streak, timeout=10, interval=0, what="the rejection to reach the router")
-        after = Counter(complete(routed.url, f"after {i}", 1).headers[POD_HEADER] for i in range(12))
-        assert "canary-1" not in after, after
+        set_status(
+            models, {"rejectedRevisions": [{"revision": "r3", "reason": "SLOBreached", "message": "slow"}]}
+        )
+        canary_stops_getting_requests("the rejection to reach the router")
 
 
 def test_a_draining_pod_and_an_unreachable_one_cost_a_retry_not_a_failed_request(

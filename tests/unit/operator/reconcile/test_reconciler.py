@@ -305,3 +305,19 @@ def test_a_router_pod_that_cannot_start_shows_in_the_status_but_never_counts_as_
     world.reconcile()
     degraded = next(c for c in world.status()["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and f"{NAME}-router-abc" in degraded["message"]
+
+
+def test_a_router_object_someone_else_owns_is_a_conflict_and_stays_theirs_when_routing_goes():
+    world = World()
+    world.reconcile()
+    theirs = {"apiVersion": "v1", "kind": "ServiceAccount",
+              "metadata": {"name": f"{NAME}-router", "namespace": NS, "labels": {"app.kubernetes.io/managed-by": "moedeploy"}}}  # fmt: skip
+    world.api.put(theirs)
+    world.change_spec(routing={})
+    world.reconcile()
+    assert world.condition("Degraded")["reason"] == "NameConflict"
+    assert world.api.get_obj("Deployment", NS, f"{NAME}-router") is None, "nothing of the router is written"
+    world.change_spec()
+    world.reconcile()
+    assert world.api.get_obj("ServiceAccount", NS, f"{NAME}-router") is not None, "not ours: never deleted"
+    assert world.condition("Degraded")["status"] == "False"
