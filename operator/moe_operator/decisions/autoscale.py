@@ -396,7 +396,9 @@ def scale_to_zero(
             return ZeroDecision(
                 wake_to, f"{demand.held} request(s) held at the router: waking up to {wake_to}"
             )
-        return ZeroDecision(0, f"idle for {demand.idle_s:.0f}s: staying at zero")
+        # no figure that changes from read to read: at zero the pass runs on every read, and writes the status
+        # only when it changed
+        return ZeroDecision(0, "no request held at the router: staying at zero")
     if demand.held == 0 and demand.in_flight == 0 and demand.idle_s >= idle_seconds:
         return ZeroDecision(
             0,

@@ -191,7 +191,7 @@ def _demand(routers: RouterRead | None, now: float, measuring: bool) -> RouterDe
             return NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
         return NoData(NO_SERIES, "the routers have not been read yet")
     if now - routers.at > ROUTERS_STALE_S:
-        return NoData(STALE_SERIES, f"the routers were last read {now - routers.at:.0f}s ago")
+        return NoData(STALE_SERIES, f"the routers were not read in the last {ROUTERS_STALE_S:g}s")
     return routers.demand
 
 

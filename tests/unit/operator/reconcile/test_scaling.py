@@ -230,3 +230,17 @@ def test_without_autoscaling_it_wakes_to_spec_replicas():
     world.read_routers(RouterDemand(held=1, in_flight=1, idle_s=0.0))
     world.tick(1)
     assert world.replicas() == 3
+
+
+def test_at_zero_a_read_that_changes_nothing_writes_no_status():
+    world = routed_to_zero()
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=61.0))
+    world.tick(11)
+    world.settle()
+    world.tick(1)
+    writes = len(world.api.writes)
+    for idle in (62.0, 63.5, 65.0):  # the measurement loop reads the routers every half second at zero
+        world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=idle))
+        world.clock.now += 0.5
+        world.reconcile()
+    assert len(world.api.writes) == writes
