@@ -155,9 +155,12 @@ def test_idle_goes_to_zero_and_a_request_at_zero_is_held_kept_alive_and_answered
     events = [line for _, line in lines if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and len(events) >= 6
     first_data = next(t for t, line in lines if line.startswith("data: {"))
-    assert any(line == ": keep-alive" for t, line in lines if t < first_data), (
-        "no keep-alive while it was held"
-    )
+    # the router's first keep-alive comes after --keepalive-interval (5 s): a shorter hold may see none (its
+    # keep-alives are tested against the router process in tests/integration/router)
+    if first_data > 5 + 1:
+        assert any(line == ": keep-alive" for t, line in lines if t < first_data), (
+            "no keep-alive while it was held"
+        )
 
 
 def test_at_zero_with_a_pod_that_cannot_start_the_request_gets_503_after_the_bound(
@@ -206,7 +209,8 @@ def test_scale_in_promotion_rollback_and_a_router_restart_under_load_through_the
         wait_for(lambda: _router_rolled(models, name, "LeastLoad"), timeout=120, what="the router to roll")
         # a revision whose canary breaches its SLO under that load: rejected and rolled back
         runtime = {**models.get(name)["spec"]["runtime"], "env": [{"name": "ROUND", "value": "3"}]}
-        slo = {"p99LatencySeconds": 0.001, "analysisIntervalSeconds": 3, "minRequests": 2, "failureLimit": 0}
+        slo = {"p99LatencySeconds": 0.001, "analysisIntervalSeconds": 3, "scrapeIntervalSeconds": 1,
+               "minRequests": 2, "failureLimit": 0}  # fmt: skip
         models.patch_spec(name, {"runtime": runtime, "slo": slo})
         wait_for(lambda: (models.get(name).get("status") or {}).get("rejectedRevisions"), timeout=START_TIMEOUT_S,
                  what="the canary to be rolled back")  # fmt: skip
