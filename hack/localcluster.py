@@ -13,7 +13,8 @@ objects; Prometheus' configuration, scraping the Ready runtime pods through file
 Every process, its log and its state live in one folder (kwokctl's in `kwokctl/`); `down` stops exactly the
 processes recorded there, each checked to still be the component it started, and the pod processes, also
 after an `up` that failed half-way. What other tools rely on (docs/local-stack.md): `<state dir>/kubeconfig`,
-`<state dir>/env` (KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`.
+`<state dir>/env` (KUBECONFIG=..., PROMETHEUS_URL=...), `<state dir>/targets.json`, `<state dir>/services.json`
+(the Service proxy, hack/localservices: `namespace/name` -> `127.0.0.1:PORT`).
 
     python hack/localcluster.py up   --state-dir .cluster     # KUBEBUILDER_ASSETS names the binaries
     python hack/localcluster.py down --state-dir .cluster
@@ -104,6 +105,7 @@ COMPONENTS = (
     "kwok-controller",
     "prometheus",
     "localkubelet",
+    "localservices",
 )
 
 
@@ -245,6 +247,11 @@ class LocalCluster:
         return self.state_dir / "targets.json"
 
     @property
+    def services_file(self) -> Path:
+        """`namespace/name` -> the loopback address that forwards to the Service's Ready endpoints."""
+        return self.state_dir / "services.json"
+
+    @property
     def pods_dir(self) -> Path:
         """Where the local kubelet keeps each pod's log (`<namespace>_<pod>.log`) and volumes."""
         return self.state_dir / "pods"
@@ -276,6 +283,7 @@ class LocalCluster:
         self._kwokctl_workdir.mkdir(parents=True)
         (self._kwokctl_workdir / "logs").symlink_to(self.logs_dir)
         self.targets_file.write_text("[]\n")
+        self.services_file.write_text("{}\n")
         prometheus = self.state_dir / "prometheus.yml"
         prometheus.write_text(prometheus_config(self.targets_file, self.scrape_interval))
         port = free_port()
@@ -293,6 +301,8 @@ class LocalCluster:
             self._create_nodes()
             kubelet = self._start("localkubelet", self._kubelet_argv())
             (self._kwokctl_workdir / "pids" / "localkubelet.pid").write_text(str(kubelet.pid))
+            services = self._start("localservices", self._services_argv())
+            (self._kwokctl_workdir / "pids" / "localservices.pid").write_text(str(services.pid))
             self._wait("the nodes", self._nodes_ready, deadline)
             self._wait("the default ServiceAccount", self._default_service_account, deadline)
             self._wait("Prometheus", lambda: _http_ok(f"{prometheus_url}/-/ready"), deadline)
@@ -396,6 +406,15 @@ class LocalCluster:
             f"--nodes={','.join(self.served_nodes)}",
             f"--state-dir={self.state_dir}",
             f"--targets={self.targets_file}",
+        ]
+
+    def _services_argv(self) -> list[str]:
+        """The Service proxy (hack/localservices): Services reachable on loopback, as kube-proxy makes them."""
+        return [
+            sys.executable,
+            str(HACK / "localservices"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--state-dir={self.state_dir}",
         ]
 
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

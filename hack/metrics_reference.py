@@ -58,6 +58,11 @@ def render() -> str:
     text += "## Runtime (`moe_runtime_*`, per pod, on `:8000/metrics`)\n\n"
     text += "\n".join(rows(runtime_metrics.RuntimeMetrics())) + "\n\n"
     text += (runtime_metrics.__doc__ or "").strip() + "\n\n"
+    from moe_runtime.router import metrics as router_metrics
+
+    text += "## Router (`moe_router_*`, per router pod of a ModelDeployment with spec.routing, on `:8000/metrics`)\n\n"
+    text += "\n".join(rows(router_metrics.RouterMetrics())) + "\n\n"
+    text += (router_metrics.__doc__ or "").strip() + "\n\n"
     text += "## Operator (`moe_operator_*`, on `--metrics-port`, the chart's `<release>-metrics` Service)\n\n"
     text += "\n".join(rows(operator_metrics.OperatorMetrics())) + "\n\n"
     notes = (operator_metrics.__doc__ or "").strip().split("\n\n")[-1]

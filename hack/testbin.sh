@@ -15,7 +15,17 @@ out=${KUBEBUILDER_ASSETS:-$cache_root/testbin/$key}
 binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
 
 complete() { for b in "${binaries[@]}"; do [ -x "$out/$b" ] || return 1; done; }
-if complete; then echo "$out"; exit 0; fi
+# The Inference Extension's InferencePool CRD, from its Go module, for the chart's tests (no binary to build)
+gaie_crd="$out/gateway-api-inference-extension-${GAIE_VERSION}/inferencepools.yaml"
+fetch_gaie_crd() {
+  [ -f "$gaie_crd" ] && return 0
+  local dir
+  dir=$(go mod download -json "sigs.k8s.io/gateway-api-inference-extension@v${GAIE_VERSION}" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  mkdir -p "$(dirname "$gaie_crd")"
+  cp "$dir/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "$gaie_crd"
+  chmod u+w "$gaie_crd"
+}
+if complete; then fetch_gaie_crd; echo "$out"; exit 0; fi
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ "${MOEDEPLOY_BUILD_INTO_ASSETS:-}" != true ]; then
   echo "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks some of: ${binaries[*]}" >&2; exit 1
 fi
@@ -83,4 +93,5 @@ if [ ! -x "$out/helm" ]; then
     helm.sh/helm/v3/cmd/helm
 fi
 complete || { log "incomplete build in $out"; exit 1; }
+fetch_gaie_crd
 echo "$out"

@@ -29,6 +29,7 @@ class ExistingCluster:
         self.kubeconfig = Path(os.environ["KUBECONFIG"])
         self.state_dir = self.kubeconfig.parent
         self.targets_file = self.state_dir / "targets.json"
+        self.services_file = self.state_dir / "services.json"
         self.pods_dir = self.state_dir / "pods"
         self.env_file = self.state_dir / "env"
         self.assets = assets_dir()

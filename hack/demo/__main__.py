@@ -5,7 +5,7 @@
 On the local stack (real control plane, a local kubelet running every pod as a real runtime process, a real
 Prometheus), with the chart installed by Helm and the operator running with the chart's identity, it:
   1. applies a ModelDeployment with autoscaling and an SLO, and waits until it serves;
-  2. answers one chat request through its pods;
+  2. answers one chat request through its status.url (its router, reached through the stack's Service proxy);
   3. drives load: the queue rises, the operator scales out, the queue drains;
   4. applies a bad revision under that load: judged against the stable track in the same windows, its canary
      breaks the SLO and is rolled back, no request fails;
@@ -76,7 +76,7 @@ class Demo:
         self._step("helm install the chart; the operator runs with its ServiceAccount", self._install)
         self.t0 = time.time()
         self._step("1. kubectl apply a ModelDeployment with autoscaling and an SLO", self._apply_first)
-        self._step("2. one chat request through its pods", self._chat)
+        self._step("2. one chat request through status.url (the router)", self._chat)
         self._step("3. load: the queue rises, the operator scales out, the queue drains", self._scale_out)
         self._step("4. a bad revision under load: judged against the stable track, rolled back", self._bad)
         self._step("5. a good revision: analysed, promoted, baked", self._good)
@@ -116,7 +116,7 @@ class Demo:
         step.figures = {"revision": status["stableRevision"], "ready": status["readyReplicas"]}
 
     def _chat(self, step: Step) -> None:
-        url = self.pod_urls()[0]
+        url = self.service_url()
         body = {"model": NAME, "messages": [{"role": "user", "content": "Which experts answer today?"}],
                 "max_tokens": 16, "temperature": 0}  # fmt: skip
         answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
@@ -127,12 +127,12 @@ class Demo:
     def _scale_out(self, step: Step) -> None:
         concurrency = 10 if self.args.quick else 12
         self.load = LoadGenerator(
-            LoadConfig(targets_file=self.cluster.targets_file, model_deployment=NAME, namespace=NS,
+            LoadConfig(service_url=self.status()["url"], services_file=self.cluster.services_file,
                        concurrency=concurrency, duration_s=1800, mix=(Shape(12, 24),), timeout_s=120, temperature=0)
         )  # fmt: skip
         self._load_context = self.load.background()
         self._load_context.__enter__()
-        say(f"  loadgen: {concurrency} clients in a closed loop, spread over the Ready pods of {NAME}")
+        say(f"  loadgen: {concurrency} clients in a closed loop through {self.status()['url']} (the router)")
         self.wait(lambda s: s.get("desiredReplicas", 1) >= 2, 120, "a scale-out")
         status = self.wait(
             lambda s: s.get("readyReplicas", 0) >= s.get("desiredReplicas", 9) >= 2 and self.queue_per_pod() <= manifests.TARGET_QUEUE,
@@ -252,9 +252,20 @@ class Demo:
             time.sleep(1)
         raise Failed(f"no {what} within {timeout:.0f}s; status: {json.dumps(self.status())[:1500]}")
 
-    def pod_urls(self) -> list[str]:
-        entries = json.loads(self.cluster.targets_file.read_text())
-        return [f"http://{e['targets'][0]}" for e in entries if e["labels"]["model_deployment"] == NAME]
+    def service_url(self, timeout: float = 60) -> str:
+        """status.url as this machine reaches it (the stack's Service proxy), once the router is Ready there."""
+        from moe_runtime.tools.loadgen import service_address
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = service_address(json.loads(self.cluster.services_file.read_text()), self.status()["url"])
+            try:
+                if found and httpx.get(f"{found[0]}/ready", timeout=2).status_code == 200:
+                    return found[0]
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise Failed(f"{self.status().get('url')} did not answer through the Service proxy in {timeout:.0f}s")
 
     def queue_per_pod(self) -> float:
         ready = max(1, self.status().get("readyReplicas", 1))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 
 NAME = "qwen3-moe-demo"
+# the label the local stack puts on the nodes its kubelet runs as processes (hack/localcluster.py)
+LOCAL_KUBELET_LABEL = "moedeploy.dev/local-kubelet"
 NAMESPACE = "demo"
 TARGET_QUEUE = 3  # waiting requests per Ready pod the autoscaler aims for
 MAX_REPLICAS = 3
@@ -41,6 +43,10 @@ def model_deployment(checkpoint: str, **runtime: object) -> dict:
                     "scaleDown": {"stabilizationWindowSeconds": 15, "maxPods": 2, "periodSeconds": 5},
                 },
                 "rollout": {"strategy": "Canary", "canaryReplicas": 1, "maxSurge": 2, "maxUnavailable": 0},
+                # clients reach status.url: the router picks a pod per request (a plain Service would pin each
+                # kept connection to the pod it first reached, and new pods would get no load), sends the canary
+                # exactly its share, and retries what a draining pod refuses
+                "routing": {"replicas": 1, "nodeSelector": {LOCAL_KUBELET_LABEL: "true"}},
                 # judged against the stable track in the same windows: a busy machine slows both alike
                 "slo": {
                     "maxRelativeIncrease": 0.5,

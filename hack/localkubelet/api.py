@@ -83,6 +83,20 @@ class Api:
         data = {k: base64.b64decode(v).decode(errors="replace") for k, v in (found.get("data") or {}).items()}
         return {**data, **(found.get("stringData") or {})}
 
+    def service_account_token(self, namespace: str, name: str, request: Mapping[str, Any]) -> str:
+        """A TokenRequest for the ServiceAccount; ApiException (404) when it does not exist."""
+        found = _json(
+            self.core.create_namespaced_service_account_token(
+                name, namespace, request, _preload_content=False
+            )
+        )
+        return found["status"]["token"]
+
+    def server(self) -> tuple[str, str]:
+        """The API server's URL and its CA file, for the kubeconfigs handed to pods."""
+        configuration = self._client.configuration
+        return configuration.host, configuration.ssl_ca_cert
+
     # ---- nodes -------------------------------------------------------------------------------------------
 
     def node(self, name: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ heartbeats current. Decisions live in lifecycle.py / launch.py / podstatus.py; t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -37,7 +38,8 @@ from localkubelet.process import (
     send,
     spawn,
 )
-from localkubelet.targets import MODEL_DEPLOYMENT_LABEL, Serving, file_sd, write_atomically
+from localkubelet.serviceaccount import mounts_token, service_account, token_kubeconfig, token_request
+from localkubelet.targets import MODEL_DEPLOYMENT_LABEL, Serving, file_sd, pod_addresses, write_atomically
 from localkubelet.volumes import UnsupportedVolume
 
 log = logging.getLogger("localkubelet")
@@ -49,6 +51,9 @@ CONFIG_SYNC_S = 1.0
 GONE_GRACE_S = 2.0  # a pod removed from the API without us: its process gets this long after SIGTERM
 DEFAULT_GRACE_S = 30.0
 WATCH_TIMEOUT_S = 300
+ADDRESSES_FILE = "pod-addresses.json"
+# Where pods find the local pod network (the router's --endpoint-address-map reads it).
+ADDRESS_MAP_ENV = "MOE_RUNTIME_ENDPOINT_ADDRESS_MAP"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ class Settings:
     @property
     def pods_dir(self) -> Path:
         return self.state_dir / "pods"
+
+    @property
+    def addresses_file(self) -> Path:
+        """The local pod network: each running pod's `podIP:containerPort` -> the loopback port it listens on."""
+        return self.state_dir / ADDRESSES_FILE
 
 
 @dataclass
@@ -104,6 +114,7 @@ class Kubelet:
         self.stopping = threading.Event()
         self._ips = 1
         self._targets: list | None = None
+        self._addresses: dict | None = None
         self._heartbeat_at = 0.0
         self._allocatable: dict[str, dict[str, str]] = {}
         self._version = api.server_version()
@@ -112,6 +123,7 @@ class Kubelet:
                 [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
             ),
             POD_MARKER: str(settings.state_dir),
+            ADDRESS_MAP_ENV: str(settings.addresses_file),
         }
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -261,7 +273,8 @@ class Kubelet:
         )
         pod_dir = self.settings.pods_dir / worker.key
         try:
-            launch = plan_launch(context, str(pod_dir), port, sys.executable, self._host_env)
+            host_env = {**self._host_env, **self._credentials(pod, pod_dir)}
+            launch = plan_launch(context, str(pod_dir), port, sys.executable, host_env)
             prepare_volumes(launch.volumes, self._reader(namespace), launch.mounts)
             if missing := [path for path in launch.image_paths if not os.path.exists(path)]:
                 raise ImagePathError(
@@ -307,6 +320,22 @@ class Kubelet:
             f"Started container {name} (restart {container.restart_count}): pid {worker.process.pid}, "
             f"listening on 127.0.0.1:{port}",
         )  # fmt: skip
+
+    def _credentials(self, pod: dict[str, Any], pod_dir: Path) -> dict[str, str]:
+        """KUBECONFIG with a token of the pod's ServiceAccount, unless the pod opts out (serviceaccount.py)."""
+        if not mounts_token(pod):
+            return {}
+        namespace, account = pod["metadata"]["namespace"], service_account(pod)
+        try:
+            token = self.api.service_account_token(namespace, account, token_request(pod))
+        except Exception as err:
+            raise ConfigError(f"no token for serviceaccount {namespace}/{account}: {err}") from err
+        server, ca_file = self.api.server()
+        path = pod_dir / "serviceaccount" / "kubeconfig"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(token_kubeconfig(server, ca_file, token, namespace)))
+        path.chmod(0o600)
+        return {"KUBECONFIG": str(path)}
 
     def _reader(self, namespace: str):
         return lambda v: (self.api.config_map if v.kind == "configMap" else self.api.secret)(
@@ -436,6 +465,12 @@ class Kubelet:
             write_atomically(self.settings.targets_file, targets)
             self._targets = targets
             log.info("targets: %s", ", ".join(t["labels"]["pod"] for t in targets) or "none")
+        addresses = pod_addresses(
+            (w.pod, w.pod_ip, w.port) for w in self.workers.values() if w.port is not None
+        )
+        if addresses != self._addresses:
+            write_atomically(self.settings.addresses_file, addresses)
+            self._addresses = addresses
 
     def _heartbeat(self, now: float) -> None:
         self._heartbeat_at = now + self.settings.heartbeat_s
@@ -468,6 +503,7 @@ class Kubelet:
             send(process, signal.SIGKILL)
             process.wait()
         write_atomically(self.settings.targets_file, [])
+        write_atomically(self.settings.addresses_file, {})
         self.probe_pool.shutdown(wait=False, cancel_futures=True)
 
 

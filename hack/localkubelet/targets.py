@@ -1,4 +1,5 @@
-"""`.cluster/targets.json`: the Ready runtime pods in Prometheus file_sd format, written atomically."""
+"""`.cluster/targets.json`: the Ready runtime pods in Prometheus file_sd format, and `.cluster/pod-addresses.json`:
+where each running pod's address is reachable on this machine; both written atomically."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def file_sd(entries: Iterable[Serving], host: str = "127.0.0.1") -> list[dict[st
             }
         )
     return sorted(out, key=lambda e: (e["labels"]["namespace"], e["labels"]["pod"]))
+
+
+def pod_addresses(
+    running: Iterable[tuple[Mapping[str, Any], str, int]], host: str = "127.0.0.1"
+) -> dict[str, str]:
+    """`podIP:port` -> `host:local port` for every port of the running pods' first container (the process
+    listens on one local port, whatever the container declares): the local stand-in for a pod network."""
+    out = {}
+    for pod, pod_ip, local_port in running:
+        container = (pod.get("spec") or {}).get("containers", [{}])[0]
+        for port in container.get("ports") or ():
+            if port.get("containerPort"):
+                out[f"{pod_ip}:{port['containerPort']}"] = f"{host}:{local_port}"
+    return dict(sorted(out.items()))
 
 
 def write_atomically(path: Path, content: Any) -> None:

@@ -27,6 +27,9 @@ RESOURCES = {  # kind -> kopf resource selector
     "Service": ("v1", "services"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "Pod": ("v1", "pods"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
 
 
@@ -69,5 +72,8 @@ for _kind, _labels in (
     ("Service", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("PodDisruptionBudget", {MANAGED_BY_LABEL: MANAGED_BY}),
     ("Pod", {MODEL_DEPLOYMENT_LABEL: kopf.PRESENT}),
+    ("ServiceAccount", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("Role", {MANAGED_BY_LABEL: MANAGED_BY}),
+    ("RoleBinding", {MANAGED_BY_LABEL: MANAGED_BY}),
 ):
     kopf.on.event(*RESOURCES[_kind], labels=_labels)(_feeds(_kind))

@@ -50,6 +50,10 @@ WATCHED = {
     "Service": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "PodDisruptionBudget": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
     "Pod": MODEL_DEPLOYMENT_LABEL,
+    # spec.routing's router identity
+    "ServiceAccount": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "Role": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+    "RoleBinding": f"{MANAGED_BY_LABEL}={MANAGED_BY}",
 }
 
 

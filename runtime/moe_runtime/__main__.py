@@ -1,4 +1,4 @@
-"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,loadgen} ...`."""
+"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,router,loadgen} ...`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         return serve_main(argv[1:]) or 0
+    if argv and argv[0] == "router":
+        from moe_runtime.router.command import (
+            main as router_main,
+        )  # no torch: starts in a fraction of the time
+
+        return router_main(argv[1:])
     if argv and argv[0] == "loadgen":
         from moe_runtime.tools.loadgen import main as loadgen_main
 
@@ -41,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m moe_runtime")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP server (see `serve --help`)")
+    commands.add_parser("router", help="run the inference router of a ModelDeployment (see `router --help`)")
     commands.add_parser(
         "loadgen", help="drive runtime servers and print a JSON summary (see `loadgen --help`)"
     )

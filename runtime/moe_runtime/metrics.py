@@ -22,6 +22,11 @@ latency objective.
 names, `vllm:prefix_cache_queries_total` and `vllm:prefix_cache_hits_total`): prompt tokens of admitted
 requests looked up in the prefix cache, and of those the ones found there (their prefill skipped); counted in
 tokens, whole blocks for the hits, as vLLM counts them. The hit rate is their ratio.
+The Gateway API Inference Extension's model-server protocol names, the same values as their `moe_runtime_`
+twins and what vLLM exports, so that a router or endpoint picker reads every engine alike:
+`vllm:num_requests_waiting` (= `moe_runtime_queue_depth`), `vllm:num_requests_running`
+(= `moe_runtime_requests_running`) and `vllm:kv_cache_usage_perc` (= `moe_runtime_kv_cache_usage_ratio`, a
+fraction from 0 to 1 despite its name, as in vLLM).
 
 `moe_runtime_expert_tokens_total{layer,expert}`: tokens routed to each expert, at the granularity
 `--expert-metrics` sets: `off` (no samples), `expert` (one series per expert, summed over the layers, with
@@ -329,6 +334,12 @@ class RuntimeMetrics:
         # the same counts under vLLM's names, in tokens as vLLM counts them
         self.vllm_prefix_cache_queries = Counter("vllm:prefix_cache_queries", queries_help, registry=r)
         self.vllm_prefix_cache_hits = Counter("vllm:prefix_cache_hits", hits_help, registry=r)
+        # the Gateway API Inference Extension's names (model-server protocol), set with their twins above
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to start", registry=r)
+        self.running = Gauge("vllm:num_requests_running", "Requests holding a sequence", registry=r)
+        self.kv_cache_usage_perc = Gauge(
+            "vllm:kv_cache_usage_perc", "Fraction of KV cache in use (1 means 100 percent)", registry=r
+        )
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
         self.lora = LoraMetrics()
@@ -343,10 +354,23 @@ class RuntimeMetrics:
         ):
             counter.inc(count)
 
+    def set_waiting(self, waiting: int) -> None:
+        self.queue_depth.set(waiting)
+        self.waiting.set(waiting)
+
+    def set_load(self, waiting: int, running: int, kv_cache_usage: float) -> None:
+        """The gauges a router reads per pod, under both names."""
+        self.set_waiting(waiting)
+        self.requests_running.set(running)
+        self.running.set(running)
+        self.kv_cache_usage.set(kv_cache_usage)
+        self.kv_cache_usage_perc.set(kv_cache_usage)
+
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)
         if first_token_at is not None and tokens > 1:
             self.time_per_output_token.observe((end - first_token_at) / (tokens - 1))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, names: list[str] | None = None) -> bytes:
+        """The exposition; only the families named in `names` when it is given."""
+        return generate_latest(self.registry.restricted_registry(names) if names else self.registry)

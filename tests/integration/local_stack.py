@@ -48,6 +48,26 @@ def local_md(name: str, source: dict, replicas: int = 1) -> dict:
     }
 
 
+def routed_md(name: str, source: dict, replicas: int = 1, **routing) -> dict:
+    """`local_md` with spec.routing, the router's pods on the local kubelet's nodes too."""
+    body = local_md(name, source, replicas)
+    body["spec"]["routing"] = {
+        "nodeSelector": {LOCAL_KUBELET_LABEL: "true"},
+        "tolerations": [{"key": LOCAL_KUBELET_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+        **routing,
+    }
+    return body
+
+
+def service_url(services_file: Path, url: str) -> str | None:
+    """The loopback URL the stack's Service proxy gives an in-cluster URL (http://<svc>.<ns>.svc...), once it
+    listens for that Service; None before."""
+    host = url.removeprefix("http://").split("/")[0].split(":")[0]
+    service, namespace = host.split(".")[:2]
+    address = json.loads(services_file.read_text()).get(f"{namespace}/{service}")
+    return f"http://{address}" if address else None
+
+
 def processes(state_dir: Path, namespace: str, md: str) -> dict[str, dict]:
     """pod name -> {pid, port, env} of the live processes the local kubelet of `state_dir` runs for `md`'s
     pods, read from /proc: the kubelet's marker in the environment, the pod's folder as working directory."""

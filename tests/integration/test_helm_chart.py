@@ -341,3 +341,62 @@ def test_operator_metrics_are_exposed_and_optionally_monitored(helm):
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+
+
+def inference_pool_schema() -> dict:
+    """The InferencePool CRD of the Gateway API Inference Extension release hack/testbin.sh fetched."""
+    version = next(
+        line.split("=", 1)[1].strip()
+        for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+        if line.startswith("GAIE_VERSION=")
+    )
+    path = assets_dir() / f"gateway-api-inference-extension-{version}" / "inferencepools.yaml"
+    assert path.is_file(), f"{path} missing: run hack/testbin.sh"
+    crd = yaml.safe_load(path.read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return served["schema"]["openAPIV3Schema"]
+
+
+def test_inference_pools_validate_against_the_inference_extensions_crd_and_select_the_runtime_pods(helm):
+    values = {
+        "inferencePools": [
+            {"modelDeployment": "chat", "namespace": "team-a", "endpointPicker": {"name": "chat-epp"}},
+            {"modelDeployment": "code", "namespace": "team-b", "name": "code-pool",
+             "endpointPicker": {"name": "epp", "port": 9100, "failureMode": "FailOpen"}},
+        ]
+    }  # fmt: skip
+    assert not by_kind(render(helm, values), "InferencePool"), "rendered where the API is not served"
+    pools = by_kind(
+        render(helm, values, "--api-versions", "inference.networking.k8s.io/v1/InferencePool"),
+        "InferencePool",
+    )
+    assert [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pools] == [
+        ("team-a", "chat"),
+        ("team-b", "code-pool"),
+    ]
+    schema = inference_pool_schema()
+    for pool in pools:
+        jsonschema.validate(pool, schema)
+        ref = pool["spec"]["endpointPickerRef"]
+        assert ref.get("kind", "Service") != "Service" or "port" in ref  # the CRD's CEL rule
+    from moe_operator.decisions.naming import Owner
+    from moe_operator.decisions.render import deployment, render_revision
+    from moe_operator.decisions.routing import router_deployment
+    from moe_operator.decisions.spec import parse_spec
+
+    owner = Owner("chat", "team-a", "uid")
+    spec = parse_spec(
+        {
+            "model": {"family": "qwen3_moe", "source": {"pvc": {"claimName": "w"}}},
+            "runtime": {"image": "i"},
+            "routing": {},
+        }
+    )
+    engine = deployment(owner, spec, render_revision("chat", spec), "stable", 1)["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    router = router_deployment(owner, spec)["spec"]["template"]["metadata"]["labels"]
+    selector = pools[0]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= engine.items() and not selector.items() <= router.items()
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**pools[0], "spec": {**pools[0]["spec"], "targetPorts": []}}, schema)

@@ -234,6 +234,12 @@ def test_service_account_can_do_what_the_operator_needs_and_nothing_else(release
         ("patch", "services"),
         ("create", "configmaps"),
         ("create", "events"),
+        # spec.routing: the router's identity and the track Services
+        ("delete", "services"),
+        ("create", "serviceaccounts"),
+        ("create", "roles.rbac.authorization.k8s.io"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
+        ("watch", "endpointslices.discovery.k8s.io"),
     ]:
         assert release.can_i(verb, resource, watched), f"cannot {verb} {resource} in {watched}"
 
@@ -243,11 +249,15 @@ def test_service_account_can_do_what_the_operator_needs_and_nothing_else(release
         ("get", "secrets", release.namespace),
         ("create", "pods", watched),
         ("get", "pods", watched),
-        ("delete", "services", watched),
         ("patch", "modeldeployments.moedeploy.dev", watched),
         ("create", "pods:exec", watched),
         ("create", "serviceaccounts:token", release.namespace),
-        ("create", "rolebindings.rbac.authorization.k8s.io", watched),
+        # it may create Roles and RoleBindings, but grant nothing it does not hold itself
+        ("escalate", "roles.rbac.authorization.k8s.io", watched),
+        ("bind", "roles.rbac.authorization.k8s.io", watched),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", None),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+        ("create", "rolebindings.rbac.authorization.k8s.io", other),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("list", "namespaces", None),
         ("delete", "modeldeployments.moedeploy.dev", watched),

@@ -116,6 +116,22 @@ def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(tmp_path):
 
         [runtime] = wait_for(serving, timeout=120, what="the bare pod's process in targets.json").values()
         assert runtime["env"]["HOME"] == str(state / "pods" / "default_bare-0" / "volumes" / "s")
+
+        # a Service of the pod, reachable from the machine as kube-proxy makes it reachable in a cluster
+        bare_service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bare"},
+                        "spec": {"selector": {"moedeploy.dev/model-deployment": "bare"},
+                                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}  # fmt: skip
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=json.dumps(bare_service), text=True, check=True,
+                       capture_output=True)  # fmt: skip
+
+        def through_service():
+            address = json.loads((state / "services.json").read_text()).get("default/bare")
+            try:
+                return address and httpx.get(f"http://{address}/ready", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(through_service, timeout=60, what="the bare pod through its Service in services.json")
         stack_pids = [*pids.values(), runtime["pid"]]
         stack_ports = set().union(*(ports_of(pid) for pid in stack_pids))
         assert runtime["port"] in stack_ports and len(stack_ports) >= 8

@@ -90,7 +90,9 @@ def test_example_becomes_ready_on_gpu_nodes(cluster, models, operator):
     assert (status["phase"], status["replicas"], status["readyReplicas"], status["updatedReplicas"]) == (
         "Ready", 2, 2, 2,
     )  # fmt: skip
-    assert status["selector"] == f"app.kubernetes.io/name=moe-runtime,moedeploy.dev/model-deployment={name}"
+    assert status["selector"] == (
+        f"app.kubernetes.io/name=moe-runtime,moedeploy.dev/model-deployment={name},app.kubernetes.io/component!=router"
+    )
     ready = models.condition(name, "Ready")
     assert (
         ready["reason"] == "AllReplicasReady" and ready["observedGeneration"] == md["metadata"]["generation"]

@@ -14,14 +14,17 @@ from tests.paths import ROOT
 RUNTIME = {
     "logs": set(),
     "metrics": set(),
+    "draining": set(),
     "faults": set(),
     "model": set(),
     "download": {"logs"},
     "adapters": {"model", "metrics"},
     "engine": {"model", "adapters", "metrics", "faults"},
-    "api": {"engine", "model", "adapters", "metrics", "faults"},
-    "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs", "faults"},
+    "api": {"engine", "model", "adapters", "metrics", "faults", "draining"},
+    "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs", "faults", "draining"},
     "tools": {"model"},
+    # the router runs without torch: nothing of the model, the engine or the runtime's metrics (torch)
+    "router": {"logs", "draining"},
     "__main__": {"*"},
 }
 OPERATOR = {

@@ -153,6 +153,18 @@ def test_grafana_dashboard_covers_the_signals_with_design_metric_names():
         for name in re.findall(r"moe_runtime_\w+", expr)
     }
     assert used <= RUNTIME_METRIC_NAMES, f"metrics DESIGN.md does not name: {used - RUNTIME_METRIC_NAMES}"
+    from moe_runtime.router.metrics import RouterMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    router_names = {
+        f"{metric.name}{suffix}"
+        for metric in RouterMetrics().registry.collect()
+        for suffix in suffixes[metric.type]
+    }
+    router_used = {name for expr in exprs for name in re.findall(r"moe_router_\w+", expr)}
+    assert router_used and router_used <= router_names, (
+        f"router metrics that do not exist: {router_used - router_names}"
+    )
     from moe_operator.io.metrics import OperatorMetrics
 
     operator_names = {metric.name for metric in OperatorMetrics().registry.collect()}

@@ -131,9 +131,21 @@ or Namespaces). No wildcards, no Secrets, no pod creation. */}}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
+# the Service clients use; with spec.routing also one headless Service per track, deleted without it
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+# spec.routing: each router's own ServiceAccount, Role and RoleBinding
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch, delete]
+# not read by the operator: RBAC lets it grant the routers' Role only what it holds itself
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 # read only: readiness, and why a pod cannot start (image pulls, scheduling, crash loops)
 - apiGroups: [""]
   resources: [pods]

@@ -22,6 +22,15 @@ history left, the first read after an outage longer than the scale-down window w
 (as in HPA, which keeps nothing while blind). What must survive an operator restart (the
 recommendations the windows still need, the scale events the periods still need) is `AutoscaleState`, which
 the caller keeps in the ModelDeployment's status (`to_status()` / `from_status()`).
+
+Requests a router holds (no Ready pod to send them to) count with the pods' queues (`Observation.held`).
+
+Scale to zero (`scale_to_zero`, with spec.routing.scaleToZero): a ModelDeployment whose routers have seen no
+request for `idle_seconds`, and hold and answer none, goes to 0 pods; at 0, one held request wakes it to
+`wake_to` pods (1 with autoscaling, which then takes over; spec.replicas without). It overrides the autoscaler
+only then: otherwise the autoscaler decides, never below 1. What the routers report comes as `RouterDemand`
+(summed over their replicas) or NoData: blind, it changes nothing (at 0 it stays there, above 0 it never
+scales to zero).
 """
 
 from __future__ import annotations
@@ -85,6 +94,7 @@ class Observation:
     ready_pods: frozenset[str]
     starting: int
     samples: PodSamples | NoData
+    held: int = 0  # requests the routers hold for want of a Ready pod: queued like the pods' own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ready_pods", frozenset(self.ready_pods))
@@ -222,7 +232,7 @@ def _raw_recommendation(obs: Observation, policy: AutoscalePolicy) -> _Raw:
     current, target, tolerance = obs.current, policy.target_queue_depth, policy.tolerance
     measured = {pod: value for pod, value in obs.samples.values.items() if pod in obs.ready_pods}
     ready, missing = len(obs.ready_pods), len(obs.ready_pods) - len(measured)
-    total = sum(measured.values())
+    total = sum(measured.values()) + obs.held
     metric = total / len(measured)
     ratio = metric / target
     pods = f"{ready} ready" + (f", {obs.starting} starting" if obs.starting else "")
@@ -352,3 +362,46 @@ def _remember(
             kept.append(r)
         later_max, later_min = max(later_max, r.replicas), min(later_min, r.replicas)
     return replace(state, recommendations=(*reversed(kept), new))
+
+
+@dataclass(frozen=True)
+class RouterDemand:
+    """What a ModelDeployment's routers report, summed over their replicas."""
+
+    held: int  # requests waiting for a Ready pod
+    in_flight: int  # requests accepted and not answered yet (held ones included)
+    idle_s: float  # seconds since the last request arrived at any router (a router's start counts as one)
+
+
+@dataclass(frozen=True)
+class ZeroDecision:
+    """replicas: the count to run, overriding the autoscaler; None: the autoscaler (or spec.replicas) decides,
+    at least 1."""
+
+    replicas: int | None
+    reason: str
+
+
+def scale_to_zero(
+    current: int, demand: RouterDemand | NoData, idle_seconds: float, wake_to: int
+) -> ZeroDecision:
+    if wake_to < 1:
+        raise ValueError(f"waking up to {wake_to} pods serves nothing")
+    if isinstance(demand, NoData):
+        if current == 0:
+            return ZeroDecision(0, f"at zero, the routers cannot be read ({demand.reason}: {demand.message})")
+        return ZeroDecision(None, "")
+    if current == 0:
+        if demand.held > 0:
+            return ZeroDecision(
+                wake_to, f"{demand.held} request(s) held at the router: waking up to {wake_to}"
+            )
+        # no figure that changes from read to read: at zero the pass runs on every read, and writes the status
+        # only when it changed
+        return ZeroDecision(0, "no request held at the router: staying at zero")
+    if demand.held == 0 and demand.in_flight == 0 and demand.idle_s >= idle_seconds:
+        return ZeroDecision(
+            0,
+            f"no request for {demand.idle_s:.0f}s (scaleToZero.idleSeconds {idle_seconds:g}): scaling to zero",
+        )
+    return ZeroDecision(None, "")

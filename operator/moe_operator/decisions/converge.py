@@ -47,7 +47,8 @@ from moe_operator.decisions.render import (
     service,
 )
 from moe_operator.decisions.rollout import BAKING, RolloutInputs, RolloutPlan, RolloutState, plan_rollout
-from moe_operator.decisions.scaling import QueueRead, Scaling, scale
+from moe_operator.decisions.routing import routing_children, routing_names
+from moe_operator.decisions.scaling import QueueRead, RouterRead, Scaling, scale
 from moe_operator.decisions.spec import InvalidSpec, ModelDeploymentSpec, parse_spec
 from moe_operator.decisions.status import DeploymentState, Problem, StatusInputs, compute_status
 from moe_operator.timestamps import to_time
@@ -65,11 +66,16 @@ class Observed:
     stable: Mapping[str, Any] | None = None
     canary: Mapping[str, Any] | None = None
     service: Mapping[str, Any] | None = None
-    pods: Sequence[Mapping[str, Any]] = ()
+    pods: Sequence[Mapping[str, Any]] = ()  # the runtime pods of both tracks
+    router_pods: Sequence[Mapping[str, Any]] = ()  # spec.routing's router pods
+    routing: Mapping[tuple[str, str], Mapping[str, Any]] = field(
+        default_factory=dict
+    )  # the objects of decisions/routing.routing_names that exist, by (kind, name)
     config_maps: Sequence[Mapping[str, Any]] = ()  # the operator's ConfigMaps in the namespace
     budgets: Sequence[Mapping[str, Any]] = ()  # the PodDisruptionBudgets named after its tracks
     queue: QueueRead | None = None
     adapters: AdapterRead | None = None
+    routers: RouterRead | None = None  # what the routers report (spec.routing)
     windows: Mapping[int, Measurement | NoData] = field(default_factory=dict)  # of the analysis running now
     measuring: bool = True  # the operator has a Prometheus to read
     write_refused: Problem | None = None  # the API server refused this generation's writes on the last try
@@ -134,7 +140,9 @@ class _Pass:
 
     def run(self) -> Decision:
         o, spec = self.o, self.spec
-        for observed in (o.stable, o.canary, o.service):
+        routing = routing_children(self.owner, spec) if spec.routing is not None else []
+        taken = [o.routing.get((obj["kind"], obj["metadata"]["name"])) for obj in routing]
+        for observed in (o.stable, o.canary, o.service, *taken):
             if observed is not None and not is_ours(observed, self.owner.uid):
                 return refuse(o, _conflict(observed))
         target = render_revision(self.owner.name, spec)
@@ -161,6 +169,7 @@ class _Pass:
             self._config_map(revision)
         self._adapters_config_map()
         self._service()
+        self._routing(routing)
         self._deployment(stable_revision, STABLE, o.stable, scaling.replicas, scaling.reason)
         if canary_revision is not None:
             self._deployment(canary_revision, CANARY, o.canary, spec.rollout.canary_replicas)
@@ -185,7 +194,7 @@ class _Pass:
             canary=DeploymentState.of(o.canary) if o.canary and canary_revision else None,
             rollout=plan.state.to_status(),
             canary_phase=plan.state.canary.phase if plan.state.canary else None,
-            pod_problem=pod_problem(o.pods),
+            pod_problem=pod_problem([*o.pods, *o.router_pods]),
             rejected_target=Problem(
                 rejected.reason,
                 f"revision {rejected.revision} was rolled back: {rejected.message}; change the spec, or annotate "
@@ -300,6 +309,7 @@ class _Pass:
             o.now,
             o.queue,
             o.measuring,
+            o.routers,
         )
 
     # ---- children ------------------------------------------------------------------------------------
@@ -339,14 +349,50 @@ class _Pass:
             self.writes.append(Write("apply", desired, observed))
 
     def _service(self) -> None:
-        desired = service(self.owner)
-        if self.o.service is None:
+        routed = self.spec.routing is not None
+        desired, observed = service(self.owner, routed=routed), self.o.service
+        if observed is None:
             self.writes.append(Write("create", desired, None))
-        elif not in_step(desired, self.o.service):
-            self.writes.append(Write("apply", desired, self.o.service))
-            self.events.append(
-                Event("Normal", "DriftRepaired", "put back Service fields changed outside the operator")
-            )
+            return
+        # a selector must match exactly: one key too many selects nothing the operator means
+        selector = observed["spec"].get("selector")
+        retarget = selector == service(self.owner, routed=not routed)["spec"]["selector"]
+        if retarget or selector != desired["spec"]["selector"] or not in_step(desired, observed):
+            self.writes.append(Write("apply", desired, observed))
+            if retarget:
+                pods = "the router's pods" if routed else "the runtime pods"
+                self.events.append(Event("Normal", "ServiceRetargeted", f"the Service now selects {pods}"))
+            else:
+                self.events.append(
+                    Event("Normal", "DriftRepaired", "put back Service fields changed outside the operator")
+                )
+
+    def _routing(self, desired: Sequence[Mapping[str, Any]]) -> None:
+        """spec.routing's children in step; once it is unset, the router's objects deleted (the Service
+        named like the ModelDeployment then selects the runtime pods again)."""
+        routing = self.spec.routing
+        for obj in desired:
+            kind = obj["kind"]
+            observed = self.o.routing.get((kind, obj["metadata"]["name"]))
+            if observed is None:
+                self.writes.append(Write("create", obj, None))
+                if kind == "Deployment" and routing is not None:
+                    message = f"created the router ({routing.strategy}, {routing.replicas} replicas)"
+                    self.events.append(Event("Normal", "RouterCreated", message))
+            elif kind == "Deployment":
+                if plan_deployment(obj, observed).action != "keep":
+                    self.writes.append(Write("apply", obj, observed))
+            elif not in_step(obj, observed):
+                self.writes.append(Write("apply", obj, observed))
+        wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in desired}
+        for key in reversed(routing_names(self.owner.name)):
+            observed = self.o.routing.get(key)
+            if key not in wanted and observed is not None and is_ours(observed, self.owner.uid):
+                self.writes.append(Write("delete", None, observed))
+                if key[0] == "Deployment":
+                    self.events.append(
+                        Event("Normal", "RouterRemoved", "removed the router: spec.routing is unset")
+                    )
 
     def _deployment(
         self,

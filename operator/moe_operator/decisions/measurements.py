@@ -3,6 +3,9 @@ takes off the reconcile pass, decided from the spec and the status. Pure.
 
 - the queue depth per pod, every `autoscaling.intervalSeconds` while autoscaling is on;
 - every pod's adapter states, every adapters.READ_INTERVAL_S while the spec has adapters;
+- what the routers report (held and running requests, the last request's time), with spec.routing and either
+  scale to zero or autoscaling: every ROUTERS_AT_ZERO_S while the ModelDeployment runs no pod (a held request
+  waits for this read, then a scrape, to wake the pods), every ROUTERS_INTERVAL_S otherwise;
 - the analysis windows that have become measurable, for the revision under analysis (a canary beside the stable
   track) or baking (a promoted revision against the figures its predecessor had during the canary).
 """
@@ -19,6 +22,11 @@ from moe_operator.decisions.analysis import AnalysisPolicy, AnalysisState, due_w
 from moe_operator.decisions.promql import SLOQueries
 from moe_operator.decisions.rollout import ANALYZING, BAKING, HOLDING, Canary
 from moe_operator.decisions.spec import ModelDeploymentSpec
+
+# How often the routers are read: at zero a held request waits for the read (the measurer's tick is 0.5 s);
+# otherwise for the idle time, and the held requests the autoscaler counts with the pods' queues.
+ROUTERS_AT_ZERO_S = 0.5
+ROUTERS_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,11 @@ class AdapterStatesRead:
 
 
 @dataclass(frozen=True)
+class RouterDemandRead:
+    pass
+
+
+@dataclass(frozen=True)
 class WindowRead:
     """Window `index` of the analysis of `candidate`: (end - interval, end], and the analysis so far."""
 
@@ -84,7 +97,7 @@ class WindowRead:
         return (self.candidate, self.index)
 
 
-Read = QueueDepthRead | AdapterStatesRead | WindowRead
+Read = QueueDepthRead | AdapterStatesRead | RouterDemandRead | WindowRead
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ class LastReads:
 
     queue_depth: float | None = None
     adapter_states: float | None = None
+    router_demand: float | None = None
 
 
 def due_reads(
@@ -109,6 +123,8 @@ def due_reads(
         reads.append(QueueDepthRead(auto.metric_window_seconds, auto.query, spec.runtime.engine))
     if spec.adapters and (last.adapter_states is None or now >= last.adapter_states + READ_INTERVAL_S):
         reads.append(AdapterStatesRead())
+    if _router_read_due(spec, status, now, last.router_demand):
+        reads.append(RouterDemandRead())
     running = subject(spec, status)
     if running is not None:
         assert spec.slo is not None
@@ -130,3 +146,18 @@ def due_reads(
                 )
             )
     return reads
+
+
+def at_zero(status: Mapping[str, Any]) -> bool:
+    """The last pass decided to run no pod."""
+    return status.get("desiredReplicas") == 0
+
+
+def _router_read_due(
+    spec: ModelDeploymentSpec, status: Mapping[str, Any], now: float, last: float | None
+) -> bool:
+    routing = spec.routing
+    if routing is None or (routing.scale_to_zero is None and not spec.autoscaling.enabled):
+        return False
+    interval = ROUTERS_AT_ZERO_S if at_zero(status) else ROUTERS_INTERVAL_S
+    return last is None or now >= last + interval

@@ -22,6 +22,9 @@ REVISION_LABEL = "moedeploy.dev/revision"
 # Which Deployment a pod belongs to: the stable one or the canary (their selectors must not overlap).
 TRACK_LABEL = "moedeploy.dev/track"
 STABLE, CANARY = "stable", "canary"
+# What a pod does for its ModelDeployment: serve the model (the engine) or route requests to those that do.
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ENGINE, ROUTER = "engine", "router"
 # The pod template of a revision, kept on its ConfigMap so that the revision can be recreated exactly.
 POD_TEMPLATE_ANNOTATION = "moedeploy.dev/pod-template"
 # A user's request to analyse a rejected revision again: any new value (e.g. a timestamp) is one request.
@@ -75,7 +78,14 @@ def track_selector_labels(md_name: str, track: str) -> dict[str, str]:
 
 
 def selector_string(md_name: str) -> str:
-    return ",".join(f"{key}={value}" for key, value in selector_labels(md_name).items())
+    """The runtime pods of both tracks (status.selector, what the scale subresource hands an HPA): not the
+    router's pods, which carry the ModelDeployment's labels too."""
+    plain = ",".join(f"{key}={value}" for key, value in selector_labels(md_name).items())
+    return f"{plain},{COMPONENT_LABEL}!={ROUTER}"
+
+
+def is_router_pod(pod: Mapping[str, Any]) -> bool:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) == ROUTER
 
 
 def deployment_name(md_name: str, track: str = STABLE) -> str:
@@ -84,6 +94,16 @@ def deployment_name(md_name: str, track: str = STABLE) -> str:
 
 def service_name(md_name: str) -> str:
     return md_name
+
+
+def router_name(md_name: str) -> str:
+    """The router's Deployment, ServiceAccount, Role and RoleBinding."""
+    return f"{md_name}-router"
+
+
+def track_service_name(md_name: str, track: str) -> str:
+    """The headless Service selecting one track's pods, whose EndpointSlices the router watches."""
+    return f"{md_name}-{track}"
 
 
 def revision_config_map_name(md_name: str, revision: str) -> str:

@@ -149,13 +149,18 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
         for var in runtime.env:
             if "secretKeyRef" in (var.get("valueFrom") or {}):
                 yield f"spec.runtime.env[{var['name']}] reads a Secret, which the policy does not allow"
-    for toleration in runtime.tolerations:
-        key = toleration.get("key") or ""
-        if not _allows(policy.allowed_toleration_keys, key):
-            yield (
-                f"spec.runtime.tolerations: a toleration of the taint {key or '(every taint)'!r} is not allowed "
-                f"(allowed keys: {_listing(policy.allowed_toleration_keys)})"
-            )
+    routed = spec.routing.tolerations if spec.routing is not None else ()
+    for field, tolerations in (
+        ("spec.runtime.tolerations", runtime.tolerations),
+        ("spec.routing.tolerations", routed),
+    ):
+        for toleration in tolerations:
+            key = toleration.get("key") or ""
+            if not _allows(policy.allowed_toleration_keys, key):
+                yield (
+                    f"{field}: a toleration of the taint {key or '(every taint)'!r} is not allowed "
+                    f"(allowed keys: {_listing(policy.allowed_toleration_keys)})"
+                )
     for field, value, allowed in (
         ("serviceAccountName", runtime.service_account_name, policy.allowed_service_accounts),
         ("priorityClassName", runtime.priority_class_name, policy.allowed_priority_classes),

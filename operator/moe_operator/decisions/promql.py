@@ -40,6 +40,15 @@ ADAPTER_LOADED = "moe_runtime_lora_adapter_loaded"
 ADAPTER_LOAD_ERROR = "moe_runtime_lora_adapter_load_error"
 ADAPTER_STATES = '{__name__=~"' + ADAPTER_LOADED + "|" + ADAPTER_LOAD_ERROR + '",' + _MD + "}"
 
+# What the routers of a ModelDeployment report (spec.routing), in one query: held and in-flight requests, and
+# when the last request arrived, one series per router pod.
+ROUTER_HELD = "moe_router_held_requests"
+ROUTER_IN_FLIGHT = "moe_router_in_flight_requests"
+ROUTER_LAST_REQUEST = "moe_router_last_request_timestamp_seconds"
+ROUTER_DEMAND = (
+    '{__name__=~"' + "|".join((ROUTER_HELD, ROUTER_IN_FLIGHT, ROUTER_LAST_REQUEST)) + '",' + _MD + "}"
+)
+
 ESCAPED = ("namespace", "name", "revision")
 PLACEHOLDERS = (*ESCAPED, "window", "lookback")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -174,3 +183,7 @@ def track_queries(
 
 def adapter_states(namespace: str, name: str) -> str:
     return render(ADAPTER_STATES, {"namespace": namespace, "name": name})
+
+
+def router_demand(namespace: str, name: str) -> str:
+    return render(ROUTER_DEMAND, {"namespace": namespace, "name": name})

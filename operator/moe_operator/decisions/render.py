@@ -22,8 +22,11 @@ from typing import Any
 
 from moe_operator.decisions.naming import (
     CANARY,
+    COMPONENT_LABEL,
+    ENGINE,
     POD_TEMPLATE_ANNOTATION,
     REVISION_LABEL,
+    ROUTER,
     TRACK_LABEL,
     Owner,
     adapters_config_map_name,
@@ -62,6 +65,8 @@ PROBE_PERIOD_SECONDS = 10
 STARTUP_PROBE_PERIOD_SECONDS = 2
 # A rollout may wait this long beyond weight loading (scheduling, image pull) before it counts as stuck.
 PROGRESS_MARGIN_SECONDS = 600
+# After the last answer: the process writes its last events and exits.
+EXIT_MARGIN_SECONDS = 5
 # Revisions live in the ConfigMaps; a Deployment's own ReplicaSet history is only for its rolling update.
 REPLICA_SET_HISTORY = 2
 # Environment variables the operator sets itself; the CRD refuses them in spec.runtime.env, since a
@@ -123,10 +128,15 @@ def adapters_config_map(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, An
     return {**body, "data": {ADAPTER_LIST_KEY: json.dumps(listed, indent=1)}}
 
 
-def service(owner: Owner) -> dict[str, Any]:
+def service(owner: Owner, routed: bool = False) -> dict[str, Any]:
+    """The Service clients use (status.url): the router's pods with spec.routing, else the runtime pods of
+    both tracks (kube-proxy then picks a pod per connection)."""
+    selector = selector_labels(owner.name)
+    if routed:
+        selector[COMPONENT_LABEL] = ROUTER
     spec = {
         "type": "ClusterIP",
-        "selector": selector_labels(owner.name),
+        "selector": selector,
         "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
     }
     return _object("v1", "Service", service_name(owner.name), owner, spec=spec)
@@ -136,7 +146,9 @@ def deployment(
     owner: Owner, spec: ModelDeploymentSpec, revision: Revision, track: str, replicas: int
 ) -> dict[str, Any]:
     template = json.loads(json.dumps(revision.template))
+    # outside the revision's hash: labels that say where a pod runs, not what it runs
     template["metadata"]["labels"][TRACK_LABEL] = track
+    template["metadata"]["labels"][COMPONENT_LABEL] = ENGINE
     body = {
         "replicas": replicas,
         "selector": {"matchLabels": track_selector_labels(owner.name, track)},
@@ -185,6 +197,11 @@ def _most_stable_replicas(spec: ModelDeploymentSpec) -> int:
     return spec.max_replicas if spec.autoscaling.enabled else spec.replicas
 
 
+def child_object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:
+    """A child of the ModelDeployment: its name, namespace, labels and controlling ownerReference."""
+    return _object(api_version, kind, name, owner, **body)
+
+
 def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -> dict[str, Any]:
     metadata = {
         "name": name,
@@ -203,8 +220,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "automountServiceAccountToken": runtime.service_account_name is not None,
         # hundreds of Services in a namespace would otherwise become environment variables
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": runtime.batching.request_timeout_seconds
-        + runtime.drain_delay_seconds,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_USER,
@@ -236,6 +252,16 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         },
         "spec": pod_spec,
     }
+
+
+def termination_grace_seconds(spec: ModelDeploymentSpec) -> int:
+    """The grace period counts from the deletion, preStop sleep included, and pods keep taking requests during
+    that sleep (the Service may still send them some): a request accepted at its last moment may run its whole
+    timeout, plus the runtime's backstop margin for the step in flight (max(2 s, 10%), api/app.py), and the
+    process then needs a moment to exit."""
+    timeout = spec.runtime.batching.request_timeout_seconds
+    backstop_margin = max(2, math.ceil(0.1 * timeout))
+    return spec.runtime.drain_delay_seconds + timeout + backstop_margin + EXIT_MARGIN_SECONDS
 
 
 def _container(spec: ModelDeploymentSpec) -> dict[str, Any]:

@@ -5,6 +5,10 @@ first pass after a read evaluates it, the others keep the last decision. Everyth
 scale events, for the stabilization windows and step limits) lives in status.autoscaling, so a restarted
 operator keeps its windows. spec.replicas is then only the starting count: a `kubectl scale` meanwhile is
 reported in an Event and otherwise left to the autoscaler.
+
+With spec.routing.scaleToZero the routers' report (RouterRead, read off the pass like the queue) decides first
+(autoscale.scale_to_zero): idle -> 0, a held request at 0 -> 1; otherwise the autoscaler or spec.replicas
+decide, never below 1. Requests held at the routers count with the pods' queues.
 """
 
 from __future__ import annotations
@@ -13,15 +17,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moe_operator.decisions.autoscale import AutoscalePolicy, AutoscaleState, Observation, ScaleRule, decide
+from moe_operator.decisions.autoscale import (
+    AutoscalePolicy,
+    AutoscaleState,
+    Observation,
+    RouterDemand,
+    ScaleRule,
+    decide,
+    scale_to_zero,
+)
 from moe_operator.decisions.events import Event
 from moe_operator.decisions.pods import PodCounts
-from moe_operator.decisions.promdata import NO_SERIES, PROMETHEUS_UNAVAILABLE, NoData, PodSamples
+from moe_operator.decisions.promdata import (
+    NO_SERIES,
+    PROMETHEUS_UNAVAILABLE,
+    STALE_SERIES,
+    NoData,
+    PodSamples,
+)
 from moe_operator.decisions.spec import ModelDeploymentSpec
 from moe_operator.decisions.status import Condition
 from moe_operator.timestamps import from_time, to_time
 
 METRICS_AVAILABLE = "MetricsAvailable"
+# A read of the routers older than this is no read: it is taken every few seconds (decisions/measurements.py)
+ROUTERS_STALE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,14 @@ class QueueRead:
     samples: PodSamples | NoData
 
 
+@dataclass(frozen=True)
+class RouterRead:
+    """The newest read of what the routers report, and when it was taken."""
+
+    at: float
+    demand: RouterDemand | NoData
+
+
 def scale(
     spec: ModelDeploymentSpec,
     status_before: Mapping[str, Any],
@@ -73,11 +101,18 @@ def scale(
     now: float,
     read: QueueRead | None,
     measuring: bool,
+    routers: RouterRead | None = None,
 ) -> Scaling:
     """`status_before`: the status the last pass left; `read`: the newest queue read (None before the first);
-    `measuring`: whether the operator has a Prometheus to read."""
+    `measuring`: whether the operator has a Prometheus to read; `routers`: the newest read of the routers."""
+    demand = _demand(routers, now, measuring)
+    if spec.routing is not None and spec.routing.scale_to_zero is not None:
+        overridden = _scale_to_zero(spec, status_before, current, floor, demand)
+        if overridden is not None:
+            return overridden
+        floor = max(floor, 1)  # only the scale-to-zero decision goes to zero
     if not spec.autoscaling.enabled:
-        return Scaling(replicas=spec.replicas)
+        return Scaling(replicas=max(spec.replicas, floor))
     before = status_before.get("autoscaling") or {}
     current = current if current is not None else spec.replicas
     events = _manual_scale(spec, before, current)
@@ -110,7 +145,13 @@ def scale(
         else NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
     )
     decision = decide(
-        Observation(current, stable_pods.ready, stable_pods.starting, samples),
+        Observation(
+            current,
+            stable_pods.ready,
+            stable_pods.starting,
+            samples,
+            demand.held if isinstance(demand, RouterDemand) else 0,
+        ),
         policy_of(spec),
         AutoscaleState.from_status(before.get("memory")),
         now,
@@ -140,6 +181,45 @@ def scale(
         events=tuple(events),
         next_due=None if measuring else now + interval,
         direction=decision.direction,
+        current=current,
+    )
+
+
+def _demand(routers: RouterRead | None, now: float, measuring: bool) -> RouterDemand | NoData:
+    if routers is None:
+        if not measuring:
+            return NoData(PROMETHEUS_UNAVAILABLE, "the operator runs without --prometheus-url")
+        return NoData(NO_SERIES, "the routers have not been read yet")
+    if now - routers.at > ROUTERS_STALE_S:
+        return NoData(STALE_SERIES, f"the routers were not read in the last {ROUTERS_STALE_S:g}s")
+    return routers.demand
+
+
+def _scale_to_zero(
+    spec: ModelDeploymentSpec,
+    status_before: Mapping[str, Any],
+    current: int | None,
+    floor: int,
+    demand: RouterDemand | NoData,
+) -> Scaling | None:
+    """The scale-to-zero decision where it overrides the others (to zero, at zero, back from zero)."""
+    assert spec.routing is not None and spec.routing.scale_to_zero is not None
+    current = current if current is not None else spec.replicas
+    wake_to = 1 if spec.autoscaling.enabled else max(1, spec.replicas)
+    verdict = scale_to_zero(current, demand, spec.routing.scale_to_zero.idle_seconds, wake_to)
+    if verdict.replicas is None or (verdict.replicas == 0 and floor > 0 and current > 0):
+        return None  # never to zero while a canary runs: its analysis needs the stable track beside it
+    before = status_before.get("autoscaling") or {}
+    changed = verdict.replicas != current
+    status = {**before, "desiredReplicas": verdict.replicas, "reason": verdict.reason}
+    if spec.autoscaling.enabled:
+        status["observedSpecReplicas"] = spec.replicas
+    return Scaling(
+        replicas=verdict.replicas,
+        reason=verdict.reason if changed else None,
+        status={"autoscaling": status},
+        conditions=_carried_condition(status_before),
+        direction=("up" if verdict.replicas > current else "down") if changed else None,
         current=current,
     )
 

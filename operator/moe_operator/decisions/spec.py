@@ -175,6 +175,23 @@ class SLO:
 
 
 @dataclass(frozen=True)
+class ScaleToZero:
+    idle_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class Routing:
+    """spec.routing: an inference router in front of the pods (present: on, even when empty)."""
+
+    strategy: str = "PrefixAware"
+    replicas: int = 2
+    hold_timeout_seconds: int = 300
+    scale_to_zero: ScaleToZero | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: Model
     runtime: Runtime
@@ -185,6 +202,7 @@ class ModelDeploymentSpec:
     autoscaling: Autoscaling = Autoscaling()
     rollout: Rollout = Rollout()
     slo: SLO | None = None
+    routing: Routing | None = None
 
 
 class InvalidSpec(ValueError):
@@ -216,6 +234,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
                 disruption_budget=_disruption_budget((spec.get("rollout") or {}).get("disruptionBudget")),
             ),
             slo=_slo(spec["slo"]) if spec.get("slo") else None,
+            routing=_routing(spec["routing"]) if spec.get("routing") is not None else None,
         )
     except (KeyError, TypeError) as err:
         raise InvalidSpec(f"spec is incomplete: {err}") from err
@@ -366,4 +385,14 @@ def _slo(raw: Mapping[str, Any]) -> SLO:
             min_requests="minRequests",
         ),
         **_pick(queries, p99_latency_query="p99Latency", error_ratio_query="errorRatio"),
+    )
+
+
+def _routing(raw: Mapping[str, Any]) -> Routing:
+    zero = raw.get("scaleToZero")
+    return Routing(
+        **_pick(raw, strategy="strategy", replicas="replicas", hold_timeout_seconds="holdTimeoutSeconds"),
+        scale_to_zero=ScaleToZero(**_pick(zero, idle_seconds="idleSeconds")) if zero is not None else None,
+        node_selector=dict(raw.get("nodeSelector") or {}),
+        tolerations=tuple(dict(t) for t in raw.get("tolerations") or ()),
     )

@@ -32,7 +32,14 @@ PERMISSIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
     # per-revision runtime settings (immutable, pruned past the history limit) and the adapter list
     ("", "configmaps", ("get", "list", "watch", "create", "patch", "delete")),
-    ("", "services", ("get", "list", "watch", "create", "patch")),
+    # the Service clients use; with spec.routing also one headless Service per track, deleted without it
+    ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
+    # spec.routing: the router's own identity (ServiceAccount, Role, RoleBinding) per ModelDeployment
+    ("", "serviceaccounts", ("get", "list", "watch", "create", "patch", "delete")),
+    ("rbac.authorization.k8s.io", "roles", ("get", "list", "watch", "create", "patch", "delete")),
+    ("rbac.authorization.k8s.io", "rolebindings", ("get", "list", "watch", "create", "patch", "delete")),
+    # not read by the operator: RBAC lets it grant the routers' Role only what it holds itself
+    ("discovery.k8s.io", "endpointslices", ("list", "watch")),
     # read only: readiness and failures (image pulls, scheduling, crash loops) reported in the status
     ("", "pods", ("list", "watch")),
     ("", "events", ("create", "patch")),
@@ -50,6 +57,9 @@ RESOURCES = {  # kind -> (API path prefix, plural)
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
 }
 API_VERSIONS = {
     "ModelDeployment": f"{GROUP}/{VERSION}",
@@ -59,6 +69,9 @@ API_VERSIONS = {
     "Pod": "v1",
     "Event": "v1",
     "PodDisruptionBudget": "policy/v1",
+    "ServiceAccount": "v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
 }
 
 

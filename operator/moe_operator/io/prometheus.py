@@ -27,6 +27,7 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from urllib3.util.retry import Retry
 
 from moe_operator.decisions import promql
+from moe_operator.decisions.autoscale import RouterDemand
 from moe_operator.decisions.engine_metrics import ENGINES, MOE_RUNTIME, EngineMetrics
 from moe_operator.decisions.promdata import (
     NO_SERIES,
@@ -140,6 +141,15 @@ class Prometheus:
             return self._failed(result)
         states = _adapter_states(result, f"{namespace}/{name}")
         return self._failed(states) if isinstance(states, NoData) else states
+
+    def router_demand(self, namespace: str, name: str, now: float | None = None) -> RouterDemand | NoData:
+        """What the ModelDeployment's routers hold, answer, and when they last got a request. One query."""
+        now = time.time() if now is None else now
+        result = self._query("router_demand", promql.router_demand(namespace, name), now)
+        if isinstance(result, NoData):
+            return self._failed(result)
+        demand = _router_demand(result, now, f"{namespace}/{name}")
+        return self._failed(demand) if isinstance(demand, NoData) else demand
 
     def tracks(
         self,
@@ -357,6 +367,34 @@ def _adapter_states(result: Sequence[Any], what: str) -> AdapterStates | NoData:
     for (pod, adapter), reason in errors.items():  # the runtime exports an error only while not loaded
         loaded.setdefault(pod, {})[adapter] = reason
     return AdapterStates(loaded)
+
+
+def _router_demand(result: Sequence[Any], now: float, what: str) -> RouterDemand | NoData:
+    totals = {promql.ROUTER_HELD: 0.0, promql.ROUTER_IN_FLIGHT: 0.0}
+    last: float | None = None
+    try:
+        for item in result if not _is_scalar(result) else ():
+            name, value = item["metric"].get("__name__"), _finite(item["value"][1])
+            if value is None:
+                continue
+            if name == promql.ROUTER_LAST_REQUEST:
+                last = value if last is None else max(last, value)
+            elif name in totals:
+                totals[name] += value
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return NoData(
+            QUERY_FAILED, f"unexpected series in the router demand of {what}: {_excerpt(result[:3])}"
+        )
+    if last is None:
+        return NoData(
+            NO_SERIES,
+            f"no {promql.ROUTER_LAST_REQUEST} series for {what}: do its routers run, and are they scraped?",
+        )
+    return RouterDemand(
+        held=round(totals[promql.ROUTER_HELD]),
+        in_flight=round(totals[promql.ROUTER_IN_FLIGHT]),
+        idle_s=max(0.0, now - last),
+    )
 
 
 def _http_failure(text: str, url: str) -> NoData:

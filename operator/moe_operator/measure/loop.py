@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from moe_operator.decisions.adapters import AdapterRead
@@ -22,11 +23,12 @@ from moe_operator.decisions.measurements import (
     LastReads,
     QueueDepthRead,
     Read,
+    RouterDemandRead,
     WindowRead,
     due_reads,
 )
 from moe_operator.decisions.promdata import NO_SERIES, Measurement, NoData
-from moe_operator.decisions.scaling import QueueRead
+from moe_operator.decisions.scaling import QueueRead, RouterRead
 from moe_operator.decisions.spec import InvalidSpec, parse_spec
 from moe_operator.measure.store import Key, Measurements
 
@@ -105,9 +107,11 @@ class Measurer:
             self._in_flight.add(slot)
         last = self._last.get(key, LastReads())
         if isinstance(read, QueueDepthRead):
-            self._last[key] = LastReads(now, last.adapter_states)
+            self._last[key] = replace(last, queue_depth=now)
         elif isinstance(read, AdapterStatesRead):
-            self._last[key] = LastReads(last.queue_depth, now)
+            self._last[key] = replace(last, adapter_states=now)
+        elif isinstance(read, RouterDemandRead):
+            self._last[key] = replace(last, router_demand=now)
         self._pool.submit(self._take, key, read, slot)
 
     def _take(self, key: Key, read: Read, slot) -> None:
@@ -123,6 +127,11 @@ class Measurer:
                 at = self._clock()
                 self._store.put_adapters(
                     key, AdapterRead(at, self._prometheus.adapter_states(namespace, name, at))
+                )
+            elif isinstance(read, RouterDemandRead):
+                at = self._clock()
+                self._store.put_routers(
+                    key, RouterRead(at, self._prometheus.router_demand(namespace, name, at))
                 )
             else:
                 self._store.put_window(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from moe_operator.decisions.adapters import AdapterRead
 from moe_operator.decisions.promdata import Measurement, NoData
-from moe_operator.decisions.scaling import QueueRead
+from moe_operator.decisions.scaling import QueueRead, RouterRead
 
 Key = tuple[str, str]  # namespace, name
 KEPT_WINDOWS = 64  # per revision: far more than one pass catches up on
@@ -22,6 +22,7 @@ class Measurements:
         self._lock = threading.Lock()
         self._queue: dict[Key, QueueRead] = {}
         self._adapters: dict[Key, AdapterRead] = {}
+        self._routers: dict[Key, RouterRead] = {}
         self._windows: dict[Key, dict[tuple[str, int], Measurement | NoData]] = {}
 
     def put_queue(self, key: Key, read: QueueRead) -> None:
@@ -31,6 +32,10 @@ class Measurements:
     def put_adapters(self, key: Key, read: AdapterRead) -> None:
         with self._lock:
             self._adapters[key] = read
+
+    def put_routers(self, key: Key, read: RouterRead) -> None:
+        with self._lock:
+            self._routers[key] = read
 
     def put_window(self, key: Key, revision: str, index: int, measured: Measurement | NoData) -> None:
         with self._lock:
@@ -47,6 +52,10 @@ class Measurements:
         with self._lock:
             return self._adapters.get(key)
 
+    def routers(self, key: Key) -> RouterRead | None:
+        with self._lock:
+            return self._routers.get(key)
+
     def windows(self, key: Key, revision: str) -> Mapping[int, Measurement | NoData]:
         with self._lock:
             return {i: m for (r, i), m in self._windows.get(key, {}).items() if r == revision}
@@ -57,5 +66,5 @@ class Measurements:
 
     def forget(self, key: Key) -> None:
         with self._lock:
-            for table in (self._queue, self._adapters, self._windows):
+            for table in (self._queue, self._adapters, self._routers, self._windows):
                 table.pop(key, None)

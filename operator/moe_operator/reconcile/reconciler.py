@@ -32,10 +32,12 @@ from moe_operator.decisions.naming import (
     STABLE,
     Owner,
     deployment_name,
+    is_router_pod,
     selector_labels,
     service_name,
 )
 from moe_operator.decisions.policy import Policy
+from moe_operator.decisions.routing import routing_names
 from moe_operator.decisions.spec import InvalidSpec, parse_spec
 from moe_operator.decisions.status import Problem
 from moe_operator.io.children import NameConflict, Writer, WriteRefused
@@ -119,6 +121,7 @@ class Reconciler:
         if running is not None:
             windows = self._measurements.windows(key, running.candidate)
         cache = self._cache
+        pods = cache.select("Pod", ns, selector_labels(name))
         return Observed(
             md=md,
             now=self._clock(),
@@ -126,7 +129,13 @@ class Reconciler:
             stable=cache.get("Deployment", ns, deployment_name(name, STABLE)),
             canary=cache.get("Deployment", ns, deployment_name(name, CANARY)),
             service=cache.get("Service", ns, service_name(name)),
-            pods=cache.select("Pod", ns, selector_labels(name)),
+            pods=[p for p in pods if not is_router_pod(p)],
+            router_pods=[p for p in pods if is_router_pod(p)],
+            routing={
+                (kind, child): found
+                for kind, child in routing_names(name)
+                if (found := cache.get(kind, ns, child)) is not None
+            },
             config_maps=[
                 cm
                 for cm in cache.select("ConfigMap", ns, {MANAGED_BY_LABEL: MANAGED_BY})
@@ -139,6 +148,7 @@ class Reconciler:
             ],
             queue=self._measurements.queue(key),
             adapters=self._measurements.adapters(key),
+            routers=self._measurements.routers(key),
             windows=windows,
             measuring=self._measuring,
             write_refused=self._still_refused(key, md),

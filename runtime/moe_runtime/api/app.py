@@ -38,6 +38,7 @@ from moe_runtime.api.protocol import (
     validation_error,
 )
 from moe_runtime.api.responses import CHAT, COMPLETIONS, Answer, Endpoint
+from moe_runtime.draining import CloseWhenDraining
 from moe_runtime.engine.scheduler import QueueFull
 from moe_runtime.engine.sequence import Sequence
 from moe_runtime.engine.worker import EngineFailed, EngineWorker
@@ -135,6 +136,7 @@ GENERATION_ERRORS = {
 def create_app(state: ServingState) -> FastAPI:
     app = FastAPI(title="moe_runtime", version="0.1.0")
     app.add_middleware(BodyLimit, max_bytes=state.max_request_bytes, on_refused=lambda: _count(state, 413))
+    app.add_middleware(CloseWhenDraining, draining=lambda: state.phase is Phase.DRAINING)
     _install_error_handlers(app, state)
     _document_400_instead_of_422(app)
 
@@ -156,8 +158,11 @@ def create_app(state: ServingState) -> FastAPI:
         return JSONResponse({"status": phase.value}, status_code=200 if phase is Phase.READY else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # `?name[]=...` keeps only those families, as the Prometheus client libraries' handlers do: a router
+        # reading four gauges several times a second need not make the pod render everything
+        names = request.query_params.getlist("name[]")
+        return Response(state.metrics.render(names), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", responses={503: GENERATION_ERRORS[503]})
     async def models() -> dict:

@@ -138,7 +138,7 @@ class EngineWorker:
                 seq.generator = make_generator(seq.params)
                 seq.stream = GenerationStream(seq.id, len(seq.prompt), self.cancel, self._streams)
                 streams.append(seq.stream)
-            self.metrics.queue_depth.set(len(self._scheduler.waiting))
+            self.metrics.set_waiting(len(self._scheduler.waiting))
         self._wake.set()
         return streams
 
@@ -377,9 +377,9 @@ class EngineWorker:
             queries, hits = blocks.prefix_queries, blocks.prefix_hits
             self.metrics.count_prefix_cache(queries - self._prefix_counted[0], hits - self._prefix_counted[1])
             self._prefix_counted = (queries, hits)
-        self.metrics.queue_depth.set(len(self._scheduler.waiting))
-        self.metrics.requests_running.set(len(self._scheduler.running))
-        self.metrics.kv_cache_usage.set(self.engine.kv_cache_usage())
+        self.metrics.set_load(
+            len(self._scheduler.waiting), len(self._scheduler.running), self.engine.kv_cache_usage()
+        )
 
     def _flush_expert_counts(self, force: bool) -> None:
         if self.metrics.expert_tokens.mode is ExpertMetrics.OFF:

@@ -65,7 +65,9 @@ side by side; an error about one of them fails that adapter alone.
 
 Lifecycle: `/health` answers as soon as the port is open; `/ready` answers 503 while the weights load, 200
 once they have, and 503 again after SIGTERM or SIGINT. Then new generation requests get 503, the ones already
-accepted finish, and the process exits 0. A second signal exits without waiting. If the engine loop dies,
+accepted finish, and the process exits 0. Draining, the server closes its idle keep-alive connections at once,
+closes the others when their answer ends, and sends `Connection: close` with every answer, so that clients
+holding a connection to it (kube-proxy picks a pod per connection) reconnect to a pod that serves. A second signal exits without waiting. If the engine loop dies,
 every open request gets a 500, `/health` and `/ready` answer 503, and the process exits 1 at the next signal.
 
 Torch's own OMP_NUM_THREADS applies too: set it to the CPUs the pod may use. Torch otherwise starts a thread
@@ -89,6 +91,7 @@ from moe_runtime.adapters.manager import LoraManager
 from moe_runtime.adapters.watch import LoraListWatcher
 from moe_runtime.api.app import Phase, ServingState, create_app
 from moe_runtime.api.choices import Limits
+from moe_runtime.draining import close_connections
 from moe_runtime.engine import kv_budget
 from moe_runtime.engine.scheduler import Policy, SchedulerConfig
 from moe_runtime.engine.worker import EngineWorker
@@ -217,7 +220,12 @@ class _DrainingServer(uvicorn.Server):
             return
         log.info("received %s: draining", signal.Signals(sig).name)
         self._state.phase = Phase.DRAINING
+        self._loop.call_soon_threadsafe(self._close_connections)
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._exit_when_idle()))
+
+    def _close_connections(self) -> None:
+        """Clients on kept connections reconnect, and their Service sends them to a pod that serves."""
+        close_connections(self)
 
     async def _exit_when_idle(self) -> None:
         while self._state.worker is not None and not self._state.worker.idle:

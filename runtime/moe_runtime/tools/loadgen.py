@@ -1,15 +1,22 @@
 """`python -m moe_runtime loadgen`: load on runtime pods over the OpenAI completions API, and a JSON summary.
 
-Where requests go: `--url` (repeatable; taken in turn), or `--targets .cluster/targets.json --model-deployment
-NAME`: the Ready pods of that ModelDeployment as the local kubelet lists them, re-read whenever the file
-changes and taken in turn, as a Service spreads connections over its ready endpoints.
+Where requests go, as clients in a cluster send them by default: `--model-deployment NAME [--namespace NS]`
+alone sends them to the ModelDeployment's `status.url` (read through the API with the current kubeconfig), which
+is the router's Service with spec.routing and the plain Service without, reached through the local stack's
+Service proxy (`--services`, default `.cluster/services.json`, re-read when it changes); `--service-url URL`
+names such an in-cluster URL directly. Or, bypassing Services: `--url` (repeatable; taken in turn), or
+`--targets .cluster/targets.json --model-deployment NAME`: the Ready pods as the local kubelet lists them, taken
+in turn. Connections are kept alive and reused, as HTTP clients do (through a plain Service each stays with the
+pod kube-proxy picked for it). Answers that name their pod (the router's `x-moedeploy-pod`) are counted per pod.
 
 How they come: closed loop (`--concurrency N` clients, each sending its next request when the last one is
 answered) or open loop (`--rate R` requests per second, Poisson arrivals, at most `--concurrency` in flight;
 arrivals beyond that are dropped and counted). It ends after `--duration` seconds or `--requests` requests,
 whichever comes first (one of them is required), or on SIGINT/SIGTERM: no new requests, the ones in flight
 finish (a second signal abandons them), and the summary so far is printed. Every request streams, so that
-the time to first token is measured; prompt and output lengths come from `--mix PROMPT_WORDS:MAX_TOKENS[:WEIGHT]`.
+the time to first token is measured; prompt and output lengths come from
+`--mix PROMPT_WORDS:MAX_TOKENS[:WEIGHT[:SHARED_PREFIXES]]` (with SHARED_PREFIXES, prompts start with one of that
+many fixed prefixes, as requests sharing a system prompt do).
 
 Loopback only: it refuses any other host. As a library:
 
@@ -49,6 +56,8 @@ MAX_DURATION_S = 24 * 3600.0
 MAX_REQUESTS = 10_000_000
 MAX_TIMEOUT_S = 3600.0
 NO_TARGET_WAIT_S = 0.1
+DEFAULT_SERVICES_FILE = Path(".cluster/services.json")
+POD_HEADER = "x-moedeploy-pod"
 PERCENTILES = (50, 90, 99)
 WORDS = (
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "experts", "route",
@@ -59,34 +68,55 @@ WORDS = (
 
 @dataclass(frozen=True)
 class Shape:
-    """One kind of request in the mix: prompt length in words, output limit in tokens, relative weight."""
+    """One kind of request in the mix: prompt length in words, output limit in tokens, relative weight, and
+    `prefixes`: when above 0, the prompt starts with one of that many fixed prefixes (all but its last
+    PREFIX_TAIL_WORDS words, shared by the requests that drew the same one, as a system prompt is), the rest
+    random."""
 
     prompt_words: int
     max_tokens: int
     weight: float = 1.0
+    prefixes: int = 0
+
+
+PREFIX_TAIL_WORDS = 8
 
 
 def parse_mix(text: str) -> tuple[Shape, ...]:
-    """`32:16:3,512:64:1` -> shapes; ValueError naming the bad entry."""
+    """`32:16:3,512:64:1:4` -> shapes; ValueError naming the bad entry."""
     shapes = []
     for entry in (part.strip() for part in text.split(",")):
         parts = entry.split(":")
         try:
-            if len(parts) not in (2, 3):
+            if len(parts) not in (2, 3, 4):
                 raise ValueError
-            shape = Shape(int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) == 3 else 1.0)
+            weight = float(parts[2]) if len(parts) >= 3 else 1.0
+            shape = Shape(int(parts[0]), int(parts[1]), weight, int(parts[3]) if len(parts) == 4 else 0)
         except ValueError:
-            raise ValueError(f"--mix entry {entry!r}: want PROMPT_WORDS:MAX_TOKENS[:WEIGHT]") from None
-        if shape.prompt_words < 1 or shape.max_tokens < 1 or not shape.weight > 0:
+            raise ValueError(
+                f"--mix entry {entry!r}: want PROMPT_WORDS:MAX_TOKENS[:WEIGHT[:SHARED_PREFIXES]]"
+            ) from None
+        if shape.prompt_words < 1 or shape.max_tokens < 1 or not shape.weight > 0 or shape.prefixes < 0:
             raise ValueError(f"--mix entry {entry!r}: lengths must be at least 1 and the weight positive")
         shapes.append(shape)
     return tuple(shapes)
+
+
+def prompt(shape: Shape, rng: random.Random) -> str:
+    if not shape.prefixes:
+        return " ".join(rng.choice(WORDS) for _ in range(shape.prompt_words))
+    fixed = max(0, shape.prompt_words - PREFIX_TAIL_WORDS)
+    prefix_rng = random.Random(f"{shape.prompt_words}:{rng.randrange(shape.prefixes)}")
+    head = [prefix_rng.choice(WORDS) for _ in range(fixed)]
+    return " ".join([*head, *(rng.choice(WORDS) for _ in range(shape.prompt_words - fixed))])
 
 
 @dataclass(frozen=True)
 class LoadConfig:
     urls: tuple[str, ...] = ()
     targets_file: Path | None = None
+    service_url: str | None = None  # an in-cluster URL (status.url), reached through `services_file`
+    services_file: Path = DEFAULT_SERVICES_FILE
     model_deployment: str | None = None
     namespace: str | None = None
     concurrency: int = 4
@@ -99,13 +129,20 @@ class LoadConfig:
     temperature: float = 1.0
     seed: int = 0
     ignore_eos: bool = False  # every request generates exactly its max_tokens (vLLM's field)
+    # times a request is sent again when its connection failed before any answer came (as the OpenAI SDK does,
+    # max_retries 2): a refused or reset connection, nothing streamed
+    retries: int = 0
 
     def check(self) -> None:
         """ValueError naming the setting that is out of bounds."""
-        if bool(self.urls) == (self.targets_file is not None):
-            raise ValueError("give --url (one or more) or --targets, not both")
+        if [bool(self.urls), self.targets_file is not None, self.service_url is not None].count(True) != 1:
+            raise ValueError(
+                "give one of --model-deployment (its status.url), --service-url, --url or --targets"
+            )
         if self.targets_file is not None and not self.model_deployment:
             raise ValueError("--targets needs --model-deployment")
+        if self.service_url is not None:
+            service_key(self.service_url)
         for url in self.urls:
             require_loopback(url)
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -122,6 +159,8 @@ class LoadConfig:
             raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
         if not self.mix:
             raise ValueError("--mix needs at least one shape")
+        if not 0 <= self.retries <= 10:
+            raise ValueError("--retries must be 0..10")
 
 
 def require_loopback(url: str) -> str:
@@ -150,8 +189,44 @@ def targets_from(entries: Any, model_deployment: str, namespace: str | None) -> 
     return urls
 
 
+def service_key(url: str) -> str:
+    """`namespace/name` of an in-cluster Service URL (http://name.namespace.svc.cluster.local[:port])."""
+    host = urlsplit(url).hostname or ""
+    parts = host.split(".")
+    if urlsplit(url).scheme != "http" or len(parts) < 3 or parts[2] != "svc":
+        raise ValueError(f"{url!r}: not an in-cluster Service URL (http://<name>.<namespace>.svc...)")
+    return f"{parts[1]}/{parts[0]}"
+
+
+def service_address(services: Any, url: str) -> list[str]:
+    """The loopback URL the Service proxy gives an in-cluster URL (none while it has no port for it)."""
+    address = services.get(service_key(url)) if isinstance(services, dict) else None
+    if not isinstance(address, str):
+        return []
+    try:
+        return [require_loopback(f"http://{address}")]
+    except ValueError:
+        return []
+
+
+def status_url(model_deployment: str, namespace: str | None) -> str:
+    """A ModelDeployment's status.url, read with the current kubeconfig; ValueError while it has none."""
+    from kubernetes import client, config  # only for this mode
+
+    api = config.new_client_from_config()
+    context_namespace = config.list_kube_config_contexts()[1]["context"].get("namespace", "default")
+    found = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "moedeploy.dev", "v1alpha1", namespace or context_namespace, "modeldeployments", model_deployment
+    )
+    url = (found.get("status") or {}).get("url")
+    if not url:
+        raise ValueError(f"ModelDeployment {model_deployment} has no status.url yet")
+    return url
+
+
 class Endpoints:
-    """Where the next request goes: fixed URLs, or a targets file re-read whenever it changes; in turn."""
+    """Where the next request goes: fixed URLs, a targets file re-read whenever it changes (in turn), or the
+    Service proxy's address of a Service URL."""
 
     def __init__(self, config: LoadConfig) -> None:
         self._config = config
@@ -162,6 +237,8 @@ class Endpoints:
     def next(self) -> str | None:
         if self._config.targets_file is not None:
             self._reload(self._config.targets_file)
+        elif self._config.service_url is not None:
+            self._reload(self._config.services_file)
         if not self._urls:
             return None
         self._turn += 1
@@ -181,7 +258,10 @@ class Endpoints:
         except (OSError, ValueError):
             return  # keep the last good list; the writer replaces the file whole
         self._seen = version
-        self._urls = targets_from(entries, self._config.model_deployment or "", self._config.namespace)
+        if self._config.service_url is not None:
+            self._urls = service_address(entries, self._config.service_url)
+        else:
+            self._urls = targets_from(entries, self._config.model_deployment or "", self._config.namespace)
 
 
 @dataclass(frozen=True)
@@ -191,6 +271,7 @@ class Outcome:
     latency_s: float
     ttft_s: float | None
     output_tokens: int
+    pod: str | None = None  # the pod that answered, when the answer names it (the router's header)
 
     @property
     def tpot_s(self) -> float | None:
@@ -236,6 +317,7 @@ def summarize(
         "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
         "tpot_s": percentiles([o.tpot_s for o in done if o.tpot_s is not None]),
         "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
+        "by_pod": dict(sorted(Counter(o.pod for o in outcomes if o.pod).items())),
         "errors_by_target": dict(sorted(Counter(o.url for o in outcomes if o.error is not None).items())),
     }
 
@@ -248,6 +330,7 @@ class LoadGenerator:
     _issued: int = 0
     _dropped: int = 0
     _no_target_waits: int = 0
+    _retried: int = 0
     _started: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -279,6 +362,7 @@ class LoadGenerator:
         elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
         return {
             **summarize(list(self._outcomes), self._issued, self._dropped, self._no_target_waits, elapsed),
+            "retried": self._retried,
             "config": _config_json(self.config),
         }
 
@@ -357,7 +441,7 @@ class LoadGenerator:
     async def _request(self, client: httpx.AsyncClient, url: str) -> None:
         shape = self._rng.choices(self.config.mix, weights=[s.weight for s in self.config.mix])[0]
         body: dict[str, Any] = {
-            "prompt": " ".join(self._rng.choice(WORDS) for _ in range(shape.prompt_words)),
+            "prompt": prompt(shape, self._rng),
             "max_tokens": shape.max_tokens,
             "temperature": self.config.temperature,
             "stream": True,
@@ -368,9 +452,24 @@ class LoadGenerator:
         if self.config.model:
             body["model"] = self.config.model
         start = time.perf_counter()
-        ttft, tokens, error = None, 0, None
+        for attempt in range(self.config.retries + 1):
+            outcome = await self._send(client, url, body, start)
+            if outcome is not None or attempt == self.config.retries:
+                break
+            url = self._endpoints.next() or url
+            self._retried += 1
+        self._outcomes.append(
+            outcome or Outcome(url, "connection_lost", time.perf_counter() - start, None, 0)
+        )
+
+    async def _send(self, client: httpx.AsyncClient, url: str, body: dict, start: float) -> Outcome | None:
+        """One try; None when the connection failed before any answer came (a retry cannot do harm)."""
+        ttft, tokens, error, pod = None, 0, None, None
+        answered = False
         try:
             async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+                answered = True
+                pod = response.headers.get(POD_HEADER)
                 if response.status_code != 200:
                     await response.aread()
                     error = str(response.status_code)
@@ -391,10 +490,14 @@ class LoadGenerator:
         except httpx.TimeoutException:
             error = "timeout"
         except httpx.ConnectError:
+            if self.config.retries:
+                return None
             error = "connect_error"
         except (httpx.HTTPError, ValueError) as err:
+            if not answered and isinstance(err, httpx.TransportError) and self.config.retries:
+                return None
             error = type(err).__name__
-        self._outcomes.append(Outcome(url, error, time.perf_counter() - start, ttft, tokens))
+        return Outcome(url, error, time.perf_counter() - start, ttft, tokens, pod)
 
 
 def run_load(config: LoadConfig) -> dict:
@@ -405,7 +508,8 @@ def run_load(config: LoadConfig) -> dict:
 def _config_json(config: LoadConfig) -> dict:
     values = asdict(config)
     values["targets_file"] = None if config.targets_file is None else str(config.targets_file)
-    values["mix"] = [f"{s.prompt_words}:{s.max_tokens}:{s.weight:g}" for s in config.mix]
+    values["services_file"] = str(config.services_file)
+    values["mix"] = [f"{s.prompt_words}:{s.max_tokens}:{s.weight:g}:{s.prefixes}" for s in config.mix]
     values["urls"] = list(config.urls)
     return values
 
@@ -416,25 +520,52 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
     )
     parser.add_argument("--url", action="append", default=[], help="a runtime's base URL (repeatable)")
     parser.add_argument("--targets", type=Path, help="file_sd targets file, e.g. .cluster/targets.json")
-    parser.add_argument("--model-deployment", help="with --targets: whose pods")
-    parser.add_argument("--namespace", help="with --targets: only pods in this namespace")
+    parser.add_argument(
+        "--model-deployment", help="send to its status.url (alone), or with --targets to its pods in turn"
+    )
+    parser.add_argument("--namespace", help="the ModelDeployment's namespace (default: the kubeconfig's)")
+    parser.add_argument("--service-url", help="an in-cluster Service URL, e.g. a status.url")
+    parser.add_argument(
+        "--services",
+        type=Path,
+        default=DEFAULT_SERVICES_FILE,
+        help="the local stack's Service proxy file (default .cluster/services.json)",
+    )
     parser.add_argument(
         "--concurrency", type=int, default=4, help="clients (closed loop) or most in flight (open)"
     )
     parser.add_argument("--rate", type=float, help="requests per second, Poisson arrivals (open loop)")
     parser.add_argument("--duration", type=float, help="seconds to send requests for")
     parser.add_argument("--requests", type=int, help="requests to send in all")
-    parser.add_argument("--mix", default="32:16", help="PROMPT_WORDS:MAX_TOKENS[:WEIGHT],... (default 32:16)")
+    parser.add_argument(
+        "--mix",
+        default="32:16",
+        help="PROMPT_WORDS:MAX_TOKENS[:WEIGHT[:SHARED_PREFIXES]],... (default 32:16)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--model", help="`model` in the requests (default: the server's)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ignore-eos", action="store_true", help="generate exactly max_tokens each time")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="tries again when a connection failed before any answer (default 0)",
+    )
     args = parser.parse_args(argv)
     try:
+        service = args.service_url
+        if service is None and args.model_deployment and not args.url and args.targets is None:
+            try:
+                service = status_url(args.model_deployment, args.namespace)
+            except Exception as err:  # noqa: BLE001 - the API's refusal, a missing kubeconfig: said as they are
+                raise ValueError(f"the status.url of ModelDeployment {args.model_deployment}: {err}") from err
         config = LoadConfig(
             urls=tuple(args.url),
             targets_file=args.targets,
+            service_url=service,
+            services_file=args.services,
             model_deployment=args.model_deployment,
             namespace=args.namespace,
             concurrency=args.concurrency,
@@ -447,6 +578,7 @@ def parse_args(argv: Sequence[str]) -> LoadConfig:
             temperature=args.temperature,
             seed=args.seed,
             ignore_eos=args.ignore_eos,
+            retries=args.retries,
         )
         config.check()
     except ValueError as err:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.runtime_server.harness import RuntimeServer
 from tests.integration.runtime_server.test_server_metrics import scrape, total
+from tests.raw_http import RawConnection
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +47,36 @@ def test_sigterm_turns_unready_finishes_in_flight_requests_and_exits_0(checkpoin
         answers = [f.result() for f in in_flight]
         assert [a.status_code for a in answers] == [200] * 4
         assert [a.json()["usage"]["completion_tokens"] for a in answers] == lengths
+        assert server.process.wait(timeout=60) == 0
+
+
+def test_draining_closes_keep_alive_connections_and_answers_what_it_accepted(checkpoint):
+    """Clients holding a keep-alive connection to a draining pod reconnect instead of getting 503 after 503:
+    idle connections close at once, every answer from then on says `Connection: close`, and the request that
+    was in flight is answered, then its connection closes too."""
+    server = RuntimeServer(checkpoint, "--max-batch-seqs", "1")
+    port = server.port
+    with server, RawConnection("127.0.0.1", port) as idle, RawConnection("127.0.0.1", port) as busy:
+        assert idle.request("GET", "/health").status == 200  # kept open, idle from now on
+        long = {"prompt": "hold on", "max_tokens": 2000, "temperature": 0, "ignore_eos": True}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(busy.request, "POST", "/v1/completions", long)
+            wait_for(lambda: total(scrape(server.url), "moe_runtime_requests_running") == 1)
+            samples = scrape(server.url)
+            assert total(samples, "vllm:num_requests_running") == 1  # the Inference Extension's name
+            assert total(samples, "vllm:num_requests_waiting") == total(samples, "moe_runtime_queue_depth")
+
+            server.process.send_signal(signal.SIGTERM)
+            assert idle.closed_by_peer(within_s=10), "the idle keep-alive connection stayed open"
+            with RawConnection("127.0.0.1", port) as late:
+                refused = late.request("POST", "/v1/completions", {"prompt": "late", "max_tokens": 2})
+                assert refused.status == 503 and refused.headers["retry-after"]
+                assert refused.headers["connection"] == "close"
+                assert late.closed_by_peer(within_s=10)
+
+            answered = in_flight.result(timeout=120)
+        assert answered.status == 200 and answered.json()["usage"]["completion_tokens"] == 2000
+        assert busy.closed_by_peer(within_s=10), "the connection of the answered request stayed open"
         assert server.process.wait(timeout=60) == 0
 
 

@@ -8,7 +8,7 @@ from moe_operator.decisions.analysis import due_windows
 from moe_operator.decisions.measurements import subject
 from moe_operator.decisions.policy import Policy
 from moe_operator.decisions.promdata import Measurement, NoData, PodSamples, TrackWindow
-from moe_operator.decisions.scaling import QueueRead
+from moe_operator.decisions.scaling import QueueRead, RouterRead
 from moe_operator.decisions.spec import parse_spec
 from moe_operator.decisions.stats import Distribution
 from moe_operator.machinery.errors import StaleRead
@@ -114,6 +114,9 @@ class World:
 
     def read_queue(self, samples):
         self.measurements.put_queue(KEY, QueueRead(self.clock.now, samples))
+
+    def read_routers(self, demand):
+        self.measurements.put_routers(KEY, RouterRead(self.clock.now, demand))
 
     def read_adapters(self, states):
         self.measurements.put_adapters(KEY, AdapterRead(self.clock.now, states))

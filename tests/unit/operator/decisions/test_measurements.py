@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from moe_operator.decisions.measurements import (
+    ROUTERS_AT_ZERO_S,
+    ROUTERS_INTERVAL_S,
     AdapterStatesRead,
     LastReads,
     QueueDepthRead,
+    RouterDemandRead,
     WindowRead,
     due_reads,
     subject,
@@ -70,3 +73,17 @@ def test_a_bake_reads_the_new_stable_revision_against_the_previous_ones_span():
     assert running.recorded == (NOW - 60, NOW - 30)
     reads = due_reads(md, status, NOW, LastReads(), frozenset())
     assert [r.index for r in reads] == [1, 2] and reads[0].started_at == NOW - 30
+
+
+def test_the_routers_are_read_with_scale_to_zero_often_at_zero_and_never_without_routing():
+    zero = parse_spec(spec(routing={"scaleToZero": {"idleSeconds": 60}}))
+    assert [type(r) for r in due_reads(zero, {}, NOW, LastReads(), frozenset())] == [RouterDemandRead]
+    last = LastReads(router_demand=NOW)
+    running, at_zero = {"desiredReplicas": 2}, {"desiredReplicas": 0}
+    assert due_reads(zero, running, NOW + ROUTERS_AT_ZERO_S, last, frozenset()) == []
+    assert due_reads(zero, running, NOW + ROUTERS_INTERVAL_S, last, frozenset()) == [RouterDemandRead()]
+    assert due_reads(zero, at_zero, NOW + ROUTERS_AT_ZERO_S, last, frozenset()) == [RouterDemandRead()]
+    # with autoscaling, held requests count with the pods' queues: read without scale to zero too
+    routed = parse_spec(spec(routing={}, autoscaling={"enabled": True}))
+    assert RouterDemandRead() in due_reads(routed, {}, NOW, LastReads(), frozenset())
+    assert due_reads(parse_spec(spec(routing={})), {}, NOW, LastReads(), frozenset()) == []

@@ -36,6 +36,11 @@ REFUSED_BY_DEFAULT = [
     ),
     ("toleration", {"runtime__tolerations": [{"key": "dedicated", "operator": "Exists"}]}, ["dedicated"]),
     ("every-taint", {"runtime__tolerations": [{"operator": "Exists"}]}, ["every taint"]),
+    (
+        "router-toleration",
+        {"routing": {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}},
+        ["spec.routing.tolerations", "dedicated"],
+    ),
     ("service-account", {"runtime__serviceAccountName": "admin"}, ["spec.runtime.serviceAccountName"]),
     ("priority-class", {"runtime__priorityClassName": "system-cluster-critical"}, ["priorityClassName"]),
     (

@@ -1,8 +1,11 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from moe_operator.decisions.naming import REVISION_LABEL, TRACK_LABEL
+from moe_operator.decisions.naming import COMPONENT_LABEL, ENGINE, REVISION_LABEL, TRACK_LABEL
+from moe_operator.decisions.render import termination_grace_seconds
 from moe_operator.decisions.runtime_config import OPERATOR_MOUNT_PATHS, RUNTIME_SETTINGS
 from moe_operator.decisions.spec import parse_spec
 from tests.unit.operator.samples import OWNER, render_children, spec
@@ -133,7 +136,12 @@ def test_invariants(raw):
         }
     template = pod_of(children)
     labels = template["metadata"]["labels"]
-    assert labels == {**FIXED_LABELS, REVISION_LABEL: children.revision, TRACK_LABEL: "stable"}
+    assert labels == {
+        **FIXED_LABELS,
+        REVISION_LABEL: children.revision,
+        TRACK_LABEL: "stable",
+        COMPONENT_LABEL: ENGINE,
+    }
     selector = children.deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= labels.items() and REVISION_LABEL not in selector
     assert children.service["spec"]["selector"].items() < selector.items(), "the Service selects both tracks"
@@ -149,7 +157,7 @@ def test_invariants(raw):
     startup = container["startupProbe"]
     assert startup["httpGet"] == {"path": "/ready", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= parsed.runtime.startup_timeout_seconds
-    assert pod["terminationGracePeriodSeconds"] > parsed.runtime.batching.request_timeout_seconds
+    assert pod["terminationGracePeriodSeconds"] == termination_grace_seconds(parsed)
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     security = container["securityContext"]
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
@@ -377,3 +385,16 @@ def test_adding_or_removing_adapters_makes_no_new_revision_unless_a_new_volume_i
     assert revision(ADAPTERS[1], ADAPTERS[2]) == revision(ADAPTERS[2], ADAPTERS[0], ADAPTERS[1]) == with_claim
     assert revision(ADAPTERS[3], ADAPTERS[1]) == revision(ADAPTERS[1], ADAPTERS[3]) != with_claim
     assert revision(ADAPTERS[3]) == revision(ADAPTERS[3], ADAPTERS[5]), "side by side in one node folder"
+
+
+@given(timeout=st.integers(1, 3600), drain_delay=st.integers(0, 300))
+def test_the_grace_period_always_outlasts_a_request_accepted_during_the_prestop_sleep(timeout, drain_delay):
+    """SIGKILL comes `terminationGracePeriodSeconds` after the deletion, preStop sleep included; a request
+    accepted at the sleep's last moment runs up to its timeout plus the runtime's backstop margin."""
+    raw = spec()
+    raw["runtime"]["drainDelaySeconds"] = drain_delay
+    raw["runtime"].setdefault("batching", {})["requestTimeoutSeconds"] = timeout
+    parsed = parse_spec(raw)
+    backstop_margin = max(2.0, 0.1 * timeout)  # moe_runtime.api.app.ServingState.backstop_s
+    last_answer = drain_delay + timeout + backstop_margin
+    assert termination_grace_seconds(parsed) > last_answer

@@ -37,6 +37,7 @@ def snake(name: str) -> str:
 def test_python_defaults_equal_the_crd_defaults(path, default):
     raw = spec(model__source={"pvc": {"claimName": "weights"}}, slo={"p99LatencySeconds": 1.0})
     raw["adapters"] = [{"name": "a", "source": {"pvc": {"claimName": "weights"}}}]
+    raw["routing"] = {"scaleToZero": {}}
     value = parse_spec(raw)
     for name in path:
         if name == "adapters":
@@ -44,6 +45,15 @@ def test_python_defaults_equal_the_crd_defaults(path, default):
         elif name != "pvc":  # the source's variant is its type, not an attribute
             value = getattr(value, snake(name))
     assert value == default
+
+
+def test_routing_is_on_when_present_even_empty():
+    assert parse_spec(spec()).routing is None
+    routed = parse_spec(spec(routing={}))
+    assert routed.routing is not None and routed.routing.strategy == "PrefixAware"
+    assert routed.routing.scale_to_zero is None
+    zero = parse_spec(spec(routing={"scaleToZero": {"idleSeconds": 60}, "nodeSelector": {"pool": "cpu"}}))
+    assert zero.routing.scale_to_zero.idle_seconds == 60 and zero.routing.node_selector == {"pool": "cpu"}
 
 
 def test_minimal_spec_gets_defaults():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+from moe_operator.decisions.autoscale import RouterDemand
+from moe_operator.decisions.measurements import ROUTERS_AT_ZERO_S
 from moe_operator.decisions.promdata import PodSamples
 from moe_operator.measure.loop import Measurer
 from moe_operator.measure.store import Measurements
@@ -76,5 +78,40 @@ def test_a_model_deployment_that_is_gone_is_forgotten():
         wait_for(lambda: store.queue(("ns", "a")) is not None, timeout=10, what="a read")
         models.clear()
         wait_for(lambda: store.queue(("ns", "a")) is None, timeout=10, what="a forgotten")
+    finally:
+        measurer.stop()
+
+
+class RoutersPrometheus:
+    """Answers what the routers report: `held` requests."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def router_demand(self, namespace, name, now=None):
+        return RouterDemand(held=self.held, in_flight=self.held, idle_s=0.0)
+
+
+def test_at_zero_a_held_request_is_read_and_wakes_the_pass_within_the_short_interval():
+    prometheus = RoutersPrometheus()
+    store, woken = Measurements(), []
+    clock = [1000.0]
+    at_zero = {
+        "metadata": {"namespace": "ns", "name": "z"},
+        "spec": spec(routing={"scaleToZero": {"idleSeconds": 60}}),
+        "status": {"desiredReplicas": 0},
+    }
+    measurer = Measurer(
+        prometheus, lambda: [at_zero], store, woken.append, clock=lambda: clock[0], tick_s=0.01
+    )
+    measurer.start()
+    try:
+        wait_for(lambda: store.routers(("ns", "z")) is not None, timeout=10, what="the first read")
+        prometheus.held = 1
+        clock[0] += ROUTERS_AT_ZERO_S
+        wait_for(
+            lambda: store.routers(("ns", "z")).demand.held == 1, timeout=10, what="the held request read"
+        )
+        assert ("ns", "z") in woken
     finally:
         measurer.stop()

@@ -298,3 +298,58 @@ def test_a_spec_fixed_after_its_first_deployment_was_refused_is_deployed_not_run
         == "registry.local/moe-runtime:2"
     )
     assert world.status()["stableRevision"] == world.status()["currentRevision"]
+
+
+def test_routing_adds_the_router_points_the_service_at_it_and_goes_away_without_leftovers():
+    world = World(routing={"strategy": "RoundRobin"})
+    world.reconcile()
+    name = f"{NAME}-router"
+    assert world.api.get_obj("Deployment", NS, name) is not None
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        assert world.api.get_obj(kind, NS, name) is not None, kind
+    assert (
+        world.api.get_obj("Service", NS, NAME)["spec"]["selector"]["app.kubernetes.io/component"] == "router"
+    )
+    assert world.api.get_obj("Service", NS, f"{NAME}-stable")["spec"]["clusterIP"] == "None"
+    assert [e for e in world.events.posted if e.reason == "RouterCreated"]
+    assert world.status()["url"] == f"http://{NAME}.{NS}.svc.cluster.local"
+
+    world.api.put({**world.md(), "spec": {k: v for k, v in world.md()["spec"].items() if k != "routing"}})
+    world.reconcile()
+    for kind in ("Deployment", "ServiceAccount", "Role", "RoleBinding"):
+        assert world.api.get_obj(kind, NS, name) is None, kind
+    assert world.api.get_obj("Service", NS, f"{NAME}-stable") is None
+    assert "app.kubernetes.io/component" not in world.api.get_obj("Service", NS, NAME)["spec"]["selector"]
+    assert world.api.get_obj("Deployment", NS, NAME) is not None, "the runtime pods stay"
+
+
+def test_a_router_pod_that_cannot_start_shows_in_the_status_but_never_counts_as_a_runtime_pod():
+    world = World(routing={})
+    world.reconcile()
+    world.api.put(
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": f"{NAME}-router-abc", "namespace": NS,
+                      "labels": {"app.kubernetes.io/name": "moe-runtime", "moedeploy.dev/model-deployment": NAME,
+                                 "app.kubernetes.io/component": "router"}},
+         "status": {"conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}}
+    )  # fmt: skip
+    world.reconcile()
+    degraded = next(c for c in world.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and f"{NAME}-router-abc" in degraded["message"]
+
+
+def test_a_router_object_someone_else_owns_is_a_conflict_and_stays_theirs_when_routing_goes():
+    world = World()
+    world.reconcile()
+    theirs = {"apiVersion": "v1", "kind": "ServiceAccount",
+              "metadata": {"name": f"{NAME}-router", "namespace": NS, "labels": {"app.kubernetes.io/managed-by": "moedeploy"}}}  # fmt: skip
+    world.api.put(theirs)
+    world.change_spec(routing={})
+    world.reconcile()
+    assert world.condition("Degraded")["reason"] == "NameConflict"
+    assert world.api.get_obj("Deployment", NS, f"{NAME}-router") is None, "nothing of the router is written"
+    world.change_spec()
+    world.reconcile()
+    assert world.api.get_obj("ServiceAccount", NS, f"{NAME}-router") is not None, "not ours: never deleted"
+    assert world.condition("Degraded")["status"] == "False"

@@ -2,6 +2,7 @@
 decisions land on the Deployment and in the status, missing data holds, a restarted operator keeps its
 windows, a manual scale is answered with an Event."""
 
+from moe_operator.decisions.autoscale import RouterDemand
 from moe_operator.decisions.promdata import NoData, PodSamples
 from tests.unit.operator.world import AUTOSCALING, GOOD, NAME, World
 
@@ -135,3 +136,111 @@ def test_no_series_before_any_pod_could_be_scraped_is_no_warning_but_later_it_is
     world.tick(60)  # Ready longer than the metric window: now it should have been scraped
     assert world.events.reasons.count("NoSeries") == 1
     assert world.condition("MetricsAvailable")["reason"] == "NoSeries"
+
+
+def routed_to_zero(**md_spec) -> AutoscaledWorld:
+    """Autoscaled with scale to zero after 60 idle seconds, two Ready pods with empty queues."""
+    world = AutoscaledWorld(routing={"scaleToZero": {"idleSeconds": 60}}, **md_spec)
+    world.change_spec(
+        autoscaling=AUTOSCALING, minReplicas=0, maxReplicas=10, routing={"scaleToZero": {"idleSeconds": 60}},
+        **md_spec,
+    )  # fmt: skip
+    world.reconcile()
+    pods = world.ready_pods(2)
+    world.settle()
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 0.0))
+    return world
+
+
+def test_scale_to_zero_goes_to_zero_when_idle_and_back_to_one_for_a_held_request():
+    world = routed_to_zero()
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=30.0))
+    world.tick(11)
+    assert world.replicas() >= 1, "an empty queue alone never scales to zero, even with minReplicas 0"
+
+    world.read_routers(RouterDemand(held=0, in_flight=1, idle_s=61.0))
+    world.tick(11)
+    assert world.replicas() >= 1, "a request still running keeps the pods"
+
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=61.0))
+    world.tick(11)
+    assert world.replicas() == 0 and world.status()["desiredReplicas"] == 0
+    assert "scaling to zero" in [e for e in world.events.posted if e.reason == "Scaled"][-1].message
+    world.settle()
+    for _ in range(3):
+        world.tick(11)
+        assert world.replicas() == 0, "the autoscaler alone never wakes it"
+
+    world.read_routers(RouterDemand(held=2, in_flight=2, idle_s=0.1))
+    world.clock.now += 0.5
+    world.reconcile()
+    assert world.replicas() == 1
+    assert "held at the router" in [e for e in world.events.posted if e.reason == "Scaled"][-1].message
+    world.tick(1)
+    assert world.replicas() == 1, "after waking, the autoscaler takes over from one pod"
+
+
+def test_held_requests_count_with_the_pods_queues():
+    world = AutoscaledWorld(routing={})
+    world.reconcile()
+    pods = world.ready_pods(2)
+    world.settle()
+    world.queue_answer = PodSamples(dict.fromkeys(pods, 2.0))  # 4 waiting, target 4 per pod: on target
+    world.read_routers(RouterDemand(held=12, in_flight=12, idle_s=0.0))
+    world.tick()
+    assert world.replicas() == 4, "16 waiting in all over a target of 4 per pod"
+
+
+def test_blind_or_stale_it_neither_goes_to_zero_nor_leaves_it():
+    world = routed_to_zero()
+    world.read_routers(NoData("PrometheusUnavailable", "connection refused"))
+    world.tick(120)
+    assert world.replicas() >= 1
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=600.0))
+    world.tick(11)
+    assert world.replicas() == 0
+    world.settle()
+    world.read_routers(RouterDemand(held=3, in_flight=3, idle_s=0.0))
+    world.clock.now += 60  # the read is older than ROUTERS_STALE_S by the time the pass runs
+    world.reconcile()
+    assert world.replicas() == 0, "a stale read wakes nothing"
+
+
+def test_never_to_zero_while_a_canary_is_analysed():
+    world = routed_to_zero()
+    world.change_spec(
+        autoscaling=AUTOSCALING, minReplicas=0, maxReplicas=10, routing={"scaleToZero": {"idleSeconds": 60}},
+        slo={"p99LatencySeconds": 1.0}, runtime__image="registry.local/moe-runtime:2",
+    )  # fmt: skip
+    world.tick()
+    assert world.deployment("canary") is not None
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=600.0))
+    world.tick(11)
+    assert world.replicas() >= 1
+
+
+def test_without_autoscaling_it_wakes_to_spec_replicas():
+    world = World(routing={"scaleToZero": {"idleSeconds": 60}}, replicas=3)
+    world.reconcile()
+    world.settle()
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=61.0))
+    world.tick(1)
+    assert world.replicas() == 0
+    world.settle()
+    world.read_routers(RouterDemand(held=1, in_flight=1, idle_s=0.0))
+    world.tick(1)
+    assert world.replicas() == 3
+
+
+def test_at_zero_a_read_that_changes_nothing_writes_no_status():
+    world = routed_to_zero()
+    world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=61.0))
+    world.tick(11)
+    world.settle()
+    world.tick(1)
+    writes = len(world.api.writes)
+    for idle in (62.0, 63.5, 65.0):  # the measurement loop reads the routers every half second at zero
+        world.read_routers(RouterDemand(held=0, in_flight=0, idle_s=idle))
+        world.clock.now += 0.5
+        world.reconcile()
+    assert len(world.api.writes) == writes

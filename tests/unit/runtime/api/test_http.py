@@ -53,3 +53,13 @@ def test_openapi_documents_400_and_429_and_never_422():
 def test_metrics_are_exposed_before_the_model_loads():
     response = call(loading(), "GET", "/metrics")
     assert response.status_code == 200 and "moe_runtime_queue_depth 0.0" in response.text
+
+
+def test_metrics_can_be_asked_for_by_name_as_a_router_does():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from moe_runtime.router.load import WANTED
+
+    response = call(loading(), "GET", "/metrics", params=[("name[]", name) for name in WANTED])
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert names == {"vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"}

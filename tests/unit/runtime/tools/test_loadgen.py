@@ -33,7 +33,7 @@ def entry(port: int, md: str = "tiny", namespace: str = "ns", host: str = "127.0
 
 def test_mix():
     assert parse_mix("32:16:3, 512:64") == (Shape(32, 16, 3.0), Shape(512, 64, 1.0))
-    for bad in ("32", "a:1", "0:5", "5:5:0", "1:2:3:4"):
+    for bad in ("32", "a:1", "0:5", "5:5:0", "1:2:3:4:5", "1:2:3:x"):
         with pytest.raises(ValueError, match="--mix entry"):
             parse_mix(bad)
 
@@ -63,7 +63,12 @@ def test_no_address_off_loopback_is_ever_taken(ip, port):
     ("settings", "message"),
     [
         ({"urls": ("http://127.0.0.1:1",)}, "must end"),
-        ({"urls": ("http://127.0.0.1:1",), "targets_file": "t.json", "requests": 1}, "not both"),
+        ({"urls": ("http://127.0.0.1:1",), "targets_file": "t.json", "requests": 1}, "give one of"),
+        (
+            {"service_url": "http://md.ns.svc.cluster.local", "urls": ("http://127.0.0.1:1",), "requests": 1},
+            "give one of",
+        ),
+        ({"service_url": "http://example.com", "requests": 1}, "not an in-cluster Service URL"),
         ({"targets_file": "t.json", "requests": 1}, "needs --model-deployment"),
         ({"urls": ("http://127.0.0.1:1",), "requests": 1, "concurrency": 0}, "--concurrency"),
         ({"urls": ("http://127.0.0.1:1",), "requests": 1, "concurrency": 5000}, "--concurrency"),
@@ -153,3 +158,39 @@ def test_summary_counts_errors_by_status():
     tpot = summary["tpot_s"]
     assert tpot["max"] == round(2.6 / 29, 4) and tpot["p50"] == round((0.8 / 9 + 2.6 / 29) / 2, 4)
     assert percentiles([]) is None
+
+
+def test_a_service_url_goes_through_the_service_proxy_file_and_follows_it(tmp_path):
+    from moe_runtime.tools.loadgen import Endpoints, service_key
+
+    assert service_key("http://chat.team-a.svc.cluster.local") == "team-a/chat"
+    services = tmp_path / "services.json"
+    config = LoadConfig(
+        service_url="http://chat.team-a.svc.cluster.local", services_file=services, requests=1
+    )
+    endpoints = Endpoints(config)
+    assert endpoints.next() is None  # no file yet: no target
+    services.write_text(json.dumps({"team-a/chat": "127.0.0.1:41000", "team-a/other": "127.0.0.1:41001"}))
+    assert endpoints.next() == "http://127.0.0.1:41000"
+    replaced = tmp_path / "new.json"
+    replaced.write_text(json.dumps({"team-a/chat": "127.0.0.1:42000"}))
+    os.replace(replaced, services)
+    assert endpoints.next() == "http://127.0.0.1:42000"
+    services.write_text(json.dumps({"team-a/chat": "10.0.0.1:80"}))  # never off the machine
+    assert endpoints.next() is None
+
+
+def test_shared_prefixes_repeat_across_requests_and_the_tails_differ():
+    import random
+
+    from moe_runtime.tools.loadgen import PREFIX_TAIL_WORDS, Shape, parse_mix, prompt
+
+    (shape,) = parse_mix("40:8:1:2")
+    assert shape == Shape(40, 8, 1.0, 2)
+    rng = random.Random(0)
+    prompts = [prompt(shape, rng) for _ in range(40)]
+    heads = {" ".join(p.split()[: 40 - PREFIX_TAIL_WORDS]) for p in prompts}
+    assert len(heads) == 2 and all(len(p.split()) == 40 for p in prompts)
+    assert len(set(prompts)) > 2
+    with pytest.raises(ValueError):
+        parse_mix("40:8:1:-1")
