@@ -1,4 +1,4 @@
-"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,loadgen} ...`."""
+"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,loadgen,adapter-sync} ...`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         return serve_main(argv[1:]) or 0
+    if argv and argv[0] == "adapter-sync":  # a sidecar of vLLM and SGLang pods: no torch
+        from moe_runtime.adapter_sync.command import main as adapter_sync_main
+
+        return adapter_sync_main(argv[1:])
     if argv and argv[0] == "loadgen":
         from moe_runtime.tools.loadgen import main as loadgen_main
 
@@ -45,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         "loadgen", help="drive runtime servers and print a JSON summary (see `loadgen --help`)"
     )
     commands.add_parser("download", help="download an s3:// checkpoint (see `download --help`)")
+    commands.add_parser(
+        "adapter-sync",
+        help="keep a vLLM/SGLang server's LoRA adapters equal to a list (see `adapter-sync --help`)",
+    )
 
     make = commands.add_parser("make-checkpoint", help="write a random-weight checkpoint with a tokenizer")
     make.add_argument("--family", required=True, choices=["qwen2_moe", "qwen3_moe", "mixtral"])

@@ -22,6 +22,7 @@ RUNTIME = {
     "api": {"engine", "model", "adapters", "metrics", "faults"},
     "serve": {"api", "engine", "model", "adapters", "download", "metrics", "logs", "faults"},
     "tools": {"model"},
+    "adapter_sync": {"adapters", "logs"},
     "__main__": {"*"},
 }
 OPERATOR = {
