@@ -17,6 +17,8 @@ from typing import Any
 
 from kubernetes import client
 
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.naming import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -63,6 +65,7 @@ class Options:
     leader_election_id: str = "moe-operator"
     leader_election_timings: LeaseTimings = LeaseTimings()
     metrics_port: int | None = None
+    images: EngineImages = DEFAULT_IMAGES  # each engine's image (--engine-image)
 
 
 def identity() -> str:
@@ -96,6 +99,7 @@ class Manager:
             measurements=self.measurements,
             measuring=prometheus is not None,
             metrics=self.metrics,
+            images=options.images,
         )
         self.measurer = (
             Measurer(

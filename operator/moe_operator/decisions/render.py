@@ -20,6 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from moe_operator.decisions.engine_metrics import MOE_RUNTIME
+from moe_operator.decisions.engine_pod import (
+    TEARDOWN_SECONDS,
+    adapter_sync_container,
+    download_container,
+    engine_container,
+    shm_size,
+)
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.naming import (
     POD_TEMPLATE_ANNOTATION,
     REVISION_LABEL,
@@ -82,9 +92,12 @@ class Revision:
     template: dict[str, Any]  # pod template with its revision label, reading the revision ConfigMap
 
 
-def render_revision(md_name: str, spec: ModelDeploymentSpec) -> Revision:
-    config = runtime_config(spec, md_name)
-    template = pod_template(md_name, spec)
+def render_revision(
+    md_name: str, spec: ModelDeploymentSpec, images: EngineImages = DEFAULT_IMAGES
+) -> Revision:
+    # the MOE_RUNTIME_* settings are our runtime's; other engines take theirs on the command line
+    config = runtime_config(spec, md_name) if spec.runtime.engine == MOE_RUNTIME else {}
+    template = pod_template(md_name, spec, images)
     digest = revision_hash(template, config)
     # the ConfigMap's name holds the hash, so it is filled in after hashing
     text = json.dumps(template).replace(_CONFIG_PLACEHOLDER, revision_config_map_name(md_name, digest))
@@ -163,16 +176,27 @@ def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -
     return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **body}
 
 
-def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
+def pod_template(
+    md_name: str, spec: ModelDeploymentSpec, images: EngineImages = DEFAULT_IMAGES
+) -> dict[str, Any]:
     """The pod template of the spec's revision, before its revision is known."""
     runtime = spec.runtime
+    containers, init_containers = [_container(spec, images.of(spec))], []
+    if runtime.engine != MOE_RUNTIME:
+        security = containers[0]["securityContext"]
+        containers = [engine_container(spec, md_name, containers[0])]
+        if spec.adapters:
+            containers.append(adapter_sync_container(spec, images.helper, security))
+        download = download_container(spec, images.helper, _object_storage_env(spec), security)
+        init_containers = [download] if download else []
     pod_spec: dict[str, Any] = {
         # no API access unless the author runs the pods as a ServiceAccount on purpose (cloud identities)
         "automountServiceAccountToken": runtime.service_account_name is not None,
         # hundreds of Services in a namespace would otherwise become environment variables
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": runtime.batching.request_timeout_seconds
-        + runtime.drain_delay_seconds,
+        + runtime.drain_delay_seconds
+        + (0 if runtime.engine == MOE_RUNTIME else TEARDOWN_SECONDS),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_USER,
@@ -180,7 +204,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
             "fsGroup": RUNTIME_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(spec)],
+        "containers": containers,
         "volumes": _volumes(md_name, spec),
     }
     optional = {
@@ -191,6 +215,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "tolerations": _tolerations(spec) or None,
         "nodeSelector": _node_selector(spec) or None,
         "affinity": dict(runtime.affinity) if runtime.affinity else None,
+        "initContainers": init_containers or None,
     }
     pod_spec.update({key: value for key, value in optional.items() if value is not None})
     return {
@@ -206,11 +231,11 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
     }
 
 
-def _container(spec: ModelDeploymentSpec) -> dict[str, Any]:
+def _container(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
     runtime = spec.runtime
     container: dict[str, Any] = {
         "name": "runtime",
-        "image": runtime.image,
+        "image": image,
         "command": ["python", "-m", "moe_runtime", "serve"],
         "args": ["--model", model_path(spec), *runtime.args],
         "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
@@ -326,8 +351,8 @@ def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
             volumes.append({"name": "model-cache", "emptyDir": {}})
         case UriSource(cache_host_path=path):
             volumes.append({"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
-    if spec.runtime.shm_size:
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}})
+    if shm := _shm_size(spec):
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
     volumes.append({"name": ADAPTER_LIST_VOLUME, "configMap": {"name": adapters_config_map_name(md_name)}})
     volumes.extend({"name": v.name, **v.source} for v in adapter_volumes(spec))
     volumes.extend(dict(v) for v in spec.runtime.volumes)
@@ -340,7 +365,7 @@ def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
     if isinstance(spec.model.source, UriSource):
         mounts.append({"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH})
-    if spec.runtime.shm_size:
+    if _shm_size(spec):
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     mounts.append({"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True})
     mounts.extend(
@@ -348,3 +373,7 @@ def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     )
     mounts.extend(dict(m) for m in spec.runtime.volume_mounts)
     return mounts
+
+
+def _shm_size(spec: ModelDeploymentSpec) -> str | None:
+    return spec.runtime.shm_size if spec.runtime.engine == MOE_RUNTIME else shm_size(spec)

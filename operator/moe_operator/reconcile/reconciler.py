@@ -24,6 +24,8 @@ from kubernetes.client.exceptions import ApiException
 
 from moe_operator.decisions.converge import Decision, Observed, decide, refuse
 from moe_operator.decisions.events import condition_flips
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.measurements import subject
 from moe_operator.decisions.naming import (
     CANARY,
@@ -63,6 +65,7 @@ class Reconciler:
         measuring: bool = False,
         clock: Callable[[], float] = time.time,
         metrics: OperatorMetrics | None = None,
+        images: EngineImages = DEFAULT_IMAGES,
     ) -> None:
         """`measurements`: what the measurement loop read; `measuring`: whether there is a loop (a Prometheus)."""
         self._kube, self._cache, self._recorder = kube, cache, recorder
@@ -71,6 +74,7 @@ class Reconciler:
         self._measuring = measuring
         self._clock = clock
         self._metrics = metrics or OperatorMetrics()
+        self._images = images
 
     def reconcile(self, namespace: str, name: str) -> Result:
         md = self._cache.get("ModelDeployment", namespace, name)
@@ -127,6 +131,7 @@ class Reconciler:
             adapters=self._measurements.adapters(key),
             windows=windows,
             measuring=self._measuring,
+            images=self._images,
         )
 
     def _record(self, md: Mapping[str, Any], decision: Decision) -> dict[str, Any] | None:
