@@ -1,4 +1,7 @@
-"""`.cluster/targets.json`: the Ready runtime pods in Prometheus file_sd format, written atomically."""
+"""`.cluster/targets.json`: the Ready runtime pods in Prometheus file_sd format, and
+`.cluster/sidecar-targets.json`: the ports of the pods' other containers (the adapter sidecar of vLLM pods),
+which Prometheus scrapes in a job of their own so that every reader of targets.json keeps one entry per pod,
+its serving port; both written atomically."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 
 MODEL_DEPLOYMENT_LABEL = "moedeploy.dev/model-deployment"
 REVISION_LABEL = "moedeploy.dev/revision"
+SIDECAR_TARGETS = "sidecar-targets.json"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,30 @@ def file_sd(entries: Iterable[Serving], host: str = "127.0.0.1") -> list[dict[st
             }
         )
     return sorted(out, key=lambda e: (e["labels"]["namespace"], e["labels"]["pod"]))
+
+
+def sidecar_sd(
+    running: Iterable[tuple[Mapping[str, Any], str, int]], host: str = "127.0.0.1"
+) -> list[dict[str, Any]]:
+    """One entry per (pod, container, loopback port) of a sidecar that runs, labelled as its pod's entry is,
+    plus `container`."""
+    out = []
+    for pod, container, port in running:
+        metadata = pod["metadata"]
+        labels = metadata.get("labels") or {}
+        out.append(
+            {
+                "targets": [f"{host}:{port}"],
+                "labels": {
+                    "namespace": metadata.get("namespace", "default"),
+                    "model_deployment": labels.get(MODEL_DEPLOYMENT_LABEL, ""),
+                    "revision": labels.get(REVISION_LABEL, ""),
+                    "pod": metadata["name"],
+                    "container": container,
+                },
+            }
+        )
+    return sorted(out, key=lambda e: (e["labels"]["namespace"], e["labels"]["pod"], e["labels"]["container"]))
 
 
 def write_atomically(path: Path, content: Any) -> None:
