@@ -15,6 +15,10 @@ RUNTIME_GAUGES_AND_HISTOGRAMS = {
     "moe_runtime_time_per_output_token_seconds",
     "moe_runtime_batch_size",
     "moe_runtime_kv_cache_usage_ratio",
+    # the Gateway API Inference Extension's model-server protocol (vLLM's names)
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
 }
 # as prometheus_client's parser names the families
 RUNTIME_METRIC_FAMILIES = RUNTIME_COUNTERS | RUNTIME_GAUGES_AND_HISTOGRAMS

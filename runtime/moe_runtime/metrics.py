@@ -18,6 +18,12 @@ histogram fed only by the few that do: this gauge grows with the stuck ones. Can
 beside the latency quantiles, e.g. `max(moe_runtime_oldest_request_age_seconds{revision="..."})` against the
 latency objective.
 
+The Gateway API Inference Extension's model-server protocol names, the same values as their `moe_runtime_`
+twins and what vLLM exports, so that a router or endpoint picker reads every engine alike:
+`vllm:num_requests_waiting` (= `moe_runtime_queue_depth`), `vllm:num_requests_running`
+(= `moe_runtime_requests_running`) and `vllm:kv_cache_usage_perc` (= `moe_runtime_kv_cache_usage_ratio`, a
+fraction from 0 to 1 despite its name, as in vLLM).
+
 `moe_runtime_expert_tokens_total{layer,expert}`: tokens routed to each expert, at the granularity
 `--expert-metrics` sets: `off` (no samples), `expert` (one series per expert, summed over the layers, with
 layer="all"; the default: bounded by the expert count) or `layer_expert` (one series per layer and expert:
@@ -315,10 +321,28 @@ class RuntimeMetrics:
         self.kv_cache_usage = Gauge(
             "moe_runtime_kv_cache_usage_ratio", "Fraction of KV cache in use", registry=r
         )
+        # the Gateway API Inference Extension's names (model-server protocol), set with their twins above
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to start", registry=r)
+        self.running = Gauge("vllm:num_requests_running", "Requests holding a sequence", registry=r)
+        self.kv_cache_usage_perc = Gauge(
+            "vllm:kv_cache_usage_perc", "Fraction of KV cache in use (1 means 100 percent)", registry=r
+        )
         self.expert_tokens = ExpertTokenCounts(expert_metrics)
         r.register(self.expert_tokens)
         self.lora = LoraMetrics()
         r.register(self.lora)
+
+    def set_waiting(self, waiting: int) -> None:
+        self.queue_depth.set(waiting)
+        self.waiting.set(waiting)
+
+    def set_load(self, waiting: int, running: int, kv_cache_usage: float) -> None:
+        """The gauges a router reads per pod, under both names."""
+        self.set_waiting(waiting)
+        self.requests_running.set(running)
+        self.running.set(running)
+        self.kv_cache_usage.set(kv_cache_usage)
+        self.kv_cache_usage_perc.set(kv_cache_usage)
 
     def observe_request(self, end: float, arrival: float, first_token_at: float | None, tokens: int) -> None:
         self.request_latency.observe(end - arrival)

@@ -160,7 +160,7 @@ class EngineWorker:
                 stream = GenerationStream(request.id, len(prompt), self.cancel, self._streams)
                 self._live[request.id] = _Live(stream, params, make_generator(params))
                 streams.append(stream)
-            self.metrics.queue_depth.set(len(self._scheduler.waiting))
+            self.metrics.set_waiting(len(self._scheduler.waiting))
         self._wake.set()
         return streams
 
@@ -408,9 +408,9 @@ class EngineWorker:
             log.warning("event loop closed; %d events undelivered", len(deliveries))
 
     def _publish_gauges(self) -> None:
-        self.metrics.queue_depth.set(len(self._scheduler.waiting))
-        self.metrics.requests_running.set(len(self._scheduler.running))
-        self.metrics.kv_cache_usage.set(self.engine.kv_cache_usage())
+        self.metrics.set_load(
+            len(self._scheduler.waiting), len(self._scheduler.running), self.engine.kv_cache_usage()
+        )
 
     def _flush_expert_counts(self, force: bool) -> None:
         if self.metrics.expert_tokens.mode is ExpertMetrics.OFF:
