@@ -354,7 +354,7 @@ def test_what_the_engine_honours_is_accepted(custom, md_namespace, body):
     assert created["engine"] == body["spec"]["runtime"].get("engine", "moe-runtime")
 
 
-@pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml"])
+@pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml", "qwen3-moe-vllm.yaml"])
 def test_examples_are_valid(custom, md_namespace, name):
     create(custom, md_namespace, example(name))
 

@@ -263,3 +263,30 @@ def test_adding_an_adapter_to_a_list_changes_no_vllm_pod_but_the_first_one_does(
     revisions = [render_children(vllm(adapters=adapters)).revision for adapters in ([], one, two)]
     assert revisions[0] != revisions[1], "LoRA is a start-up setting of vLLM"
     assert revisions[1] == revisions[2], "the sidecar loads the second one into the running pods"
+
+
+def test_the_gpu_example_runs_tensor_and_expert_parallel_vllm_on_eight_gpus():
+    import yaml
+
+    from tests.paths import ROOT
+
+    raw = yaml.safe_load((ROOT / "examples" / "qwen3-moe-vllm.yaml").read_text())["spec"]
+    pod = pod_template("qwen3-235b", parse_spec(raw))["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].startswith("vllm/vllm-openai:"), "the chart's vLLM image"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    found = flags(container["args"])
+    assert (found["--tensor-parallel-size"], found["--served-model-name"]) == ("8", "qwen3-235b-a22b")
+    assert "--enable-expert-parallel" in found and "--quantization" not in found
+    assert container["args"][0] == "/models/Qwen3-235B-A22B-Instruct-2507-FP8"
+
+
+def test_the_engines_doc_shows_the_command_line_the_example_renders():
+    import yaml
+
+    from tests.paths import ROOT
+
+    raw = yaml.safe_load((ROOT / "examples" / "qwen3-moe-vllm.yaml").read_text())["spec"]
+    command = " ".join(["vllm", "serve", *vllm_args(parse_spec(raw), "qwen3-235b")])
+    doc = " ".join((ROOT / "docs" / "engines.md").read_text().split())
+    assert f"`{command}`" in doc

@@ -1,0 +1,188 @@
+"""Canary analysis of vLLM revisions from vLLM's own histograms: under steady load a good revision (more
+sequences batched) is analysed beside the stable pod and promoted; a bad one (`maxBatchSequences: 1`, so
+`--max-num-seqs 1`: under the same concurrent load its requests queue for their first token) breaks its
+time-to-first-token objective, read from vllm:time_to_first_token_seconds, and is rolled back without the stable
+Deployment ever changing. The objective comes from what the stable pod measured here under the test's load.
+Real vLLM servers on the local kubelet's node, the stack's Prometheus, the operator as a process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_api_client import PrometheusConnect
+
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape
+from tests.integration.operator_support import OperatorProcess
+from tests.integration.vllm.support import (
+    START_S,
+    delete_and_wait,
+    pod_urls,
+    require_vllm,
+    vllm_md,
+    write_moe_checkpoint,
+)
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytest_plugins = ["tests.integration.operator_fixtures"]
+
+NAME = "vllm-canary"
+CLIENTS = 8
+WINDOW_S = 6
+ANALYSIS = {
+    "analysisIntervalSeconds": WINDOW_S,
+    "scrapeIntervalSeconds": 1,
+    "metricDelaySeconds": 2,
+    "initialDelaySeconds": 10,  # a canary's first seconds say little: its queue is still building
+    "measurements": 3,
+    "failureLimit": 1,
+    "minRequests": 3,
+    "bakeSeconds": 0,
+    "maxErrorRatio": 0.05,
+}
+GOOD_MARGIN = 4.0  # the objective: this many times the stable pod's TTFT p99 measured alone under the load
+FLOOR_S = 0.5  # ... and never below this (vLLM's TTFT buckets: 0.25, 0.5, 0.75, 1, 2.5 s)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    require_vllm()
+    return write_moe_checkpoint(tmp_path_factory.mktemp("vllm-canary") / "qwen3-moe")
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, md_namespace, tmp_path_factory):
+    process = OperatorProcess(
+        cluster,
+        ["--namespace", md_namespace, "--prometheus-url", cluster.prometheus_url],
+        tmp_path_factory.mktemp("operator") / "operator.log",
+    )
+    process.start()
+    yield process
+    process.stop()
+    print(process.log()[-8000:])
+
+
+def ttft_p99(prom: PrometheusConnect, namespace: str, revision: str, window_s: int) -> float | None:
+    selector = f'namespace="{namespace}",model_deployment="{NAME}",revision="{revision}"'
+    query = (
+        f"histogram_quantile(0.99, sum by (le) "
+        f"(increase(vllm:time_to_first_token_seconds_bucket{{{selector}}}[{window_s}s])))"
+    )
+    result = prom.custom_query(query)
+    value = float(result[0]["value"][1]) if result else float("nan")
+    return value if value == value else None  # NaN: no request in the window
+
+
+def revision_after(models, old: str) -> str:
+    def described() -> str | None:
+        current = ((models.get(NAME) or {}).get("status") or {}).get("currentRevision")
+        return current if current and current != old else None
+
+    return wait_for(described, timeout=60, what="the operator to take the new spec")
+
+
+def rejected(md: dict, revision: str) -> dict | None:
+    entries = (md.get("status") or {}).get("rejectedRevisions") or ()
+    return next((r for r in entries if r["revision"] == revision), None)
+
+
+def stable_template_revision(models) -> str:
+    return models.deployment(NAME)["spec"]["template"]["metadata"]["labels"]["moedeploy.dev/revision"]
+
+
+def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(cluster, models, operator, model_dir):
+    body = vllm_md(NAME, model_dir, batching={"maxBatchSequences": 8})
+    body["spec"]["rollout"] = {"strategy": "Canary", "canaryReplicas": 1}
+    body["spec"]["slo"] = {"ttftP99Seconds": 60, **ANALYSIS}  # lax until the load was measured
+    models.apply(body)
+    first = models.wait_ready(NAME, replicas=1, timeout=START_S)["status"]["stableRevision"]
+    prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
+    config = LoadConfig(
+        targets_file=cluster.targets_file, model_deployment=NAME, namespace=models.namespace,
+        concurrency=CLIENTS, duration_s=3600, mix=(Shape(8, 16),), timeout_s=300,
+    )  # fmt: skip
+    phases, canary_pods = [], set()
+
+    def watch() -> dict:
+        md = models.get(NAME)
+        canary = (md.get("status") or {}).get("canary")
+        if canary and (not phases or phases[-1] != canary["phase"]):
+            phases.append(canary["phase"])
+        canary_pods.update(
+            p for p in pod_urls(cluster.targets_file, models.namespace, NAME) if "-canary-" in p
+        )
+        return md
+
+    try:
+        with LoadGenerator(config).background() as load:
+            time.sleep(2 * WINDOW_S + 2)
+            baseline = wait_for(
+                lambda: ttft_p99(prom, models.namespace, first, 2 * WINDOW_S), timeout=60,
+                what="the stable pod's TTFT p99 under load",
+            )  # fmt: skip
+            objective = float(f"{max(GOOD_MARGIN * baseline, FLOOR_S):.2g}")
+
+            # good: more sequences batched
+            models.patch_spec(
+                NAME,
+                {"runtime": {"batching": {"maxBatchSequences": 12}}, "slo": {"ttftP99Seconds": objective}},
+            )
+            good = revision_after(models, first)
+
+            def promoted() -> dict | None:
+                md = watch()
+                status = md["status"]
+                deployment = models.deployment(NAME)
+                done = (
+                    status.get("stableRevision") == good
+                    and "canary" not in status
+                    and stable_template_revision(models) == good
+                    and deployment["status"].get("readyReplicas") == deployment["status"].get("replicas") == 1
+                    and models.deployment(f"{NAME}-canary") is None
+                )
+                return md if done else None
+
+            md = wait_for(promoted, timeout=3 * START_S, interval=1, what="the good vLLM revision promoted")
+            assert "Analyzing" in phases, phases
+            good_phases, good_canaries = list(phases), set(canary_pods)
+            assert not rejected(md, good)
+
+            # bad: one sequence at a time, so the load queues for its first token
+            phases.clear()
+            canary_pods.clear()
+            models.patch_spec(NAME, {"runtime": {"batching": {"maxBatchSequences": 1}}})
+            bad = revision_after(models, good)
+
+            def rolled_back() -> dict | None:
+                md = watch()
+                assert stable_template_revision(models) == good, "the stable Deployment changed"
+                done = (
+                    rejected(md, bad)
+                    and "canary" not in md["status"]
+                    and not models.deployment(f"{NAME}-canary")
+                )
+                return md if done else None
+
+            md = wait_for(
+                rolled_back, timeout=2 * START_S, interval=1, what="the bad vLLM revision rolled back"
+            )
+            bad_ttft = ttft_p99(prom, models.namespace, bad, 600)
+        result = load.result
+    finally:
+        delete_and_wait(models, NAME)
+    print(f"stable TTFT p99 {baseline:.3g}s, objective {objective:g}s, bad canary {bad_ttft}; load {result}")
+    assert good_canaries and canary_pods, "each canary served its share of the load"
+    assert "Analyzing" in phases, phases
+    entry = rejected(md, bad)
+    assert entry["reason"] == "SLOBreached", entry
+    status = md["status"]
+    assert status["stableRevision"] == good and status["currentRevision"] == bad
+    assert bad_ttft is not None and bad_ttft > objective
+    assert any(m.get("rule") == "TTFT" for m in entry["measurements"]), entry["measurements"]
+    # a drained pod refuses nothing here (it leaves targets.json before vLLM stops taking requests)
+    assert not result["errors"], result
+    print(f"phases: good {good_phases}, bad {phases}")
