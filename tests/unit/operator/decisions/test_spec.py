@@ -97,5 +97,7 @@ def test_incomplete_spec_is_refused(broken):
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_parse(example):
+    from moe_operator.decisions.images import EngineImages
+
     body = yaml.safe_load(example.read_text())
-    assert parse_spec(body["spec"]).runtime.image
+    assert EngineImages().of(parse_spec(body["spec"])), "the spec's image, or its engine's"
