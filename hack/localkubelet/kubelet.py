@@ -155,6 +155,9 @@ class Kubelet:
                 [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
             ),
             POD_MARKER: str(settings.state_dir),
+            # where `make vllm` installed vLLM for this machine: pods set HOME to their own folder, so the
+            # cache folder hack/vllm-serve.sh derives from HOME would be theirs
+            **vllm_env(os.environ),
         }
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -545,6 +548,17 @@ class Kubelet:
 
 class ImagePathError(Exception):
     """The container refers to files that would come from its image."""
+
+
+def vllm_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """MOEDEPLOY_CACHE as hack/ensure-vllm.sh resolves it for the kubelet's user, and any MOEDEPLOY_VLLM_*
+    setting of the kubelet's environment."""
+    cache = environ.get("MOEDEPLOY_CACHE") or os.path.join(
+        environ.get("XDG_CACHE_HOME")
+        or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache"),
+        "moedeploy",
+    )
+    return {"MOEDEPLOY_CACHE": cache, **{k: v for k, v in environ.items() if k.startswith("MOEDEPLOY_VLLM_")}}
 
 
 def _prestop_sleep(container: Mapping[str, Any]) -> float:

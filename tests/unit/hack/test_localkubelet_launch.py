@@ -224,3 +224,12 @@ def test_only_ports_of_the_pod_are_remapped(declared, other):
     if other != declared:
         assert map_pod_ports(f"http://127.0.0.1:{other}/v1", table) == f"http://127.0.0.1:{other}/v1"
     assert map_pod_ports(f"http://10.0.0.1:{declared}/v1", table) == f"http://10.0.0.1:{declared}/v1"
+
+
+def test_pods_find_the_machines_vllm_whatever_their_home():
+    from localkubelet.kubelet import vllm_env
+
+    assert vllm_env({"HOME": "/root"}) == {"MOEDEPLOY_CACHE": "/root/.cache/moedeploy"}
+    assert vllm_env({"HOME": "/root", "XDG_CACHE_HOME": "/c"}) == {"MOEDEPLOY_CACHE": "/c/moedeploy"}
+    given = {"MOEDEPLOY_CACHE": "/x", "MOEDEPLOY_VLLM_VENV": "/v", "OTHER": "1"}
+    assert vllm_env(given) == {"MOEDEPLOY_CACHE": "/x", "MOEDEPLOY_VLLM_VENV": "/v"}
