@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest_plugins = ["tests.integration.operator_fixtures"]
 
 NAME = "vllm-canary"
-CLIENTS = 8
+CLIENTS = 10
 WINDOW_S = 6
 ANALYSIS = {
     "analysisIntervalSeconds": WINDOW_S,
@@ -43,8 +43,13 @@ ANALYSIS = {
     "bakeSeconds": 0,
     "maxErrorRatio": 0.05,
 }
-GOOD_MARGIN = 4.0  # the objective: this many times the stable pod's TTFT p99 measured alone under the load
-FLOOR_S = 0.5  # ... and never below this (vLLM's TTFT buckets: 0.25, 0.5, 0.75, 1, 2.5 s)
+# the objective: this many times the stable pod's TTFT p99 measured alone under the load, and never below a
+# bucket bound of vLLM's TTFT histogram (0.5, 0.75, 1, 2.5, 5 s) that leaves a good canary room on two cores
+# shared by two vLLM pods (each an API server, an engine core and a worker). The bad canary collects most of the
+# clients (each next request goes to the next pod in turn), so its requests wait for several 32-token answers
+# before their first token: seconds.
+GOOD_MARGIN = 6.0
+FLOOR_S = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +108,7 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(cluster, mod
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
     config = LoadConfig(
         targets_file=cluster.targets_file, model_deployment=NAME, namespace=models.namespace,
-        concurrency=CLIENTS, duration_s=3600, mix=(Shape(8, 16),), timeout_s=300,
+        concurrency=CLIENTS, duration_s=3600, mix=(Shape(8, 32),), timeout_s=300,
     )  # fmt: skip
     phases, canary_pods = [], set()
 
