@@ -114,24 +114,36 @@ def pod_urls(targets_file: Path, namespace: str, md: str) -> dict[str, str]:
 
 
 def pod_processes(state_dir: Path, namespace: str, pod: str) -> list[dict]:
-    """Every live process the local kubelet of `state_dir` runs for the pod (vLLM's children included), read
-    from /proc: the kubelet's marker in the environment, the pod's folder as working directory."""
+    """Every live process the local kubelet of `state_dir` runs for the pod, read from /proc: those with the
+    kubelet's marker in their environment and the pod's folder as working directory, and every process under
+    them (vLLM's engine core and worker rename themselves with setproctitle, which overwrites what /proc shows
+    of their environment)."""
     marker = f"{POD_MARKER}={state_dir.resolve()}".encode()
-    found = []
+    table = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            state, parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
             environ = (proc / "environ").read_bytes().split(b"\0")
-            if marker not in environ or (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
             cwd = Path(os.readlink(proc / "cwd").removesuffix(" (deleted)"))
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+        except (OSError, ValueError):
             continue
-        if cwd.name == f"{namespace}_{pod}":
-            found.append({"pid": int(proc.name), "cmdline": [part.decode() for part in cmdline if part]})
-    return found
+        if state != "Z":
+            ours = marker in environ and cwd.name == f"{namespace}_{pod}"
+            table[int(proc.name)] = (
+                int(parent),
+                ours,
+                [part.decode(errors="replace") for part in cmdline if part],
+            )
+    found = {pid for pid, (_, ours, _) in table.items() if ours}
+    grew = True
+    while grew:
+        below = {pid for pid, (parent, _, _) in table.items() if parent in found} - found
+        found |= below
+        grew = bool(below)
+    return [{"pid": pid, "cmdline": table[pid][2]} for pid in sorted(found)]
 
 
 def completion(
