@@ -81,6 +81,7 @@ OWNED_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING",  # vLLM pods with adapters (engine_pod.py)
 )
 _CONFIG_PLACEHOLDER = "$(revision-config)"
 
