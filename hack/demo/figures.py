@@ -11,7 +11,8 @@ from datetime import datetime
 
 from kubernetes import client
 
-from moe_operator.decisions.promdata import Measurement, PodSamples
+from moe_operator.decisions.engine_metrics import ENGINES
+from moe_operator.decisions.promdata import PodSamples
 from moe_operator.io.prometheus import Prometheus
 
 P99_WINDOW_S = 10
@@ -51,8 +52,11 @@ class Recorder:
     def p99(self, revision: str | None) -> float | None:
         if not revision:
             return None
-        found = self.prometheus.canary_window(self.namespace, self.name, revision, time.time(), P99_WINDOW_S)
-        return found.p99_latency_s if isinstance(found, Measurement) and found.requests else None
+        found = self.prometheus.tracks(
+            self.namespace, self.name, [revision], time.time(), P99_WINDOW_S, ENGINES["moe-runtime"]
+        )
+        track = found.get(revision) if isinstance(found, dict) else None
+        return track.latency.quantile(0.99) if track is not None and track.requests else None
 
     def sample(self) -> Sample:
         status = self.status()

@@ -15,10 +15,11 @@ MARKED = {  # Event reason -> colour of its line
     "RolledBack": "tab:red",
     "Promoted": "tab:green",
     "PromotionComplete": "tab:green",
+    "BakeComplete": "tab:green",
 }
 
 
-def draw(samples, events, thresholds, start: float, out: Path) -> Path:
+def draw(samples, events, start: float, out: Path) -> Path:
     t = [s.at - start for s in samples]
     figure, (queue, replicas, latency) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     queue.plot(t, [s.queue if s.queue is not None else float("nan") for s in samples], color="tab:purple")
@@ -34,9 +35,6 @@ def draw(samples, events, thresholds, start: float, out: Path) -> Path:
     latency.plot(
         t, [s.p99_canary if s.p99_canary is not None else float("nan") for s in samples], label="canary p99"
     )
-    for at, threshold in thresholds:
-        latency.axhline(threshold, color="tab:red", linestyle=":", linewidth=1)
-        latency.annotate("SLO p99", (at - start, threshold), color="tab:red", fontsize=8)
     latency.set_ylabel("p99 latency (s)")
     latency.set_xlabel("seconds since the ModelDeployment was applied")
     latency.legend(loc="upper left")

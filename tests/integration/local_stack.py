@@ -19,10 +19,11 @@ from tests.waiting import wait_for
 START_TIMEOUT_S = 120  # loading torch and the weights on two busy cores, plus the probes' periods
 
 
-def write_tiny_checkpoint(out: Path, num_layers: int = 2) -> Path:
+def write_tiny_checkpoint(out: Path, num_layers: int = 2, seed: int = 0) -> Path:
     subprocess.run(
         [sys.executable, "-m", "moe_runtime", "make-checkpoint", "--family", "qwen3_moe", "--out", str(out),
-         "--num-layers", str(num_layers), "--hidden-size", "32", "--num-experts", "4", "--vocab-size", "320"],
+         "--num-layers", str(num_layers), "--hidden-size", "32", "--num-experts", "4", "--vocab-size", "320",
+         "--seed", str(seed)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return out

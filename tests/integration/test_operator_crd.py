@@ -154,7 +154,22 @@ INVALID = [
         variant(set_in("autoscaling.targetQueueDepth", 0)),
         "spec.autoscaling.targetQueueDepth",
     ),
-    ("slo-without-threshold", variant(set_in("slo", {"failureLimit": 1})), "spec.slo.p99LatencySeconds"),
+    (
+        "slo-without-any-objective",
+        variant(set_in("slo", {"failureLimit": 1})),
+        "spec.slo must set at least one of p99LatencySeconds, ttftP99Seconds",
+    ),
+    (
+        "slo-window-shorter-than-two-scrapes",
+        variant(set_in("slo", {"maxRelativeIncrease": 0.2, "analysisIntervalSeconds": 30})),
+        "spec.slo.analysisIntervalSeconds must be at least two scrapeIntervalSeconds",
+    ),
+    (
+        "slo-relative-increase-zero",
+        variant(set_in("slo", {"maxRelativeIncrease": 0})),
+        "spec.slo.maxRelativeIncrease",
+    ),
+    ("engine-unknown", variant(set_in("runtime", {"image": "x:1", "engine": "tgi"})), "spec.runtime.engine"),
     ("unknown-field", variant(set_in("replica", 2)), "spec.replica"),
     (
         "env-the-operator-sets",

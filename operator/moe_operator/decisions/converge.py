@@ -88,7 +88,6 @@ class Decision:
     writes: tuple[Write, ...] = ()
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
-    conflict: Mapping[str, Any] | None = None  # a child's name is taken by an object not ours
     scaling: Scaling | None = None
     rollout: RolloutPlan | None = None
     outcomes: Mapping[str, int] = field(
@@ -137,7 +136,7 @@ class _Pass:
         o, spec = self.o, self.spec
         for observed in (o.stable, o.canary, o.service):
             if observed is not None and not is_ours(observed, self.owner.uid):
-                return replace(refuse(o, _conflict(observed)), conflict=observed)
+                return refuse(o, _conflict(observed))
         target = render_revision(self.owner.name, spec, o.images)
         revisions = self._known_revisions(target)
         state = RolloutState.from_status(self.status_in)
@@ -168,6 +167,8 @@ class _Pass:
         elif o.canary is not None:
             self.writes.append(Write("delete", None, o.canary))
         keep = {stable_revision.hash, target.hash, *([canary_revision.hash] if canary_revision else [])}
+        if plan.state.canary is not None and plan.state.canary.previous:
+            keep.add(plan.state.canary.previous)  # what a failed bake restores
         self._prune_config_maps(keep)
 
         rejected = plan.state.is_rejected(target.hash)
@@ -221,6 +222,15 @@ class _Pass:
             kind: getattr(after, kind.lower()) - getattr(running.state, kind.lower())
             for kind in ("Passed", "Failed", "Inconclusive", "Errored")
         }
+        what = "canary" if running.kind == "canary" else "baking revision"
+        for failure in after.failures[len(after.failures) - counted["Failed"] :] if counted["Failed"] else ():
+            self.events.append(
+                Event(
+                    "Warning",
+                    "AnalysisWindowFailed",
+                    f"{what} {running.candidate}: {failure.get('message', '')}",
+                )
+            )
         canary = replace(state.canary, analysis=after.to_status())
         ready_at = canary.promoted_at if running.kind == "bake" else canary.ready_at
         problem = unhealthy(self.o.pods, running.candidate, ready_at, UNHEALTHY_GRACE_S, self.o.now)

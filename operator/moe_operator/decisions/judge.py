@@ -107,7 +107,7 @@ def judge(measured: Measurement | NoData, objectives: Objectives, at: float) -> 
     if breaches:
         rules = sorted({rule for rule, _ in breaches}, key=[r for r, _ in breaches].index)
         message = "; ".join(text for _, text in breaches) + f" ({_counts(candidate, baseline)})"
-        return Outcome(at, "Failed", rules[0], message, figures, settlement)
+        return Outcome(at, "Failed", rules[0], message, {"rules": rules, **figures}, settlement)
     if candidate.requests < objectives.min_requests:
         message = f"{candidate.requests:.0f} requests ended, fewer than the {objectives.min_requests} needed"
         return Outcome(at, "Inconclusive", "Evidence", message, figures, settlement)

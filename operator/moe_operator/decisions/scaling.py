@@ -16,7 +16,7 @@ from typing import Any
 from moe_operator.decisions.autoscale import AutoscalePolicy, AutoscaleState, Observation, ScaleRule, decide
 from moe_operator.decisions.events import Event
 from moe_operator.decisions.pods import PodCounts
-from moe_operator.decisions.promdata import PROMETHEUS_UNAVAILABLE, NoData, PodSamples
+from moe_operator.decisions.promdata import NO_SERIES, PROMETHEUS_UNAVAILABLE, NoData, PodSamples
 from moe_operator.decisions.spec import ModelDeploymentSpec
 from moe_operator.decisions.status import Condition
 from moe_operator.timestamps import from_time, to_time
@@ -128,11 +128,15 @@ def scale(
         "observedSpecReplicas": spec.replicas,
         "memory": decision.state.to_status(),
     }
+    # no series yet while no pod has served long enough to be scraped is the normal start, not an outage
+    first_scrape = isinstance(samples, NoData) and samples.reason == NO_SERIES and not stable_pods.ready
     return Scaling(
         replicas=decision.replicas,
         reason=decision.reason if changed else None,
         status={"autoscaling": {k: v for k, v in status.items() if v is not None}},
-        conditions=(_metrics_condition(decision.no_data),),
+        conditions=_carried_condition(status_before)
+        if first_scrape
+        else (_metrics_condition(decision.no_data),),
         events=tuple(events),
         next_due=None if measuring else now + interval,
         direction=decision.direction,

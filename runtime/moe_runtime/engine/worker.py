@@ -210,12 +210,13 @@ class EngineWorker:
         )
         if step.work:
             self._step_started_at = time.monotonic()
-            longest_prefill = max(
-                (len(w.request.prefill_tokens) for w in step.work if w.request.is_prefilling), default=0
-            )
+            # the prompts whose prefill begins in this step (what --inject-faults acts on)
+            started = [
+                len(w.request.prefill_tokens) for w in step.work if w.request.prefilled == 0 and w.tokens
+            ]
             try:
                 deliveries += self._execute(step)
-                self.faults.after_step(longest_prefill)
+                self.faults.after_step(started)
             finally:
                 self._step_started_at = None
         self._deliver(deliveries)

@@ -225,6 +225,7 @@ def summarize(
         "latency_s": percentiles([o.latency_s for o in done]),
         "ttft_s": percentiles([o.ttft_s for o in done if o.ttft_s is not None]),
         "by_target": dict(sorted(Counter(o.url for o in outcomes).items())),
+        "errors_by_target": dict(sorted(Counter(o.url for o in outcomes if o.error is not None).items())),
     }
 
 

@@ -166,6 +166,8 @@ def test_a_bad_canary_is_rolled_back_without_the_stable_track_ever_changing():
     assert rejected["revision"] == status["currentRevision"] and "p99 latency" in rejected["message"]
     assert rejected["measurements"][0]["canary"]["p99LatencySeconds"] == 5.0
     assert world.condition("Degraded")["reason"] == "SLOBreached"
+    failed = [e for e in world.events.posted if e.reason == "AnalysisWindowFailed"]
+    assert len(failed) == 2 and all("p99 latency 5s over the 1s limit" in e.message for e in failed)
     assert world.condition("Ready")["status"] == "True", "the stable pods still serve"
     for _ in range(2):
         world.clock.now += 120
@@ -213,3 +215,54 @@ def test_two_writers_never_make_the_status_flap():
     for thread in threads:
         thread.join()
     assert phases == ["Ready"], phases
+
+
+BAKE = {**FAST_SLO, "bakeSeconds": 20}
+
+
+def promoted_to_baking(world: World) -> tuple[str, str]:
+    world.reconcile()
+    world.settle()
+    world.reconcile()
+    before = world.status()["stableRevision"]
+    world.change_spec(
+        slo=BAKE, rollout={"revisionHistoryLimit": 0}, runtime__image="registry.local/moe-runtime:2"
+    )
+    world.reconcile()
+    world.settle("canary")
+    world.reconcile()
+    world.analyse_until(GOOD)
+    assert world.status()["canary"]["phase"] == "Promoting"
+    world.settle()
+    world.reconcile()
+    assert world.status()["canary"]["phase"] == "Baking"
+    assert world.deployment("canary") is None, (
+        "a bake has no canary Deployment: the revision is the stable one"
+    )
+    return before, world.status()["currentRevision"]
+
+
+def test_a_promoted_revision_bakes_and_then_the_rollout_is_over():
+    world = World(slo=BAKE, rollout={"revisionHistoryLimit": 0})
+    before, after = promoted_to_baking(world)
+    world.analyse_until(GOOD, phase_gone=("Baking",))
+    status = world.status()
+    assert "canary" not in status and status["stableRevision"] == after
+    assert "BakeComplete" in world.events.reasons
+
+
+def test_a_revision_that_breaks_while_baking_goes_back_to_the_previous_stable():
+    world = World(slo=BAKE, rollout={"revisionHistoryLimit": 0})
+    before, after = promoted_to_baking(world)
+    previous_template = env_source(world.deployment())
+    world.analyse_until(BAD, phase_gone=("Baking",))
+    status = world.status()
+    assert status["stableRevision"] == before and "canary" not in status
+    assert status["rejectedRevisions"][-1]["revision"] == after
+    assert env_source(world.deployment()) != previous_template, (
+        "the stable Deployment runs the previous revision"
+    )
+    assert before in env_source(world.deployment()), (
+        "from its ConfigMap, kept for the bake despite the history limit"
+    )
+    assert any(e.reason == "RolledBack" and "while baking" in e.message for e in world.events.posted)

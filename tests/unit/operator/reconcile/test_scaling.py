@@ -119,3 +119,19 @@ def test_the_stable_track_is_not_scaled_in_below_its_size_while_a_canary_runs_or
     for _ in range(12):
         world.tick()
         assert world.replicas() == 5, "scaled in while the canary is promoted"
+
+
+def test_no_series_before_any_pod_could_be_scraped_is_no_warning_but_later_it_is():
+    """Hardening 19: the first pass of a new ModelDeployment warned "does Prometheus scrape its pods?" before
+    any pod could have been scraped."""
+    world = AutoscaledWorld()
+    world.queue_answer = NoData("NoSeries", "no queue depth series")
+    world.tick()
+    world.tick()
+    assert "NoSeries" not in world.events.reasons
+    assert all(c["type"] != "MetricsAvailable" for c in world.status()["conditions"])
+    world.ready_pods(2)
+    world.settle()
+    world.tick(60)  # Ready longer than the metric window: now it should have been scraped
+    assert world.events.reasons.count("NoSeries") == 1
+    assert world.condition("MetricsAvailable")["reason"] == "NoSeries"
