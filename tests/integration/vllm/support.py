@@ -1,5 +1,6 @@
-"""What the vLLM tests share: vLLM's CPU build (`make vllm`), checkpoints it serves, ModelDeployments of engine
-vllm on the local kubelet's node, and reads of its pods from outside (targets.json, /proc, HTTP, Prometheus).
+"""What the vLLM tests share (their fixtures are in conftest.py): vLLM's CPU build (`make vllm`), the checkpoints it
+serves, ModelDeployments of engine vllm on the local kubelet's node, and reads of its pods from outside
+(targets.json, /proc, HTTP).
 
 Sized for this machine: a vLLM pod is three processes and 4.5-5.5 GB with the 1 GiB KV cache set here; it starts
 in 45-85 s on two cores, longer beside a busy one. Tests hold at most two vLLM pods at once.
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from localcluster import LOCAL_KUBELET_LABEL
 from localkubelet import POD_MARKER
 
+from tests.integration.local_stack import local_md
 from tests.paths import ROOT
 
 VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"  # what the chart names; the local kubelet runs `make vllm`'s build
@@ -71,36 +72,23 @@ def write_dense_checkpoint(out: Path) -> Path:
 
 def vllm_md(name: str, model_dir: Path, replicas: int = 1, **runtime) -> dict:
     """A ModelDeployment of engine vllm whose pods run on the local kubelet's node as real vLLM servers."""
-    return {
-        "apiVersion": "moedeploy.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "model": {
-                "family": "qwen3_moe",
-                "name": SERVED,
-                "source": {"hostPath": {"path": str(model_dir)}},
-            },
-            "runtime": {
-                "engine": "vllm",
-                "image": VLLM_IMAGE,
-                "resources": {"gpu": 1, "cpu": "1"},
-                "maxModelLen": MAX_MODEL_LEN,
-                "startupTimeoutSeconds": START_S,
-                "drainDelaySeconds": 2,
-                # vLLM's CPU build: a 1 GiB KV cache (2 would do; two pods must fit beside everything else),
-                # and the OS placing the model's threads, so that two pods do not both bind core 0
-                "env": [
-                    {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
-                    {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
-                ],
-                "nodeSelector": {LOCAL_KUBELET_LABEL: "true"},
-                "tolerations": [{"key": LOCAL_KUBELET_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-                **runtime,
-            },
-        },
-    }
+    body = local_md(name, {"hostPath": {"path": str(model_dir)}}, replicas)
+    body["spec"]["model"]["name"] = SERVED
+    body["spec"]["runtime"].update(
+        engine="vllm",
+        image=VLLM_IMAGE,
+        maxModelLen=MAX_MODEL_LEN,
+        startupTimeoutSeconds=START_S,
+        drainDelaySeconds=2,
+        # vLLM's CPU build: a 1 GiB KV cache (2 would do; two pods must fit beside everything else), and the OS
+        # placing the model's threads, so that two pods do not both bind core 0
+        env=[
+            {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
+            {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
+        ],
+        **runtime,
+    )
+    return body
 
 
 def pod_urls(targets_file: Path, namespace: str, md: str) -> dict[str, str]:
@@ -163,6 +151,12 @@ def chat(url: str, model: str = SERVED, content: str = "hello") -> dict:
     }
     answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
     return {"status": answer.status_code, "body": answer.json()}
+
+
+def adapters_served(url: str) -> dict[str, str]:
+    """adapter -> its path, of the LoRA adapters a vLLM server lists in /v1/models (the base model has no parent)."""
+    data = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+    return {m["id"]: m["root"] for m in data if m.get("parent")}
 
 
 def scrape(url: str) -> str:

@@ -18,29 +18,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.lora_support import peft_adapter, write_list
+from tests.integration.lora_support import write_list
 from tests.integration.runtime_server.harness import free_port
-from tests.integration.vllm.support import SERVED, START_S, completion, require_vllm, write_dense_checkpoint
+from tests.integration.vllm.support import MAX_MODEL_LEN, SERVED, START_S, adapters_served, completion
 from tests.paths import ROOT
 from tests.waiting import wait_for, wait_until_serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    require_vllm()
-    return write_dense_checkpoint(tmp_path_factory.mktemp("dense") / "qwen3-dense")
-
-
-@pytest.fixture(scope="module")
-def adapters(checkpoint, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    return {
-        "sql": peft_adapter(checkpoint, root / "sql", seed=1, experts=False),
-        "chat": peft_adapter(checkpoint, root / "chat", seed=2, experts=False),
-        "wide": peft_adapter(checkpoint, root / "wide", seed=3, experts=False, r=16),  # above max rank 8
-    }
 
 
 class Vllm:
@@ -51,7 +35,7 @@ class Vllm:
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [
             "bash", str(ROOT / "hack" / "vllm-serve.sh"), str(checkpoint), "--served-model-name", SERVED,
-            "--max-model-len", "1024", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
+            "--max-model-len", str(MAX_MODEL_LEN), "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
             "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
         self.env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -75,8 +59,7 @@ class Vllm:
                 self.process.wait()
 
     def models(self) -> dict[str, str]:
-        data = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"]
-        return {m["id"]: m["root"] for m in data if m.get("parent")}
+        return adapters_served(self.url)
 
 
 class Sidecar:
@@ -108,10 +91,13 @@ class Sidecar:
         assert self.process.wait(timeout=30) == 0
 
 
-def test_the_sidecar_keeps_a_real_vllm_servers_adapters_equal_to_the_list(checkpoint, adapters, tmp_path):
+def test_the_sidecar_keeps_a_real_vllm_servers_adapters_equal_to_the_list(
+    dense_checkpoint, dense_adapters, tmp_path
+):
+    adapters = dense_adapters
     lora_list = tmp_path / "adapters.json"
     write_list(lora_list, {"sql": adapters["sql"]})
-    engine = Vllm(checkpoint, tmp_path / "vllm.log")
+    engine = Vllm(dense_checkpoint, tmp_path / "vllm.log")
     sidecar = Sidecar(engine.url, lora_list, tmp_path / "sidecar.log")
     try:
         # no engine yet: not Ready, nothing reported loaded

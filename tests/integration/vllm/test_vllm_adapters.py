@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.lora_support import peft_adapter
-from tests.integration.operator_support import OperatorProcess
 from tests.integration.vllm.support import (
     START_S,
+    adapters_served,
     completion,
     delete_and_wait,
     pod_urls,
-    require_vllm,
     vllm_md,
-    write_dense_checkpoint,
 )
 from tests.waiting import wait_for
 
@@ -34,44 +31,8 @@ pytest_plugins = ["tests.integration.operator_fixtures"]
 NAME = "vllm-lora"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    require_vllm()
-    return write_dense_checkpoint(tmp_path_factory.mktemp("vllm-lora") / "qwen3-dense")
-
-
-@pytest.fixture(scope="module")
-def loras(checkpoint, tmp_path_factory) -> Path:
-    """One node folder with three adapters: two vLLM serves, one above the pod's max LoRA rank (8)."""
-    root = tmp_path_factory.mktemp("loras")
-    peft_adapter(checkpoint, root / "sql", seed=1, experts=False)
-    peft_adapter(checkpoint, root / "chat", seed=2, experts=False)
-    peft_adapter(checkpoint, root / "wide", seed=3, experts=False, r=16)
-    return root
-
-
-@pytest.fixture(scope="module")
-def operator(cluster, md_namespace, tmp_path_factory):
-    process = OperatorProcess(
-        cluster,
-        ["--namespace", md_namespace, "--prometheus-url", cluster.prometheus_url],
-        tmp_path_factory.mktemp("operator") / "operator.log",
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log()[-5000:])
-
-
-def listed(loras: Path, *names: str) -> list[dict]:
-    return [{"name": name, "source": {"hostPath": {"path": str(loras / name)}}} for name in names]
-
-
-def served(url: str) -> dict[str, str]:
-    import httpx
-
-    data = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
-    return {m["id"]: m["root"] for m in data if m.get("parent")}
+def listed(adapters: dict[str, Path], *names: str) -> list[dict]:
+    return [{"name": name, "source": {"hostPath": {"path": str(adapters[name])}}} for name in names]
 
 
 def adapters_status(models) -> tuple[dict, dict]:
@@ -82,10 +43,10 @@ def adapters_status(models) -> tuple[dict, dict]:
 
 
 def test_adapters_load_into_the_running_vllm_pod_and_unload_when_removed(
-    cluster, models, operator, checkpoint, loras
+    cluster, models, measuring_operator, dense_checkpoint, dense_adapters
 ):
-    body = vllm_md(NAME, checkpoint, maxLoraRank=8, maxLoras=2)
-    body["spec"]["adapters"] = listed(loras, "sql")
+    body = vllm_md(NAME, dense_checkpoint, maxLoraRank=8, maxLoras=2)
+    body["spec"]["adapters"] = listed(dense_adapters, "sql")
     models.apply(body)
     try:
         md = models.wait_ready(NAME, replicas=1, timeout=START_S)
@@ -94,7 +55,7 @@ def test_adapters_load_into_the_running_vllm_pod_and_unload_when_removed(
         assert [c["name"] for c in pod["spec"]["containers"]] == ["runtime", "adapter-sync"]
         url = pod_urls(cluster.targets_file, models.namespace, NAME)[pod["metadata"]["name"]]
         # Ready only once the sidecar loaded the listed adapter
-        assert served(url) == {"sql": str(loras / "sql")}
+        assert adapters_served(url) == {"sql": str(dense_adapters["sql"])}
         base, sql = completion(url), completion(url, model="sql")
         assert base["status"] == sql["status"] == 200, (base, sql)
         assert sql["body"]["choices"][0]["text"] != base["body"]["choices"][0]["text"]
@@ -105,8 +66,8 @@ def test_adapters_load_into_the_running_vllm_pod_and_unload_when_removed(
         assert items["sql"]["loadedReplicas"] == items["sql"]["readyReplicas"] == 1
 
         # two more in the same node folder: no new revision, no restart; chat serves, wide is refused
-        models.patch_spec(NAME, {"adapters": listed(loras, "sql", "chat", "wide")})
-        wait_for(lambda: "chat" in served(url), timeout=60, what="chat loaded into the running pod")
+        models.patch_spec(NAME, {"adapters": listed(dense_adapters, "sql", "chat", "wide")})
+        wait_for(lambda: "chat" in adapters_served(url), timeout=60, what="chat loaded into the running pod")
         assert completion(url, model="chat")["status"] == 200
 
         def refusal() -> tuple | None:
@@ -119,8 +80,8 @@ def test_adapters_load_into_the_running_vllm_pod_and_unload_when_removed(
         assert items["chat"]["loadedReplicas"] == 1
 
         # sql leaves the list: unloaded from the same pod, no longer served
-        models.patch_spec(NAME, {"adapters": listed(loras, "chat")})
-        wait_for(lambda: "sql" not in served(url), timeout=60, what="sql unloaded")
+        models.patch_spec(NAME, {"adapters": listed(dense_adapters, "chat")})
+        wait_for(lambda: "sql" not in adapters_served(url), timeout=60, what="sql unloaded")
         assert completion(url, model="sql")["status"] == 404
         assert completion(url, model="chat")["status"] == 200
 

@@ -14,14 +14,11 @@ from prometheus_api_client import PrometheusConnect
 
 from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape
 from tests.integration.autoscale_support import Recorder
-from tests.integration.operator_support import OperatorProcess
 from tests.integration.vllm.support import (
     START_S,
     delete_and_wait,
     pod_urls,
-    require_vllm,
     vllm_md,
-    write_moe_checkpoint,
 )
 from tests.waiting import wait_for
 
@@ -33,25 +30,6 @@ TARGET = 2.0  # requests waiting per pod the autoscaler aims for
 RUNNING = 2  # --max-num-seqs: the rest of the clients wait in vLLM's queue
 CLIENTS = 12
 SCALE_DOWN_WINDOW_S = 15
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    require_vllm()
-    return write_moe_checkpoint(tmp_path_factory.mktemp("vllm-scale") / "qwen3-moe")
-
-
-@pytest.fixture(scope="module")
-def operator(cluster, md_namespace, tmp_path_factory):
-    process = OperatorProcess(
-        cluster,
-        ["--namespace", md_namespace, "--prometheus-url", cluster.prometheus_url],
-        tmp_path_factory.mktemp("operator") / "operator.log",
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log()[-5000:])
 
 
 def autoscaled(model_dir: Path) -> dict:
@@ -69,8 +47,8 @@ def autoscaled(model_dir: Path) -> dict:
     return body
 
 
-def test_vllm_pods_scale_out_on_vllms_queue_and_back_in(cluster, models, operator, model_dir, tmp_path):
-    models.apply(autoscaled(model_dir))
+def test_vllm_pods_scale_out_on_vllms_queue_and_back_in(cluster, models, measuring_operator, moe_checkpoint):
+    models.apply(autoscaled(moe_checkpoint))
     models.wait_ready(NAME, replicas=1, timeout=START_S)
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
     selector = f'namespace="{models.namespace}",model_deployment="{NAME}"'

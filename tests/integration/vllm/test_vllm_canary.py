@@ -9,20 +9,17 @@ Real vLLM servers on the local kubelet's node, the stack's Prometheus, the opera
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_api_client import PrometheusConnect
 
 from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape
-from tests.integration.operator_support import OperatorProcess
+from tests.integration.canary_stack import new_revision, rejected, template_revision
 from tests.integration.vllm.support import (
     START_S,
     delete_and_wait,
     pod_urls,
-    require_vllm,
     vllm_md,
-    write_moe_checkpoint,
 )
 from tests.waiting import wait_for
 
@@ -52,25 +49,6 @@ GOOD_MARGIN = 6.0
 FLOOR_S = 2.5
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    require_vllm()
-    return write_moe_checkpoint(tmp_path_factory.mktemp("vllm-canary") / "qwen3-moe")
-
-
-@pytest.fixture(scope="module")
-def operator(cluster, md_namespace, tmp_path_factory):
-    process = OperatorProcess(
-        cluster,
-        ["--namespace", md_namespace, "--prometheus-url", cluster.prometheus_url],
-        tmp_path_factory.mktemp("operator") / "operator.log",
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log()[-8000:])
-
-
 def ttft_p99(prom: PrometheusConnect, namespace: str, revision: str, window_s: int) -> float | None:
     selector = f'namespace="{namespace}",model_deployment="{NAME}",revision="{revision}"'
     query = (
@@ -82,25 +60,10 @@ def ttft_p99(prom: PrometheusConnect, namespace: str, revision: str, window_s: i
     return value if value == value else None  # NaN: no request in the window
 
 
-def revision_after(models, old: str) -> str:
-    def described() -> str | None:
-        current = ((models.get(NAME) or {}).get("status") or {}).get("currentRevision")
-        return current if current and current != old else None
-
-    return wait_for(described, timeout=60, what="the operator to take the new spec")
-
-
-def rejected(md: dict, revision: str) -> dict | None:
-    entries = (md.get("status") or {}).get("rejectedRevisions") or ()
-    return next((r for r in entries if r["revision"] == revision), None)
-
-
-def stable_template_revision(models) -> str:
-    return models.deployment(NAME)["spec"]["template"]["metadata"]["labels"]["moedeploy.dev/revision"]
-
-
-def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(cluster, models, operator, model_dir):
-    body = vllm_md(NAME, model_dir, batching={"maxBatchSequences": 8})
+def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
+    cluster, models, measuring_operator, moe_checkpoint
+):
+    body = vllm_md(NAME, moe_checkpoint, batching={"maxBatchSequences": 8})
     body["spec"]["rollout"] = {"strategy": "Canary", "canaryReplicas": 1}
     body["spec"]["slo"] = {"ttftP99Seconds": 60, **ANALYSIS}  # lax until the load was measured
     models.apply(body)
@@ -136,7 +99,7 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(cluster, mod
                 NAME,
                 {"runtime": {"batching": {"maxBatchSequences": 12}}, "slo": {"ttftP99Seconds": objective}},
             )
-            good = revision_after(models, first)
+            good = new_revision(models, NAME, first)
 
             def promoted() -> dict | None:
                 md = watch()
@@ -145,7 +108,7 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(cluster, mod
                 done = (
                     status.get("stableRevision") == good
                     and "canary" not in status
-                    and stable_template_revision(models) == good
+                    and template_revision(models.deployment(NAME)) == good
                     and deployment["status"].get("readyReplicas") == deployment["status"].get("replicas") == 1
                     and models.deployment(f"{NAME}-canary") is None
                 )
@@ -160,11 +123,11 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(cluster, mod
             phases.clear()
             canary_pods.clear()
             models.patch_spec(NAME, {"runtime": {"batching": {"maxBatchSequences": 1}}})
-            bad = revision_after(models, good)
+            bad = new_revision(models, NAME, good)
 
             def rolled_back() -> dict | None:
                 md = watch()
-                assert stable_template_revision(models) == good, "the stable Deployment changed"
+                assert template_revision(models.deployment(NAME)) == good, "the stable Deployment changed"
                 done = (
                     rejected(md, bad)
                     and "canary" not in md["status"]

@@ -13,7 +13,6 @@ import pytest
 
 from moe_operator.decisions.spec import parse_spec
 from moe_operator.decisions.vllm_args import vllm_args
-from tests.integration.vllm.support import require_vllm
 from tests.unit.operator.samples import spec
 
 pytestmark = pytest.mark.integration
@@ -54,8 +53,7 @@ CASES = {
 }  # fmt: skip
 
 
-def test_vllms_parser_reads_the_rendered_command_lines_as_the_spec_means_them(tmp_path):
-    venv = require_vllm()
+def test_vllms_parser_reads_the_rendered_command_lines_as_the_spec_means_them(vllm_env, tmp_path):
     argv = {name: vllm_args(parse_spec({**raw, "runtime": {**raw["runtime"], "engine": "vllm"}}), "qwen")
             for name, raw in CASES.items()}  # fmt: skip
     # vLLM's engine arguments look the model folder up (a path that is not there would be a hub repo id): the
@@ -63,7 +61,7 @@ def test_vllms_parser_reads_the_rendered_command_lines_as_the_spec_means_them(tm
     assert {args[0] for args in argv.values()} == {"/models/qwen3"}
     argv = {name: [str(tmp_path), *args[1:]] for name, args in argv.items()}
     parsed = subprocess.run(
-        [str(venv / "bin" / "moe-vllm"), "python3", "-c", PARSE],
+        [str(vllm_env / "bin" / "moe-vllm"), "python3", "-c", PARSE],
         input=json.dumps(argv), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert parsed.returncode == 0, parsed.stderr[-5000:]

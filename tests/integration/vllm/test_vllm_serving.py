@@ -12,20 +12,18 @@ import pytest
 from prometheus_api_client import PrometheusConnect
 
 from moe_operator.decisions.engine_metrics import ENGINES, VLLM
-from tests.integration.operator_support import OperatorProcess
 from tests.integration.vllm.support import (
     SERVED,
     START_S,
+    VLLM_IMAGE,
     chat,
     completion,
     delete_and_wait,
     exposed_names,
     pod_processes,
     pod_urls,
-    require_vllm,
     scrape,
     vllm_md,
-    write_moe_checkpoint,
 )
 from tests.waiting import wait_for
 
@@ -36,31 +34,8 @@ NAME = "vllm-serving"
 
 
 @pytest.fixture(scope="module")
-def vllm_env() -> Path:
-    return require_vllm()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_moe_checkpoint(tmp_path_factory.mktemp("vllm") / "qwen3-moe")
-
-
-@pytest.fixture(scope="module")
-def operator(cluster, md_namespace, tmp_path_factory):
-    process = OperatorProcess(
-        cluster,
-        ["--namespace", md_namespace, "--prometheus-url", cluster.prometheus_url],
-        tmp_path_factory.mktemp("operator") / "operator.log",
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log()[-5000:])
-
-
-@pytest.fixture(scope="module")
-def serving(cluster, models, operator, model_dir, vllm_env):
-    models.apply(vllm_md(NAME, model_dir))
+def serving(models, measuring_operator, moe_checkpoint):
+    models.apply(vllm_md(NAME, moe_checkpoint))
     md = models.wait_ready(NAME, replicas=1, timeout=START_S)
     (pod,) = models.pods(NAME)
     yield md, pod
@@ -70,7 +45,7 @@ def serving(cluster, models, operator, model_dir, vllm_env):
 def test_the_pod_is_a_vllm_server_from_the_vllm_environment(cluster, models, serving, vllm_env):
     md, pod = serving
     (container,) = pod["spec"]["containers"]
-    assert container["command"] == ["vllm", "serve"] and container["image"] == "vllm/vllm-openai:v0.32.0"
+    assert container["command"] == ["vllm", "serve"] and container["image"] == VLLM_IMAGE
     processes = pod_processes(cluster.state_dir, models.namespace, pod["metadata"]["name"])
     # the API server, and vLLM's engine core and worker it started (their names are their titles)
     assert any(
