@@ -1,9 +1,9 @@
-"""Canary analysis of vLLM revisions from vLLM's own histograms: under steady load a good revision (more
-sequences batched) is analysed beside the stable pod and promoted; a bad one (`maxBatchSequences: 1`, so
-`--max-num-seqs 1`: under the same concurrent load its requests queue for their first token) breaks its
-time-to-first-token objective, read from vllm:time_to_first_token_seconds, and is rolled back without the stable
-Deployment ever changing. The objective comes from what the stable pod measured here under the test's load.
-Real vLLM servers on the local kubelet's node, the stack's Prometheus, the operator as a process.
+"""Canary analysis of vLLM revisions from vLLM's own histograms, judged against the stable track in the same
+windows: under steady load a good revision (more sequences batched) is analysed beside the stable pod and
+promoted; a bad one (`maxBatchSequences: 1`, so `--max-num-seqs 1`: under the same concurrent load its requests
+queue for their first token) is more than `1 + maxRelativeIncrease` times slower to its first token than the
+stable pod, read from vllm:time_to_first_token_seconds, and is rolled back without the stable Deployment ever
+changing. Real vLLM servers on the local kubelet's node, the stack's Prometheus, the operator as a process.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ pytest_plugins = ["tests.integration.operator_fixtures"]
 NAME = "vllm-canary"
 CLIENTS = 10
 WINDOW_S = 6
+# Judged against the stable track only: two vLLM pods share two busy cores, so any absolute latency measured
+# here says more about the machine than about the revision. The answers of a random model are short (it meets
+# its end-of-sequence token early), so a canary that runs one request at a time is a few times slower to the
+# first token than the stable pod, not tens of times: a canary more than twice as slow fails.
 ANALYSIS = {
+    "maxRelativeIncrease": 1.0,
+    "maxErrorRatio": 0.05,
     "analysisIntervalSeconds": WINDOW_S,
     "scrapeIntervalSeconds": 1,
     "metricDelaySeconds": 2,
@@ -38,15 +44,7 @@ ANALYSIS = {
     "failureLimit": 1,
     "minRequests": 3,
     "bakeSeconds": 0,
-    "maxErrorRatio": 0.05,
 }
-# the objective: this many times the stable pod's TTFT p99 measured alone under the load, and never below a
-# bucket bound of vLLM's TTFT histogram (0.5, 0.75, 1, 2.5, 5 s) that leaves a good canary room on two cores
-# shared by two vLLM pods (each an API server, an engine core and a worker). The bad canary collects most of the
-# clients (each next request goes to the next pod in turn), so its requests wait for several 32-token answers
-# before their first token: seconds.
-GOOD_MARGIN = 6.0
-FLOOR_S = 2.5
 
 
 def ttft_p99(prom: PrometheusConnect, namespace: str, revision: str, window_s: int) -> float | None:
@@ -65,7 +63,7 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
 ):
     body = vllm_md(NAME, moe_checkpoint, batching={"maxBatchSequences": 8})
     body["spec"]["rollout"] = {"strategy": "Canary", "canaryReplicas": 1}
-    body["spec"]["slo"] = {"ttftP99Seconds": 60, **ANALYSIS}  # lax until the load was measured
+    body["spec"]["slo"] = ANALYSIS
     models.apply(body)
     first = models.wait_ready(NAME, replicas=1, timeout=START_S)["status"]["stableRevision"]
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
@@ -87,18 +85,8 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
 
     try:
         with LoadGenerator(config).background() as load:
-            time.sleep(2 * WINDOW_S + 2)
-            baseline = wait_for(
-                lambda: ttft_p99(prom, models.namespace, first, 2 * WINDOW_S), timeout=60,
-                what="the stable pod's TTFT p99 under load",
-            )  # fmt: skip
-            objective = float(f"{max(GOOD_MARGIN * baseline, FLOOR_S):.2g}")
-
             # good: more sequences batched
-            models.patch_spec(
-                NAME,
-                {"runtime": {"batching": {"maxBatchSequences": 12}}, "slo": {"ttftP99Seconds": objective}},
-            )
+            models.patch_spec(NAME, {"runtime": {"batching": {"maxBatchSequences": 12}}})
             good = new_revision(models, NAME, first)
 
             def promoted() -> dict | None:
@@ -124,6 +112,7 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
             canary_pods.clear()
             models.patch_spec(NAME, {"runtime": {"batching": {"maxBatchSequences": 1}}})
             bad = new_revision(models, NAME, good)
+            started = time.time()
 
             def rolled_back() -> dict | None:
                 md = watch()
@@ -138,19 +127,26 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
             md = wait_for(
                 rolled_back, timeout=2 * START_S, interval=1, what="the bad vLLM revision rolled back"
             )
-            bad_ttft = ttft_p99(prom, models.namespace, bad, 600)
+            analysed_s = int(time.time() - started) + 5
+            stable_ttft = ttft_p99(prom, models.namespace, good, analysed_s)
+            bad_ttft = ttft_p99(prom, models.namespace, bad, analysed_s)
         result = load.result
     finally:
         delete_and_wait(models, NAME)
-    print(f"stable TTFT p99 {baseline:.3g}s, objective {objective:g}s, bad canary {bad_ttft}; load {result}")
+    print(
+        f"TTFT p99 during the bad canary's analysis: stable {stable_ttft}, bad canary {bad_ttft}; load {result}"
+    )
     assert good_canaries and canary_pods, "each canary served its share of the load"
     assert "Analyzing" in phases, phases
     entry = rejected(md, bad)
     assert entry["reason"] == "SLOBreached", entry
     status = md["status"]
     assert status["stableRevision"] == good and status["currentRevision"] == bad
-    assert bad_ttft is not None and bad_ttft > objective
-    assert any(m.get("rule") == "TTFT" for m in entry["measurements"]), entry["measurements"]
+    assert bad_ttft is not None and stable_ttft is not None and bad_ttft > stable_ttft
+    assert any(
+        "Relative" in (m.get("rules") or [m.get("rule")]) and "time to first token" in m["message"]
+        for m in entry["measurements"]
+    ), entry["measurements"]
     # a drained pod refuses nothing here (it leaves targets.json before vLLM stops taking requests)
     assert not result["errors"], result
     print(f"phases: good {good_phases}, bad {phases}")
