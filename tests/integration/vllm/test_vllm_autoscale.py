@@ -71,7 +71,7 @@ def test_vllm_pods_scale_out_on_vllms_queue_and_back_in(cluster, models, measuri
                 timeout=SCALE_DOWN_WINDOW_S + 120, interval=1, what="back to one pod once the load stopped",
             )  # fmt: skip
             back = time.time()
-        changes = [(c.before, c.after) for c in recorder.changes()]
+            changes = [(c.before, c.after) for c in recorder.changes()]  # while it records: up to now
         assert changes == [(1, 2), (2, 1)], changes
         up = next(e for e in recorder.evaluations(loaded, out) if e["desired"] == 2)
         assert float(up["metric"]) > TARGET, up
