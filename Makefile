@@ -28,13 +28,13 @@ prometheus:
 vllm:
 	@bash hack/ensure-vllm.sh
 
-test: install testbin prometheus
+test: install testbin prometheus vllm
 	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install testbin prometheus
+integration: install testbin prometheus vllm
 	KUBEBUILDER_ASSETS=$(TESTBIN) $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: install

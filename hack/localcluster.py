@@ -189,15 +189,15 @@ def fake_node(name: str, gpus: int, served: bool = False, tainted: bool = False)
 
 
 def prometheus_config(targets_file: Path, scrape_interval: str) -> str:
-    """One job scraping the runtime pods listed in targets.json (the labels come with each entry)."""
+    """A job scraping the runtime pods listed in targets.json (the labels come with each entry), and one for the
+    pods' sidecars the local kubelet lists beside it (sidecar-targets.json)."""
+    jobs = {"moe-runtime": targets_file, "sidecars": targets_file.with_name("sidecar-targets.json")}
     return json.dumps(
         {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
             "scrape_configs": [
-                {
-                    "job_name": "moe-runtime",
-                    "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
-                }
+                {"job_name": job, "file_sd_configs": [{"files": [str(path)], "refresh_interval": "5s"}]}
+                for job, path in jobs.items()
             ],
         },
         indent=2,
@@ -284,6 +284,7 @@ class LocalCluster:
         (self._kwokctl_workdir / "logs").symlink_to(self.logs_dir)
         self.targets_file.write_text("[]\n")
         self.services_file.write_text("{}\n")
+        self.targets_file.with_name("sidecar-targets.json").write_text("[]\n")
         prometheus = self.state_dir / "prometheus.yml"
         prometheus.write_text(prometheus_config(self.targets_file, self.scrape_interval))
         port = free_port()

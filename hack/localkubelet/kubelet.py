@@ -39,7 +39,15 @@ from localkubelet.process import (
     spawn,
 )
 from localkubelet.serviceaccount import mounts_token, service_account, token_kubeconfig, token_request
-from localkubelet.targets import MODEL_DEPLOYMENT_LABEL, Serving, file_sd, pod_addresses, write_atomically
+from localkubelet.targets import (
+    MODEL_DEPLOYMENT_LABEL,
+    SIDECAR_TARGETS,
+    Serving,
+    file_sd,
+    pod_addresses,
+    sidecar_sd,
+    write_atomically,
+)
 from localkubelet.volumes import UnsupportedVolume
 
 log = logging.getLogger("localkubelet")
@@ -76,22 +84,36 @@ class Settings:
         """The local pod network: each running pod's `podIP:containerPort` -> the loopback port it listens on."""
         return self.state_dir / ADDRESSES_FILE
 
+    def sidecar_targets_file(self) -> Path:
+        """The metrics ports of the pods' other containers (file_sd), beside the targets file."""
+        return self.targets_file.with_name(SIDECAR_TARGETS)
+
+
+@dataclass
+class Run:
+    """One container of a pod and its process. Its loopback port is chosen once for the pod's life, so that the
+    pod's other containers keep reaching it across restarts."""
+
+    name: str
+    container: Container
+    port: int
+    process: subprocess.Popen | None = None
+    probes_running: dict[str, Future] = field(default_factory=dict)
+    launch: Launch | None = None  # how its process was started: its volumes are kept in step with the API
+
 
 @dataclass
 class PodWorker:
-    """What the kubelet tracks for one ModelDeployment pod."""
+    """What the kubelet tracks for one ModelDeployment pod: every container runs as a process of its own; the
+    first one serves (its port is the pod's target), the others are sidecars."""
 
     pod: dict[str, Any]
-    container: Container
+    runs: list[Run]
     pod_ip: str
     start_time: float
-    process: subprocess.Popen | None = None
-    port: int | None = None
-    probes_running: dict[str, Future] = field(default_factory=dict)
     reported: dict[str, Any] | None = None
     gone: bool = False  # removed from the API by someone else
     told: set[str] = field(default_factory=set)  # messages already written to the pod's log
-    launch: Launch | None = None  # how its process was started: its volumes are kept in step with the API
     config_synced_at: float = 0.0
 
     @property
@@ -101,6 +123,26 @@ class PodWorker:
     @property
     def terminating(self) -> bool:
         return self.gone or self.pod["metadata"].get("deletionTimestamp") is not None
+
+    @property
+    def main(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def running(self) -> bool:
+        return any(run.process is not None for run in self.runs)
+
+    @property
+    def ready(self) -> bool:
+        return all(run.container.ready for run in self.runs)
+
+    def ports(self) -> dict[int, int]:
+        """Every port the pod's containers declare -> the loopback port of its container."""
+        table = {}
+        for run, spec in zip(self.runs, self.pod["spec"]["containers"], strict=False):
+            for port in spec.get("ports") or ():
+                table.setdefault(port["containerPort"], run.port)
+        return table
 
 
 class Kubelet:
@@ -115,6 +157,7 @@ class Kubelet:
         self._ips = 1
         self._targets: list | None = None
         self._addresses: dict | None = None
+        self._sidecar_targets: list | None = None
         self._heartbeat_at = 0.0
         self._allocatable: dict[str, dict[str, str]] = {}
         self._version = api.server_version()
@@ -124,6 +167,9 @@ class Kubelet:
             ),
             POD_MARKER: str(settings.state_dir),
             ADDRESS_MAP_ENV: str(settings.addresses_file),
+            # where `make vllm` installed vLLM for this machine: pods set HOME to their own folder, so the
+            # cache folder hack/vllm-serve.sh derives from HOME would be theirs
+            **vllm_env(os.environ),
         }
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -206,14 +252,21 @@ class Kubelet:
 
     def _new_worker(self, pod: dict[str, Any]) -> PodWorker:
         spec = pod["spec"]
-        container = Container(
-            restart_policy=spec.get("restartPolicy", "Always"),
-            backoff_initial=self.settings.backoff_initial_s,
-            backoff_cap=self.settings.backoff_cap_s,
-        )
+        runs = [
+            Run(
+                name=c["name"],
+                container=Container(
+                    restart_policy=spec.get("restartPolicy", "Always"),
+                    backoff_initial=self.settings.backoff_initial_s,
+                    backoff_cap=self.settings.backoff_cap_s,
+                ),
+                port=_free_port(),
+            )
+            for c in spec["containers"]
+        ]
         self._ips += 1
         pod_ip = f"10.245.{self._ips // 250}.{self._ips % 250 + 2}"
-        return PodWorker(pod=pod, container=container, pod_ip=pod_ip, start_time=time.time())
+        return PodWorker(pod=pod, runs=runs, pod_ip=pod_ip, start_time=time.time())
 
     def _placeholder(self, pod: dict[str, Any]) -> None:
         """Pods that are not ModelDeployments' are reported Running and Ready, as KWOK does, and deleted
@@ -233,35 +286,39 @@ class Kubelet:
     # ---- one pod -----------------------------------------------------------------------------------------
 
     def _step(self, worker: PodWorker, now: float) -> None:
-        container = worker.container
-        if worker.process is not None and (returncode := worker.process.poll()) is not None:
-            self._exited(worker, returncode, now)
-            if worker.pod["metadata"]["uid"] not in self.workers:
-                return
-        if worker.terminating and container.stop is None:
-            if worker.process is None:
-                self._finish(worker)
-                return
-            self._begin_stop(worker, now, then_restart=False, reason="Stopping container")
-        stopping = container.stop is not None and worker.process is not None
-        if stopping and (sig := stop_signal(container.stop, now)) is not None:
-            log.info(
-                "%s: %s to pid %d (%s)", worker.key, sig.value, worker.process.pid, container.stop.reason
-            )
-            send(worker.process, signal.SIGKILL if sig is Signal.KILL else signal.SIGTERM)
-        if worker.process is None and not worker.terminating and container.due_to_start(now):
-            self._start(worker, now)
-        self._probe(worker, now)
-        if worker.process is not None and now >= worker.config_synced_at + CONFIG_SYNC_S:
+        for run in worker.runs:
+            if run.process is not None and (returncode := run.process.poll()) is not None:
+                self._exited(worker, run, returncode, now)
+        if worker.terminating and not worker.running:
+            self._finish(worker)
+            return
+        for run in worker.runs:
+            self._step_container(worker, run, now)
+        if worker.running and now >= worker.config_synced_at + CONFIG_SYNC_S:
             self._sync_config_volumes(worker, now)
         if not worker.gone:
             self._report(worker, now)
 
-    def _start(self, worker: PodWorker, now: float) -> None:
-        pod, container = worker.pod, worker.container
-        spec_container = pod["spec"]["containers"][0]
+    def _step_container(self, worker: PodWorker, run: Run, now: float) -> None:
+        container = run.container
+        if worker.terminating and container.stop is None and run.process is not None:
+            self._begin_stop(worker, run, now, then_restart=False, reason="Stopping container")
+        stopping = container.stop is not None and run.process is not None
+        if stopping and (sig := stop_signal(container.stop, now)) is not None:
+            log.info(
+                "%s/%s: %s to pid %d (%s)",
+                worker.key, run.name, sig.value, run.process.pid, container.stop.reason,
+            )  # fmt: skip
+            send(run.process, signal.SIGKILL if sig is Signal.KILL else signal.SIGTERM)
+        if run.process is None and not worker.terminating and container.due_to_start(now):
+            self._start(worker, run, now)
+        self._probe(worker, run, now)
+
+    def _start(self, worker: PodWorker, run: Run, now: float) -> None:
+        pod, container = worker.pod, run.container
+        spec_container = next(c for c in pod["spec"]["containers"] if c["name"] == run.name)
         namespace = pod["metadata"]["namespace"]
-        port = _free_port()
+        port = run.port
         context = PodContext(
             pod=pod,
             container=spec_container,
@@ -274,8 +331,10 @@ class Kubelet:
         pod_dir = self.settings.pods_dir / worker.key
         try:
             host_env = {**self._host_env, **self._credentials(pod, pod_dir)}
-            launch = plan_launch(context, str(pod_dir), port, sys.executable, host_env)
-            prepare_volumes(launch.volumes, self._reader(namespace), launch.mounts)
+            launch = plan_launch(
+                context, str(pod_dir), port, sys.executable, host_env, pod_ports=worker.ports()
+            )
+            prepare_volumes(launch.volumes, self._reader(namespace), launch.pod_mounts)
             if missing := [path for path in launch.image_paths if not os.path.exists(path)]:
                 raise ImagePathError(
                     f"{', '.join(missing)} is in no volume: it would come from the image "
@@ -283,24 +342,25 @@ class Kubelet:
                     "as a hostPath source"
                 )
         except UnsupportedVolume as err:
-            self._could_not_start(worker, "ContainerCreating", "FailedMount", str(err), retry_at=float("inf"))
+            self._could_not_start(
+                worker, run, "ContainerCreating", "FailedMount", str(err), retry_at=float("inf")
+            )
             return
         except MountError as err:
             self._could_not_start(
-                worker, "ContainerCreating", "FailedMount", str(err), retry_at=now + RETRY_S
+                worker, run, "ContainerCreating", "FailedMount", str(err), retry_at=now + RETRY_S
             )
             return
         except ConfigError as err:
             self._could_not_start(
-                worker, "CreateContainerConfigError", "Failed", f"Error: {err}", now + RETRY_S
+                worker, run, "CreateContainerConfigError", "Failed", f"Error: {err}", now + RETRY_S
             )
             return
         except ImagePathError as err:
-            self._could_not_start(worker, "CreateContainerError", "Failed", f"Error: {err}", now + RETRY_S)
+            self._could_not_start(
+                worker, run, "CreateContainerError", "Failed", f"Error: {err}", now + RETRY_S
+            )
             return
-        if others := [c["name"] for c in pod["spec"]["containers"][1:]]:
-            message = f"only container {spec_container['name']} runs locally, not {', '.join(others)}"
-            self.events.emit(pod, "Warning", "ContainersNotRun", message)
         probes = container_probes(spec_container, port)
         for probe in probes.values():
             if probe.action == "unsupported":
@@ -308,16 +368,15 @@ class Kubelet:
                     pod, "Warning", "ProbeNotSupported", f"{probe.kind}: {probe.problem}; not run"
                 )
         container.probes = {kind: probe for kind, probe in probes.items() if probe.action != "unsupported"}
-        worker.process = spawn(launch, self._log_path(worker))
-        worker.launch = launch
-        worker.port = port
+        run.process = spawn(launch, self._log_path(worker, run))
+        run.launch = launch
         container.started_process(now)
         name = spec_container["name"]
-        log.info("%s: started pid %d on 127.0.0.1:%d", worker.key, worker.process.pid, port)
+        log.info("%s/%s: started pid %d on 127.0.0.1:%d", worker.key, name, run.process.pid, port)
         self.events.emit(pod, "Normal", "Created", f"Created container {name}")
         self.events.emit(
             pod, "Normal", "Started",
-            f"Started container {name} (restart {container.restart_count}): pid {worker.process.pid}, "
+            f"Started container {name} (restart {container.restart_count}): pid {run.process.pid}, "
             f"listening on 127.0.0.1:{port}",
         )  # fmt: skip
 
@@ -345,13 +404,12 @@ class Kubelet:
     def _sync_config_volumes(self, worker: PodWorker, now: float) -> None:
         """ConfigMap and Secret volumes follow their objects while the pod runs (the kubelet's sync)."""
         worker.config_synced_at = now
-        if worker.launch is None:
+        launch = next((run.launch for run in worker.runs if run.launch is not None), None)
+        if launch is None:
             return
         try:
             namespace = worker.pod["metadata"]["namespace"]
-            changed = refresh_config_volumes(
-                worker.launch.volumes, self._reader(namespace), worker.launch.mounts
-            )
+            changed = refresh_config_volumes(launch.volumes, self._reader(namespace), launch.pod_mounts)
         except Exception as err:
             log.warning("%s: refreshing its configMap/secret volumes failed: %s", worker.key, err)
             return
@@ -359,45 +417,46 @@ class Kubelet:
             log.info("%s: updated volume(s) %s", worker.key, ", ".join(changed))
 
     def _could_not_start(
-        self, worker: PodWorker, waiting: str, reason: str, message: str, retry_at: float
+        self, worker: PodWorker, run: Run, waiting: str, reason: str, message: str, retry_at: float
     ) -> None:
-        worker.container.could_not_start(waiting, message, retry_at)
+        run.container.could_not_start(waiting, message, retry_at)
         self.events.emit(worker.pod, "Warning", reason, message)
         if message not in worker.told:  # otherwise the pod's log would be empty and say nothing
             worker.told.add(message)
-            log_path = self._log_path(worker)
+            log_path = self._log_path(worker, run)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a") as out:
                 out.write(f"local-kubelet: {reason}: {message}\n")
 
-    def _exited(self, worker: PodWorker, returncode: int, now: float) -> None:
-        container = worker.container
-        log.info("%s: pid %d exited with %d", worker.key, worker.process.pid, returncode)
-        worker.process, worker.port = None, None
-        for future in worker.probes_running.values():
+    def _exited(self, worker: PodWorker, run: Run, returncode: int, now: float) -> None:
+        container = run.container
+        log.info("%s/%s: pid %d exited with %d", worker.key, run.name, run.process.pid, returncode)
+        run.process = None
+        for future in run.probes_running.values():
             future.cancel()
-        worker.probes_running.clear()
+        run.probes_running.clear()
         container.exited(returncode, now)
         stop = container.stop
         if stop is not None and not stop.then_restart:
-            self._finish(worker)
-            return
+            return  # stopped for the pod's deletion: _step finishes the pod once every container is gone
         container.stop = None
         if container.waiting_reason == "CrashLoopBackOff":
-            name = worker.pod["spec"]["containers"][0]["name"]
-            self.events.emit(worker.pod, "Warning", "BackOff", f"Back-off restarting failed container {name}")
+            self.events.emit(
+                worker.pod, "Warning", "BackOff", f"Back-off restarting failed container {run.name}"
+            )
 
-    def _begin_stop(self, worker: PodWorker, now: float, then_restart: bool, reason: str) -> None:
+    def _begin_stop(self, worker: PodWorker, run: Run, now: float, then_restart: bool, reason: str) -> None:
         metadata, spec = worker.pod["metadata"], worker.pod["spec"]
+        spec_container = next(c for c in spec["containers"] if c["name"] == run.name)
         if worker.gone:
             grace, prestop = GONE_GRACE_S, 0.0
         else:
             grace = metadata.get("deletionGracePeriodSeconds")
             if grace is None or then_restart:
                 grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
-            prestop = _prestop_sleep(spec["containers"][0])
-        worker.container.stop = plan_stop(now, float(grace), prestop, then_restart, reason)
-        name = spec["containers"][0]["name"]
+            prestop = _prestop_sleep(spec_container)
+        run.container.stop = plan_stop(now, float(grace), prestop, then_restart, reason)
+        name = run.name
         message = (
             f"Container {name} {reason.lower()}, will be restarted"
             if then_restart
@@ -414,35 +473,39 @@ class Kubelet:
         self.workers.pop(worker.pod["metadata"]["uid"], None)
         log.info("%s: removed", worker.key)
 
-    def _probe(self, worker: PodWorker, now: float) -> None:
-        container = worker.container
-        for kind, future in list(worker.probes_running.items()):
+    def _probe(self, worker: PodWorker, run: Run, now: float) -> None:
+        container = run.container
+        for kind, future in list(run.probes_running.items()):
             if not future.done():
                 continue
-            del worker.probes_running[kind]
+            del run.probes_running[kind]
             ok, why = future.result()
             if not ok:
                 self.events.emit(worker.pod, "Warning", "Unhealthy", f"{_title(kind)} probe failed: {why}")
             restart_reason = container.probed(kind, ok, now)
-            if restart_reason and container.stop is None and worker.process is not None:
+            if restart_reason and container.stop is None and run.process is not None:
                 self._begin_stop(
-                    worker, now, then_restart=True, reason=f"failed {_title(kind).lower()} probe"
+                    worker, run, now, then_restart=True, reason=f"failed {_title(kind).lower()} probe"
                 )
-        if worker.process is None:
+        if run.process is None:
             return
         for kind in container.due_probes(now):
-            if kind not in worker.probes_running:
-                worker.probes_running[kind] = self.probe_pool.submit(run_probe, container.probes[kind])
+            if kind not in run.probes_running:
+                run.probes_running[kind] = self.probe_pool.submit(run_probe, container.probes[kind])
 
     def _report(self, worker: PodWorker, now: float) -> None:
+        def container_id(run: Run) -> str:
+            return f"local://{run.process.pid}" if run.process else "local://"
+
         status = pod_status(
             worker.pod,
-            worker.container,
+            worker.main.container,
             now=now,
             start_time=worker.start_time,
             pod_ip=worker.pod_ip,
             host_ip=self.settings.node_ip,
-            container_id=f"local://{worker.process.pid}" if worker.process else "local://",
+            container_id=container_id(worker.main),
+            others=[(run.container, container_id(run)) for run in worker.runs[1:]],
         )
         if status == worker.reported:
             return
@@ -456,21 +519,28 @@ class Kubelet:
 
     def _write_targets(self) -> None:
         serving = [
-            Serving(w.pod, w.port, w.container.ready, w.terminating)
+            Serving(w.pod, w.main.port, w.ready, w.terminating)
             for w in self.workers.values()
-            if w.port is not None
+            if w.main.process is not None
         ]
         targets = file_sd(serving)
         if targets != self._targets:
             write_atomically(self.settings.targets_file, targets)
             self._targets = targets
             log.info("targets: %s", ", ".join(t["labels"]["pod"] for t in targets) or "none")
-        addresses = pod_addresses(
-            (w.pod, w.pod_ip, w.port) for w in self.workers.values() if w.port is not None
-        )
+        addresses = pod_addresses((w.pod_ip, w.ports()) for w in self.workers.values() if w.running)
         if addresses != self._addresses:
             write_atomically(self.settings.addresses_file, addresses)
             self._addresses = addresses
+        sidecars = sidecar_sd(
+            (w.pod, run.name, run.port)
+            for w in self.workers.values()
+            for run in w.runs[1:]
+            if run.process is not None and not w.terminating
+        )
+        if sidecars != self._sidecar_targets:
+            write_atomically(self.settings.sidecar_targets_file, sidecars)
+            self._sidecar_targets = sidecars
 
     def _heartbeat(self, now: float) -> None:
         self._heartbeat_at = now + self.settings.heartbeat_s
@@ -488,12 +558,14 @@ class Kubelet:
     def _node_allocatable(self, node: str) -> Mapping[str, str]:
         return self._allocatable.get(node, {})
 
-    def _log_path(self, worker: PodWorker) -> Path:
-        return self.settings.pods_dir / f"{worker.key}.log"
+    def _log_path(self, worker: PodWorker, run: Run) -> Path:
+        """The serving container's output is the pod's log; a sidecar's goes beside it, named after it."""
+        suffix = "" if run is worker.main else f".{run.name}"
+        return self.settings.pods_dir / f"{worker.key}{suffix}.log"
 
     def _shutdown(self) -> None:
         """Stopping the kubelet stops every process it runs: SIGTERM, then SIGKILL after a short grace."""
-        running = [w.process for w in self.workers.values() if w.process is not None]
+        running = [r.process for w in self.workers.values() for r in w.runs if r.process is not None]
         for process in running:
             send(process, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.shutdown_grace_s
@@ -504,11 +576,23 @@ class Kubelet:
             process.wait()
         write_atomically(self.settings.targets_file, [])
         write_atomically(self.settings.addresses_file, {})
+        write_atomically(self.settings.sidecar_targets_file, [])
         self.probe_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ImagePathError(Exception):
     """The container refers to files that would come from its image."""
+
+
+def vllm_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """MOEDEPLOY_CACHE as hack/ensure-vllm.sh resolves it for the kubelet's user, and any MOEDEPLOY_VLLM_*
+    setting of the kubelet's environment."""
+    cache = environ.get("MOEDEPLOY_CACHE") or os.path.join(
+        environ.get("XDG_CACHE_HOME")
+        or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache"),
+        "moedeploy",
+    )
+    return {"MOEDEPLOY_CACHE": cache, **{k: v for k, v in environ.items() if k.startswith("MOEDEPLOY_VLLM_")}}
 
 
 def _prestop_sleep(container: Mapping[str, Any]) -> float:

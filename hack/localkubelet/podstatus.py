@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from localkubelet.lifecycle import Container, Exit, State
@@ -24,25 +24,19 @@ def pod_status(
     pod_ip: str,
     host_ip: str,
     container_id: str,
+    others: Sequence[tuple[Container, str]] = (),
 ) -> dict[str, Any]:
-    """status.phase, conditions, containerStatuses and IPs of a pod with one container run locally."""
-    spec_container = pod["spec"]["containers"][0]
-    ready = container.ready
+    """status.phase, conditions, containerStatuses and IPs of a pod whose containers run locally: `container`
+    is the first (the serving one, which decides the phase), `others` the rest in order, with their ids. The pod
+    is Ready when every container is."""
+    specs = pod["spec"]["containers"]
+    lives = [(container, container_id), *others]
+    statuses = [_container_status(spec, life, cid) for spec, (life, cid) in zip(specs, lives, strict=False)]
+    ready = all(life.ready for life, _ in lives)
     phase = "Pending" if container.state is State.WAITING and container.last_exit is None else "Running"
     if container.state is State.TERMINATED:
         phase = "Succeeded" if container.last_exit and container.last_exit.exit_code == 0 else "Failed"
-    status_of_container: dict[str, Any] = {
-        "name": spec_container["name"],
-        "image": spec_container.get("image", ""),
-        "imageID": "",
-        "ready": ready,
-        "started": container.running and container.started,
-        "restartCount": container.restart_count,
-        "state": _state(container, container_id),
-        "lastState": {"terminated": _terminated(container.last_exit)} if _show_last(container) else {},
-    }
-    if container.running or container.last_exit is not None:
-        status_of_container["containerID"] = container_id
+    unready = [status["name"] for status in statuses if not status["ready"]]
     wanted = {
         "PodReadyToStartContainers": True,
         "Initialized": True,
@@ -51,16 +45,30 @@ def pod_status(
     }
     return {
         "phase": phase,
-        "conditions": conditions(
-            pod.get("status", {}).get("conditions") or [], wanted, now, unready=[spec_container["name"]]
-        ),
-        "containerStatuses": [status_of_container],
+        "conditions": conditions(pod.get("status", {}).get("conditions") or [], wanted, now, unready=unready),
+        "containerStatuses": statuses,
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
         "podIP": pod_ip,
         "podIPs": [{"ip": pod_ip}],
         "startTime": timestamp(start_time),
     }
+
+
+def _container_status(spec: Mapping[str, Any], container: Container, container_id: str) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "name": spec["name"],
+        "image": spec.get("image", ""),
+        "imageID": "",
+        "ready": container.ready,
+        "started": container.running and container.started,
+        "restartCount": container.restart_count,
+        "state": _state(container, container_id),
+        "lastState": {"terminated": _terminated(container.last_exit)} if _show_last(container) else {},
+    }
+    if container.running or container.last_exit is not None:
+        status["containerID"] = container_id
+    return status
 
 
 def conditions(

@@ -142,9 +142,33 @@ def spawn(launch: Launch, log_path: Path) -> subprocess.Popen:
 
 
 def send(process: subprocess.Popen, sig: signal.Signals) -> None:
-    if process.poll() is None:
+    """SIGTERM goes to the container's process, which stops its own children (vLLM's engine core and workers);
+    SIGKILL to every process under it too, as a container runtime kills everything in the container."""
+    if process.poll() is not None:
+        return
+    pids = [process.pid, *descendants(process.pid)] if sig == signal.SIGKILL else [process.pid]
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, sig)
+            os.kill(pid, sig)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid` (children, their children, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def run_probe(probe: Probe, host: str = "127.0.0.1") -> tuple[bool, str]:

@@ -1,5 +1,8 @@
-"""`.cluster/targets.json`: the Ready runtime pods in Prometheus file_sd format, and `.cluster/pod-addresses.json`:
-where each running pod's address is reachable on this machine; both written atomically."""
+"""`.cluster/targets.json`: the Ready runtime pods in Prometheus file_sd format; `.cluster/sidecar-targets.json`:
+the ports of the pods' other containers (the adapter sidecar of vLLM pods), which Prometheus scrapes in a job of
+their own so that every reader of targets.json keeps one entry per pod, its serving port; and
+`.cluster/pod-addresses.json`: where each running pod's address is reachable on this machine. All written
+atomically."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 MODEL_DEPLOYMENT_LABEL = "moedeploy.dev/model-deployment"
 REVISION_LABEL = "moedeploy.dev/revision"
+SIDECAR_TARGETS = "sidecar-targets.json"
 
 
 @dataclass(frozen=True)
@@ -48,17 +52,40 @@ def file_sd(entries: Iterable[Serving], host: str = "127.0.0.1") -> list[dict[st
 
 
 def pod_addresses(
-    running: Iterable[tuple[Mapping[str, Any], str, int]], host: str = "127.0.0.1"
+    running: Iterable[tuple[str, Mapping[int, int]]], host: str = "127.0.0.1"
 ) -> dict[str, str]:
-    """`podIP:port` -> `host:local port` for every port of the running pods' first container (the process
-    listens on one local port, whatever the container declares): the local stand-in for a pod network."""
+    """`podIP:containerPort` -> `host:local port` for every port the running pods' containers declare (each
+    container's process listens on one local port of its own, whatever it declares): the local stand-in for a pod
+    network."""
     out = {}
-    for pod, pod_ip, local_port in running:
-        container = (pod.get("spec") or {}).get("containers", [{}])[0]
-        for port in container.get("ports") or ():
-            if port.get("containerPort"):
-                out[f"{pod_ip}:{port['containerPort']}"] = f"{host}:{local_port}"
+    for pod_ip, ports in running:
+        for container_port, local_port in ports.items():
+            out[f"{pod_ip}:{container_port}"] = f"{host}:{local_port}"
     return dict(sorted(out.items()))
+
+
+def sidecar_sd(
+    running: Iterable[tuple[Mapping[str, Any], str, int]], host: str = "127.0.0.1"
+) -> list[dict[str, Any]]:
+    """One entry per (pod, container, loopback port) of a sidecar that runs, labelled as its pod's entry is,
+    plus `container`."""
+    out = []
+    for pod, container, port in running:
+        metadata = pod["metadata"]
+        labels = metadata.get("labels") or {}
+        out.append(
+            {
+                "targets": [f"{host}:{port}"],
+                "labels": {
+                    "namespace": metadata.get("namespace", "default"),
+                    "model_deployment": labels.get(MODEL_DEPLOYMENT_LABEL, ""),
+                    "revision": labels.get(REVISION_LABEL, ""),
+                    "pod": metadata["name"],
+                    "container": container,
+                },
+            }
+        )
+    return sorted(out, key=lambda e: (e["labels"]["namespace"], e["labels"]["pod"], e["labels"]["container"]))
 
 
 def write_atomically(path: Path, content: Any) -> None:

@@ -112,6 +112,18 @@ def container_mounts(container: Mapping[str, Any], volumes: Mapping[str, Volume]
     return Mounts(tuple(table))
 
 
+def pod_mounts(pod: Mapping[str, Any], volumes: Mapping[str, Volume]) -> Mounts:
+    """The mounts of all of the pod's containers in one table (the first container's where two mount the same
+    path): a container path written in a configMap's JSON is read by whichever container it names, so it maps
+    through all of them (an adapter list read by a sidecar names the engine's adapter folders)."""
+    table: dict[str, str] = {}
+    for container in pod.get("spec", {}).get("containers") or ():
+        for mount, host in container_mounts(container, volumes).table:
+            table.setdefault(mount, host)
+    ordered = sorted(table.items(), key=lambda entry: len(entry[0].rstrip("/")), reverse=True)
+    return Mounts(tuple(ordered))
+
+
 def volume_files(volume: Volume, data: Mapping[str, str] | None, mounts: Mounts) -> dict[str, str]:
     """Relative path -> content of a configMap or secret volume holding `data`."""
     items = volume.items or tuple((key, key) for key in data or {})

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 
 import kopf
 
+from moe_operator.decisions.images import EngineImages, default_images
 from moe_operator.machinery.leader import LeaseTimings
 from moe_operator.manager import Options
 
@@ -60,6 +62,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=env("MOE_OPERATOR_POLICY_FILE"),
         help="the operator policy (YAML; see the chart's values `operator.policy`); default: the safe built-in policy",
     )
+    run.add_argument(
+        "--engine-image",
+        action="append",
+        default=[],
+        metavar="ENGINE=IMAGE",
+        help="the image of an engine's pods when a spec names none (repeatable; default: "
+        + ", ".join(f"{engine}={image}" for engine, image in default_images(_version()).items())
+        + "); the moe-runtime image also runs the download and adapter-sync helpers of other engines' pods",
+    )
     election = run.add_argument_group(
         "leader election (one replica reconciles, the others wait to take over)"
     )
@@ -97,7 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     run.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        EngineImages().with_overrides(args.engine_image)
+    except ValueError as err:
+        run.error(f"--engine-image {err}")
+    return args
 
 
 def options(args: argparse.Namespace):
@@ -119,7 +135,15 @@ def options(args: argparse.Namespace):
         ),
         metrics_port=args.metrics_port,
         relist_seconds=args.relist_seconds,
+        images=EngineImages(default_images(_version())).with_overrides(args.engine_image),
     )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("moedeploy")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "latest"
 
 
 def main(argv: list[str] | None = None) -> int:

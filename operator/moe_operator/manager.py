@@ -20,6 +20,8 @@ from typing import Any
 
 from kubernetes import client
 
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.naming import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -72,6 +74,7 @@ class Options:
     leader_election_timings: LeaseTimings = LeaseTimings()
     metrics_port: int | None = None
     relist_seconds: float = 300.0
+    images: EngineImages = DEFAULT_IMAGES  # each engine's image (--engine-image)
 
 
 def identity() -> str:
@@ -105,6 +108,7 @@ class Manager:
             measurements=self.measurements,
             measuring=prometheus is not None,
             metrics=self.metrics,
+            images=options.images,
         )
         self.measurer = (
             Measurer(

@@ -1,4 +1,4 @@
-"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,router,loadgen} ...`."""
+"""Command line: `python -m moe_runtime {make-checkpoint,download,generate,serve,router,loadgen,adapter-sync} ...`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from moe_runtime.model.tensor_names import LAYOUTS
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # no torch: starts in a fraction of the time
 
         return router_main(argv[1:])
+    if argv and argv[0] == "adapter-sync":  # a sidecar of vLLM and SGLang pods: no torch
+        from moe_runtime.adapter_sync.command import main as adapter_sync_main
+
+        return adapter_sync_main(argv[1:])
     if argv and argv[0] == "loadgen":
         from moe_runtime.tools.loadgen import main as loadgen_main
 
@@ -52,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         "loadgen", help="drive runtime servers and print a JSON summary (see `loadgen --help`)"
     )
     commands.add_parser("download", help="download an s3:// checkpoint (see `download --help`)")
+    commands.add_parser(
+        "adapter-sync",
+        help="keep a vLLM/SGLang server's LoRA adapters equal to a list (see `adapter-sync --help`)",
+    )
 
     make = commands.add_parser("make-checkpoint", help="write a random-weight checkpoint with a tokenizer")
     make.add_argument("--family", required=True, choices=["qwen2_moe", "qwen3_moe", "mixtral"])
@@ -100,6 +109,11 @@ def _download_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="s3://bucket/prefix")
     _add_download_dir(parser)
+    parser.add_argument(
+        "--link",
+        help="also make this path a symbolic link to the local directory: a fixed path for another engine to "
+        "read, whatever folder the endpoint's copies live in",
+    )
     parser.set_defaults(run=_download)
     return parser
 
@@ -134,11 +148,23 @@ def _download(args) -> int:
         print(f"--model {args.model!r}: not an s3:// URI", file=sys.stderr)
         return 2
     try:
-        print(local_model_dir(args.model, args.download_dir))
+        local = local_model_dir(args.model, args.download_dir)
     except DownloadError as err:
         logging.getLogger("moe_runtime.download.s3.s3").error("%s", err)
         return 1
+    if args.link:
+        _replace_link(Path(args.link), Path(local))
+    print(local)
     return 0
+
+
+def _replace_link(link: Path, target: Path) -> None:
+    """Atomically, so that a restarted init container never leaves a reader without the link."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staged = link.with_name(f".{link.name}.new")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target.resolve(), target_is_directory=True)
+    staged.replace(link)
 
 
 def _generate(args) -> int:

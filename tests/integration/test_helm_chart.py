@@ -15,6 +15,7 @@ import pytest
 import yaml
 from localcluster import assets_dir
 
+from moe_operator.decisions.engine_pod import ADAPTER_SYNC
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.integration
@@ -262,14 +263,17 @@ def test_pod_monitor_needs_prometheus_operator_and_relabels_for_the_queries(helm
         "app.kubernetes.io/name": "moe-runtime",
         "app.kubernetes.io/managed-by": "moe-operator",
     }
-    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
-    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
-    assert relabel == {
-        "model_deployment": ["__meta_kubernetes_pod_label_moedeploy_dev_model_deployment"],
-        "revision": ["__meta_kubernetes_pod_label_moedeploy_dev_revision"],
-        "namespace": ["__meta_kubernetes_namespace"],
-    }
+    # the engine's port, and the adapter sidecar's of vLLM/SGLang pods (its series feed status.adapters)
+    engine, sidecar = monitor["spec"]["podMetricsEndpoints"]
+    assert (engine["port"], sidecar["port"]) == ("http", ADAPTER_SYNC)
+    for endpoint in (engine, sidecar):
+        assert endpoint["path"] == "/metrics"
+        relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+        assert relabel == {
+            "model_deployment": ["__meta_kubernetes_pod_label_moedeploy_dev_model_deployment"],
+            "revision": ["__meta_kubernetes_pod_label_moedeploy_dev_revision"],
+            "namespace": ["__meta_kubernetes_namespace"],
+        }
     assert not by_kind(
         render(helm, {}, "--api-versions", "monitoring.coreos.com/v1/PodMonitor"), "PodMonitor"
     )
@@ -400,3 +404,23 @@ def test_inference_pools_validate_against_the_inference_extensions_crd_and_selec
     assert selector.items() <= engine.items() and not selector.items() <= router.items()
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**pools[0], "spec": {**pools[0]["spec"], "targetPorts": []}}, schema)
+
+
+def test_the_engine_images_reach_the_operator(helm):
+    from moe_operator.__main__ import options, parse_args
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    defaults = options(parse_args(operator_container(render(helm, SCENARIOS["defaults"]))["args"])).images
+    assert defaults.by_engine == {
+        "moe-runtime": f"ghcr.io/moedeploy/runtime:{chart['appVersion']}",
+        "vllm": "vllm/vllm-openai:v0.32.0",
+        "sglang": "lmsysorg/sglang:v0.5.23",
+    }
+    values = {
+        "engines": {
+            "moeRuntime": {"image": "registry.local/runtime:2"},
+            "vllm": {"image": "registry.local/vllm:1"},
+        }
+    }
+    chosen = options(parse_args(operator_container(render(helm, values))["args"])).images
+    assert (chosen.helper, chosen.by_engine["vllm"]) == ("registry.local/runtime:2", "registry.local/vllm:1")

@@ -65,7 +65,7 @@ def both(*changes):
 # (id, invalid object, text the refusal must contain: the field it is about)
 INVALID = [
     ("missing-model", variant(delete("model")), "spec.model"),
-    ("missing-image", variant(delete("runtime.image")), "spec.runtime.image"),
+    ("empty-image", variant(set_in("runtime.image", "")), "spec.runtime.image"),
     ("replicas-wrong-type", variant(set_in("replicas", "three")), "spec.replicas"),
     ("replicas-negative", variant(set_in("replicas", -1)), "spec.replicas"),
     ("min-above-max", variant(set_in("minReplicas", 5)), "spec.minReplicas"),
@@ -247,6 +247,74 @@ INVALID = [
         variant(set_in("slo", {"p99LatencySeconds": 1, "onInconclusive": "Promote"})),
         "spec.slo.onInconclusive",
     ),
+    ("unknown-engine", variant(set_in("runtime.engine", "tgi")), "spec.runtime.engine"),
+    # fields an engine cannot honour: each refusal names the field and the engine
+    (
+        "gpus-on-moe-runtime",
+        variant(set_in("runtime.resources.gpu", 2)),
+        "spec.runtime.resources.gpu above 1 is not honoured by engine moe-runtime",
+    ),
+    (
+        "parallelism-on-moe-runtime",
+        variant(set_in("runtime.parallelism", {"expertParallel": True})),
+        "spec.runtime.parallelism is not honoured by engine moe-runtime",
+    ),
+    (
+        "data-parallel-not-dividing-the-gpus",
+        variant(
+            both(
+                set_in("runtime.engine", "vllm"),
+                set_in("runtime.resources.gpu", 3),
+                set_in("runtime.parallelism", {"dataParallelSize": 2}),
+            )
+        ),
+        "spec.runtime.parallelism.dataParallelSize must divide spec.runtime.resources.gpu",
+    ),
+    (
+        "attention-window-under-vllm",
+        variant(both(set_in("runtime.engine", "vllm"), set_in("runtime.attention", {"window": 4096}))),
+        "spec.runtime.attention (window, globalTokens) is not honoured by engine vllm",
+    ),
+    (
+        "global-tokens-under-sglang",
+        variant(
+            both(
+                set_in("runtime.engine", "sglang"),
+                set_in("runtime.attention", {"window": 64, "globalTokens": 4}),
+            )
+        ),
+        "spec.runtime.attention (window, globalTokens) is not honoured by engine vllm or sglang",
+    ),
+    (
+        "kv-tokens-under-vllm",
+        variant(both(set_in("runtime.engine", "vllm"), set_in("runtime.kvCache", {"maxTokens": 4096}))),
+        "spec.runtime.kvCache.maxTokens is not honoured by engine vllm",
+    ),
+    (
+        "kv-bytes-under-sglang",
+        variant(both(set_in("runtime.engine", "sglang"), set_in("runtime.kvCache", {"memoryBytes": 2**30}))),
+        "spec.runtime.kvCache.memoryBytes is not honoured by engine sglang",
+    ),
+    (
+        "int8-under-sglang",
+        variant(both(set_in("runtime.engine", "sglang"), set_in("runtime.quantization", "int8"))),
+        "spec.runtime.quantization int8 is not honoured by engine sglang",
+    ),
+    (
+        "json-logs-under-vllm",
+        variant(both(set_in("runtime.engine", "vllm"), set_in("runtime.logFormat", "json"))),
+        "spec.runtime.logFormat json is not honoured by engine vllm",
+    ),
+    (
+        "per-layer-expert-metrics-under-vllm",
+        variant(both(set_in("runtime.engine", "vllm"), set_in("runtime.expertMetrics", "layer_expert"))),
+        "spec.runtime.expertMetrics layer_expert is not honoured by engine vllm",
+    ),
+    (
+        "lora-rank-vllm-does-not-take",
+        variant(both(set_in("runtime.engine", "vllm"), set_in("runtime.maxLoraRank", 4))),
+        "spec.runtime.maxLoraRank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 with engine vllm",
+    ),
     ("name-starts-with-digit", variant(lambda spec: None, name="7b-model"), "metadata.name"),
     ("name-too-long", variant(lambda spec: None, name="m" * 64), "metadata.name"),
 ]
@@ -306,7 +374,39 @@ def test_a_download_with_a_size_limit_or_a_node_folder_is_valid(custom, md_names
         )
 
 
-@pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml"])
+# what each engine does honour is accepted (the refusals above are about the engine, not the values)
+ACCEPTED = [
+    ("vllm-tensor-expert-data-parallel", variant(both(
+        set_in("runtime.engine", "vllm"),
+        set_in("runtime.resources.gpu", 8),
+        set_in("runtime.parallelism", {"dataParallelSize": 2, "expertParallel": True}),
+        set_in("runtime.quantization", "int8"),
+        set_in("runtime.kvCache", {"memoryBytes": 2**34}),
+        set_in("runtime.maxLoraRank", 64),
+    ))),
+    ("sglang-tokens-and-parallelism", variant(both(
+        set_in("runtime.engine", "sglang"),
+        set_in("runtime.resources.gpu", 4),
+        set_in("runtime.parallelism", {"expertParallel": True}),
+        set_in("runtime.kvCache", {"maxTokens": 100000}),
+        set_in("runtime.maxLoraRank", 24),
+    ))),
+    ("moe-runtime-one-gpu-windowed", variant(both(
+        set_in("runtime.attention", {"window": 64, "globalTokens": 4}),
+        set_in("runtime.parallelism", {"dataParallelSize": 1}),
+        set_in("runtime.maxLoraRank", 4),
+        set_in("runtime.logFormat", "json"),
+    ))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", [case[1] for case in ACCEPTED], ids=[case[0] for case in ACCEPTED])
+def test_what_the_engine_honours_is_accepted(custom, md_namespace, body):
+    created = create(custom, md_namespace, body)["spec"]["runtime"]
+    assert created["engine"] == body["spec"]["runtime"].get("engine", "moe-runtime")
+
+
+@pytest.mark.parametrize("name", ["qwen3-moe.yaml", "mixtral-int8-windowed.yaml", "qwen3-moe-vllm.yaml"])
 def test_examples_are_valid(custom, md_namespace, name):
     create(custom, md_namespace, example(name))
 

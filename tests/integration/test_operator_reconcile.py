@@ -75,7 +75,7 @@ def test_example_becomes_ready_on_gpu_nodes(cluster, models, operator):
 
     deployment = models.deployment(name)
     pod_spec = deployment["spec"]["template"]["spec"]
-    assert pod_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert deployment["spec"]["template"]["metadata"]["labels"]["moedeploy.dev/revision"] == revision
 

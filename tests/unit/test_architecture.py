@@ -25,6 +25,7 @@ RUNTIME = {
     "tools": {"model"},
     # the router runs without torch: nothing of the model, the engine or the runtime's metrics (torch)
     "router": {"logs", "draining"},
+    "adapter_sync": {"adapters", "logs"},
     "__main__": {"*"},
 }
 OPERATOR = {

@@ -85,6 +85,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --prometheus-insecure-skip-verify
 {{- end }}
 - --policy-file=/etc/moe-operator/policy/policy.yaml
+- --engine-image=moe-runtime={{ .Values.engines.moeRuntime.image | default (printf "ghcr.io/moedeploy/runtime:%s" .Chart.AppVersion) }}
+- --engine-image=vllm={{ .Values.engines.vllm.image }}
+- --engine-image=sglang={{ .Values.engines.sglang.image }}
 - --workers={{ .Values.operator.workers }}
 - --metrics-port={{ .Values.operator.metricsPort }}
 {{- if .Values.operator.leaderElection.enabled }}

@@ -20,6 +20,8 @@ from moe_operator.decisions.adapters import AdapterRead
 from moe_operator.decisions.analysis import CONTINUE, Verdict, analyse, bake_verdict
 from moe_operator.decisions.analysis import verdict as verdict_of
 from moe_operator.decisions.events import Event
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.measurements import subject
 from moe_operator.decisions.naming import (
     CANARY,
@@ -79,6 +81,7 @@ class Observed:
     windows: Mapping[int, Measurement | NoData] = field(default_factory=dict)  # of the analysis running now
     measuring: bool = True  # the operator has a Prometheus to read
     write_refused: Problem | None = None  # the API server refused this generation's writes on the last try
+    images: EngineImages = DEFAULT_IMAGES  # each engine's image when a spec names none
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class _Pass:
         for observed in (o.stable, o.canary, o.service, *taken):
             if observed is not None and not is_ours(observed, self.owner.uid):
                 return refuse(o, _conflict(observed))
-        target = render_revision(self.owner.name, spec)
+        target = render_revision(self.owner.name, spec, o.images)
         revisions = self._known_revisions(target)
         state = RolloutState.from_status(self.status_in)
         if state.stable is not None and state.stable not in revisions:

@@ -65,6 +65,20 @@ ENGINES: dict[str, EngineMetrics] = {
         outcome_label="status",
         outcome_selector='handler=~"/v1/completions|/v1/chat/completions"',
     ),
+    # SGLang 0.5.23 (--enable-metrics), read from its source (sglang/srt/observability/metrics_collector.py): no
+    # SGLang server runs here, so no test scrapes one. Exact HTTP statuses per endpoint; scheduler gauges from TP
+    # rank 0 only (one series per data-parallel rank)
+    SGLANG: EngineMetrics(
+        queue_depth="sglang:num_queue_reqs",
+        running="sglang:num_running_reqs",
+        kv_cache_usage="sglang:token_usage",
+        latency="sglang:e2e_request_latency_seconds",
+        ttft="sglang:time_to_first_token_seconds",
+        tpot="sglang:request_time_per_output_token_seconds",
+        outcomes="sglang:http_responses_total",
+        outcome_label="status_code",
+        outcome_selector='endpoint=~"/v1/completions|/v1/chat/completions|/generate"',
+    ),
 }
 
 

@@ -126,8 +126,11 @@ def _violations(spec: ModelDeploymentSpec, policy: Policy) -> Iterator[str]:
                     f"holds it, {folder!r}, {_cache_clash(cache)}"
                 )
     runtime = spec.runtime
-    if ANY not in policy.allowed_image_prefixes and not any(
-        image_under(runtime.image, prefix) for prefix in policy.allowed_image_prefixes
+    # a spec without an image runs the engine's image the operator is configured with, which the admin chose
+    if (
+        runtime.image is not None
+        and ANY not in policy.allowed_image_prefixes
+        and not any(image_under(runtime.image, prefix) for prefix in policy.allowed_image_prefixes)
     ):
         yield (
             f"spec.runtime.image {runtime.image!r} is not allowed: images must come from one of "

@@ -20,6 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from moe_operator.decisions.engine_metrics import MOE_RUNTIME
+from moe_operator.decisions.engine_pod import (
+    TEARDOWN_SECONDS,
+    adapter_sync_container,
+    download_container,
+    engine_container,
+    shm_size,
+)
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.naming import (
     CANARY,
     COMPONENT_LABEL,
@@ -79,6 +89,7 @@ OWNED_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING",  # vLLM pods with adapters (engine_pod.py)
 )
 _CONFIG_PLACEHOLDER = "$(revision-config)"
 
@@ -90,9 +101,12 @@ class Revision:
     template: dict[str, Any]  # pod template with its revision label, reading the revision ConfigMap
 
 
-def render_revision(md_name: str, spec: ModelDeploymentSpec) -> Revision:
-    config = runtime_config(spec, md_name)
-    template = pod_template(md_name, spec)
+def render_revision(
+    md_name: str, spec: ModelDeploymentSpec, images: EngineImages = DEFAULT_IMAGES
+) -> Revision:
+    # the MOE_RUNTIME_* settings are our runtime's; other engines take theirs on the command line
+    config = runtime_config(spec, md_name) if spec.runtime.engine == MOE_RUNTIME else {}
+    template = pod_template(md_name, spec, images)
     digest = revision_hash(template, config)
     # the ConfigMap's name holds the hash, so it is filled in after hashing
     text = json.dumps(template).replace(_CONFIG_PLACEHOLDER, revision_config_map_name(md_name, digest))
@@ -212,9 +226,19 @@ def _object(api_version: str, kind: str, name: str, owner: Owner, **body: Any) -
     return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **body}
 
 
-def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
+def pod_template(
+    md_name: str, spec: ModelDeploymentSpec, images: EngineImages = DEFAULT_IMAGES
+) -> dict[str, Any]:
     """The pod template of the spec's revision, before its revision is known."""
     runtime = spec.runtime
+    containers, init_containers = [_container(spec, images.of(spec))], []
+    if runtime.engine != MOE_RUNTIME:
+        security = containers[0]["securityContext"]
+        containers = [engine_container(spec, md_name, containers[0])]
+        if spec.adapters:
+            containers.append(adapter_sync_container(spec, images.helper, security))
+        download = download_container(spec, images.helper, _object_storage_env(spec), security)
+        init_containers = [download] if download else []
     pod_spec: dict[str, Any] = {
         # no API access unless the author runs the pods as a ServiceAccount on purpose (cloud identities)
         "automountServiceAccountToken": runtime.service_account_name is not None,
@@ -228,7 +252,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
             "fsGroup": RUNTIME_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(spec)],
+        "containers": containers,
         "volumes": _volumes(md_name, spec),
     }
     optional = {
@@ -239,6 +263,7 @@ def pod_template(md_name: str, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "tolerations": _tolerations(spec) or None,
         "nodeSelector": _node_selector(spec) or None,
         "affinity": dict(runtime.affinity) if runtime.affinity else None,
+        "initContainers": init_containers or None,
     }
     pod_spec.update({key: value for key, value in optional.items() if value is not None})
     return {
@@ -260,15 +285,17 @@ def termination_grace_seconds(spec: ModelDeploymentSpec) -> int:
     timeout, plus the runtime's backstop margin for the step in flight (max(2 s, 10%), api/app.py), and the
     process then needs a moment to exit."""
     timeout = spec.runtime.batching.request_timeout_seconds
+    if spec.runtime.engine != MOE_RUNTIME:  # vLLM/SGLang drain for --shutdown-timeout, then tear down
+        return spec.runtime.drain_delay_seconds + timeout + TEARDOWN_SECONDS
     backstop_margin = max(2, math.ceil(0.1 * timeout))
     return spec.runtime.drain_delay_seconds + timeout + backstop_margin + EXIT_MARGIN_SECONDS
 
 
-def _container(spec: ModelDeploymentSpec) -> dict[str, Any]:
+def _container(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
     runtime = spec.runtime
     container: dict[str, Any] = {
         "name": "runtime",
-        "image": runtime.image,
+        "image": image,
         "command": ["python", "-m", "moe_runtime", "serve"],
         "args": ["--model", model_path(spec), *runtime.args],
         "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
@@ -401,8 +428,8 @@ def _volumes(md_name: str, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
             volumes.append(_download_volume(spec.model.source))
         case UriSource(cache_host_path=path):
             volumes.append({"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
-    if spec.runtime.shm_size:
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}})
+    if shm := _shm_size(spec):
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
     volumes.append({"name": ADAPTER_LIST_VOLUME, "configMap": {"name": adapters_config_map_name(md_name)}})
     volumes.extend({"name": v.name, **v.source} for v in adapter_volumes(spec))
     volumes.extend(dict(v) for v in spec.runtime.volumes)
@@ -415,7 +442,7 @@ def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": True})
     if isinstance(spec.model.source, UriSource):
         mounts.append({"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH})
-    if spec.runtime.shm_size:
+    if _shm_size(spec):
         mounts.append({"name": "shm", "mountPath": SHM_MOUNT_PATH})
     mounts.append({"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True})
     mounts.extend(
@@ -423,3 +450,7 @@ def _volume_mounts(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     )
     mounts.extend(dict(m) for m in spec.runtime.volume_mounts)
     return mounts
+
+
+def _shm_size(spec: ModelDeploymentSpec) -> str | None:
+    return spec.runtime.shm_size if spec.runtime.engine == MOE_RUNTIME else shm_size(spec)

@@ -86,8 +86,17 @@ class KvCache:
 
 
 @dataclass(frozen=True)
+class Parallelism:
+    """How an engine splits the model over a pod's GPUs (vLLM, SGLang): `resources.gpu` GPUs in
+    `data_parallel_size` groups of tensor parallelism each; MoE layers over all of them with expert parallelism."""
+
+    data_parallel_size: int = 1
+    expert_parallel: bool = False
+
+
+@dataclass(frozen=True)
 class Runtime:
-    image: str
+    image: str | None = None  # None: the engine's image as the operator is configured (images.py)
     engine: str = "moe-runtime"
     image_pull_policy: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
@@ -106,6 +115,7 @@ class Runtime:
     batching: Batching = Batching()
     attention: Attention = Attention()
     kv_cache: KvCache = KvCache()
+    parallelism: Parallelism = Parallelism()
     max_loras: int = 4
     max_lora_rank: int = 16
     quantization: str = "none"
@@ -271,9 +281,9 @@ def _source(raw: Mapping[str, Any]) -> ModelSource:
 
 def _runtime(raw: Mapping[str, Any]) -> Runtime:
     return Runtime(
-        image=raw["image"],
         **_pick(
             raw,
+            image="image",
             engine="engine",
             image_pull_policy="imagePullPolicy",
             service_account_name="serviceAccountName",
@@ -320,6 +330,13 @@ def _runtime(raw: Mapping[str, Any]) -> Runtime:
                 gpu_memory_utilization="gpuMemoryUtilization",
                 memory_bytes="memoryBytes",
                 max_tokens="maxTokens",
+            )
+        ),
+        parallelism=Parallelism(
+            **_pick(
+                raw.get("parallelism") or {},
+                data_parallel_size="dataParallelSize",
+                expert_parallel="expertParallel",
             )
         ),
     )

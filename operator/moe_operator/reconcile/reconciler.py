@@ -24,6 +24,8 @@ from kubernetes.client.exceptions import ApiException
 
 from moe_operator.decisions.converge import Decision, Observed, decide
 from moe_operator.decisions.events import condition_flips
+from moe_operator.decisions.images import DEFAULT as DEFAULT_IMAGES
+from moe_operator.decisions.images import EngineImages
 from moe_operator.decisions.measurements import subject
 from moe_operator.decisions.naming import (
     CANARY,
@@ -65,6 +67,7 @@ class Reconciler:
         measuring: bool = False,
         clock: Callable[[], float] = time.time,
         metrics: OperatorMetrics | None = None,
+        images: EngineImages = DEFAULT_IMAGES,
     ) -> None:
         """`measurements`: what the measurement loop read; `measuring`: whether there is a loop (a Prometheus)."""
         self._kube, self._cache, self._recorder = kube, cache, recorder
@@ -76,6 +79,7 @@ class Reconciler:
         # (namespace, name) -> (generation, why): a retried pass keeps saying so instead of flapping back to
         # what it would be had the writes gone through
         self._refused: dict[tuple[str, str], tuple[int, Problem]] = {}
+        self._images = images
 
     def reconcile(self, namespace: str, name: str) -> Result:
         md = self._cache.get("ModelDeployment", namespace, name)
@@ -152,6 +156,7 @@ class Reconciler:
             windows=windows,
             measuring=self._measuring,
             write_refused=self._still_refused(key, md),
+            images=self._images,
         )
 
     def _still_refused(self, key: tuple[str, str], md: Mapping[str, Any]) -> Problem | None:

@@ -36,13 +36,14 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import statistics
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -474,7 +475,7 @@ class LoadGenerator:
                     await response.aread()
                     error = str(response.status_code)
                 else:
-                    async for line in response.aiter_lines():
+                    async for line in _event_lines(response):
                         if not line.startswith("data: ") or line == "data: [DONE]":
                             continue
                         event = json.loads(line[6:])
@@ -498,6 +499,27 @@ class LoadGenerator:
                 return None
             error = type(err).__name__
         return Outcome(url, error, time.perf_counter() - start, ttft, tokens, pod)
+
+
+_EVENT_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def split_event_lines(buffer: str) -> tuple[list[str], str]:
+    """The complete lines of a server-sent event stream in `buffer`, and the unfinished rest. The stream ends lines
+    with CR LF, LF or CR only; httpx's aiter_lines also splits at U+0085, U+2028, U+001C and the other breaks of
+    str.splitlines, which vLLM writes unescaped inside its JSON when a model generates them."""
+    *lines, rest = _EVENT_LINE_END.split(buffer)
+    return lines, rest
+
+
+async def _event_lines(response: httpx.Response) -> AsyncIterator[str]:
+    rest = ""
+    async for text in response.aiter_text():
+        lines, rest = split_event_lines(rest + text)
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
 
 
 def run_load(config: LoadConfig) -> dict:

@@ -244,3 +244,33 @@ def test_two_processes_sharing_a_cache_download_each_object_once(s3, bucket, che
     gets = sorted(r.path.rsplit("/", 1)[1] for r in proxy.object_gets())
     assert gets == sorted(os.listdir(checkpoint))  # each object once, by the first process
     assert same_files(checkpoint, Path(outputs[0]))
+
+
+def test_the_link_gives_another_engine_a_fixed_path_to_the_endpoints_copy(
+    s3, bucket, checkpoint, proxy, tmp_path
+):
+    """vLLM and SGLang pods read the checkpoint at a path fixed in their command line; the copy itself lives in
+    a folder per endpoint, which only the download knows."""
+    uri, cache, env = f"s3://{bucket}/{PREFIX}", tmp_path / "cache", s3.env(proxy.url)
+    link = cache / "model"
+    for attempt in ("first", "restarted"):  # an init container that runs again replaces its link
+        command = [
+            sys.executable,
+            "-m",
+            "moe_runtime",
+            "download",
+            "--model",
+            uri,
+            "--download-dir",
+            str(cache),
+        ]
+        done = subprocess.run(
+            [*command, "--link", str(link)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (attempt, done.stderr)
+        assert link.is_symlink() and link.resolve() == Path(done.stdout.strip()).resolve(), attempt
+    assert same_files(checkpoint, link)

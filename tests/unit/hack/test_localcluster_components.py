@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from localcluster import (
@@ -19,6 +20,8 @@ from localcluster import (
     kwokctl_config,
     start_component,
 )
+
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -80,6 +83,8 @@ def test_down_stops_the_recorded_processes_and_no_process_that_took_a_stale_pid(
     pids.mkdir(parents=True)
     component = start_component(cluster.logs_dir / "sleep.log", ["sleep", "60"])
     bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    # a process still in exec has no command line yet, and counts as the component its PID file names
+    wait_for(lambda: Path(f"/proc/{bystander.pid}/cmdline").read_bytes(), timeout=10, what="sleep to exec")
     (pids / "sleep.pid").write_text(str(component.pid))
     (pids / "etcd.pid").write_text(str(bystander.pid))  # an etcd that died, its PID now another's
     try:

@@ -157,3 +157,79 @@ def test_values_outside_every_mount_are_never_changed(mount_paths, value):
         assert mapped == value
     else:
         assert mapped.endswith(mounts.host_path(tail))
+
+
+def vllm_pod(args: tuple[str, ...] = ()) -> dict:
+    """A vLLM pod with its adapter sidecar, as the operator renders it (decisions/engine_pod.py)."""
+    pod = runtime_pod({"hostPath": {"path": "/data/ckpt", "type": "Directory"}}, cpu=None)
+    engine = pod["spec"]["containers"][0]
+    engine.update(command=["vllm", "serve"], args=["/models", "--served-model-name", "m", *args])
+    del engine["envFrom"]
+    pod["spec"]["volumes"] += [
+        {"name": "adapters", "configMap": {"name": "md-adapters"}},
+        {"name": "adapter-host-1", "hostPath": {"path": "/data/loras", "type": "Directory"}},
+    ]
+    engine["volumeMounts"].append({"name": "adapter-host-1", "mountPath": "/adapters/adapter-host-1"})
+    sidecar = {
+        "name": "adapter-sync",
+        "command": ["python", "-m", "moe_runtime", "adapter-sync"],
+        "args": [
+            "--engine",
+            "vllm",
+            "--engine-url",
+            "http://127.0.0.1:8000",
+            "--lora-list",
+            "/etc/a/adapters.json",
+        ],
+        "env": [{"name": "MOE_RUNTIME_PORT", "value": "8001"}],
+        "ports": [{"name": "adapter-sync", "containerPort": 8001}],
+        "volumeMounts": [{"name": "adapters", "mountPath": "/etc/a"}],
+    }
+    pod["spec"]["containers"].append(sidecar)
+    return pod
+
+
+def launch_container(pod: dict, index: int, port: int, pod_ports: dict[int, int]):
+    ctx = PodContext(pod, pod["spec"]["containers"][index], "10.245.0.3", "10.245.0.1")
+    return plan_launch(ctx, "/state/pods/ns_p", port, PYTHON, {"PATH": "/usr/bin"}, pod_ports=pod_ports)
+
+
+def test_a_vllm_container_runs_vllm_serve_from_the_vllm_environment_on_its_loopback_port():
+    from localkubelet.launch import VLLM_SERVE
+
+    launch = launch_container(vllm_pod(("--port", "8000", "--host=0.0.0.0")), 0, 41000, {8000: 41000})
+    assert launch.argv == [
+        "bash", VLLM_SERVE, "vllm", "serve", "/data/ckpt", "--served-model-name", "m",
+        "--host", "127.0.0.1", "--port", "41000",
+    ]  # fmt: skip
+    assert VLLM_SERVE.endswith("hack/vllm-serve.sh")
+
+
+def test_a_sidecar_reaches_the_engine_through_the_pods_ports_on_its_own_port():
+    launch = launch_container(vllm_pod(), 1, 41001, {8000: 41000, 8001: 41001})
+    assert launch.argv[:4] == [PYTHON, "-m", "moe_runtime", "adapter-sync"]
+    assert "http://127.0.0.1:41000" in launch.argv
+    assert launch.env["MOE_RUNTIME_PORT"] == "41001"
+    # the adapter list in the sidecar's volume names the engine's folders: they map through every container
+    assert launch.pod_mounts.host_path("/adapters/adapter-host-1/sql") == "/data/loras/sql"
+    assert launch.mounts.host_path("/adapters/adapter-host-1/sql") is None
+
+
+@given(st.integers(min_value=1, max_value=65535), st.integers(min_value=1, max_value=65535))
+def test_only_ports_of_the_pod_are_remapped(declared, other):
+    from localkubelet.launch import map_pod_ports
+
+    table = {declared: 50000}
+    assert map_pod_ports(f"http://localhost:{declared}/v1", table) == "http://127.0.0.1:50000/v1"
+    if other != declared:
+        assert map_pod_ports(f"http://127.0.0.1:{other}/v1", table) == f"http://127.0.0.1:{other}/v1"
+    assert map_pod_ports(f"http://10.0.0.1:{declared}/v1", table) == f"http://10.0.0.1:{declared}/v1"
+
+
+def test_pods_find_the_machines_vllm_whatever_their_home():
+    from localkubelet.kubelet import vllm_env
+
+    assert vllm_env({"HOME": "/root"}) == {"MOEDEPLOY_CACHE": "/root/.cache/moedeploy"}
+    assert vllm_env({"HOME": "/root", "XDG_CACHE_HOME": "/c"}) == {"MOEDEPLOY_CACHE": "/c/moedeploy"}
+    given = {"MOEDEPLOY_CACHE": "/x", "MOEDEPLOY_VLLM_VENV": "/v", "OTHER": "1"}
+    assert vllm_env(given) == {"MOEDEPLOY_CACHE": "/x", "MOEDEPLOY_VLLM_VENV": "/v"}

@@ -15,14 +15,13 @@ def pod(**spec):
     }
 
 
-def test_each_declared_port_of_a_running_pod_maps_to_its_one_local_port():
-    two = pod(containers=[{"ports": [{"containerPort": 8000}, {"containerPort": 9100}]}])
-    assert pod_addresses([(pod(), "10.245.0.3", 41000), (two, "10.245.0.4", 42000)]) == {
+def test_each_declared_port_of_a_running_pod_maps_to_its_containers_local_port():
+    assert pod_addresses([("10.245.0.3", {8000: 41000}), ("10.245.0.4", {8000: 42000, 9100: 42001})]) == {
         "10.245.0.3:8000": "127.0.0.1:41000",
         "10.245.0.4:8000": "127.0.0.1:42000",
-        "10.245.0.4:9100": "127.0.0.1:42000",
+        "10.245.0.4:9100": "127.0.0.1:42001",
     }
-    assert pod_addresses([(pod(containers=[{"name": "c"}]), "10.245.0.5", 43000)]) == {}
+    assert pod_addresses([("10.245.0.5", {})]) == {}
 
 
 def test_a_token_is_handed_over_unless_the_pod_opts_out():

@@ -143,3 +143,32 @@ def test_node_heartbeat_keeps_transition_times():
         "lastTransitionTime"
     ] == timestamp(10)
     assert later["nodeInfo"]["kubeletVersion"] == "v1.37.2"
+
+
+def test_a_pod_with_a_sidecar_is_ready_only_when_both_are():
+    from localkubelet.lifecycle import State
+    from localkubelet.targets import sidecar_sd
+
+    two = pod()
+    two["spec"]["containers"].append({"name": "adapter-sync", "image": "moe-runtime:1"})
+    engine, sidecar = Container(), Container()
+    for c in (engine, sidecar):
+        c.started_process(60)
+    assert engine.state is State.RUNNING and engine.ready and sidecar.ready  # no probes: ready once started
+
+    def status():
+        return pod_status(two, engine, now=100, start_time=50, pod_ip="10.245.0.3", host_ip="10.245.0.1",
+                          container_id="local://1", others=[(sidecar, "local://2")])  # fmt: skip
+
+    assert condition(status(), "Ready") == "True"
+    assert [s["name"] for s in status()["containerStatuses"]] == ["runtime", "adapter-sync"]
+    sidecar.exited(1, 90)
+    not_ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
+    assert not_ready["status"] == "False" and "adapter-sync" in not_ready["message"]
+    assert status()["phase"] == "Running", "the serving container decides the phase"
+    (entry,) = sidecar_sd([(two, "adapter-sync", 41001)])
+    assert entry == {
+        "targets": ["127.0.0.1:41001"],
+        "labels": {"namespace": "ns", "model_deployment": "md-1", "revision": "r1", "pod": "md-1-abc",
+                   "container": "adapter-sync"},
+    }  # fmt: skip

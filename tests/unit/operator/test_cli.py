@@ -38,3 +38,24 @@ def test_settings_from_the_environment(monkeypatch):
 def test_contradictions_and_retired_flags_are_refused(argv):
     with pytest.raises(SystemExit):
         parse_args(argv)
+
+
+def test_engine_images_default_to_this_release_and_take_overrides():
+    import importlib.metadata
+
+    defaults = options(parse_args(["run"])).images
+    assert (
+        defaults.by_engine["moe-runtime"]
+        == f"ghcr.io/moedeploy/runtime:{importlib.metadata.version('moedeploy')}"
+    )
+    assert defaults.by_engine["vllm"].startswith("vllm/vllm-openai:")
+    chosen = options(parse_args(["run", "--engine-image", "vllm=registry.local/vllm:1", "--engine-image",
+                                 "moe-runtime=registry.local/runtime:2"])).images  # fmt: skip
+    assert (chosen.by_engine["vllm"], chosen.helper) == ("registry.local/vllm:1", "registry.local/runtime:2")
+
+
+@pytest.mark.parametrize("value", ["vllm", "tgi=image:1", "vllm="])
+def test_a_bad_engine_image_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["run", "--engine-image", value])
+    assert "--engine-image" in capsys.readouterr().err

@@ -281,3 +281,14 @@ def test_a_host_path_adapter_is_checked_by_the_folder_the_pods_mount():
     [found] = adapter_at("/srv/loras")
     assert "the pods mount the folder that holds it, '/srv'" in found
     assert len(adapter_at("/etc/sql")) == 1, "outside: refused once, not twice"
+
+
+def test_a_spec_without_image_runs_the_chosen_engine_image_and_needs_no_prefix():
+    raw = spec(runtime__engine="vllm")
+    del raw["runtime"]["image"]
+    assert violations(parse_spec(raw), Policy()) == []
+    raw["runtime"]["image"] = "vllm/vllm-openai:v0.32.0"
+    assert (
+        "spec.runtime.image 'vllm/vllm-openai:v0.32.0' is not allowed"
+        in violations(parse_spec(raw), Policy())[0]
+    )

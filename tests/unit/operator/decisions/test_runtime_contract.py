@@ -9,7 +9,13 @@ from moe_runtime.serve.command import OPTIONS, parse_args
 from tests.paths import ROOT
 from tests.unit.operator.samples import render_children, spec
 
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# the examples whose pods run our runtime (the others run vLLM, whose command line tests/unit/operator/decisions/
+# test_engine_render.py and tests/integration/vllm/test_vllm_command_line.py check)
+EXAMPLES = sorted(
+    path
+    for path in (ROOT / "examples").glob("*.yaml")
+    if yaml.safe_load(path.read_text())["spec"]["runtime"].get("engine", "moe-runtime") == "moe-runtime"
+)
 
 
 def test_every_variable_the_operator_sets_is_one_the_runtime_reads():

@@ -118,5 +118,7 @@ def test_a_download_into_the_pod_needs_a_size_limit():
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_parse(example):
+    from moe_operator.decisions.images import EngineImages
+
     body = yaml.safe_load(example.read_text())
-    assert parse_spec(body["spec"]).runtime.image
+    assert EngineImages().of(parse_spec(body["spec"])), "the spec's image, or its engine's"

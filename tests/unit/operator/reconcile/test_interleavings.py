@@ -50,6 +50,7 @@ class Run:
         self.image = 1
         self.per_pod = 4.0
         self.changes: list[tuple[float, int]] = []  # (time, replicas after - before) of the stable Deployment
+        self.initial: int | None = None  # the stable Deployment's first replicas
         self.images: list[str] = []
         self.memory_seen = False
 
@@ -103,6 +104,8 @@ class Run:
 
     def record(self, before) -> None:
         after = self.world.deployment()
+        if after is not None and self.initial is None:
+            self.initial = after["spec"]["replicas"]
         if after is not None:
             replicas_before = before["spec"]["replicas"] if before is not None else after["spec"]["replicas"]
             if after["spec"]["replicas"] != replicas_before:
@@ -116,13 +119,30 @@ class Run:
         elif self.memory_seen:
             raise AssertionError(f"the autoscaler's memory was lost: {self.world.status()}")
 
+    def _replicas_at(self, time: float) -> int:
+        replicas = self.initial
+        for at, delta in self.changes:
+            if at > time:
+                break
+            replicas += delta
+        return replicas
+
     def check(self) -> None:
-        for at, _ in self.changes:
-            window = [delta for t, delta in self.changes if at - SCALE_DOWN["periodSeconds"] < t <= at]
-            removed = -sum(d for d in window if d < 0)
-            added = sum(d for d in window if d > 0)
-            assert removed <= SCALE_DOWN["maxPods"], f"scaled in by {removed} within a period: {self.changes}"
-            assert added <= SCALE_UP["maxPods"], f"scaled out by {added} within a period: {self.changes}"
+        """HPA's step rule: a change leaves the replicas within max_pods of where they stood one period before
+        (or where they were, if that is already further)."""
+        replicas = self.initial
+        for at, delta in self.changes:
+            before, after = replicas, replicas + delta
+            start = self._replicas_at(at - SCALE_DOWN["periodSeconds"])
+            if delta < 0:
+                assert after >= min(start - SCALE_DOWN["maxPods"], before), (
+                    f"scaled in too fast: {self.changes}"
+                )
+            else:
+                assert after <= max(start + SCALE_UP["maxPods"], before), (
+                    f"scaled out too fast: {self.changes}"
+                )
+            replicas = after
         assert len(self.images) == len(set(self.images)), f"the stable template flipped back: {self.images}"
         promoted = self.world.events.reasons.count("Promoted")
         assert promoted <= self.image - 1, f"{promoted} promotions of {self.image - 1} new revisions"

@@ -19,6 +19,7 @@ from moe_runtime.tools.loadgen import (
     parse_mix,
     percentiles,
     require_loopback,
+    split_event_lines,
     summarize,
     targets_from,
 )
@@ -194,3 +195,22 @@ def test_shared_prefixes_repeat_across_requests_and_the_tails_differ():
     assert len(set(prompts)) > 2
     with pytest.raises(ValueError):
         parse_mix("40:8:1:-1")
+
+
+@given(
+    st.lists(st.text(), max_size=5),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_event_lines_split_only_at_the_streams_line_ends(texts, end, cuts):
+    """vLLM writes its JSON unescaped (U+2028, U+0085, ... inside a text): however the stream arrives in chunks,
+    every data line comes back whole."""
+    events = [json.dumps({"text": text}, ensure_ascii=False) for text in texts]
+    stream = "".join(f"data: {event}{end}{end}" for event in events)
+    chunks = [stream[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(stream)], strict=True)]
+    lines, rest = [], ""
+    for chunk in chunks:
+        complete, rest = split_event_lines(rest + chunk)
+        lines += complete
+    lines += [rest] if rest else []
+    assert [json.loads(line[6:])["text"] for line in lines if line] == texts

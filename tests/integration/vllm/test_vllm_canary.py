@@ -1,0 +1,152 @@
+"""Canary analysis of vLLM revisions from vLLM's own histograms, judged against the stable track in the same
+windows: under steady load a good revision (more sequences batched) is analysed beside the stable pod and
+promoted; a bad one (`maxBatchSequences: 1`, so `--max-num-seqs 1`: under the same concurrent load its requests
+queue for their first token) is more than `1 + maxRelativeIncrease` times slower to its first token than the
+stable pod, read from vllm:time_to_first_token_seconds, and is rolled back without the stable Deployment ever
+changing. Real vLLM servers on the local kubelet's node, the stack's Prometheus, the operator as a process.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_api_client import PrometheusConnect
+
+from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape
+from tests.integration.canary_stack import new_revision, rejected, template_revision
+from tests.integration.vllm.support import (
+    START_S,
+    delete_and_wait,
+    pod_urls,
+    vllm_md,
+)
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytest_plugins = ["tests.integration.operator_fixtures"]
+
+NAME = "vllm-canary"
+CLIENTS = 10
+WINDOW_S = 6
+# Judged against the stable track only: two vLLM pods share two busy cores, so any absolute latency measured
+# here says more about the machine than about the revision. The answers of a random model are short (it meets
+# its end-of-sequence token early), so a canary that runs one request at a time is a few times slower to the
+# first token than the stable pod, not tens of times: a canary more than twice as slow fails.
+ANALYSIS = {
+    "maxRelativeIncrease": 1.0,
+    "maxErrorRatio": 0.05,
+    "analysisIntervalSeconds": WINDOW_S,
+    "scrapeIntervalSeconds": 1,
+    "metricDelaySeconds": 2,
+    "initialDelaySeconds": 10,  # a canary's first seconds say little: its queue is still building
+    "measurements": 3,
+    "failureLimit": 1,
+    "minRequests": 3,
+    "bakeSeconds": 0,
+}
+
+
+def ttft_p99(prom: PrometheusConnect, namespace: str, revision: str, window_s: int) -> float | None:
+    selector = f'namespace="{namespace}",model_deployment="{NAME}",revision="{revision}"'
+    query = (
+        f"histogram_quantile(0.99, sum by (le) "
+        f"(increase(vllm:time_to_first_token_seconds_bucket{{{selector}}}[{window_s}s])))"
+    )
+    result = prom.custom_query(query)
+    value = float(result[0]["value"][1]) if result else float("nan")
+    return value if value == value else None  # NaN: no request in the window
+
+
+def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
+    cluster, models, measuring_operator, moe_checkpoint
+):
+    body = vllm_md(NAME, moe_checkpoint, batching={"maxBatchSequences": 8})
+    body["spec"]["rollout"] = {"strategy": "Canary", "canaryReplicas": 1}
+    body["spec"]["slo"] = ANALYSIS
+    models.apply(body)
+    first = models.wait_ready(NAME, replicas=1, timeout=START_S)["status"]["stableRevision"]
+    prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
+    config = LoadConfig(
+        targets_file=cluster.targets_file, model_deployment=NAME, namespace=models.namespace,
+        concurrency=CLIENTS, duration_s=3600, mix=(Shape(8, 32),), timeout_s=300,
+    )  # fmt: skip
+    phases, canary_pods = [], set()
+
+    def watch() -> dict:
+        md = models.get(NAME)
+        canary = (md.get("status") or {}).get("canary")
+        if canary and (not phases or phases[-1] != canary["phase"]):
+            phases.append(canary["phase"])
+        canary_pods.update(
+            p for p in pod_urls(cluster.targets_file, models.namespace, NAME) if "-canary-" in p
+        )
+        return md
+
+    try:
+        with LoadGenerator(config).background() as load:
+            # good: more sequences batched
+            models.patch_spec(NAME, {"runtime": {"batching": {"maxBatchSequences": 12}}})
+            good = new_revision(models, NAME, first)
+
+            def promoted() -> dict | None:
+                md = watch()
+                status = md["status"]
+                deployment = models.deployment(NAME)
+                done = (
+                    status.get("stableRevision") == good
+                    and "canary" not in status
+                    and template_revision(models.deployment(NAME)) == good
+                    and deployment["status"].get("readyReplicas") == deployment["status"].get("replicas") == 1
+                    and models.deployment(f"{NAME}-canary") is None
+                )
+                return md if done else None
+
+            md = wait_for(promoted, timeout=3 * START_S, interval=1, what="the good vLLM revision promoted")
+            assert "Analyzing" in phases, phases
+            good_phases, good_canaries = list(phases), set(canary_pods)
+            assert not rejected(md, good)
+
+            # bad: one sequence at a time, so the load queues for its first token
+            phases.clear()
+            canary_pods.clear()
+            models.patch_spec(NAME, {"runtime": {"batching": {"maxBatchSequences": 1}}})
+            bad = new_revision(models, NAME, good)
+            started = time.time()
+
+            def rolled_back() -> dict | None:
+                md = watch()
+                assert template_revision(models.deployment(NAME)) == good, "the stable Deployment changed"
+                done = (
+                    rejected(md, bad)
+                    and "canary" not in md["status"]
+                    and not models.deployment(f"{NAME}-canary")
+                )
+                return md if done else None
+
+            md = wait_for(
+                rolled_back, timeout=2 * START_S, interval=1, what="the bad vLLM revision rolled back"
+            )
+            analysed_s = int(time.time() - started) + 5
+            stable_ttft = ttft_p99(prom, models.namespace, good, analysed_s)
+            bad_ttft = ttft_p99(prom, models.namespace, bad, analysed_s)
+        result = load.result
+    finally:
+        delete_and_wait(models, NAME)
+    print(
+        f"TTFT p99 during the bad canary's analysis: stable {stable_ttft}, bad canary {bad_ttft}; load {result}"
+    )
+    assert good_canaries and canary_pods, "each canary served its share of the load"
+    assert "Analyzing" in phases, phases
+    entry = rejected(md, bad)
+    assert entry["reason"] == "SLOBreached", entry
+    status = md["status"]
+    assert status["stableRevision"] == good and status["currentRevision"] == bad
+    assert bad_ttft is not None and stable_ttft is not None and bad_ttft > stable_ttft
+    assert any(
+        "Relative" in (m.get("rules") or [m.get("rule")]) and "time to first token" in m["message"]
+        for m in entry["measurements"]
+    ), entry["measurements"]
+    # a drained pod refuses nothing here (it leaves targets.json before vLLM stops taking requests)
+    assert not result["errors"], result
+    print(f"phases: good {good_phases}, bad {phases}")
