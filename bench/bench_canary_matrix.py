@@ -108,7 +108,10 @@ class Bench:
                     break
                 time.sleep(POLL_S)
             else:
-                raise TimeoutError(f"revision {revision}: no decision within {self.timeout_s}s ({seen})")
+                canary = self.models.get(NAME)["status"].get("canary") or {}
+                raise TimeoutError(
+                    f"revision {revision}: no decision within {self.timeout_s}s ({seen}); canary: {canary}"
+                )
         entry = rejected({"status": self.models.get(NAME)["status"]}, revision) or {}
         ready = seen.get("ready_at") or changed
         return {
@@ -191,6 +194,9 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
                     matrix[condition].append(result)
                     log(f"{condition} round {index}: good {result['outcome']} after {result['analysis_s']}s")
         problems = operator.log_problems()
+    except Exception:
+        log("operator log, last lines:\n" + operator.log_path.read_text()[-6000:])
+        raise
     finally:
         operator.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

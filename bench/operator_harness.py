@@ -4,7 +4,6 @@ benches read about it (CPU time, peak memory, reconcile counters, log errors).""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.runtime_server.harness import free_port  # bench scripts put the repo on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 # benches deploy test images from anywhere: a policy that allows it (the chart's default is strict)
@@ -21,12 +22,6 @@ OPEN_POLICY = {
     "allowedImagePrefixes": ["*"],
     "allowedTolerationKeys": ["*"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OperatorUnderTest:

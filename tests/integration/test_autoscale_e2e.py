@@ -42,7 +42,6 @@ from tests.integration.operator_support import Models, OperatorProcess
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 MD = "auto"
 MAX_BATCH = 2

@@ -50,7 +50,6 @@ from tests.integration.runtime_server.harness import free_port
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 WINDOW_S = ANALYSIS["analysisIntervalSeconds"]
 # a canary's pod starting, then its analysis; a promotion adds the stable Deployment's rolling update

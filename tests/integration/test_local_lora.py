@@ -31,7 +31,6 @@ from tests.integration.operator_support import OperatorProcess
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 MD = "tuned"
 STATUS_TIMEOUT_S = 90  # a scrape (1 s), the operator's evaluation interval (10 s), pods settling

@@ -1,7 +1,7 @@
 """ModelDeployment pods as real runtime processes on the local kubelet's node, scraped by the stack's real
 Prometheus: readiness from the runtime's own /ready, scaling with drain, restarts, rollouts, bad models.
 
-The operator runs as a process (tests/integration/operator_fixtures.py); the pods land on the session's
+The operator runs as a process (tests/integration/conftest.py); the pods land on the session's
 served node (tests/conftest.py LOCAL_NODE) through a node selector and a toleration. Everything the tests
 check comes from outside the kubelet: the API, /proc, HTTP to the processes, Prometheus.
 """
@@ -37,7 +37,6 @@ from tests.integration.operator_support import static_pvc
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 
 @pytest.fixture(scope="module")

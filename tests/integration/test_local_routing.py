@@ -25,7 +25,6 @@ from tests.integration.operator_support import OperatorProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 POD_HEADER = "x-moedeploy-pod"
 

@@ -10,8 +10,6 @@ from kubernetes import client
 
 from tests.integration.operator_support import GROUP, PLURAL, VERSION, example
 
-pytest_plugins = ["tests.integration.operator_fixtures"]
-
 pytestmark = pytest.mark.integration
 
 VALID = {

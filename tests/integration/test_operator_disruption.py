@@ -11,7 +11,6 @@ import pytest
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 
 def budgeted(replicas: int, **rollout) -> dict:

@@ -11,7 +11,6 @@ from tests.integration.operator_support import OperatorProcess
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 FAST_LEASE = [
     "--leader-elect",

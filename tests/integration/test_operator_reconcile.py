@@ -11,7 +11,6 @@ from tests.integration.operator_support import GROUP, PLURAL, VERSION, OperatorP
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 FIXED_LABELS = {
     "app.kubernetes.io/name": "moe-runtime",

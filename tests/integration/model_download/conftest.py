@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from moe_runtime.download.plan import RemoteObject
 from tests.integration.model_download.proxy import S3Proxy
 from tests.integration.model_download.s3server import MotoServer, upload_folder
 
@@ -74,3 +75,8 @@ def aws_env(s3, proxy, monkeypatch):
         monkeypatch.setenv(name, value)
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
+
+
+def listed_object(s3, bucket: str, name: str) -> RemoteObject:
+    head = s3.client().head_object(Bucket=bucket, Key=f"{PREFIX}/{name}")
+    return RemoteObject(f"{PREFIX}/{name}", head["ContentLength"], head["ETag"].strip('"'))

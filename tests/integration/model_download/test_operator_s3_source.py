@@ -14,7 +14,6 @@ from tests.integration.model_download.s3server import REGION
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 
 def test_weights_from_s3_are_downloaded_before_the_pod_serves(cluster, models, operator, created, s3, bucket):

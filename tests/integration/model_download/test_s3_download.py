@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from moe_runtime.download.plan import RemoteObject, S3Uri, partial_name
+from moe_runtime.download.plan import S3Uri, partial_name
 from moe_runtime.download.s3 import DownloadError, S3Snapshot, local_model_dir, s3_client
-from tests.integration.model_download.conftest import MULTIPART_SHARD, PREFIX, SHARD
+from tests.integration.model_download.conftest import MULTIPART_SHARD, PREFIX, SHARD, listed_object
 from tests.integration.model_download.proxy import Rule
 from tests.integration.model_download.s3server import upload_folder
 from tests.waiting import wait_for
@@ -25,11 +25,6 @@ def same_files(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.iterdir())
     match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     return sorted(p.name for p in b.iterdir()) == names and not mismatch and not errors
-
-
-def listed_object(s3, bucket: str, name: str) -> RemoteObject:
-    head = s3.client().head_object(Bucket=bucket, Key=f"{PREFIX}/{name}")
-    return RemoteObject(f"{PREFIX}/{name}", head["ContentLength"], head["ETag"].strip('"'))
 
 
 def test_downloads_every_object_into_the_cache(bucket, checkpoint, proxy, aws_env, tmp_path):

@@ -12,9 +12,8 @@ import httpx
 import pytest
 
 from moe_runtime.download.plan import S3Uri, partial_name
-from tests.integration.model_download.conftest import PREFIX, SHARD
+from tests.integration.model_download.conftest import PREFIX, SHARD, listed_object
 from tests.integration.model_download.proxy import Rule
-from tests.integration.model_download.test_s3_download import listed_object
 from tests.integration.runtime_server.harness import free_port
 from tests.waiting import wait_for, wait_until_serving
 

@@ -13,12 +13,10 @@ import pytest
 
 from tests.integration.local_stack import local_md
 from tests.integration.router.support import POD_HEADER, PodNetwork, RouterProcess, endpoint_slice
-from tests.integration.runtime_server.harness import RuntimeServer, free_port, write_checkpoint
-from tests.integration.runtime_server.test_server_metrics import scrape, total
+from tests.integration.runtime_server.harness import RuntimeServer, free_port, scrape, total, write_checkpoint
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 MD = "routed"
 STABLE, CANARY = f"{MD}-stable", f"{MD}-canary"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.paths import ROOT as REPO
 from tests.waiting import wait_until_serving
@@ -134,3 +135,20 @@ async def timed_request(client: httpx.AsyncClient, url: str, body: dict) -> Time
     response = await client.post(f"{url}/v1/completions", json=body)
     tokens = response.json()["usage"]["completion_tokens"] if response.status_code == 200 else 0
     return Timed(response.status_code, time.perf_counter() - start, None, tokens)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """A runtime's /metrics: (name, sorted labels) -> value."""
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))

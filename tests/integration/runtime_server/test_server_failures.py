@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from moe_runtime.engine.sampling import SamplingParams
-from tests.integration.runtime_server.harness import FAULTY_SERVE, RuntimeServer
-from tests.integration.runtime_server.test_server_metrics import scrape, total
+from tests.integration.runtime_server.harness import FAULTY_SERVE, RuntimeServer, scrape, total
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.runtime_server.harness import RuntimeServer, timed_completion
-from tests.integration.runtime_server.test_server_metrics import scrape, total
+from tests.integration.runtime_server.harness import RuntimeServer, scrape, timed_completion, total
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration

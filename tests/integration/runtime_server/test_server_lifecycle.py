@@ -9,8 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.runtime_server.harness import RuntimeServer
-from tests.integration.runtime_server.test_server_metrics import scrape, total
+from tests.integration.runtime_server.harness import RuntimeServer, scrape, total
 from tests.raw_http import RawConnection
 
 pytestmark = pytest.mark.integration

@@ -1,33 +1,18 @@
 """/metrics parses with prometheus_client's parser, carries the DESIGN.md names, and moves with traffic."""
 
-import time
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.design import RUNTIME_METRIC_FAMILIES
+from tests.integration.runtime_server.harness import scrape, total
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    response = httpx.get(f"{url}/metrics")
-    assert response.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
 def families(url: str) -> set[str]:
     return {family.name for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
-
-
-def total(samples: dict, name: str, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
 def test_metrics_have_the_design_names_and_move_as_requests_flow(server):
@@ -37,8 +22,14 @@ def test_metrics_have_the_design_names_and_move_as_requests_flow(server):
         body = {"prompt": f"metrics {i}", "max_tokens": 5, "temperature": 0}
         assert httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).status_code == 200
     assert httpx.post(f"{server.url}/v1/completions", json={"prompt": ""}).status_code == 400
-    time.sleep(1.5)  # expert counts are collected from the engine about once a second
-    after = scrape(server.url)
+
+    # expert counts are collected from the engine about once a second
+    def counted_experts():
+        now = scrape(server.url)
+        experts = "moe_runtime_expert_tokens_total"
+        return now if total(now, experts) > total(before, experts) else None
+
+    after = wait_for(counted_experts, timeout=10, what="the expert counts")
 
     def moved(name: str, **labels) -> float:
         return total(after, name, **labels) - total(before, name, **labels)

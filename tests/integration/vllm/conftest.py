@@ -1,7 +1,6 @@
 """The setup every vLLM test shares: vLLM's CPU build (the tests fail without it), per session one MoE checkpoint,
 one dense checkpoint and three LoRA adapters of the dense one, and per test module an operator that reads the
-stack's Prometheus. Test modules that apply ModelDeployments load `tests.integration.operator_fixtures` too
-(`md_namespace`, `models`)."""
+stack's Prometheus (`md_namespace` and `models` come from tests/integration/conftest.py)."""
 
 from __future__ import annotations
 

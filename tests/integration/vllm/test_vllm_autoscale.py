@@ -23,7 +23,6 @@ from tests.integration.vllm.support import (
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 NAME = "vllm-scale"
 TARGET = 2.0  # requests waiting per pod the autoscaler aims for

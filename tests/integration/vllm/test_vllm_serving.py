@@ -28,7 +28,6 @@ from tests.integration.vllm.support import (
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-pytest_plugins = ["tests.integration.operator_fixtures"]
 
 NAME = "vllm-serving"
 

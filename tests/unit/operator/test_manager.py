@@ -1,7 +1,6 @@
 """The operator's start as kopf runs it: a start that failed half-way (the metrics port already bound) is
 retried by kopf, and the retry must go through."""
 
-import socket
 import threading
 import time
 import urllib.request
@@ -11,6 +10,7 @@ import pytest
 
 from moe_operator import handlers, manager
 from moe_operator.manager import Options
+from tests.integration.runtime_server.harness import free_port
 from tests.waiting import wait_for
 
 
@@ -25,12 +25,6 @@ class FlakyKube:
             self.failures -= 1
             raise ConnectionError("429 Too Many Requests: storage is (re)initializing")
         return []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_failed_start_with_a_metrics_port_is_retried_and_then_serves(monkeypatch):

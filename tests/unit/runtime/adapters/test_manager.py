@@ -20,7 +20,7 @@ from moe_runtime.engine.scheduler import FinishReason, SchedulerConfig
 from moe_runtime.engine.worker import EngineWorker
 from moe_runtime.metrics import RuntimeMetrics
 from moe_runtime.model.lora import AdapterError, AdapterNotFound
-from tests.unit.runtime.engine.test_worker import VOCAB, FakeEngine, collect, next_token
+from tests.unit.runtime.engine.fake_engine import VOCAB, FakeEngine, collect, next_token
 from tests.waiting import wait_for
 
 

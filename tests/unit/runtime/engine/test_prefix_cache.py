@@ -11,7 +11,7 @@ from moe_runtime.engine.scheduler import SchedulerConfig
 from moe_runtime.engine.worker import EngineWorker
 from moe_runtime.faults import Faults, FaultSpec
 from moe_runtime.metrics import RuntimeMetrics
-from tests.unit.runtime.engine.test_worker import collect
+from tests.unit.runtime.engine.fake_engine import collect
 from tests.unit.runtime.helpers import prompt_ids
 
 

@@ -1,4 +1,4 @@
-"""pytest fixtures for the operator's integration tests (load with `pytest_plugins`)."""
+"""Fixtures of the integration tests that drive the operator: a namespace per test, its Models client, the CRD."""
 
 from __future__ import annotations
 
