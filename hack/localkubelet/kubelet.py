@@ -84,6 +84,7 @@ class Settings:
         """The local pod network: each running pod's `podIP:containerPort` -> the loopback port it listens on."""
         return self.state_dir / ADDRESSES_FILE
 
+    @property
     def sidecar_targets_file(self) -> Path:
         """The metrics ports of the pods' other containers (file_sd), beside the targets file."""
         return self.targets_file.with_name(SIDECAR_TARGETS)
