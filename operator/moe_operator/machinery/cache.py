@@ -191,12 +191,14 @@ class ObjectCache:
     def list(self, kind: str) -> list[dict[str, Any]]:
         """Every cached object of a kind, in every namespace."""
         with self._lock:
-            return [
-                copy.deepcopy(obj)
-                for (k, _), objs in self._objects.items()
-                if k == kind
-                for obj in objs.values()
-            ]
+            now = self.clock()
+            found = []
+            for (k, _), entries in self._objects.items():
+                if k == kind:
+                    for entry in entries.values():
+                        self._expire(entry, now)
+                        found.append(copy.deepcopy(entry.obj))
+            return found
 
     def names(self, kind: str) -> list[tuple[str, str]]:
         """(namespace, name) of every cached object of a kind."""

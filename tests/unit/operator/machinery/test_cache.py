@@ -243,3 +243,18 @@ def test_interleavings_of_watch_writes_gaps_and_listings(steps, seed):
         for _, n in cache.names("Deployment")
     }
     assert held == {n: o["metadata"]["resourceVersion"] for n, o in server.objects.items()}
+
+
+def test_list_gives_every_object_of_a_kind_in_every_namespace_as_the_api_has_it():
+    cache = ObjectCache()
+    for namespace in ("a", "b"):
+        cache.put(
+            {
+                "kind": "ModelDeployment",
+                "metadata": {"name": "m", "namespace": namespace, "resourceVersion": "1"},
+            }
+        )
+    cache.put({"kind": "Pod", "metadata": {"name": "p", "namespace": "a", "resourceVersion": "2"}})
+    listed = cache.list("ModelDeployment")
+    assert sorted(md["metadata"]["namespace"] for md in listed) == ["a", "b"]
+    assert all(md["kind"] == "ModelDeployment" for md in listed)
