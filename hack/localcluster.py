@@ -109,6 +109,13 @@ COMPONENTS = (
 )
 
 
+class KubectlFailed(subprocess.CalledProcessError):
+    """A kubectl that failed, saying what kubectl said."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {(self.stderr or '').strip()}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -367,14 +374,16 @@ class LocalCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        done = subprocess.run(
             [str(self.assets / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
             input=input,
             capture_output=True,
             text=True,
-            check=check,
             timeout=120,
         )
+        if check and done.returncode != 0:
+            raise KubectlFailed(done.returncode, done.args, done.stdout, done.stderr)
+        return done
 
     def api_client(self):
         from kubernetes import config

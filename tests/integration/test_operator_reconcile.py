@@ -90,7 +90,7 @@ def test_example_becomes_ready_on_gpu_nodes(cluster, models, operator):
         "Ready", 2, 2, 2,
     )  # fmt: skip
     assert status["selector"] == (
-        f"app.kubernetes.io/name=moe-runtime,moedeploy.dev/model-deployment={name},app.kubernetes.io/component!=router"
+        f"app.kubernetes.io/name=moe-runtime,moedeploy.dev/model-deployment={name},app.kubernetes.io/component notin (router)"
     )
     ready = models.condition(name, "Ready")
     assert (

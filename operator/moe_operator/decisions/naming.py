@@ -79,9 +79,10 @@ def track_selector_labels(md_name: str, track: str) -> dict[str, str]:
 
 def selector_string(md_name: str) -> str:
     """The runtime pods of both tracks (status.selector, what the scale subresource hands an HPA): not the
-    router's pods, which carry the ModelDeployment's labels too."""
+    router's pods, which carry the ModelDeployment's labels too. `notin`, not `!=`: the scale subresource's
+    selector is parsed into a LabelSelector (kubectl scale, the HPA), which has no `!=`."""
     plain = ",".join(f"{key}={value}" for key, value in selector_labels(md_name).items())
-    return f"{plain},{COMPONENT_LABEL}!={ROUTER}"
+    return f"{plain},{COMPONENT_LABEL} notin ({ROUTER})"
 
 
 def is_router_pod(pod: Mapping[str, Any]) -> bool:
