@@ -49,7 +49,7 @@ def test_closed_loop_cli_spreads_requests_and_summarises(server):
     assert summary["by_target"] == {first: 4, second: 4}
     assert summary["output_tokens"] > 0
     assert 0 < summary["ttft_s"]["p50"] <= summary["latency_s"]["p50"] <= summary["latency_s"]["max"]
-    assert summary["config"]["mix"] == ["8:4:1", "32:8:1"]
+    assert summary["config"]["mix"] == ["8:4:1:0", "32:8:1:0"]  # prompt:output:weight:shared prefix words
 
 
 def test_open_loop_sends_at_its_rate_and_ends_on_time(server):
