@@ -6,6 +6,7 @@ of a Deployment through a watch, and what the operator's own metrics say.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -76,6 +77,9 @@ class SteadyLoad:
             sys.executable, "-m", "moe_runtime", "loadgen", "--targets", str(targets_file),
             "--model-deployment", md, "--namespace", namespace, "--concurrency", str(concurrency),
             "--duration", "900", "--mix", mix, "--timeout", "120",
+            # prompts of their own: with the same seed every run repeats the last one's prompts, which the stable
+            # pods' prefix caches hold and a new canary's do not (its time to first token would look worse)
+            "--seed", str(random.randrange(2**31)),
         ]  # fmt: skip
         self.log = log
         self.result: dict | None = None
