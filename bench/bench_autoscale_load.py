@@ -37,7 +37,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
-from stack import on_local_stack  # noqa: E402
+from stack import fresh_namespace, on_local_stack  # noqa: E402
 
 from moe_runtime.tools.loadgen import LoadConfig, LoadGenerator, Shape  # noqa: E402
 from tests.integration.autoscale_support import (  # noqa: E402
@@ -56,7 +55,7 @@ from tests.integration.autoscale_support import (  # noqa: E402
     first_over,
 )
 from tests.integration.local_stack import pod_ready, write_tiny_checkpoint  # noqa: E402
-from tests.integration.operator_support import Models, install_crd  # noqa: E402
+from tests.integration.operator_support import Models  # noqa: E402
 
 MD = "bench-auto"
 MAX_BATCH = 2
@@ -289,9 +288,7 @@ def _median(runs: list[dict], key: str) -> float | None:
 
 def run(cluster, args: argparse.Namespace, workdir: Path) -> dict:
     model_dir = write_tiny_checkpoint(workdir / "tiny-qwen3-moe")
-    install_crd(cluster)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
+    namespace = fresh_namespace(cluster)
     prometheus = PromReader(cluster.prometheus_url)
     operator = OperatorUnderTest(
         cluster.kubeconfig, workdir, ["--namespace", namespace, "--prometheus-url", prometheus.url]

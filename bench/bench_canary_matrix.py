@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
 from prometheus_api_client import PrometheusConnect  # noqa: E402
-from stack import on_local_stack  # noqa: E402
+from stack import fresh_namespace, on_local_stack  # noqa: E402
 
 from moe_operator.timestamps import from_time  # noqa: E402
 from tests.burner import cpu_burner  # noqa: E402
@@ -51,7 +51,7 @@ from tests.integration.canary_stack import (  # noqa: E402
 )
 from tests.integration.local_stack import START_TIMEOUT_S, write_tiny_checkpoint  # noqa: E402
 from tests.integration.lora_support import peft_adapter  # noqa: E402
-from tests.integration.operator_support import Models, install_crd  # noqa: E402
+from tests.integration.operator_support import Models  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 
 NAME = "bench"
@@ -156,9 +156,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run(cluster, rounds: int, workdir: Path) -> dict:
-    install_crd(cluster)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
+    namespace = fresh_namespace(cluster)
     models = Models(cluster, namespace)
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
     seeds = [write_tiny_checkpoint(workdir / f"tiny-{seed}", 4, seed=seed) for seed in range(3)]

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -39,10 +38,9 @@ sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
 from bench_local_pods import demo_checkpoint, log  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
-from stack import on_local_stack  # noqa: E402
+from stack import fresh_namespace, on_local_stack  # noqa: E402
 
 from tests.integration.local_stack import routed_md, service_url  # noqa: E402
-from tests.integration.operator_support import install_crd  # noqa: E402
 
 NAME = "cold-bench"
 IDLE_S = 3
@@ -160,9 +158,7 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
     model_dir = demo_checkpoint(workdir / "qwen3-moe-demo")
-    install_crd(cluster)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
+    namespace = fresh_namespace(cluster)
     operator = OperatorUnderTest(
         cluster.kubeconfig, workdir, ["--namespace", namespace, "--prometheus-url", cluster.prometheus_url]
     )

@@ -57,6 +57,14 @@ class ServerSpec:
     env: dict[str, str]
 
 
+def make_checkpoint(workdir: Path) -> Path:
+    """The issue's random Qwen3-MoE checkpoint (CHECKPOINT), written under `workdir`."""
+    checkpoint = workdir / "qwen3-moe"
+    subprocess.run([sys.executable, "-m", "moe_runtime", "make-checkpoint", "--out", str(checkpoint), *CHECKPOINT],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    return checkpoint
+
+
 def our_server(checkpoint: Path, port: int, dtype: str) -> ServerSpec:
     command = [sys.executable, "-m", "moe_runtime", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",
                "--port", str(port), "--dtype", dtype, "--served-model-name", MODEL_NAME,
@@ -265,9 +273,7 @@ def main() -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        checkpoint = workdir / "qwen3-moe"
-        subprocess.run([sys.executable, "-m", "moe_runtime", "make-checkpoint", "--out", str(checkpoint), *CHECKPOINT],
-                       check=True, capture_output=True, timeout=300)  # fmt: skip
+        checkpoint = make_checkpoint(workdir)
         for name in engines:
             port = free_port()
             spec = (our_server(checkpoint, port, args.dtype) if name == "ours"

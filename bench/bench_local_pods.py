@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -32,10 +31,9 @@ sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
-from stack import on_local_stack  # noqa: E402
+from stack import fresh_namespace, on_local_stack  # noqa: E402
 
 from tests.integration.local_stack import local_md, processes, ready_status, targets  # noqa: E402
-from tests.integration.operator_support import install_crd  # noqa: E402
 
 PHASES = ("pod_created", "process_started", "runtime_ready", "target_listed", "first_completion")
 TIMEOUT_S = 300
@@ -178,9 +176,7 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
 
     core = client.CoreV1Api(cluster.api_client())
     model_dir = demo_checkpoint(workdir / "qwen3-moe-demo")
-    install_crd(cluster)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
+    namespace = fresh_namespace(cluster)
     operator = OperatorUnderTest(cluster.kubeconfig, workdir, ["--namespace", namespace])
     try:
         warm_up_operator(cluster, namespace, model_dir)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
-from bench_engines import CHECKPOINT, MODEL_NAME, our_server, start, stop  # noqa: E402
+from bench_engines import MODEL_NAME, make_checkpoint, our_server, start, stop  # noqa: E402
 from bench_serve_stability import stats  # noqa: E402
 
 from tests.integration.runtime_server.harness import free_port, timed_completion  # noqa: E402
@@ -77,9 +76,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        checkpoint = workdir / "qwen3-moe"
-        subprocess.run([sys.executable, "-m", "moe_runtime", "make-checkpoint", "--out", str(checkpoint), *CHECKPOINT],
-                       check=True, capture_output=True, timeout=300)  # fmt: skip
+        checkpoint = make_checkpoint(workdir)
         for name, flag in (
             ("caching_on", "--enable-prefix-caching"),
             ("caching_off", "--no-enable-prefix-caching"),

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -35,11 +34,10 @@ sys.path.insert(0, str(ROOT / "hack"))
 import machine  # noqa: E402
 from bench_local_pods import demo_checkpoint, log  # noqa: E402
 from operator_harness import OperatorUnderTest  # noqa: E402
-from stack import on_local_stack  # noqa: E402
+from stack import fresh_namespace, on_local_stack  # noqa: E402
 
 from moe_runtime.tools.loadgen import LoadConfig, parse_mix, run_load  # noqa: E402
 from tests.integration.local_stack import local_md, processes, routed_md, service_url  # noqa: E402
-from tests.integration.operator_support import install_crd  # noqa: E402
 from tests.integration.runtime_server.test_server_metrics import total  # noqa: E402
 
 NAME = "routing-bench"
@@ -200,9 +198,7 @@ def variant(
 def run(cluster, quick: bool, workdir: Path, fraction: float = LOAD_FRACTION) -> dict:
     seconds, calibration_s = (30.0, 15.0) if quick else (90.0, 30.0)
     model_dir = demo_checkpoint(workdir / "qwen3-moe-demo")
-    install_crd(cluster)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
+    namespace = fresh_namespace(cluster)
     operator = OperatorUnderTest(cluster.kubeconfig, workdir, ["--namespace", namespace])
     try:
         cluster.kubectl(

@@ -19,7 +19,6 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
-from bench_engines import CHECKPOINT, MODEL_NAME, our_server, start, stop  # noqa: E402
+from bench_engines import MODEL_NAME, make_checkpoint, our_server, start, stop  # noqa: E402
 
 from moe_runtime.tools.loadgen import WORDS  # noqa: E402
 from tests.integration.runtime_server.harness import free_port  # noqa: E402
@@ -112,9 +111,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        checkpoint = workdir / "qwen3-moe"
-        subprocess.run([sys.executable, "-m", "moe_runtime", "make-checkpoint", "--out", str(checkpoint), *CHECKPOINT],
-                       check=True, capture_output=True, timeout=300)  # fmt: skip
+        checkpoint = make_checkpoint(workdir)
         for policy in POLICIES:
             port = free_port()
             spec = our_server(checkpoint, port, "float32")

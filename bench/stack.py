@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from localcluster import LocalCluster
+
+from tests.integration.operator_support import install_crd  # bench scripts put the repo on sys.path
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -32,3 +35,11 @@ def on_local_stack(state_dir: Path | None, workdir: Path, run: Callable[[LocalCl
     finally:
         cluster.down()
         signal.signal(signal.SIGTERM, previous)
+
+
+def fresh_namespace(cluster: LocalCluster) -> str:
+    """The CRD installed (or updated) and a namespace of the benchmark's own."""
+    install_crd(cluster)
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", namespace)
+    return namespace

@@ -142,7 +142,7 @@ def _make_checkpoint(args) -> int:
 
 def _download(args) -> int:
     from moe_runtime.download.plan import is_s3_uri
-    from moe_runtime.download.s3 import DownloadError, local_model_dir
+    from moe_runtime.download.s3 import DownloadError, link_model_dir, local_model_dir
 
     if not is_s3_uri(args.model):
         print(f"--model {args.model!r}: not an s3:// URI", file=sys.stderr)
@@ -153,18 +153,9 @@ def _download(args) -> int:
         logging.getLogger("moe_runtime.download.s3.s3").error("%s", err)
         return 1
     if args.link:
-        _replace_link(Path(args.link), Path(local))
+        link_model_dir(Path(args.link), Path(local))
     print(local)
     return 0
-
-
-def _replace_link(link: Path, target: Path) -> None:
-    """Atomically, so that a restarted init container never leaves a reader without the link."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    staged = link.with_name(f".{link.name}.new")
-    staged.unlink(missing_ok=True)
-    staged.symlink_to(target.resolve(), target_is_directory=True)
-    staged.replace(link)
 
 
 def _generate(args) -> int:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from localcluster import free_port, prometheus_config
 
 from tests.integration.local_stack import local_md, pod_ready
+from tests.processes import terminate
 from tests.waiting import wait_for, wait_until_serving
 
 SCRAPE_INTERVAL = "1s"
@@ -119,14 +119,7 @@ class PrivatePrometheus(PromReader):
         wait_until_serving(f"{self.url}/-/ready", self.process, self.log, timeout=60)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
 
 
 def first_over(

@@ -14,6 +14,7 @@ adapter on a volume no pod mounts yet makes a new revision.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping
@@ -77,6 +78,14 @@ STARTUP_PROBE_PERIOD_SECONDS = 2
 PROGRESS_MARGIN_SECONDS = 600
 # After the last answer: the process writes its last events and exits.
 EXIT_MARGIN_SECONDS = 5
+# the Pod Security Standards' "restricted" profile, for every container the operator renders
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 # Revisions live in the ConfigMaps; a Deployment's own ReplicaSet history is only for its rolling update.
 REPLICA_SET_HISTORY = 2
 # Environment variables the operator sets itself; the CRD refuses them in spec.runtime.env, since a
@@ -317,13 +326,7 @@ def _container(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
         ),
         "livenessProbe": _http_probe("/health", failures=3),
         "readinessProbe": _http_probe("/ready", failures=2, period=5),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
         "volumeMounts": _volume_mounts(spec),
     }
     if runtime.drain_delay_seconds:

@@ -12,6 +12,7 @@ name): the canary's state comes from the ModelDeployment's status the moment the
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from moe_operator.decisions.naming import (
@@ -29,7 +30,7 @@ from moe_operator.decisions.naming import (
     track_selector_labels,
     track_service_name,
 )
-from moe_operator.decisions.render import child_object
+from moe_operator.decisions.render import RESTRICTED_CONTAINER, RUNTIME_USER, child_object
 from moe_operator.decisions.runtime_config import RUNTIME_PORT
 from moe_operator.decisions.spec import ModelDeploymentSpec
 
@@ -38,7 +39,6 @@ ROUTER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"
 # A pod's answer may pause this much longer than its request timeout allows before the router gives up.
 READ_TIMEOUT_MARGIN_S = 60
 EXIT_MARGIN_S = 5
-ROUTER_USER = 10001  # the runtime image's user
 
 
 def router_labels(md_name: str) -> dict[str, str]:
@@ -131,13 +131,7 @@ def router_deployment(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]
         "resources": ROUTER_RESOURCES,
         "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, **probe},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, **probe, "periodSeconds": 10},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if runtime.drain_delay_seconds:
@@ -152,8 +146,8 @@ def router_deployment(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]
         "terminationGracePeriodSeconds": router_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": ROUTER_USER,
-            "runAsGroup": ROUTER_USER,
+            "runAsUser": RUNTIME_USER,
+            "runAsGroup": RUNTIME_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

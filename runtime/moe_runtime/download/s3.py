@@ -75,6 +75,16 @@ class _Stopped(Exception):
     """Another object of the snapshot failed: stop this one."""
 
 
+def link_model_dir(link: Path, target: Path) -> None:
+    """`link` -> the local copy `target`: a fixed path for another engine to read, whatever folder the endpoint's
+    copies live in. Replaced atomically, so that a restarted init container never leaves a reader without it."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staged = link.with_name(f".{link.name}.new")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target.resolve(), target_is_directory=True)
+    staged.replace(link)
+
+
 def local_model_dir(model: str, download_dir: str | None = None) -> str:
     """`model` itself when it is a local directory; for an s3:// URI, the local copy, downloaded first."""
     if not is_s3_uri(model):

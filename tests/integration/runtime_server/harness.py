@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.paths import ROOT as REPO
+from tests.processes import terminate
 from tests.waiting import wait_until_serving
 
 STARTUP_TIMEOUT_S = 180.0
@@ -79,13 +79,7 @@ class RuntimeServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, grace_s=60)
 
     def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         wait_until_serving(f"{self.url}/ready", self.process, self.log, timeout_s)

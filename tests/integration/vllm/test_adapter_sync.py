@@ -22,6 +22,7 @@ from tests.integration.lora_support import write_list
 from tests.integration.runtime_server.harness import free_port
 from tests.integration.vllm.support import MAX_MODEL_LEN, SERVED, START_S, adapters_served, completion
 from tests.paths import ROOT
+from tests.processes import terminate
 from tests.waiting import wait_for, wait_until_serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,13 +51,7 @@ class Vllm:
         wait_until_serving(f"{self.url}/health", self.process, self.log, timeout=START_S)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, grace_s=60)
 
     def models(self) -> dict[str, str]:
         return adapters_served(self.url)
