@@ -139,7 +139,7 @@ class Manager:
         it failed: the metrics port stays bound from the first call."""
         if self.options.metrics_port is not None and self.metrics_server is None:
             self.metrics_server = operator_metrics.start(self.metrics, self.options.metrics_port)
-        self.relist()
+        self.relist(watching=False)
         if not self._relister.is_alive():
             self._relister.start()
         if self.elector is None:
@@ -159,14 +159,15 @@ class Manager:
                 log.warning("a reconcile pass did not end in time: leaving the Lease to expire")
             self.elector.stop(release=idle)
 
-    def relist(self) -> None:
+    def relist(self, watching: bool = True) -> None:
         """Lists every watched kind: what a listing lacks is gone (its ModelDeployment is queued to see).
-        At start it fills the cache, so that no pass ever runs on a half-filled one."""
+        At start (`watching` False: kopf starts its watches after this) it fills the cache, so that no pass
+        ever runs on a half-filled one."""
         for kind, selector in WATCHED.items():
             for namespace in self.options.namespaces or [None]:
                 listed_at = self.cache.clock()
                 for gone in self.cache.replace_all(
-                    kind, namespace, self.kube.list(kind, namespace, selector), listed_at
+                    kind, namespace, self.kube.list(kind, namespace, selector), listed_at, watching
                 ):
                     self._forgotten(kind, gone)
                     self._queue_owner(kind, gone)

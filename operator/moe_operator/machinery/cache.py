@@ -135,10 +135,18 @@ class ObjectCache:
                 self._release(entry, self.clock())
 
     def replace_all(
-        self, kind: str, namespace: str | None, objects: list[Mapping[str, Any]], listed_at: float
+        self,
+        kind: str,
+        namespace: str | None,
+        objects: list[Mapping[str, Any]],
+        listed_at: float,
+        watching: bool = True,
     ) -> list[dict[str, Any]]:
         """A fresh listing of a kind (in one namespace, or all for None), asked for at `listed_at` (this
-        cache's clock): what it lacks and the cache knew before then is gone. Returns what went."""
+        cache's clock): what it lacks and the cache knew before then is gone. Returns what went.
+        `watching` False: no watch has started yet, so whatever one shows later is as new as the listing or
+        newer, and is taken at once (held back, a change made while the operator restarted waited out
+        `expectation_s`)."""
         listed = {key_of(obj): obj for obj in objects}
         gone = []
         with self._lock:
@@ -164,7 +172,10 @@ class ObjectCache:
                 if watched and entry.expected is None:
                     continue  # the watch showed the listed version: the cache holds it, or a newer one
                 self._take(k, ns, name, obj, now, entry)
-                self._objects[k, ns][name].listed_at = listed_at
+                taken = self._objects[k, ns][name]
+                taken.listed_at = listed_at
+                if not watching:
+                    taken.expected = None
         return gone
 
     # ---- what passes read ---------------------------------------------------------------------------------

@@ -139,6 +139,28 @@ def test_a_listing_keeps_what_changed_after_it_was_asked_for():
     assert cache.get("Deployment", "ns", "old")["metadata"]["resourceVersion"] == "o2"
 
 
+def test_a_change_made_while_the_operator_was_down_is_taken_from_the_first_watch_event():
+    """The listing at start comes before any watch: a watch's first event is as new as it or newer. (Held back
+    as a version the watch might be behind, a spec changed during a restart waited out the expectation.)"""
+    clock = Clock()
+    cache = ObjectCache(clock=clock)
+    cache.replace_all("Deployment", "ns", [obj("d", "v1")], listed_at=clock(), watching=False)
+    clock.now += 1
+    cache.observe(obj("d", "v2", spec={"replicas": 3}))  # the watch starts after someone changed it
+    assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "v2"
+
+
+def test_while_watching_a_listed_version_holds_back_an_event_the_watch_may_be_behind_with():
+    clock = Clock()
+    cache = ObjectCache(clock=clock)
+    cache.observe(obj("d", "v1"))
+    clock.now += 1
+    cache.replace_all("Deployment", "ns", [obj("d", "v3")], listed_at=clock())
+    clock.now += 1
+    cache.observe(obj("d", "v2"))  # in flight from before the listing
+    assert cache.get("Deployment", "ns", "d")["metadata"]["resourceVersion"] == "v3"
+
+
 # ---- interleavings ----------------------------------------------------------------------------------------
 
 
