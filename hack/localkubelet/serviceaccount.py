@@ -15,12 +15,15 @@ TOKEN_SECONDS = 24 * 3600  # a local session's length; a real kubelet requests a
 
 
 def mounts_token(pod: Mapping[str, Any]) -> bool:
-    """automountServiceAccountToken, unset meaning true (the ServiceAccount's own setting is not read)."""
-    return pod["spec"].get("automountServiceAccountToken") is not False
+    """A pod that names its ServiceAccount and does not opt out (automountServiceAccountToken unset means true;
+    the ServiceAccount's own setting is not read). The local API server runs without the ServiceAccount
+    admission plugin, which would name `default` for a pod that names none: such a pod has no account a token
+    can be bound to (TokenRequest refuses one for a pod of another account), so it gets none."""
+    return pod["spec"].get("automountServiceAccountToken") is not False and bool(service_account(pod))
 
 
 def service_account(pod: Mapping[str, Any]) -> str:
-    return pod["spec"].get("serviceAccountName") or pod["spec"].get("serviceAccount") or "default"
+    return pod["spec"].get("serviceAccountName") or pod["spec"].get("serviceAccount") or ""
 
 
 def token_request(pod: Mapping[str, Any]) -> dict[str, Any]:

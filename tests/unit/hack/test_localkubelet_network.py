@@ -24,10 +24,12 @@ def test_each_declared_port_of_a_running_pod_maps_to_its_containers_local_port()
     assert pod_addresses([("10.245.0.5", {})]) == {}
 
 
-def test_a_token_is_handed_over_unless_the_pod_opts_out():
-    assert mounts_token(pod()) and mounts_token(pod(automountServiceAccountToken=True))
-    assert not mounts_token(pod(automountServiceAccountToken=False))
-    assert service_account(pod()) == "default" and service_account(pod(serviceAccountName="r")) == "r"
+def test_a_token_is_handed_to_a_pod_that_names_its_account_unless_it_opts_out():
+    assert mounts_token(pod(serviceAccountName="r")) and mounts_token(pod(serviceAccount="r"))
+    assert mounts_token(pod(serviceAccountName="r", automountServiceAccountToken=True))
+    assert not mounts_token(pod(serviceAccountName="r", automountServiceAccountToken=False))
+    assert not mounts_token(pod()), "no admission names `default`: no account to bind a token to"
+    assert service_account(pod(serviceAccountName="r")) == "r"
     bound = token_request(pod())["spec"]["boundObjectRef"]
     assert bound == {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": "u1"}
     config = token_kubeconfig("https://127.0.0.1:6443", "/ca.crt", "t0ken", "ns")
