@@ -8,8 +8,9 @@ Without --state-dir it starts a fresh local stack (hack/localcluster.py) and sto
 as a process reading the stack's Prometheus; the load generator in a process of its own (closed loop, the canary
 tests' load and SLO: tests/integration/canary_stack.py, judged against the stable track). One ModelDeployment of
 one stable pod serving a LoRA adapter, a canary of one pod. Every round deploys, against the same stable track:
-a good revision (the same model, another seed) and one bad revision of each kind: slower per token, slow only on
-long prompts, hanging on some requests, crash-looping after some requests (runtime/moe_runtime/faults.py), and
+two good revisions (the same model, another seed), one under the tests' load and one under a load whose prompts
+share long prefixes the stable pods have cached, and one bad revision of each kind: slower per token, slow only
+on long prompts, hanging on some requests, crash-looping after some requests (runtime/moe_runtime/faults.py), and
 failing to load the adapter the stable track serves. A rollback's first breach is the canary's readiness (its
 faults act from its first request); its end, the canary's pods gone. Prints one JSON object; progress to stderr.
 """
@@ -57,6 +58,10 @@ from tests.waiting import wait_for  # noqa: E402
 NAME = "bench"
 POLL_S = 0.3
 LONG_MIX = "8:16:3,64:16:1"
+# prompts of 64 words opening with one of 32 fixed 63-word prefixes, the same in every load: the stable pods'
+# prefix caches hold them, a new canary's do not (the judge scales its TTFT tolerance by the prompt work)
+PREFIX_MIX = "64:16:1:32"
+GOOD_LOADS = {"good": LOAD_MIX, "good-shared-prefixes": PREFIX_MIX}
 KINDS = {
     # kind: (runtime patch, load mix)
     "slower-per-token": (faulty(SLOWER_PER_TOKEN), LOAD_MIX),
@@ -131,8 +136,8 @@ def spread(values: list[float]) -> dict | None:
 
 
 def summarize(runs: list[dict]) -> dict:
-    goods = [r for r in runs if r["kind"] == "good"]
-    bads = [r for r in runs if r["kind"] != "good"]
+    goods = [r for r in runs if r["kind"] in GOOD_LOADS]
+    bads = [r for r in runs if r["kind"] not in GOOD_LOADS]
     rolled_back = [r for r in bads if r["outcome"] == "RolledBack"]
     return {
         "false_promotions": sum(r["outcome"] == "Promoted" for r in bads),
@@ -150,7 +155,7 @@ def summarize(runs: list[dict]) -> dict:
                 "reasons": sorted({r["reason"] for r in runs if r["kind"] == kind and r["reason"]}),
                 "breach_to_canary_gone_s": spread([r["breach_to_gone_s"] for r in runs if r["kind"] == kind]),
             }
-            for kind in ["good", *KINDS]
+            for kind in [*GOOD_LOADS, *KINDS]
         },
     }
 
@@ -184,13 +189,16 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
                         matrix[condition].append(result)
                         log(f"{condition} round {index}: {kind} {result['outcome']} ({result['reason']}) after "
                             f"{result['analysis_s']}s, gone {result['breach_to_gone_s']}s after Ready")  # fmt: skip
-                    model = {"source": {"hostPath": {"path": str(next(other_seeds))}}}
-                    good = {"model": model, "runtime": {"args": [], "maxLoraRank": 16}}
-                    result = {"kind": "good", "round": index, **bench.deploy(good, LOAD_MIX)}
-                    if result["outcome"] == "Promoted":
-                        bench.revision = result["revision"]
-                    matrix[condition].append(result)
-                    log(f"{condition} round {index}: good {result['outcome']} after {result['analysis_s']}s")
+                    for kind, mix in GOOD_LOADS.items():
+                        model = {"source": {"hostPath": {"path": str(next(other_seeds))}}}
+                        good = {"model": model, "runtime": {"args": [], "maxLoraRank": 16}}
+                        result = {"kind": kind, "round": index, **bench.deploy(good, mix)}
+                        if result["outcome"] == "Promoted":
+                            bench.revision = result["revision"]
+                        matrix[condition].append(result)
+                        log(
+                            f"{condition} round {index}: {kind} {result['outcome']} after {result['analysis_s']}s"
+                        )
         problems = operator.log_problems()
     except Exception:
         log("operator log, last lines:\n" + operator.log_path.read_text()[-6000:])
@@ -206,6 +214,7 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
             "closed_loop": True,
             "mix": LOAD_MIX,
             "long_prompts_mix": LONG_MIX,
+            "shared_prefixes_mix": PREFIX_MIX,
         },
         "goals": {"false_promotions": 0, "false_rollbacks": 0, "requests_failed": 0},
         **{condition: summarize(runs) for condition, runs in matrix.items()},

@@ -76,6 +76,12 @@ class FakePod:
         )
         self.requests = Counter("moe_runtime_requests", "Requests by status", ["status"], registry=r)
         self.oldest = Gauge("moe_runtime_oldest_request_age_seconds", "Oldest unfinished request", registry=r)
+        self.prompt_tokens = Counter(
+            "moe_runtime_prefix_cache_queries", "Prompt tokens looked up", registry=r
+        )
+        self.cached_tokens = Counter(
+            "moe_runtime_prefix_cache_hits", "Prompt tokens found cached", registry=r
+        )
         for status in STATUSES:
             self.requests.labels(status)
         self.queue_depth.set(queue)
@@ -236,7 +242,8 @@ def scalar(setup, query: str) -> float | None:
 @pytest.fixture(scope="module")
 def canary_traffic(setup) -> tuple[float, float]:
     """Known traffic on the canary pod: 100 finished generations (98 at 0.3s, 2 at 7s), answers 200 x100,
-    429 x20, 499 x3, 500 x10, 503 x5, and a request once seen 42s old. Returns (before, end): a time before
+    429 x20, 499 x3, 500 x10, 503 x5, a request once seen 42s old, 100 of 1000 prompt tokens found in its prefix
+    cache (the stable pod: 800 of 1000). Returns (before, end): a time before
     any of it and the end of a window holding all of it."""
     pod = setup.pods["chat-canary-0"]
     before = time.time()
@@ -250,6 +257,10 @@ def canary_traffic(setup) -> tuple[float, float]:
     stable = setup.pods["chat-0"]
     for _ in range(50):
         stable.latency.observe(0.3)
+    pod.prompt_tokens.inc(1000)
+    pod.cached_tokens.inc(100)
+    stable.prompt_tokens.inc(1000)
+    stable.cached_tokens.inc(800)
     for status, count in (("200", 100), ("429", 20), ("499", 3), ("500", 10), ("503", 5)):
         pod.requests.labels(status).inc(count)
     pod.oldest.set(42)
@@ -286,6 +297,7 @@ def test_tracks_measure_what_each_revisions_pods_served(setup, canary_traffic):
     # the count itself is extrapolated towards the window's end, by at most about a scrape interval
     assert 100 <= canary.requests <= 100 * interval / (interval - 2.5 * SCRAPE_S)
     assert canary.oldest_in_flight_s == 42 and canary.pods == 1
+    assert canary.computed_share == pytest.approx(0.9) and stable.computed_share == pytest.approx(0.2)
     assert stable.pods == 3 and stable.latency.quantile(0.5) == pytest.approx(0.25 + 0.25 * 0.5)
     window = Measurement(end, canary, canary, stable, stable)
     outcome = judge(window, Objectives(p99_latency_s=2.0, max_error_ratio=0.05), at=end)
@@ -298,6 +310,7 @@ def test_a_past_span_before_the_traffic_is_empty_not_missing(setup, canary_traff
     before, _ = canary_traffic
     quiet = setup.client.tracks("team", "chat", ["r2"], before, 2, MOE)["r2"]
     assert quiet.requests == 0 and quiet.oldest_in_flight_s == 0 and quiet.pods == 1
+    assert quiet.prompt_tokens == 0 and quiet.computed_share is None, "no prompt: no share to compare"
     assert (
         judge(Measurement(before, quiet, quiet), Objectives(p99_latency_s=2.0), at=before).kind
         == "Inconclusive"

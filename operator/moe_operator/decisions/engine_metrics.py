@@ -25,6 +25,9 @@ class EngineMetrics:
     outcome_label: str  # that label: "status" (200, 503, ...) or grouped ("2xx", "5xx")
     outcome_selector: str = ""  # extra matchers on the outcome counter (which handlers are generation)
     in_flight_age: str | None = None  # gauge: age of the oldest unfinished request, if the engine has one
+    # counters of prompt tokens looked up in the prefix cache, and of those found there, if the engine has them
+    prefix_cache_queries: str | None = None
+    prefix_cache_hits: str | None = None
 
     def histograms(self) -> dict[str, str]:
         return {"latency": self.latency, "ttft": self.ttft, "tpot": self.tpot}
@@ -38,7 +41,8 @@ class EngineMetrics:
             *(f"{h}_bucket" for h in self.histograms().values()),
             self.outcomes,
         ]
-        return names + ([self.in_flight_age] if self.in_flight_age else [])
+        optional = (self.in_flight_age, self.prefix_cache_queries, self.prefix_cache_hits)
+        return names + [name for name in optional if name]
 
 
 ENGINES: dict[str, EngineMetrics] = {
@@ -52,6 +56,8 @@ ENGINES: dict[str, EngineMetrics] = {
         outcomes="moe_runtime_requests_total",
         outcome_label="status",
         in_flight_age="moe_runtime_oldest_request_age_seconds",
+        prefix_cache_queries="moe_runtime_prefix_cache_queries_total",
+        prefix_cache_hits="moe_runtime_prefix_cache_hits_total",
     ),
     # vLLM 0.32 (measured on a real server): HTTP statuses come grouped from prometheus-fastapi-instrumentator
     VLLM: EngineMetrics(
@@ -64,6 +70,8 @@ ENGINES: dict[str, EngineMetrics] = {
         outcomes="http_requests_total",
         outcome_label="status",
         outcome_selector='handler=~"/v1/completions|/v1/chat/completions"',
+        prefix_cache_queries="vllm:prefix_cache_queries_total",
+        prefix_cache_hits="vllm:prefix_cache_hits_total",
     ),
     # SGLang 0.5.23 (--enable-metrics), read from its source (sglang/srt/observability/metrics_collector.py): no
     # SGLang server runs here, so no test scrapes one. Exact HTTP statuses per endpoint; scheduler gauges from TP

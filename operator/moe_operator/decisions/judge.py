@@ -24,6 +24,17 @@ carries no verdict either way. The relative rules also decide when there is enou
 (`Settlement`): the upper bound of the ratio of time to first token and of time per output token within the
 tolerance, each with `minRequests` requests on both tracks over the analysis. End-to-end latency mixes prompt
 and output lengths, so it only ever fails a canary, never holds one back.
+
+Time to first token depends on how much of each prompt a pod computes rather than finds in its prefix cache. A
+new canary starts with a cold cache beside stable pods whose caches are warm, and a prefix-aware router keeps a
+conversation on the pods that hold its prefix: the canary then computes more of its prompts than the stable
+track does, and would look slower at the same speed. Where the engine counts its prefix-cache lookups, the
+tolerance for time to first token is scaled by the ratio of the shares of prompt tokens each track computed
+(`prompt_work`), never generously: raised, for failing, when the canary computed more (end-to-end latency, which
+holds the time to first token, likewise: time per output token is judged as it is); lowered, for settling,
+when it computed less. A cache hit saves at most its share of the time to first token (queueing, fixed costs and
+attention over the cached prefix remain), so a canary as fast as the stable track stays within the scaled
+tolerance; a slower one fails once it is slower than that, or once the caches agree.
 """
 
 from __future__ import annotations
@@ -40,9 +51,14 @@ ERRORS_ALPHA = 0.05
 QUANTILE_ALPHA = 0.01
 QUANTILE = 0.99
 CONFIDENCE = 0.98
+# the least share of prompt tokens computed that prompt_work() divides by: a track that found (nearly) every
+# token in its cache still computes each prompt's last token, and the ratio must stay finite
+COMPUTED_SHARE_FLOOR = 0.05
 NOT_THE_REVISIONS_FAULT = ("429", "499")
 # the per-request metrics that must show the candidate within tolerance before it is promoted
 SETTLING = ("ttft", "tpot")
+# the metrics that hold the prefill of prompts, which a prefix cache spares
+PREFILL_BOUND = ("ttft", "latency")
 METRIC_NAMES = {
     "latency": "end-to-end latency",
     "ttft": "time to first token",
@@ -98,7 +114,7 @@ def judge(measured: Measurement | NoData, objectives: Objectives, at: float) -> 
         *_errors(candidate, objectives),
         *_hung(candidate, measured.baseline_total, objectives),
         *_absolute(candidate, objectives),
-        *_relative(ratios, objectives),
+        *_relative(ratios, objectives, prompt_work(measured)),
     ]
     figures = {"canary": _figures(candidate)}
     if baseline is not None:
@@ -126,14 +142,19 @@ def settle(
     if measured.baseline_total is None:
         return Settlement(False, "no stable track to compare with")
     ratios = ratios if ratios is not None else _ratios(measured, objectives)
+    work = prompt_work(measured)
     waiting, seen = [], []
     for metric in SETTLING:
         cand, base = getattr(measured.candidate_total, metric), getattr(measured.baseline_total, metric)
         found = ratios.get(metric)
+        limit = allowed * min(1.0, work) if metric == "ttft" and work is not None else allowed
         if found is None or min(cand.count, base.count) < objectives.min_requests:
             waiting.append(f"{METRIC_NAMES[metric]}: {cand.count:.0f} vs {base.count:.0f} requests")
-        elif found.high > allowed:
-            waiting.append(f"{METRIC_NAMES[metric]} {found.describe()}, until it is within {allowed:g}x")
+        elif found.high > limit:
+            waiting.append(
+                f"{METRIC_NAMES[metric]} {found.describe()}, until it is within {limit:.3g}x"
+                + (_work_note(work) if limit != allowed else "")
+            )
         else:
             seen.append(f"{METRIC_NAMES[metric]} {found.describe()}")
     if waiting:
@@ -219,17 +240,38 @@ def _ratios(measured: Measurement, objectives: Objectives) -> dict[str, Ratio | 
     return {m: ratio(getattr(candidate, m), getattr(baseline, m), CONFIDENCE) for m in METRIC_NAMES}
 
 
-def _relative(ratios: dict[str, Ratio | None], objectives: Objectives):
+def prompt_work(measured: Measurement) -> float | None:
+    """The share of its prompt tokens the candidate computed (prefix-cache misses) over the baseline's, over the
+    analysis so far; None when either is unknown."""
+    if measured.baseline_total is None:
+        return None
+    candidate, baseline = measured.candidate_total.computed_share, measured.baseline_total.computed_share
+    if candidate is None or baseline is None:
+        return None
+    return max(candidate, COMPUTED_SHARE_FLOOR) / max(baseline, COMPUTED_SHARE_FLOOR)
+
+
+def _relative(ratios: dict[str, Ratio | None], objectives: Objectives, work: float | None):
     allowed = objectives.allowed_ratio
+    if allowed is None:
+        return
     for metric, found in ratios.items():
-        if found is not None and allowed is not None and found.low > allowed:
+        limit = allowed * max(1.0, work) if metric in PREFILL_BOUND and work is not None else allowed
+        if found is not None and found.low > limit:
             yield (
                 "Relative",
                 (
                     f"{METRIC_NAMES[metric]} {found.describe()} the stable track's over the analysis, more than "
-                    f"{allowed:g}x"
+                    f"{limit:.3g}x" + (_work_note(work) if limit != allowed else "")
                 ),
             )
+
+
+def _work_note(work: float | None) -> str:
+    return (
+        f" (the tolerance scaled by {work:.3g}: the canary computed that many times the stable track's share of "
+        "its prompt tokens, the rest found in prefix caches)"
+    )
 
 
 def _name(rule: str) -> str:
@@ -256,6 +298,8 @@ def _figures(track: TrackWindow) -> dict[str, Any]:
         figures["errorRatio"] = round(
             sum(v for s, v in track.outcomes.items() if s.startswith("5")) / answered, 4
         )
+    if track.computed_share is not None:
+        figures["prefixCacheHitRatio"] = round(1 - track.computed_share, 4)
     if track.oldest_in_flight_s is not None:
         figures["oldestInFlightSeconds"] = round(track.oldest_in_flight_s, 3)
     return figures

@@ -57,8 +57,9 @@ class TrackWindow:
     ended in the span (every accepted request however it ended, for our runtime); outcomes: requests answered by
     HTTP status ("200", "503", ...; refusals by a draining pod are not among them); oldest_in_flight_s: the highest
     age of a request accepted and not finished seen in the span (None when the engine does not export it); pods:
-    pods of the revision Prometheus scraped in the span. p99_override and error_ratio_override: the values of
-    the user's `spec.slo.queries`, when set.
+    pods of the revision Prometheus scraped in the span. prompt_tokens and prompt_tokens_cached: prompt tokens the
+    pods looked up in their prefix caches in the span, and those they found there (None when the engine does not
+    count them). p99_override and error_ratio_override: the values of the user's `spec.slo.queries`, when set.
     """
 
     latency: Distribution = Distribution()
@@ -67,6 +68,8 @@ class TrackWindow:
     outcomes: Mapping[str, float] = field(default_factory=dict)
     oldest_in_flight_s: float | None = None
     pods: int = 0
+    prompt_tokens: float | None = None
+    prompt_tokens_cached: float | None = None
     p99_override: float | None = None
     error_ratio_override: float | None = None
 
@@ -74,6 +77,13 @@ class TrackWindow:
     def requests(self) -> float:
         """Requests that ended, as the latency histogram counts them: the evidence a window rests on."""
         return self.latency.count
+
+    @property
+    def computed_share(self) -> float | None:
+        """The share of its prompt tokens the track computed, not found in a prefix cache; None if unknown."""
+        if self.prompt_tokens is None or self.prompt_tokens_cached is None or self.prompt_tokens <= 0:
+            return None
+        return min(max(1 - self.prompt_tokens_cached / self.prompt_tokens, 0.0), 1.0)
 
 
 @dataclass(frozen=True)

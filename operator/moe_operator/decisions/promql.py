@@ -134,6 +134,7 @@ class TrackQueries:
     histograms: Mapping[str, str]  # "latency", "ttft", "tpot" -> buckets' increase by (revision, le)
     outcomes: str  # answered requests' increase by (revision, status)
     in_flight: str | None  # the oldest unfinished request's age by revision
+    prefix_cache: Mapping[str, str]  # "queries", "hits" -> prompt tokens' increase by revision (if counted)
     p99_overrides: Mapping[str, str]  # revision -> the user's p99 query
     error_ratio_overrides: Mapping[str, str]
 
@@ -175,6 +176,14 @@ def track_queries(
             f"max by (revision) (max_over_time({metrics.in_flight_age}{{{selector}}}[{window}]))"
             if metrics.in_flight_age
             else None
+        ),
+        prefix_cache=(
+            {
+                "queries": f"sum by (revision) (increase({metrics.prefix_cache_queries}{{{selector}}}[{window}]))",
+                "hits": f"sum by (revision) (increase({metrics.prefix_cache_hits}{{{selector}}}[{window}]))",
+            }
+            if metrics.prefix_cache_queries and metrics.prefix_cache_hits
+            else {}
         ),
         p99_overrides=per_revision(overrides.p99_latency),
         error_ratio_overrides=per_revision(overrides.error_ratio),

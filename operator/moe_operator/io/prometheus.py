@@ -162,7 +162,7 @@ class Prometheus:
         overrides: promql.SLOQueries | None = None,
     ) -> dict[str, TrackWindow] | NoData:
         """Each revision's requests over (end - span_s, end]: its histograms, answered requests by status,
-        oldest unfinished request, pods scraped. About six HTTP queries, whatever the number of revisions. A
+        oldest unfinished request, pods scraped, prompt tokens found in prefix caches. About eight HTTP queries, whatever the number of revisions. A
         revision none of whose pods Prometheus scraped in the span is missing from the answer."""
         measured = self._tracks(namespace, name, revisions, end, span_s, metrics, overrides)
         return self._failed(measured) if isinstance(measured, NoData) else measured
@@ -200,6 +200,12 @@ class Prometheus:
             if isinstance(found, NoData):
                 return found
             oldest = {key[0]: value for key, value in found.items()}
+        prompt_tokens: dict[str, dict[str, float]] = {}
+        for key, query in queries.prefix_cache.items():
+            found = self._by_labels("tracks", query, end, ("revision",))
+            if isinstance(found, NoData):
+                return found
+            prompt_tokens[key] = {labels[0]: value for labels, value in found.items()}
         tracks = {}
         for revision in revisions:
             if revision not in scraped:
@@ -222,6 +228,8 @@ class Prometheus:
                 outcomes={status: v for (r, status), v in outcomes.items() if r == revision and v > 0},
                 oldest_in_flight_s=oldest.get(revision) if queries.in_flight else None,
                 pods=round(scraped[revision]),
+                prompt_tokens=prompt_tokens.get("queries", {}).get(revision),
+                prompt_tokens_cached=prompt_tokens.get("hits", {}).get(revision),
                 **overridden,
             )
         return tracks

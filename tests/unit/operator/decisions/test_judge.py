@@ -153,6 +153,47 @@ def test_settlement_waits_for_enough_requests_on_both_tracks():
     )
 
 
+def with_prompts(t: TrackWindow, computed_share: float, tokens: float = 10_000.0) -> TrackWindow:
+    """`t`, having computed `computed_share` of its prompt tokens and found the rest in its prefix cache."""
+    return replace(t, prompt_tokens=tokens, prompt_tokens_cached=tokens * (1 - computed_share))
+
+
+def prefill_track(rnd: random.Random, n: int, computed_share: float, slower: float = 1.0) -> TrackWindow:
+    """A track whose time to first token is a fixed part and a part in proportion to the prompt it computed."""
+    return with_prompts(draw_track(rnd, n, 0.1, ttft=slower * (0.2 + 0.8 * computed_share)), computed_share)
+
+
+def test_a_canary_with_a_cold_prefix_cache_is_not_slow_and_a_slow_one_is_still_caught():
+    """The stable pods found 80% of their prompt tokens cached; the canary, new, 10%: it computes 4.5x as much of
+    its prompts, at the same speed per token."""
+    rnd = random.Random(7)
+    stable = prefill_track(rnd, 80, computed_share=0.2)
+    cold = prefill_track(rnd, 80, computed_share=0.9)
+    blind = judge(same_window(replace(cold, prompt_tokens=None), stable), RELATIVE, AT)
+    assert (blind.kind, blind.rule) == ("Failed", "Relative"), "without the caches' counts: a false rollback"
+    judged = judge(same_window(cold, stable), RELATIVE, AT)
+    assert judged.kind == "Passed", judged.message
+    assert not judged.settlement.settled and "time to first token" in judged.settlement.message
+    assert judged.figures["canary"]["prefixCacheHitRatio"] == 0.1
+    assert judged.figures["stable"]["prefixCacheHitRatio"] == 0.8
+
+    slow = prefill_track(rnd, 80, computed_share=0.9, slower=3.0)  # 3x slower per token computed, beyond 1.2
+    caught = judge(same_window(slow, stable), RELATIVE, AT)
+    assert (caught.kind, caught.rule) == ("Failed", "Relative")
+    assert "time to first token" in caught.message and "tolerance scaled by 4.5" in caught.message
+
+
+def test_a_canary_that_found_more_of_its_prompts_cached_must_settle_within_a_lowered_tolerance():
+    rnd = random.Random(11)
+    stable = prefill_track(rnd, 80, computed_share=0.9)
+    warm = prefill_track(rnd, 80, computed_share=0.3, slower=2.0)  # twice as slow, flattered by its cache
+    assert settle(same_window(replace(warm, prompt_tokens=None), stable), RELATIVE).settled, "blind: promoted"
+    held = settle(same_window(warm, stable), RELATIVE)
+    assert (
+        not held.settled and "until it is within 0.4x" in held.message and "tolerance scaled" in held.message
+    )
+
+
 # --- properties -------------------------------------------------------------------------------------------------
 
 
@@ -251,6 +292,43 @@ def test_a_canary_whose_every_token_takes_twice_as_long_never_settles(per_token,
     outcome = judge(same_window(canary, stable), RELATIVE, AT)
     assert not outcome.settlement.settled
     assert "time per output token" in outcome.settlement.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.integers(10, 60), st.integers(0, 2**32 - 1),
+    st.sampled_from([0.5, 1.0, 2.0, 4.0]), st.sampled_from([0.05, 0.2, 0.5]),
+)  # fmt: skip
+def test_knowing_the_prefix_caches_never_makes_a_verdict_kinder_to_promotion(
+    canary_share, stable_share, n, seed, slower, sigma
+):
+    """Scaled by the prompt work, the tolerance fails less only where the canary computed more, and settles
+    less where it computed less: whatever the shares, a window failed blind is failed knowing them, never the
+    reverse for settling."""
+    rnd = random.Random(seed)
+    canary = draw_track(rnd, n, sigma, ttft=slower, per_token=slower**0.5)
+    stable = draw_track(rnd, n, sigma)
+    blind = judge(same_window(canary, stable), RELATIVE, AT)
+    known = judge(
+        same_window(with_prompts(canary, canary_share), with_prompts(stable, stable_share)), RELATIVE, AT
+    )
+    if known.settlement.settled:
+        assert blind.settlement.settled
+    if canary_share <= stable_share:
+        assert (known.kind, known.rule) == (blind.kind, blind.rule), "no more lenient on failing"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.integers(20, 80), st.integers(0, 2**32 - 1))
+def test_a_canary_as_fast_as_stable_is_never_failed_for_computing_more_of_its_prompts(
+    more, stable_share, n, seed
+):
+    rnd = random.Random(seed)
+    canary_share = stable_share + more * (1 - stable_share)
+    outcome = judge(
+        same_window(prefill_track(rnd, n, canary_share), prefill_track(rnd, n, stable_share)), RELATIVE, AT
+    )
+    assert outcome.kind == "Passed", outcome.message
 
 
 objectives = st.builds(

@@ -39,6 +39,10 @@ def test_track_queries_answer_per_revision_over_the_span():
         == f"max by (revision) (max_over_time(moe_runtime_oldest_request_age_seconds{selector}[60s]))"
     )
     assert queries.pods == f"count by (revision) (count_over_time(moe_runtime_queue_depth{selector}[60s]))"
+    assert queries.prefix_cache == {
+        "queries": f"sum by (revision) (increase(moe_runtime_prefix_cache_queries_total{selector}[60s]))",
+        "hits": f"sum by (revision) (increase(moe_runtime_prefix_cache_hits_total{selector}[60s]))",
+    }
     assert queries.p99_overrides == {} and queries.error_ratio_overrides == {}
 
 
@@ -50,6 +54,8 @@ def test_vllm_tracks_use_vllms_names_and_its_grouped_http_statuses():
         in queries.outcomes
     )
     assert queries.in_flight is None, "vLLM exports no age of its oldest request"
+    assert "increase(vllm:prefix_cache_hits_total{" in queries.prefix_cache["hits"]
+    assert promql.track_queries("ns", "md", ["abc"], 30, ENGINES["sglang"]).prefix_cache == {}, "not counted"
     assert promql.queue_depth("ns", "md", 30, 120, metrics=ENGINES["vllm"]).startswith(
         "vllm:num_requests_waiting{"
     )
