@@ -112,7 +112,10 @@ class Manager:
         )
         self.measurer = (
             Measurer(
-                prometheus, lambda: self.cache.list("ModelDeployment"), self.measurements, self.queue.add
+                prometheus,
+                lambda: self.cache.list("ModelDeployment", copies=False),
+                self.measurements,
+                self.queue.add,
             )
             if prometheus is not None
             else None

@@ -199,8 +199,9 @@ class ObjectCache:
                     found.append(copy.deepcopy(entry.obj))
             return found
 
-    def list(self, kind: str) -> list[dict[str, Any]]:
-        """Every cached object of a kind, in every namespace."""
+    def list(self, kind: str, copies: bool = True) -> list[dict[str, Any]]:
+        """Every cached object of a kind, in every namespace. `copies` False: the cached objects themselves, for
+        a reader that only reads, often (the cache replaces an object when it changes, never edits one)."""
         with self._lock:
             now = self.clock()
             found = []
@@ -208,7 +209,7 @@ class ObjectCache:
                 if k == kind:
                     for entry in entries.values():
                         self._expire(entry, now)
-                        found.append(copy.deepcopy(entry.obj))
+                        found.append(copy.deepcopy(entry.obj) if copies else entry.obj)
             return found
 
     def names(self, kind: str) -> list[tuple[str, str]]:

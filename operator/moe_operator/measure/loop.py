@@ -29,7 +29,7 @@ from moe_operator.decisions.measurements import (
 )
 from moe_operator.decisions.promdata import NO_SERIES, Measurement, NoData
 from moe_operator.decisions.scaling import QueueRead, RouterRead
-from moe_operator.decisions.spec import InvalidSpec, parse_spec
+from moe_operator.decisions.spec import InvalidSpec, ModelDeploymentSpec, parse_spec
 from moe_operator.measure.store import Key, Measurements
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class Measurer:
         clock: Callable[[], float] = time.time,
         tick_s: float = TICK_S,
     ) -> None:
-        """`models`: the ModelDeployments as the watch cache holds them now; `wake`: queue one for a pass."""
+        """`models`: the ModelDeployments as the watch cache holds them now, only read (each tick; the spec of one
+        is parsed again only when it is another object); `wake`: queue one for a pass."""
         self._prometheus = prometheus
         self._models = models
         self._store = store
@@ -59,6 +60,8 @@ class Measurer:
         self._lock = threading.Lock()
         self._in_flight: set[tuple[Key, Any]] = set()
         self._last: dict[Key, LastReads] = {}
+        # per ModelDeployment, the spec object last parsed and what it gave
+        self._specs: dict[Key, tuple[Any, ModelDeploymentSpec | None]] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="measure-loop", daemon=True)
 
@@ -86,18 +89,31 @@ class Measurer:
             meta = md["metadata"]
             key = (meta["namespace"], meta["name"])
             present.add(key)
-            try:
-                spec = parse_spec(md.get("spec") or {})
-            except InvalidSpec:
+            spec = self._parsed(key, md.get("spec") or {})
+            if spec is None:
                 continue
             reads = due_reads(
                 spec, md.get("status") or {}, now, self._last.get(key, LastReads()), self._store.measured(key)
             )
             for read in reads:
                 self._submit(key, read, now)
-        for gone in set(self._last) - present:
+        for gone in (set(self._last) | set(self._specs)) - present:
             self._last.pop(gone, None)
+            self._specs.pop(gone, None)
             self._store.forget(gone)
+
+    def _parsed(self, key: Key, raw: dict[str, Any]) -> ModelDeploymentSpec | None:
+        """parse_spec(raw), None when invalid; kept while the cache holds the same spec object (it replaces an
+        object that changed, never edits one)."""
+        known = self._specs.get(key)
+        if known is not None and known[0] is raw:
+            return known[1]
+        try:
+            spec: ModelDeploymentSpec | None = parse_spec(raw)
+        except InvalidSpec:
+            spec = None
+        self._specs[key] = (raw, spec)
+        return spec
 
     def _submit(self, key: Key, read: Read, now: float) -> None:
         slot = (key, read.key if isinstance(read, WindowRead) else type(read))

@@ -6,6 +6,7 @@ tests give them in random text, so any ordering of them by value would show.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -95,11 +96,18 @@ def test_a_vanished_object_is_evicted():
     assert cache.get("Deployment", "ns", "a") is None
 
 
-def test_reads_are_copies():
+def test_reads_are_copies_unless_a_reader_asks_for_the_cached_objects():
     cache = ObjectCache()
     cache.observe(obj("a", 1, spec={"replicas": 3}))
     cache.get("Deployment", "ns", "a")["spec"]["replicas"] = 99
+    cache.list("Deployment")[0]["spec"]["replicas"] = 98
     assert cache.get("Deployment", "ns", "a")["spec"]["replicas"] == 3
+    [cached] = cache.list("Deployment", copies=False)
+    assert cache.list("Deployment", copies=False)[0] is cached, "the same object while it is unchanged"
+    cache.observe(obj("a", 2, spec={"replicas": 4}))
+    assert (
+        cached["spec"]["replicas"] == 3 and cache.list("Deployment", copies=False)[0]["spec"]["replicas"] == 4
+    )
 
 
 def test_select_by_kind_namespace_and_labels():
@@ -212,6 +220,7 @@ def test_interleavings_of_watch_writes_gaps_and_listings(steps, seed):
     """Whatever the order in which the watch, the answers to the operator's writes and fresh listings arrive
     (the watch in order, but late, or cut off by a gap that loses events, DELETED ones included):
     - what the cache shows of an object never goes back to an older version of it;
+    - an object it handed out uncopied (list(copies=False)) never changes under its reader;
     - once the watch has caught up and a listing ran, the cache holds exactly the server's objects."""
     server = Server(random.Random(seed))
     clock = Clock()
@@ -220,8 +229,12 @@ def test_interleavings_of_watch_writes_gaps_and_listings(steps, seed):
         tuple[dict, float]
     ] = []  # write results not yet handed to the cache, and when they were sent
     shown: dict[str, tuple[str, int]] = {}  # name -> (uid, history position) of the newest version shown
+    handed: list[tuple[dict, dict]] = []  # (an object list() handed out uncopied, a copy of it then)
 
     def check_no_regression() -> None:
+        for original, then in handed:
+            assert original == then, "the cache edited an object it had handed out"
+        handed.extend((o, copy.deepcopy(o)) for o in cache.list("Deployment", copies=False))
         for name in "abc":
             seen = cache.get("Deployment", "ns", name)
             if seen is None:

@@ -8,6 +8,7 @@ import threading
 from moe_operator.decisions.autoscale import RouterDemand
 from moe_operator.decisions.measurements import ROUTERS_AT_ZERO_S
 from moe_operator.decisions.promdata import PodSamples
+from moe_operator.decisions.spec import parse_spec
 from moe_operator.measure.loop import Measurer
 from moe_operator.measure.store import Measurements
 from tests.unit.operator.samples import spec
@@ -78,6 +79,31 @@ def test_a_model_deployment_that_is_gone_is_forgotten():
         wait_for(lambda: store.queue(("ns", "a")) is not None, timeout=10, what="a read")
         models.clear()
         wait_for(lambda: store.queue(("ns", "a")) is None, timeout=10, what="a forgotten")
+    finally:
+        measurer.stop()
+
+
+def test_a_spec_is_parsed_again_only_when_the_cache_holds_another_object(monkeypatch):
+    parsed = []
+
+    def counting_parse(raw):
+        parsed.append(raw)
+        return parse_spec(raw)
+
+    monkeypatch.setattr("moe_operator.measure.loop.parse_spec", counting_parse)
+    models = [model("a"), {**model("b"), "spec": {"model": {}}}]  # b: invalid, skipped
+    measurer = Measurer(
+        HangingPrometheus(hung="none"), lambda: list(models), Measurements(), lambda key: None
+    )
+    try:
+        for _ in range(3):
+            measurer.tick()
+        assert len(parsed) == 2, "once per spec object, valid or not"
+        changed = model("a")
+        changed["spec"]["autoscaling"] = {**AUTOSCALED, "enabled": False}
+        models[0] = changed
+        measurer.tick()
+        assert parsed[-1] is changed["spec"] and len(parsed) == 3
     finally:
         measurer.stop()
 
