@@ -282,16 +282,18 @@ def runtime(*faults: str, max_lora_rank: int = 16) -> dict:
 # that breaks after its first requests is promoted before it is restarted (and only a bake would catch it)
 OUTLASTS_LIVENESS = {"measurements": 12}
 BAD = [
-    # (kind, spec patch, load mix, rejection reason, rule in the condemning windows)
-    ("slower per token", {"runtime": runtime(SLOWER_PER_TOKEN)}, LOAD_MIX, "SLOBreached", "Relative"),
+    # (kind, spec patch, load mix, rejection reason, rules any of which may condemn it)
+    ("slower per token", {"runtime": runtime(SLOWER_PER_TOKEN)}, LOAD_MIX, "SLOBreached", ("Relative",)),
     (
         "slow only on long prompts",
         {"runtime": runtime("long_prompt=40:1.5")},
         "8:16:3,64:16:1",
         "SLOBreached",
-        "Relative",
+        # its time to first token over the analysis, or one of its long requests still running past 1.5x the
+        # stable track's slowest, whichever two windows see first
+        ("Relative", "Hung"),
     ),
-    ("hangs on some requests", {"runtime": runtime("hang_every=12:25")}, LOAD_MIX, "SLOBreached", "Hung"),
+    ("hangs on some requests", {"runtime": runtime("hang_every=12:25")}, LOAD_MIX, "SLOBreached", ("Hung",)),
     (
         "crash-loops after some requests",
         {"runtime": runtime("unhealthy_after=3"), "slo": OUTLASTS_LIVENESS},
@@ -303,9 +305,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("kind, patch, mix, reason, rule", BAD, ids=[b[0].replace(" ", "-") for b in BAD])
+@pytest.mark.parametrize("kind, patch, mix, reason, rules", BAD, ids=[b[0].replace(" ", "-") for b in BAD])
 def test_a_bad_revision_is_rolled_back_with_the_stable_track_untouched_and_no_request_failed(
-    cluster, models, operator, prom, stable_md, load_logs, kind, patch, mix, reason, rule
+    cluster, models, operator, prom, stable_md, load_logs, kind, patch, mix, reason, rules
 ):
     name = stable_md
     patch = {"slo": {"measurements": ANALYSIS["measurements"]}, **patch}
@@ -325,8 +327,8 @@ def test_a_bad_revision_is_rolled_back_with_the_stable_track_untouched_and_no_re
     assert status["stableRevision"] == run.before and status["currentRevision"] == run.after
     entry = rejected(run.md, run.after)
     assert entry["reason"] == reason, entry
-    if rule is not None:
-        assert any(rule in m["rules"] for m in entry["measurements"]), entry
+    if rules is not None:
+        assert any(set(rules) & set(m["rules"]) for m in entry["measurements"]), entry
         assert all("canary" in m and "stable" in m for m in entry["measurements"]), "both tracks' figures"
     degraded = condition(run.md, "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == reason

@@ -153,7 +153,7 @@ def settle(
         elif found.high > limit:
             waiting.append(
                 f"{METRIC_NAMES[metric]} {found.describe()}, until it is within {limit:.3g}x"
-                + (_work_note(work) if limit != allowed else "")
+                + (_work_note(work) if work is not None and limit != allowed else "")
             )
         else:
             seen.append(f"{METRIC_NAMES[metric]} {found.describe()}")
@@ -262,12 +262,12 @@ def _relative(ratios: dict[str, Ratio | None], objectives: Objectives, work: flo
                 "Relative",
                 (
                     f"{METRIC_NAMES[metric]} {found.describe()} the stable track's over the analysis, more than "
-                    f"{limit:.3g}x" + (_work_note(work) if limit != allowed else "")
+                    f"{limit:.3g}x" + (_work_note(work) if work is not None and limit != allowed else "")
                 ),
             )
 
 
-def _work_note(work: float | None) -> str:
+def _work_note(work: float) -> str:
     return (
         f" (the tolerance scaled by {work:.3g}: the canary computed that many times the stable track's share of "
         "its prompt tokens, the rest found in prefix caches)"

@@ -162,8 +162,9 @@ class Prometheus:
         overrides: promql.SLOQueries | None = None,
     ) -> dict[str, TrackWindow] | NoData:
         """Each revision's requests over (end - span_s, end]: its histograms, answered requests by status,
-        oldest unfinished request, pods scraped, prompt tokens found in prefix caches. About eight HTTP queries, whatever the number of revisions. A
-        revision none of whose pods Prometheus scraped in the span is missing from the answer."""
+        oldest unfinished request, pods scraped, prompt tokens looked up in and found in prefix caches. About
+        eight HTTP queries, whatever the number of revisions. A revision none of whose pods Prometheus scraped in
+        the span is missing from the answer."""
         measured = self._tracks(namespace, name, revisions, end, span_s, metrics, overrides)
         return self._failed(measured) if isinstance(measured, NoData) else measured
 

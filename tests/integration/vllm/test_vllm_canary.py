@@ -1,9 +1,10 @@
 """Canary analysis of vLLM revisions from vLLM's own histograms, judged against the stable track in the same
 windows: under steady load a good revision (more sequences batched) is analysed beside the stable pod and
-promoted; a bad one (`maxBatchSequences: 1`, so `--max-num-seqs 1`: under the same concurrent load its requests
-queue for their first token) is more than `1 + maxRelativeIncrease` times slower to its first token than the
-stable pod, read from vllm:time_to_first_token_seconds, and is rolled back without the stable Deployment ever
-changing. Real vLLM servers on the local kubelet's node, the stack's Prometheus, the operator as a process.
+promoted; a bad one (`maxBatchSequences: 1`, so `--max-num-seqs 1`: under the same concurrent load, each request
+generating all its 32 tokens, its requests queue for their first token behind each other's) is more than
+`1 + maxRelativeIncrease` times slower to its first token than the stable pod, read from
+vllm:time_to_first_token_seconds, and is rolled back without the stable Deployment ever changing. Real vLLM
+servers on the local kubelet's node, the stack's Prometheus, the operator as a process.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ NAME = "vllm-canary"
 CLIENTS = 10
 WINDOW_S = 6
 # Judged against the stable track only: two vLLM pods share two busy cores, so any absolute latency measured
-# here says more about the machine than about the revision. The answers of a random model are short (it meets
-# its end-of-sequence token early), so a canary that runs one request at a time is a few times slower to the
-# first token than the stable pod, not tens of times: a canary more than twice as slow fails.
+# here says more about the machine than about the revision. A random model meets its end-of-sequence token
+# early: without ignore_eos its answers were so short that a canary running one request at a time was once only
+# 1.2x slower to the first token (and promoted). Each request generating its 32 tokens, such a canary queues
+# them behind each other (2.6-2.8x here, but only 1.04x once with 64 tokens: read the figures, not the design).
+# The good revisions measured 0.94-1.13x (upper bounds 1.26-1.44x): a canary more than 1.75x as slow fails.
 ANALYSIS = {
-    "maxRelativeIncrease": 1.0,
+    "maxRelativeIncrease": 0.75,
     "maxErrorRatio": 0.05,
     "analysisIntervalSeconds": WINDOW_S,
     "scrapeIntervalSeconds": 1,
@@ -68,7 +71,7 @@ def test_a_good_vllm_revision_is_promoted_and_a_bad_one_rolled_back(
     prom = PrometheusConnect(url=cluster.prometheus_url, disable_ssl=True)
     config = LoadConfig(
         targets_file=cluster.targets_file, model_deployment=NAME, namespace=models.namespace,
-        concurrency=CLIENTS, duration_s=3600, mix=(Shape(8, 32),), timeout_s=300,
+        concurrency=CLIENTS, duration_s=3600, mix=(Shape(8, 32),), timeout_s=300, ignore_eos=True,
     )  # fmt: skip
     phases, canary_pods = [], set()
 
