@@ -62,13 +62,16 @@ LONG_MIX = "8:16:3,64:16:1"
 # prefix caches hold them, a new canary's do not (the judge scales its TTFT tolerance by the prompt work)
 PREFIX_MIX = "64:16:1:32"
 GOOD_LOADS = {"good": LOAD_MIX, "good-shared-prefixes": PREFIX_MIX}
+# an analysis long enough for the liveness probe to have restarted a pod (as in the e2e test): shorter, a canary
+# that breaks after some requests is promoted before its pod is restarted (the first run here promoted it)
+OUTLASTS_LIVENESS = {"measurements": 12}
 KINDS = {
-    # kind: (runtime patch, load mix)
-    "slower-per-token": (faulty(SLOWER_PER_TOKEN), LOAD_MIX),
-    "slow-on-long-prompts": (faulty("long_prompt=40:1.5"), LONG_MIX),
-    "hangs": (faulty("hang_every=12:25"), LOAD_MIX),
-    "crash-loops": (faulty("unhealthy_after=12"), LOAD_MIX),
-    "fails-adapter": ({"args": [], "maxLoraRank": 4}, LOAD_MIX),
+    # kind: (spec patch, load mix)
+    "slower-per-token": ({"runtime": faulty(SLOWER_PER_TOKEN)}, LOAD_MIX),
+    "slow-on-long-prompts": ({"runtime": faulty("long_prompt=40:1.5")}, LONG_MIX),
+    "hangs": ({"runtime": faulty("hang_every=12:25")}, LOAD_MIX),
+    "crash-loops": ({"runtime": faulty("unhealthy_after=12"), "slo": OUTLASTS_LIVENESS}, LOAD_MIX),
+    "fails-adapter": ({"runtime": {"args": [], "maxLoraRank": 4}}, LOAD_MIX),
 }
 
 
@@ -83,7 +86,9 @@ class Bench:
         self.revision = ""
 
     def deploy(self, patch: dict, mix: str) -> dict:
-        """Applies a change under load and follows it to a decision and the canary gone."""
+        """Applies a change under load and follows it to a decision and the canary gone. The analysis's length
+        is the matrix's own unless the change sets it (a patch stays in the spec for the revisions after it)."""
+        patch = {"slo": {"measurements": ANALYSIS["measurements"]}, **patch}
         log_path = self.workdir / f"load-{uuid.uuid4().hex[:6]}.log"
         seen: dict = {}
         with SteadyLoad(self.cluster.targets_file, self.models.namespace, NAME, log_path, mix=mix) as load:
@@ -184,8 +189,8 @@ def run(cluster, rounds: int, workdir: Path) -> dict:
         for condition, burners in (("quiet", 0), ("cpu_burner", 1)):
             with cpu_burner(burners):
                 for index in range(rounds):
-                    for kind, (runtime, mix) in KINDS.items():
-                        result = {"kind": kind, "round": index, **bench.deploy({"runtime": runtime}, mix)}
+                    for kind, (patch, mix) in KINDS.items():
+                        result = {"kind": kind, "round": index, **bench.deploy(patch, mix)}
                         matrix[condition].append(result)
                         log(f"{condition} round {index}: {kind} {result['outcome']} ({result['reason']}) after "
                             f"{result['analysis_s']}s, gone {result['breach_to_gone_s']}s after Ready")  # fmt: skip
