@@ -147,13 +147,13 @@ def settle(
     for metric in SETTLING:
         cand, base = getattr(measured.candidate_total, metric), getattr(measured.baseline_total, metric)
         found = ratios.get(metric)
-        limit = allowed * min(1.0, work) if metric == "ttft" and work is not None else allowed
+        limit = _tolerance(allowed, metric, work, failing=False)
         if found is None or min(cand.count, base.count) < objectives.min_requests:
             waiting.append(f"{METRIC_NAMES[metric]}: {cand.count:.0f} vs {base.count:.0f} requests")
         elif found.high > limit:
             waiting.append(
                 f"{METRIC_NAMES[metric]} {found.describe()}, until it is within {limit:.3g}x"
-                + (_work_note(work) if work is not None and limit != allowed else "")
+                + _work_note(work, limit != allowed)
             )
         else:
             seen.append(f"{METRIC_NAMES[metric]} {found.describe()}")
@@ -256,18 +256,28 @@ def _relative(ratios: dict[str, Ratio | None], objectives: Objectives, work: flo
     if allowed is None:
         return
     for metric, found in ratios.items():
-        limit = allowed * max(1.0, work) if metric in PREFILL_BOUND and work is not None else allowed
+        limit = _tolerance(allowed, metric, work, failing=True)
         if found is not None and found.low > limit:
             yield (
                 "Relative",
                 (
                     f"{METRIC_NAMES[metric]} {found.describe()} the stable track's over the analysis, more than "
-                    f"{limit:.3g}x" + (_work_note(work) if work is not None and limit != allowed else "")
+                    f"{limit:.3g}x" + _work_note(work, limit != allowed)
                 ),
             )
 
 
-def _work_note(work: float) -> str:
+def _tolerance(allowed: float, metric: str, work: float | None, failing: bool) -> float:
+    """The allowed ratio for `metric`, scaled by the prompt work where prefill is in it, never generously:
+    raised only to fail (the canary computed more), lowered only to settle (it computed less)."""
+    if work is None or metric not in (PREFILL_BOUND if failing else ("ttft",)):
+        return allowed
+    return allowed * (max(1.0, work) if failing else min(1.0, work))
+
+
+def _work_note(work: float | None, scaled: bool) -> str:
+    if work is None or not scaled:
+        return ""
     return (
         f" (the tolerance scaled by {work:.3g}: the canary computed that many times the stable track's share of "
         "its prompt tokens, the rest found in prefix caches)"

@@ -303,8 +303,8 @@ def test_knowing_the_prefix_caches_never_makes_a_verdict_kinder_to_promotion(
     canary_share, stable_share, n, seed, slower, sigma
 ):
     """Scaled by the prompt work, the tolerance fails less only where the canary computed more, and settles
-    less where it computed less: whatever the shares, a window failed blind is failed knowing them, never the
-    reverse for settling."""
+    less where it computed less: whatever the shares, what settles knowing them settles blind too; and where the
+    canary computed no more than the stable track, knowing them fails exactly what blind fails."""
     rnd = random.Random(seed)
     canary = draw_track(rnd, n, sigma, ttft=slower, per_token=slower**0.5)
     stable = draw_track(rnd, n, sigma)
