@@ -19,8 +19,9 @@ Verdicts, first match wins:
   inconclusive > inconclusive_limit            -> on_inconclusive (Hold or Rollback) AnalysisInconclusive
   consecutive_errors > error_limit             -> Hold (errors never roll back)      AnalysisErrored
   otherwise                                    -> Continue                           AnalysisRunning
-The minimum: the windows it takes to pass, and `min_latencies` times the baseline's p99 latency (a model whose
-requests take 30 s is not promoted after 12 s). Hold is not final: windows keep being measured, so a held
+The minimum: the windows it takes to pass, `min_latencies` times the baseline's p99 latency (a model whose
+requests take 30 s is not promoted after 12 s) and `min_duration_s` (the canary pods' liveness window: a pod that
+stops answering is restarted, and the analysis sees it, before the revision could be promoted). Hold is not final: windows keep being measured, so a held
 analysis can still pass or fail, and a recovered Prometheus resumes it.
 """
 
@@ -56,11 +57,12 @@ class AnalysisPolicy:
     on_inconclusive: Literal["Hold", "Rollback"] = "Hold"
     on_failure: Literal["Rollback", "Hold"] = "Rollback"
     min_latencies: float = 3  # the analysis lasts at least this many of the baseline's p99 latencies
+    min_duration_s: float = 0  # and at least this long
     settle_windows: int = 3  # passed windows allowed per `measurements` for the relative evidence to settle
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0 or self.initial_delay_s < 0 or self.metric_delay_s < 0:
-            raise ValueError(f"need interval_s > 0 and delays >= 0 in {self}")
+        if not self.interval_s > 0 or min(self.initial_delay_s, self.metric_delay_s, self.min_duration_s) < 0:
+            raise ValueError(f"need interval_s > 0, delays and min_duration_s >= 0 in {self}")
         if self.measurements < 1 or min(self.failure_limit, self.inconclusive_limit, self.error_limit) < 0:
             raise ValueError(f"need measurements >= 1 and limits >= 0 in {self}")
 
@@ -206,12 +208,23 @@ def record(
     )
 
 
-def minimum_end(state: AnalysisState, policy: AnalysisPolicy) -> float:
-    """The analysis lasts at least until then (see the module's docstring)."""
-    windows = window_end(state, policy, policy.measurements)
-    if state.baseline_p99_s is None:
-        return windows
-    return max(windows, state.started_at + policy.min_latencies * state.baseline_p99_s)
+def minimum_end(state: AnalysisState, policy: AnalysisPolicy) -> tuple[float, str]:
+    """The analysis lasts at least until then, for the reason given (see the module's docstring)."""
+    ends = [
+        (window_end(state, policy, policy.measurements), f"{policy.measurements} windows"),
+        (
+            state.started_at + policy.min_duration_s,
+            f"the pods' liveness window of {policy.min_duration_s:g}s",
+        ),
+    ]
+    if state.baseline_p99_s is not None:
+        ends.append(
+            (
+                state.started_at + policy.min_latencies * state.baseline_p99_s,
+                f"{policy.min_latencies:g} stable p99 latencies",
+            )
+        )
+    return max(ends, key=lambda end: end[0])
 
 
 def verdict(state: AnalysisState, policy: AnalysisPolicy, now: float) -> Verdict:
@@ -233,12 +246,10 @@ def verdict(state: AnalysisState, policy: AnalysisPolicy, now: float) -> Verdict
                 message = f"the comparison with the stable track did not settle in {state.measured} windows ({evidence}); {counts}"
                 return Verdict(policy.on_inconclusive, "AnalysisInconclusive", message)
             return Verdict("Continue", "AnalysisRunning", f"{counts}; {evidence}")
-        until = minimum_end(state, policy)
+        until, why = minimum_end(state, policy)
         if now < until:
             return Verdict(
-                "Continue",
-                "AnalysisRunning",
-                f"{counts}; analysing for {until - now:.0f}s more ({policy.min_latencies:g} stable p99 latencies)",
+                "Continue", "AnalysisRunning", f"{counts}; analysing for {until - now:.0f}s more ({why})"
             )
         return Verdict("Promote", "AnalysisPassed", f"{counts}" + (f"; {evidence}" if evidence else ""))
     if state.inconclusive > policy.inconclusive_limit:

@@ -26,6 +26,7 @@ from typing import Any
 
 from moe_operator.decisions.engine_args import DOWNLOADED_MODEL_LINK
 from moe_operator.decisions.engine_metrics import SGLANG, VLLM
+from moe_operator.decisions.probes import STARTUP_PROBE_PERIOD_SECONDS, http_probe, liveness_probe
 from moe_operator.decisions.runtime_config import (
     ADAPTER_LIST_KEY,
     ADAPTER_LIST_MOUNT_PATH,
@@ -46,8 +47,6 @@ TEARDOWN_SECONDS = 15
 # vLLM's runtime adapter API exists only with this set (it warns that it is for trusted clients: the pod's
 # port is reached through the Service, so the sidecar in the pod is the only caller that knows the paths)
 VLLM_RUNTIME_LORA = {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}
-_PROBE_PERIOD = 10
-_STARTUP_PERIOD = 2
 
 
 def engine_command(spec: ModelDeploymentSpec, md_name: str) -> tuple[list[str], list[str]]:
@@ -71,9 +70,13 @@ def engine_container(spec: ModelDeploymentSpec, md_name: str, base: dict[str, An
         "command": command,
         "args": args,
         "env": env,
-        "startupProbe": _probe(failures=math.ceil(startup / _STARTUP_PERIOD), period=_STARTUP_PERIOD),
-        "livenessProbe": _probe(failures=3),
-        "readinessProbe": _probe(failures=2, period=5),
+        "startupProbe": http_probe(
+            "/health",
+            failures=math.ceil(startup / STARTUP_PROBE_PERIOD_SECONDS),
+            period=STARTUP_PROBE_PERIOD_SECONDS,
+        ),
+        "livenessProbe": liveness_probe(),
+        "readinessProbe": http_probe("/health", failures=2, period=5),
     }
     del container["envFrom"]  # the revision ConfigMap's MOE_RUNTIME_* settings are our runtime's
     # the adapter list is the sidecar's to read; the adapters' own volumes stay: the engine loads from them
@@ -104,8 +107,8 @@ def adapter_sync_container(spec: ModelDeploymentSpec, image: str, security: dict
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         # Ready once every listed adapter was loaded into the running engine (or failed to): the pod joins
         # the Service only then
-        "readinessProbe": _probe(failures=1, period=2, port=ADAPTER_SYNC, path="/ready"),
-        "livenessProbe": _probe(failures=3, port=ADAPTER_SYNC),
+        "readinessProbe": http_probe("/ready", failures=1, period=2, port=ADAPTER_SYNC),
+        "livenessProbe": liveness_probe(port=ADAPTER_SYNC),
         "securityContext": security,
         "volumeMounts": [
             {"name": ADAPTER_LIST_VOLUME, "mountPath": ADAPTER_LIST_MOUNT_PATH, "readOnly": True}
@@ -139,13 +142,4 @@ def download_container(
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "model-cache", "mountPath": DOWNLOAD_MOUNT_PATH},
         ],
-    }
-
-
-def _probe(failures: int, period: int = _PROBE_PERIOD, port: str = "http", path: str = "/health") -> dict:
-    return {
-        "httpGet": {"path": path, "port": port},
-        "periodSeconds": period,
-        "timeoutSeconds": 5,
-        "failureThreshold": failures,
     }

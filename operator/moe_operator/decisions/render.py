@@ -48,6 +48,7 @@ from moe_operator.decisions.naming import (
     service_name,
     track_selector_labels,
 )
+from moe_operator.decisions.probes import STARTUP_PROBE_PERIOD_SECONDS, http_probe, liveness_probe
 from moe_operator.decisions.revision import revision_hash
 from moe_operator.decisions.runtime_config import (
     ADAPTER_LIST_KEY,
@@ -70,10 +71,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # The runtime image's user (images/runtime.Dockerfile): files on volumes must be readable by it.
 RUNTIME_USER = 10001
-PROBE_PERIOD_SECONDS = 10
-# A pod serves as soon as its weights are loaded: a short startup period brings new capacity in within
-# seconds of /ready (with 10 s it waited 4 s on average), which is what a scale-out is for.
-STARTUP_PROBE_PERIOD_SECONDS = 2
 # A rollout may wait this long beyond weight loading (scheduling, image pull) before it counts as stuck.
 PROGRESS_MARGIN_SECONDS = 600
 # After the last answer: the process writes its last events and exits.
@@ -319,13 +316,13 @@ def _container(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
         "resources": _resources(spec),
         # /ready turns 200 once the weights are loaded: liveness checks start only then, and a load that
         # outlasts startupTimeoutSeconds restarts the container
-        "startupProbe": _http_probe(
+        "startupProbe": http_probe(
             "/ready",
             failures=math.ceil(runtime.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
             period=STARTUP_PROBE_PERIOD_SECONDS,
         ),
-        "livenessProbe": _http_probe("/health", failures=3),
-        "readinessProbe": _http_probe("/ready", failures=2, period=5),
+        "livenessProbe": liveness_probe(),
+        "readinessProbe": http_probe("/ready", failures=2, period=5),
         "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
         "volumeMounts": _volume_mounts(spec),
     }
@@ -366,15 +363,6 @@ def _object_storage_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
             ref = {"name": source.credentials_secret, "key": key, "optional": optional}
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
     return env
-
-
-def _http_probe(path: str, failures: int, period: int = PROBE_PERIOD_SECONDS) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": "http"},
-        "periodSeconds": period,
-        "timeoutSeconds": 5,
-        "failureThreshold": failures,
-    }
 
 
 def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:

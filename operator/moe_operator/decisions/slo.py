@@ -4,8 +4,11 @@ Pure."""
 
 from __future__ import annotations
 
+import math
+
 from moe_operator.decisions.analysis import AnalysisPolicy
 from moe_operator.decisions.judge import Objectives
+from moe_operator.decisions.probes import LIVENESS_WINDOW_SECONDS
 from moe_operator.decisions.spec import SLO, ModelDeploymentSpec
 
 BAKE_INTERVALS = 3  # the default bake: this many analysis windows
@@ -47,15 +50,18 @@ def analysis_policy(spec: ModelDeploymentSpec) -> AnalysisPolicy:
         error_limit=slo.error_limit,
         on_inconclusive=slo.on_inconclusive,
         on_failure="Rollback" if spec.rollout.auto_rollback else "Hold",
+        min_duration_s=LIVENESS_WINDOW_SECONDS,
     )
 
 
 def bake_policy(spec: ModelDeploymentSpec) -> AnalysisPolicy:
-    """A bake counts windows the same way, for as long as it lasts; there is nothing to settle against a live
-    baseline, and failing it always rolls back (the revision is already serving everyone)."""
+    """A bake counts windows the same way, for as long as it lasts, and at least as long as the promoted pods'
+    liveness window; there is nothing to settle against a live baseline, and failing it always rolls back (the
+    revision is already serving everyone)."""
     slo = spec.slo
     assert slo is not None
-    windows = max(1, round(bake_seconds(slo) / slo.analysis_interval_seconds))
+    seconds = max(bake_seconds(slo), LIVENESS_WINDOW_SECONDS)
+    windows = max(1, math.ceil(seconds / slo.analysis_interval_seconds))
     return AnalysisPolicy(
         interval_s=slo.analysis_interval_seconds,
         metric_delay_s=metric_delay(slo),

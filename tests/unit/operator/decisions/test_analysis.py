@@ -53,6 +53,8 @@ def test_invalid_policies_are_refused():
         AnalysisPolicy(measurements=0)
     with pytest.raises(ValueError):
         AnalysisPolicy(failure_limit=-1)
+    with pytest.raises(ValueError):
+        AnalysisPolicy(min_duration_s=-1)
 
 
 # --- sequences of windows -----------------------------------------------------------------------------------
@@ -250,10 +252,25 @@ def test_analyse_judges_each_window_at_its_end():
 def test_the_analysis_lasts_at_least_a_few_of_the_stable_tracks_p99_latencies():
     slow_model = AnalysisPolicy(interval_s=5, measurements=2, min_latencies=3)
     state = AnalysisState(started_at=START, passed=2, measured_until=2, baseline_p99_s=30.0)
-    assert minimum_end(state, slow_model) == START + 90
+    assert minimum_end(state, slow_model) == (START + 90, "3 stable p99 latencies")
     assert verdict(state, slow_model, START + 12).action == "Continue"
     assert "analysing for 78s more" in verdict(state, slow_model, START + 12).message
     assert verdict(state, slow_model, START + 90).action == "Promote"
+
+
+def test_the_analysis_lasts_at_least_its_minimum_duration_and_says_why_it_waits():
+    policy = AnalysisPolicy(interval_s=4, measurements=3, min_latencies=3, min_duration_s=45)
+    state = AnalysisState(started_at=START, passed=3, measured_until=3, baseline_p99_s=2.0)
+    assert minimum_end(state, policy) == (START + 45, "the pods' liveness window of 45s")
+    waiting = verdict(state, policy, START + 12)
+    assert (
+        waiting.action == "Continue"
+        and "analysing for 33s more (the pods' liveness window of 45s)" in waiting.message
+    )
+    assert verdict(state, policy, START + 45).action == "Promote"
+    slow_model = replace(state, baseline_p99_s=20.0)
+    assert minimum_end(slow_model, policy) == (START + 60, "3 stable p99 latencies")
+    assert minimum_end(state, replace(policy, measurements=20)) == (START + 80, "20 windows")
 
 
 def test_promotion_waits_for_the_relative_evidence_to_settle_and_gives_up_after_max_windows():
