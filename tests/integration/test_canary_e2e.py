@@ -219,7 +219,14 @@ def roll(
                 during(md)
             return md if decided(md, after) else None
 
-        md = wait_for(done, timeout=timeout, interval=0.5, what=f"revision {after} of {name} decided")
+        try:
+            md = wait_for(done, timeout=timeout, interval=0.5, what=f"revision {after} of {name} decided")
+        except AssertionError as undecided:
+            last = (models.get(name) or {}).get("status") or {}
+            raise AssertionError(
+                f"{undecided}; phases {seen.phases}, windows {seen.kinds()}, canary {last.get('canary')}, "
+                f"conditions {last.get('conditions')}"
+            ) from None
         took = time.monotonic() - changed
     print(f"{name}: {before} -> {after} decided in {took:.0f}s; windows {seen.kinds()}; phases {seen.phases}")
     return Rollout(before, after, md, load.result, seen, history.versions, took)
@@ -233,6 +240,8 @@ def rolled_back_and_gone(cluster, models, name: str) -> Callable[[dict, str], bo
 
 def promoted_and_baked(cluster, models, name: str) -> Callable[[dict, str], bool]:
     def done(md: dict, after: str) -> bool:
+        entry = rejected(md, after)
+        assert entry is None, f"the good revision {after} was rejected: {entry}"
         stable = models.deployment(name)
         return (
             md["status"].get("stableRevision") == after
