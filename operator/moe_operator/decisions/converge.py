@@ -507,7 +507,8 @@ class _Pass:
         now = self.o.now
         times = [t - now for t in due if t is not None]
         canary = state.canary
-        if canary is not None and canary.phase == "Starting":
+        if canary is not None and canary.phase == "Starting" and canary.reason != WAITING_FOR_CAPACITY:
+            # (a canary waiting for room has no deadline: its pods' events wake the pass once they are placed)
             times.append(startup_clock(canary) + self.spec.runtime.startup_timeout_seconds + 1 - now)
         if canary is not None and canary.phase in ("Analyzing", "Holding", BAKING):
             times.append(UNHEALTHY_GRACE_S)  # pods' health; measurements wake the pass themselves

@@ -4,9 +4,10 @@ A spec that makes a new revision first runs it as a canary beside the untouched 
 Canary). The canary starts, its pods turn Ready, it is analysed against the SLO, and then:
 - passes: it is promoted. The stable Deployment rolls to its revision; the canary stays until that is done.
 - fails (or never turns Ready within the startup timeout): it is rolled back. The canary goes; the stable
-  Deployment never changed. A canary whose pods the cluster has no room for is not failing: it waits for
-  capacity (reason WaitingForCapacity), and its startup timeout runs only once its pods could be placed. The revision is rejected and not deployed again until the spec changes to another
-  revision or the user asks for a retry (the retry annotation with a new value).
+  Deployment never changed. The revision is rejected and not deployed again until the spec changes to another
+  revision or the user asks for a retry (the retry annotation with a new value). A canary whose pods the
+  cluster has no room for is not failing: it waits for capacity (reason WaitingForCapacity), and its startup
+  timeout runs from when its pods were placed.
 - is inconclusive or cannot be measured past the limits: it is held. The canary keeps running; status says why.
 - breaks its pods (a restart, OOMKilled, CrashLoopBackOff, not Ready after having been Ready) or fails to
   load an adapter the stable track serves: it is rolled back at once, whatever the analysis says.
@@ -79,7 +80,7 @@ class Canary:
     previous: str | None = None  # the stable revision when the canary started: what a failed bake restores
     ready_at: float | None = None
     promoted_at: float | None = None  # when the stable track finished rolling to it (the bake's start)
-    unscheduled_at: float | None = None  # last seen waiting for capacity: its startup timeout runs from then
+    placed_at: float | None = None  # when its pods found room after waiting for capacity
     handed_over: bool = False  # promoted, its pods gave their capacity to the stable track's new pods
     reason: str = ""  # why it is held, while it is
     message: str = ""
@@ -101,8 +102,8 @@ class Canary:
             status["readyTime"] = to_time(self.ready_at)
         if self.promoted_at is not None:
             status["promotedTime"] = to_time(self.promoted_at)
-        if self.unscheduled_at is not None:
-            status["unscheduledTime"] = to_time(self.unscheduled_at)
+        if self.placed_at is not None:
+            status["placedTime"] = to_time(self.placed_at)
         if self.handed_over:
             status["capacityHandedOver"] = True
         if self.analysis is not None:
@@ -126,7 +127,7 @@ class Canary:
             previous=str(raw["previousRevision"]) if raw.get("previousRevision") else None,
             ready_at=from_time(raw.get("readyTime")),
             promoted_at=from_time(raw.get("promotedTime")),
-            unscheduled_at=from_time(raw.get("unscheduledTime")),
+            placed_at=from_time(raw.get("placedTime")),
             handed_over=raw.get("capacityHandedOver") is True,
             reason=str(raw.get("reason") or ""),
             message=str(raw.get("message") or ""),
@@ -303,18 +304,9 @@ def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) ->
             if inputs.analysed:
                 return RolloutPlan(state, tuple(events))
         elif inputs.canary_unschedulable is not None:
-            return _wait_for_capacity(state, inputs.canary_unschedulable, inputs, events)
-        elif inputs.now - startup_clock(canary) > inputs.startup_timeout_s:
-            message = (
-                f"the canary's pods were not Ready within {math.ceil(inputs.startup_timeout_s)}s "
-                f"({inputs.canary_ready}/{inputs.canary_replicas} Ready)"
-            )
-            return _reject(state, Verdict("Rollback", "ProgressDeadlineExceeded", message), inputs, events)
+            return _wait_for_capacity(state, inputs.canary_unschedulable, events)
         else:
-            if canary.reason == WAITING_FOR_CAPACITY:  # its pods were placed: it starts now
-                placed = replace(canary, reason="", message="starting the canary")
-                state = replace(state, canary=placed)
-            return RolloutPlan(state, tuple(events))
+            return _starting(state, inputs, events)
     verdict = (
         inputs.verdict if inputs.analysed else Verdict("Promote", "Ready", "the canary's pods are Ready")
     )
@@ -348,14 +340,29 @@ def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) ->
     return RolloutPlan(replace(state, canary=analysing), tuple(events))
 
 
+def _starting(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
+    """A canary whose pods are placed and not all Ready: rejected once past its startup timeout."""
+    canary = state.canary
+    assert canary is not None
+    if canary.reason == WAITING_FOR_CAPACITY:
+        # its pods were placed only now: its startup timeout runs from now
+        canary = replace(canary, reason="", message="starting the canary", placed_at=inputs.now)
+        state = replace(state, canary=canary)
+    if inputs.now - startup_clock(canary) > inputs.startup_timeout_s:
+        message = (
+            f"the canary's pods were not Ready within {math.ceil(inputs.startup_timeout_s)}s "
+            f"({inputs.canary_ready}/{inputs.canary_replicas} Ready)"
+        )
+        return _reject(state, Verdict("Rollback", "ProgressDeadlineExceeded", message), inputs, events)
+    return RolloutPlan(state, tuple(events))
+
+
 def startup_clock(canary: Canary) -> float:
-    """When the canary's startup timeout began: its start, or the last time its pods waited for capacity."""
-    return max(canary.started_at, canary.unscheduled_at or canary.started_at)
+    """When the canary's startup timeout began: its start, or when its pods found room after waiting for it."""
+    return canary.placed_at or canary.started_at
 
 
-def _wait_for_capacity(
-    state: RolloutState, problem: Problem, inputs: RolloutInputs, events: list[Event]
-) -> RolloutPlan:
+def _wait_for_capacity(state: RolloutState, problem: Problem, events: list[Event]) -> RolloutPlan:
     canary = state.canary
     assert canary is not None
     if canary.reason != WAITING_FOR_CAPACITY:
@@ -367,12 +374,8 @@ def _wait_for_capacity(
                 f"revision {state.stable} keeps all the traffic",
             )
         )
-    waiting = replace(
-        canary,
-        reason=WAITING_FOR_CAPACITY,
-        message=f"waiting for capacity: {problem.message}",
-        unscheduled_at=inputs.now,
-    )
+    # nothing in it changes from pass to pass while it waits (no time): a status written once, not every pass
+    waiting = replace(canary, reason=WAITING_FOR_CAPACITY, message=f"waiting for capacity: {problem.message}")
     return RolloutPlan(replace(state, canary=waiting), tuple(events))
 
 

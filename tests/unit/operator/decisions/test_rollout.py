@@ -188,7 +188,7 @@ canaries = st.builds(
     started_at=st.integers(0, 2**31).map(float),
     baseline_replicas=st.integers(0, 50),
     ready_at=st.none() | st.integers(0, 2**31).map(float),
-    unscheduled_at=st.none() | st.integers(0, 2**31).map(float),
+    placed_at=st.none() | st.integers(0, 2**31).map(float),
     handed_over=st.booleans(),
     message=st.text(max_size=20),
     analysis=st.none() | st.fixed_dictionaries({"passed": st.integers(0, 9)}),

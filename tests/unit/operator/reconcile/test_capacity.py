@@ -60,6 +60,9 @@ def test_a_canary_with_no_room_waits_for_capacity_past_its_startup_timeout_and_t
     assert world.condition("Ready")["status"] == "True", "the stable track serves meanwhile"
     warnings = [e for e in world.events.posted if e.reason == "WaitingForCapacity"]
     assert len(warnings) == 1, "said once, not at every pass"
+    before = world.status()
+    world.tick()
+    assert world.status() == before, "a wait of hours writes its status once, not at every pass"
 
     # room appears: its startup timeout runs from then, not from the canary's start
     remove_pod(world, "canary")
