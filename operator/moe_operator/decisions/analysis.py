@@ -34,6 +34,7 @@ from typing import Any, Literal
 from moe_operator.decisions.judge import Objectives, Outcome, OutcomeKind, Settlement, judge
 from moe_operator.decisions.promdata import Measurement, NoData
 from moe_operator.decisions.statusfields import count, finite_number
+from moe_operator.timestamps import to_time
 
 Action = Literal["Continue", "Promote", "Rollback", "Hold"]
 OUTCOME_KINDS: tuple[OutcomeKind, ...] = ("Passed", "Failed", "Inconclusive", "Errored")
@@ -248,8 +249,9 @@ def verdict(state: AnalysisState, policy: AnalysisPolicy, now: float) -> Verdict
             return Verdict("Continue", "AnalysisRunning", f"{counts}; {evidence}")
         until, why = minimum_end(state, policy)
         if now < until:
+            # a time, not a countdown: the status stays the same from pass to pass, and is written once
             return Verdict(
-                "Continue", "AnalysisRunning", f"{counts}; analysing for {until - now:.0f}s more ({why})"
+                "Continue", "AnalysisRunning", f"{counts}; analysing until {to_time(until)} ({why})"
             )
         return Verdict("Promote", "AnalysisPassed", f"{counts}" + (f"; {evidence}" if evidence else ""))
     if state.inconclusive > policy.inconclusive_limit:

@@ -28,6 +28,7 @@ from moe_operator.decisions.naming import (
     RETRY_ANNOTATION,
     REVISION_LABEL,
     STABLE,
+    TRACK_LABEL,
     Owner,
     conflict_message,
     is_ours,
@@ -35,7 +36,7 @@ from moe_operator.decisions.naming import (
     service_name,
 )
 from moe_operator.decisions.plan import in_step, plan_deployment
-from moe_operator.decisions.pods import count_pods, pod_problem, unhealthy
+from moe_operator.decisions.pods import count_pods, pod_problem, unhealthy, unschedulable, why_unschedulable
 from moe_operator.decisions.policy import Policy, violations
 from moe_operator.decisions.promdata import Measurement, NoData
 from moe_operator.decisions.render import (
@@ -48,7 +49,16 @@ from moe_operator.decisions.render import (
     revision_from_config_map,
     service,
 )
-from moe_operator.decisions.rollout import BAKING, RolloutInputs, RolloutPlan, RolloutState, plan_rollout
+from moe_operator.decisions.rollout import (
+    BAKING,
+    PROMOTING,
+    WAITING_FOR_CAPACITY,
+    RolloutInputs,
+    RolloutPlan,
+    RolloutState,
+    plan_rollout,
+    startup_clock,
+)
 from moe_operator.decisions.routing import routing_children, routing_names
 from moe_operator.decisions.scaling import QueueRead, RouterRead, Scaling, scale
 from moe_operator.decisions.spec import InvalidSpec, ModelDeploymentSpec, parse_spec
@@ -197,7 +207,7 @@ class _Pass:
             canary=DeploymentState.of(o.canary) if o.canary and canary_revision else None,
             rollout=plan.state.to_status(),
             canary_phase=plan.state.canary.phase if plan.state.canary else None,
-            pod_problem=pod_problem([*o.pods, *o.router_pods]),
+            pod_problem=pod_problem([*self._pods_not_waiting_for_capacity(plan.state), *o.router_pods]),
             rejected_target=Problem(
                 rejected.reason,
                 f"revision {rejected.revision} was rolled back: {rejected.message}; change the spec, or annotate "
@@ -291,9 +301,29 @@ class _Pass:
                 retry_token=(o.md["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
                 bake=spec.slo is not None and slo_settings.bake_seconds(spec.slo) > 0,
                 unhealthy=problem,
+                canary_unschedulable=unschedulable(o.pods, CANARY, state.canary.revision)
+                if state.canary
+                else None,
+                stable_unschedulable=unschedulable(o.pods, STABLE, state.stable) if state.stable else None,
                 stable_exists=o.stable is not None,
             ),
         )
+
+    def _pods_not_waiting_for_capacity(self, state: RolloutState) -> list[Mapping[str, Any]]:
+        """The pods whose problems make the ModelDeployment Degraded: not those of a canary waiting for room, nor
+        the stable track's new pods while the canary hands its room over (status.canary says so)."""
+        canary = state.canary
+        waiting: set[str] = set()
+        if canary is not None and canary.reason == WAITING_FOR_CAPACITY:
+            waiting.add(CANARY)
+        if canary is not None and canary.phase == PROMOTING and canary.handed_over:
+            waiting.add(STABLE)
+        return [
+            pod
+            for pod in self.o.pods
+            if (pod["metadata"].get("labels") or {}).get(TRACK_LABEL) not in waiting
+            or why_unschedulable(pod) is None
+        ]
 
     def _scale(self, plan: RolloutPlan) -> Scaling:
         o, spec = self.o, self.spec
@@ -477,8 +507,9 @@ class _Pass:
         now = self.o.now
         times = [t - now for t in due if t is not None]
         canary = state.canary
-        if canary is not None and canary.phase == "Starting":
-            times.append(canary.started_at + self.spec.runtime.startup_timeout_seconds + 1 - now)
+        if canary is not None and canary.phase == "Starting" and canary.reason != WAITING_FOR_CAPACITY:
+            # (a canary waiting for room has no deadline: its pods' events wake the pass once they are placed)
+            times.append(startup_clock(canary) + self.spec.runtime.startup_timeout_seconds + 1 - now)
         if canary is not None and canary.phase in ("Analyzing", "Holding", BAKING):
             times.append(UNHEALTHY_GRACE_S)  # pods' health; measurements wake the pass themselves
         return max(0.0, min([RESYNC_SECONDS, *times]))

@@ -77,14 +77,35 @@ def pod_problem(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
     return None
 
 
+def unschedulable(pods: Iterable[Mapping[str, Any]], track: str, revision: str) -> Problem | None:
+    """Why the first pod of this track and revision that the cluster has no room for cannot be scheduled."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        labels = pod["metadata"].get("labels") or {}
+        if (
+            labels.get(TRACK_LABEL) == track
+            and labels.get(REVISION_LABEL) == revision
+            and not is_terminating(pod)
+        ):
+            problem = why_unschedulable(pod)
+            if problem is not None:
+                return problem
+    return None
+
+
+def why_unschedulable(pod: Mapping[str, Any]) -> Problem | None:
+    for condition in (pod.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            message = f"pod {pod['metadata']['name']} cannot be scheduled: {condition.get('message', '')}"
+            return Problem("Unschedulable", message.strip())
+    return None
+
+
 def _problem_of(pod: Mapping[str, Any]) -> Problem | None:
     name = pod["metadata"]["name"]
     status = pod.get("status") or {}
-    for condition in status.get("conditions") or ():
-        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-            return Problem(
-                "Unschedulable", f"pod {name} cannot be scheduled: {condition.get('message', '')}".strip()
-            )
+    unplaced = why_unschedulable(pod)
+    if unplaced is not None:
+        return unplaced
     for container in status.get("containerStatuses") or ():
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")

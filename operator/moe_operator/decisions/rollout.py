@@ -5,10 +5,14 @@ Canary). The canary starts, its pods turn Ready, it is analysed against the SLO,
 - passes: it is promoted. The stable Deployment rolls to its revision; the canary stays until that is done.
 - fails (or never turns Ready within the startup timeout): it is rolled back. The canary goes; the stable
   Deployment never changed. The revision is rejected and not deployed again until the spec changes to another
-  revision or the user asks for a retry (the retry annotation with a new value).
+  revision or the user asks for a retry (the retry annotation with a new value). A canary whose pods the
+  cluster has no room for is not failing: it waits for capacity (reason WaitingForCapacity), and its startup
+  timeout runs from when its pods were placed.
 - is inconclusive or cannot be measured past the limits: it is held. The canary keeps running; status says why.
 - breaks its pods (a restart, OOMKilled, CrashLoopBackOff, not Ready after having been Ready) or fails to
   load an adapter the stable track serves: it is rolled back at once, whatever the analysis says.
+When the stable Deployment's new pods find no room while it rolls to a promoted revision (the canary holds the
+spare GPUs), the canary's capacity is handed over: its Deployment goes, and the stable track takes its place.
 After a promotion the revision bakes (`spec.slo.bakeSeconds`): it keeps being judged, against the figures its
 predecessor had during the canary, and a breach rolls the stable Deployment back to the predecessor (its
 immutable ConfigMap is still there) and rejects the revision as a failed canary would be.
@@ -34,6 +38,7 @@ ROLLING_UPDATE = "RollingUpdate"  # spec.rollout.strategy; the other one is "Can
 STARTING, ANALYZING, HOLDING, PROMOTING, BAKING = "Starting", "Analyzing", "Holding", "Promoting", "Baking"
 PHASES = (STARTING, ANALYZING, HOLDING, PROMOTING, BAKING)
 REJECTED_KEPT = 5
+WAITING_FOR_CAPACITY = "WaitingForCapacity"
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class Canary:
     previous: str | None = None  # the stable revision when the canary started: what a failed bake restores
     ready_at: float | None = None
     promoted_at: float | None = None  # when the stable track finished rolling to it (the bake's start)
+    placed_at: float | None = None  # when its pods found room after waiting for capacity
+    handed_over: bool = False  # promoted, its pods gave their capacity to the stable track's new pods
     reason: str = ""  # why it is held, while it is
     message: str = ""
     analysis: Mapping[str, Any] | None = None  # the analysis module's state, as it stores it
@@ -95,6 +102,10 @@ class Canary:
             status["readyTime"] = to_time(self.ready_at)
         if self.promoted_at is not None:
             status["promotedTime"] = to_time(self.promoted_at)
+        if self.placed_at is not None:
+            status["placedTime"] = to_time(self.placed_at)
+        if self.handed_over:
+            status["capacityHandedOver"] = True
         if self.analysis is not None:
             status["analysis"] = dict(self.analysis)
         return status
@@ -116,6 +127,8 @@ class Canary:
             previous=str(raw["previousRevision"]) if raw.get("previousRevision") else None,
             ready_at=from_time(raw.get("readyTime")),
             promoted_at=from_time(raw.get("promotedTime")),
+            placed_at=from_time(raw.get("placedTime")),
+            handed_over=raw.get("capacityHandedOver") is True,
             reason=str(raw.get("reason") or ""),
             message=str(raw.get("message") or ""),
             analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
@@ -168,6 +181,8 @@ class RolloutInputs:
     retry_token: str | None = None
     bake: bool = False  # a promoted revision bakes before the rollout is over
     unhealthy: Problem | None = None  # what is wrong with the pods of the revision under analysis or bake
+    canary_unschedulable: Problem | None = None  # a canary pod the cluster has no room for
+    stable_unschedulable: Problem | None = None  # a stable pod at the stable revision with no room
     # a stable Deployment exists: without one nothing serves, so there is no traffic for a canary to protect and
     # no track to judge it against (a first Deployment the API server refused, or one deleted by hand)
     stable_exists: bool = True
@@ -187,7 +202,7 @@ class RolloutPlan:
     def canary_revision(self) -> str | None:
         """The revision the canary Deployment runs; None: there is no canary Deployment."""
         canary = self.state.canary
-        return canary.revision if canary and canary.phase != BAKING else None
+        return canary.revision if canary and canary.phase != BAKING and not canary.handed_over else None
 
 
 def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
@@ -198,7 +213,7 @@ def plan_rollout(state: RolloutState, inputs: RolloutInputs) -> RolloutPlan:
     canary = state.canary
     if canary is not None and canary.phase == PROMOTING:
         if not inputs.stable_done:
-            return RolloutPlan(state, tuple(events))
+            return _promoting(state, inputs, events)
         baking = inputs.bake and inputs.analysed and canary.previous is not None
         events.append(
             Event(
@@ -282,18 +297,16 @@ def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) ->
         return _reject(state, verdict, inputs, events)
     if canary.phase == STARTING:
         if inputs.canary_ready >= inputs.canary_replicas:
-            canary = replace(canary, phase=ANALYZING, ready_at=inputs.now, message="analysing the canary")
+            canary = replace(
+                canary, phase=ANALYZING, ready_at=inputs.now, reason="", message="analysing the canary"
+            )
             state = replace(state, canary=canary)
             if inputs.analysed:
                 return RolloutPlan(state, tuple(events))
-        elif inputs.now - canary.started_at > inputs.startup_timeout_s:
-            message = (
-                f"the canary's pods were not Ready within {math.ceil(inputs.startup_timeout_s)}s "
-                f"({inputs.canary_ready}/{inputs.canary_replicas} Ready)"
-            )
-            return _reject(state, Verdict("Rollback", "ProgressDeadlineExceeded", message), inputs, events)
+        elif inputs.canary_unschedulable is not None:
+            return _wait_for_capacity(state, inputs.canary_unschedulable, events)
         else:
-            return RolloutPlan(state, tuple(events))
+            return _starting(state, inputs, events)
     verdict = (
         inputs.verdict if inputs.analysed else Verdict("Promote", "Ready", "the canary's pods are Ready")
     )
@@ -325,6 +338,66 @@ def _advance(state: RolloutState, inputs: RolloutInputs, events: list[Event]) ->
         )
     analysing = replace(canary, phase=ANALYZING, message=verdict.message or "analysing the canary")
     return RolloutPlan(replace(state, canary=analysing), tuple(events))
+
+
+def _starting(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
+    """A canary whose pods are placed and not all Ready: rejected once past its startup timeout."""
+    canary = state.canary
+    assert canary is not None
+    if canary.reason == WAITING_FOR_CAPACITY:
+        # its pods were placed only now: its startup timeout runs from now
+        canary = replace(canary, reason="", message="starting the canary", placed_at=inputs.now)
+        state = replace(state, canary=canary)
+    if inputs.now - startup_clock(canary) > inputs.startup_timeout_s:
+        message = (
+            f"the canary's pods were not Ready within {math.ceil(inputs.startup_timeout_s)}s "
+            f"({inputs.canary_ready}/{inputs.canary_replicas} Ready)"
+        )
+        return _reject(state, Verdict("Rollback", "ProgressDeadlineExceeded", message), inputs, events)
+    return RolloutPlan(state, tuple(events))
+
+
+def startup_clock(canary: Canary) -> float:
+    """When the canary's startup timeout began: its start, or when its pods found room after waiting for it."""
+    return canary.placed_at or canary.started_at
+
+
+def _wait_for_capacity(state: RolloutState, problem: Problem, events: list[Event]) -> RolloutPlan:
+    canary = state.canary
+    assert canary is not None
+    if canary.reason != WAITING_FOR_CAPACITY:
+        events.append(
+            Event(
+                "Warning",
+                WAITING_FOR_CAPACITY,
+                f"the canary of revision {canary.revision} waits for room in the cluster ({problem.message}); "
+                f"revision {state.stable} keeps all the traffic",
+            )
+        )
+    # nothing in it changes from pass to pass while it waits (no time): a status written once, not every pass
+    waiting = replace(canary, reason=WAITING_FOR_CAPACITY, message=f"waiting for capacity: {problem.message}")
+    return RolloutPlan(replace(state, canary=waiting), tuple(events))
+
+
+def _promoting(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:
+    """The stable Deployment is rolling to the promoted revision. A new pod of it that finds no room gets the
+    canary's: the canary runs the same revision, so its pods are capacity the stable track can take over."""
+    canary = state.canary
+    assert canary is not None
+    if inputs.stable_unschedulable is None or canary.handed_over:
+        return RolloutPlan(state, tuple(events))
+    events.append(
+        Event(
+            "Normal",
+            "CapacityHandedOver",
+            f"no room for the stable Deployment's new pods ({inputs.stable_unschedulable.message}): the "
+            f"canary's pods give theirs to the stable track",
+        )
+    )
+    handed = replace(
+        canary, handed_over=True, message="promoted: the canary's capacity went to the stable track"
+    )
+    return RolloutPlan(replace(state, canary=handed), tuple(events))
 
 
 def _bake(state: RolloutState, inputs: RolloutInputs, events: list[Event]) -> RolloutPlan:

@@ -25,6 +25,7 @@ from moe_operator.decisions.analysis import (
 )
 from moe_operator.decisions.judge import Objectives, Outcome, Settlement, judge
 from moe_operator.decisions.promdata import NO_DATA_REASONS, Measurement, NoData
+from moe_operator.timestamps import to_time
 from tests.unit.operator.world import track
 
 START = 1_000_000.0
@@ -254,7 +255,7 @@ def test_the_analysis_lasts_at_least_a_few_of_the_stable_tracks_p99_latencies():
     state = AnalysisState(started_at=START, passed=2, measured_until=2, baseline_p99_s=30.0)
     assert minimum_end(state, slow_model) == (START + 90, "3 stable p99 latencies")
     assert verdict(state, slow_model, START + 12).action == "Continue"
-    assert "analysing for 78s more" in verdict(state, slow_model, START + 12).message
+    assert f"analysing until {to_time(START + 90)}" in verdict(state, slow_model, START + 12).message
     assert verdict(state, slow_model, START + 90).action == "Promote"
 
 
@@ -265,8 +266,9 @@ def test_the_analysis_lasts_at_least_its_minimum_duration_and_says_why_it_waits(
     waiting = verdict(state, policy, START + 12)
     assert (
         waiting.action == "Continue"
-        and "analysing for 33s more (the pods' liveness window of 45s)" in waiting.message
+        and f"analysing until {to_time(START + 45)} (the pods' liveness window of 45s)" in waiting.message
     )
+    assert verdict(state, policy, START + 30) == waiting, "the same status at every pass while it waits"
     assert verdict(state, policy, START + 45).action == "Promote"
     slow_model = replace(state, baseline_p99_s=20.0)
     assert minimum_end(slow_model, policy) == (START + 60, "3 stable p99 latencies")

@@ -1,4 +1,4 @@
-from moe_operator.decisions.pods import count_pods, pod_problem
+from moe_operator.decisions.pods import count_pods, pod_problem, unschedulable
 
 
 def pod(name, ready=False, track="stable", terminating=False, conditions=(), containers=()):
@@ -60,3 +60,24 @@ def test_a_pod_ready_for_less_than_the_settle_time_still_counts_as_starting():
     counts = count_pods([fresh, old], "stable", settle_s=30, now=now)
     assert counts.ready == {"old"} and counts.starting == 1
     assert count_pods([fresh, old], "stable").ready == {"fresh", "old"}
+
+
+def test_the_unschedulable_pod_of_one_track_and_revision():
+    no_room = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "Insufficient gpu",
+    }
+    pending = pod("c", track="canary", conditions=[no_room])
+    pending["metadata"]["labels"]["moedeploy.dev/revision"] = "new"
+    gone = pod("d", track="canary", terminating=True, conditions=[no_room])
+    gone["metadata"]["labels"]["moedeploy.dev/revision"] = "new"
+    problem = unschedulable([pod("a", ready=True), pending, gone], "canary", "new")
+    assert (problem.reason, problem.message) == (
+        "Unschedulable",
+        "pod c cannot be scheduled: Insufficient gpu",
+    )
+    assert unschedulable([pending], "stable", "new") is None
+    assert unschedulable([pending], "canary", "old") is None
+    assert unschedulable([gone], "canary", "new") is None

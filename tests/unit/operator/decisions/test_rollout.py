@@ -10,6 +10,7 @@ from moe_operator.decisions.rollout import (
     HOLDING,
     PROMOTING,
     STARTING,
+    WAITING_FOR_CAPACITY,
     Canary,
     Rejected,
     RolloutInputs,
@@ -17,6 +18,7 @@ from moe_operator.decisions.rollout import (
     Verdict,
     plan_rollout,
 )
+from moe_operator.decisions.status import Problem
 
 OLD, NEW, NEWER = "0ld0000000", "new0000000", "newer00000"
 T0 = 1_800_000_000.0
@@ -186,6 +188,8 @@ canaries = st.builds(
     started_at=st.integers(0, 2**31).map(float),
     baseline_replicas=st.integers(0, 50),
     ready_at=st.none() | st.integers(0, 2**31).map(float),
+    placed_at=st.none() | st.integers(0, 2**31).map(float),
+    handed_over=st.booleans(),
     message=st.text(max_size=20),
     analysis=st.none() | st.fixed_dictionaries({"passed": st.integers(0, 9)}),
 )
@@ -242,3 +246,48 @@ def test_a_hold_is_reported_when_it_starts_or_its_reason_changes_not_at_every_ne
         reasons += events
     assert reasons == ["AnalysisInconclusive", "AnalysisErrored"]
     assert state.canary.reason == "AnalysisErrored"
+
+
+NO_ROOM = Problem("Unschedulable", "pod qwen-canary-x cannot be scheduled: 0/2 nodes are available")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 3600).map(float),
+            st.sampled_from(["Continue", "Promote", "Rollback", "Hold"]),
+            st.sampled_from([None, "another spec"]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_canary_the_cluster_has_no_room_for_is_never_rejected(passes):
+    """Whatever time passes and whatever the analysis would say: a canary whose pods were never placed waits;
+    only a spec that moves on replaces it (with another canary, never a rejection)."""
+    state, now = RolloutState(stable=OLD), T0
+    for elapsed, action, change in passes:
+        now += elapsed
+        target = NEWER if change else NEW
+        state, _, plan = step(
+            roundtrip(state),
+            target=target,
+            now=now,
+            startup_timeout_s=30,
+            canary_unschedulable=NO_ROOM,
+            verdict=Verdict(action, "R", "m"),
+        )
+        assert not state.rejected and plan.stable_revision == OLD
+        assert state.canary.phase == STARTING and state.canary.reason == WAITING_FOR_CAPACITY
+
+
+def test_a_handed_over_canary_has_no_deployment_and_its_promotion_completes_as_before():
+    promoting = RolloutState(stable=NEW, canary=Canary(NEW, PROMOTING, T0, 3, previous=OLD, ready_at=T0))
+    state, events, plan = step(promoting, stable_done=False)
+    assert (plan.canary_revision, events) == (NEW, []), "the canary serves while the stable pods find room"
+    state, events, plan = step(promoting, stable_done=False, stable_unschedulable=NO_ROOM)
+    assert (plan.canary_revision, events, state.canary.handed_over) == (None, ["CapacityHandedOver"], True)
+    state, events, plan = step(roundtrip(state), stable_done=False, stable_unschedulable=NO_ROOM)
+    assert (plan.canary_revision, events) == (None, []), "handed over once"
+    state, events, plan = step(roundtrip(state), stable_done=True, bake=True)
+    assert (state.canary.phase, events, plan.canary_revision) == ("Baking", ["PromotionComplete"], None)
