@@ -50,6 +50,7 @@ class Choices:
 
     jobs: list[Job]
     prompt_tokens: int  # usage counts each prompt once, whatever n
+    n: int = 1  # choices per prompt
 
 
 def completion_choices(body: CompletionRequest, tokenizer, limits: Limits) -> Choices:
@@ -78,7 +79,7 @@ def completion_choices(body: CompletionRequest, tokenizer, limits: Limits) -> Ch
                  echo=body.echo, prefix=prefix, show_output=body.max_tokens > 0)
             for j in range(body.n)
         ]  # fmt: skip
-    return Choices(jobs, prompt_tokens)
+    return Choices(jobs, prompt_tokens, body.n)
 
 
 def chat_choices(body: ChatCompletionRequest, tokenizer, limits: Limits) -> Choices:
@@ -97,7 +98,7 @@ def chat_choices(body: ChatCompletionRequest, tokenizer, limits: Limits) -> Choi
     jobs = [
         _job(body, ids, _sampling(body, max_tokens, tokenizer, limits, j, logprobs)) for j in range(body.n)
     ]
-    return Choices(jobs, len(ids))
+    return Choices(jobs, len(ids), body.n)
 
 
 def _job(
@@ -221,6 +222,7 @@ class Outcome:
     stop_reason: int | str | None  # vLLM's: the stop string or the request's stop token id that ended it
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int  # prompt tokens found in the prefix cache
 
 
 _ANSWERED = (FinishReason.STOP, FinishReason.LENGTH)
@@ -286,7 +288,7 @@ async def _pieces(
     if job.echo and not echo_logprobs:
         echoed = True
         yield Delta(job.prefix, [], 0)
-    generated, stop_token = 0, None
+    generated, stop_token, cached = 0, None, 0
     while True:
         try:
             event = await stream.get(deadline)
@@ -300,6 +302,7 @@ async def _pieces(
             echoed = True  # the prompt's log-probabilities all come before the first token
             yield Delta(job.prefix, prompt_entries, 0)
         if isinstance(event, Tokens):
+            cached = event.cached_tokens
             if not job.show_output:
                 continue
             generated += len(event.ids)
@@ -311,7 +314,7 @@ async def _pieces(
             yield Delta(text, event.logprobs or [], generated)
             if assembler.stopped:
                 stream.cancel()
-                yield Outcome("stop", assembler.stop_string, len(job.prompt_ids), generated)
+                yield Outcome("stop", assembler.stop_string, len(job.prompt_ids), generated, cached)
                 return
             continue
         _raise_for(event)
@@ -319,5 +322,6 @@ async def _pieces(
             yield Delta(text, [], generated)
         stop_reason = stop_token if stop_token in job.stop_reason_ids else assembler.stop_string
         reason = "stop" if assembler.stopped else event.reason.value
-        yield Outcome(reason, stop_reason, event.prompt_tokens, event.output_tokens if job.show_output else 0)
+        completion = event.output_tokens if job.show_output else 0
+        yield Outcome(reason, stop_reason, event.prompt_tokens, completion, cached)
         return

@@ -199,12 +199,18 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens or self.max_tokens or default
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens` (0 when nothing was cached or the prefix cache is
+    off, as OpenAI always sends it) where the cached count is known: a request's total, not vLLM's
+    `continuous_usage_stats` chunks."""
+    body = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return body
 
 
 def usage_chunk_body(request_id: str, model: str, object_: str, usage_: dict) -> dict:

@@ -192,8 +192,11 @@ class Answer:
         finally:
             self.count(status)
 
-    def _total_usage(self, outcomes: Sequence[Outcome | None]) -> dict:
-        return usage(self.choices.prompt_tokens, sum(o.completion_tokens for o in outcomes if o is not None))
+    def _total_usage(self, outcomes: Sequence[Outcome]) -> dict:
+        """Each prompt counts once, whatever n: its cached tokens are those the cache held for all its choices."""
+        n = self.choices.n
+        cached = sum(min(o.cached_tokens for o in outcomes[i : i + n]) for i in range(0, len(outcomes), n))
+        return usage(self.choices.prompt_tokens, sum(o.completion_tokens for o in outcomes), cached)
 
     async def _merged(self, incremental: bool) -> AsyncIterator[tuple[int, Delta | Outcome]]:
         """Every choice's deltas and outcome, tagged with its index, in the order they come."""

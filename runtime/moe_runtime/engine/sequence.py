@@ -86,6 +86,12 @@ class Sequence(KvState):
         return self.is_prefilling and self.prefilled == self.cached_tokens
 
     @property
+    def cached_prompt_tokens(self) -> int:
+        """Prompt tokens its (last) admission found in the prefix cache, as usage reports them. A requeued
+        sequence prefills its output too, and the cache may hold some of that: it is not prompt."""
+        return min(self.cached_tokens, len(self.prompt))
+
+    @property
     def tokens_held(self) -> int:
         """Positions whose keys and values later tokens still see."""
         return self.length if self.window is None else min(self.length, self.window)

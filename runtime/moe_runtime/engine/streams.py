@@ -21,6 +21,9 @@ class Tokens:
     ids: list[int]
     logprobs: list[TokenLogprob] | None = None  # one per id, when the request asked for them
     stop: bool = False  # the last id is the stop token that ended the sequence
+    # prompt tokens the prefix cache held at the sequence's latest admission, for usage: on every event, since a
+    # stop string can end a choice before its `Finished` comes
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

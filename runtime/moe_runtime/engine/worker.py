@@ -348,7 +348,7 @@ class EngineWorker:
             if token is None or item.seq.finish_reason in (FinishReason.ERROR, FinishReason.CANCELLED):
                 continue
             stop = item.seq.finish_reason is FinishReason.STOP
-            event = Tokens([token], None if entry is None else [entry], stop=stop)
+            event = Tokens([token], None if entry is None else [entry], stop, item.seq.cached_prompt_tokens)
             deliveries.append((item.seq.stream, event))
         return deliveries
 

@@ -1,5 +1,7 @@
 """The official openai client with what vLLM's clients use: log-probabilities (chat and completions, streamed
-too), n choices, and streaming with usage in every chunk."""
+too), n choices, streaming with usage in every chunk, and the prompt tokens found in the prefix cache."""
+
+import uuid
 
 import pytest
 import torch
@@ -129,3 +131,19 @@ def test_streaming_with_usage_in_every_chunk(client):
     assert all(chunk.usage is not None for chunk in chat)
     assert {c.choices[0].index for c in chat if c.choices} == {0, 1}
     assert chat[-1].usage.completion_tokens == 10
+
+
+def test_usage_says_how_many_prompt_tokens_came_from_the_prefix_cache(client):
+    messages = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "experts share the load " * 12}]
+
+    def cached(**kw) -> tuple[int, int]:
+        answer = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=2, temperature=0, **kw
+        )
+        usage = list(answer)[-1].usage if kw.get("stream") else answer.usage
+        return usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens
+
+    assert cached()[0] == 0
+    found, prompt_tokens = cached()
+    assert 0 < found <= prompt_tokens and found % 16 == 0  # whole KV blocks (--block-size 16)
+    assert cached(stream=True, stream_options={"include_usage": True}) == (found, prompt_tokens)

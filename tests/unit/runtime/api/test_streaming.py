@@ -99,7 +99,9 @@ def choices(draw):
     return job, events
 
 
-def run(endpoint, picked: list, stream: bool, continuous: bool) -> tuple[list[str] | dict, list[int]]:
+def run(
+    endpoint, picked: list, stream: bool, continuous: bool, n: int = 1
+) -> tuple[list[str] | dict, list[int]]:
     statuses: list[int] = []
 
     async def answer():
@@ -111,14 +113,14 @@ def run(endpoint, picked: list, stream: bool, continuous: bool) -> tuple[list[st
                 generation.put(event)
             streams.append(generation)
         jobs = [job for job, _ in picked]
-        prompt_tokens = sum(len(job.prompt_ids) for job in jobs)
+        prompt_tokens = sum(len(job.prompt_ids) for job in jobs[::n])
         answer = Answer(
             endpoint,
             "m",
             ByteTokenizer(),
             NeverDisconnects(),
             streams,
-            Choices(jobs, prompt_tokens),
+            Choices(jobs, prompt_tokens, n),
             statuses.append,
         )
         if not stream:
@@ -186,3 +188,28 @@ def test_no_stop_string_completes_within_the_first_min_tokens_tokens():
         return whole["choices"][0]["text"]
 
     assert text_of(0) == "" and text_of(1) == "" and text_of(2) == "ab" and text_of(4) == "abab"
+
+
+def test_usage_reports_the_cached_prompt_tokens_of_each_prompt_once_whatever_n():
+    """A prompt counts once in usage, whatever n: its cached tokens are those the prefix cache held for all of
+    its choices. A choice that a stop string ends (before the engine's Finished) reports them too. The streamed
+    total says the same; vLLM's per-chunk usage does not know them yet and leaves them out."""
+
+    def choice(cached: int, stop: tuple[str, ...] = ()) -> tuple[Job, list]:
+        tokens = [Tokens([t], cached_tokens=cached) for t in (97, 98)]
+        job = Job([99] * 40, SamplingParams(max_tokens=2), stop=stop)
+        return job, [*tokens, Finished(FinishReason.LENGTH, 40, 2)]
+
+    picked = [choice(32), choice(16, stop=("ab",)), choice(32), choice(32)]  # 2 prompts, n = 2
+    whole, _ = run(COMPLETIONS, picked, stream=False, continuous=False, n=2)
+    assert whole["choices"][1]["stop_reason"] == "ab"
+    assert whole["usage"] == {
+        "prompt_tokens": 80,
+        "completion_tokens": 8,
+        "total_tokens": 88,
+        "prompt_tokens_details": {"cached_tokens": 16 + 32},
+    }
+    events, _ = run(COMPLETIONS, picked, stream=True, continuous=True, n=2)
+    bodies = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert bodies[-1]["usage"] == whole["usage"]
+    assert all("prompt_tokens_details" not in body["usage"] for body in bodies[:-1])

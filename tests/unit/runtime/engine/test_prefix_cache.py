@@ -8,6 +8,7 @@ import asyncio
 from moe_runtime.engine.engine import Engine
 from moe_runtime.engine.sampling import SamplingParams
 from moe_runtime.engine.scheduler import SchedulerConfig
+from moe_runtime.engine.streams import Tokens
 from moe_runtime.engine.worker import EngineWorker
 from moe_runtime.faults import Faults, FaultSpec
 from moe_runtime.metrics import RuntimeMetrics
@@ -21,6 +22,7 @@ def serve_one_after_another(
     params: SamplingParams,
     faults: Faults | None = None,
     prefill_chunk: int = 256,
+    collector=collect,
 ):
     metrics = RuntimeMetrics()
 
@@ -31,7 +33,7 @@ def serve_one_after_another(
         worker = EngineWorker(engine, config, metrics, asyncio.get_running_loop(), faults=faults)
         worker.start()
         try:
-            return [await collect(worker.submit(prompt, params, None)) for prompt in prompts]
+            return [await collector(worker.submit(prompt, params, None)) for prompt in prompts]
         finally:
             worker.stop()
 
@@ -74,6 +76,20 @@ def test_prompt_logprobs_bypass_the_cache(checkpoints):
     assert counter(metrics, "moe_runtime_prefix_cache_hits_total") == 0
     assert counter(metrics, "moe_runtime_prompt_tokens_total") == 60
     assert results[0][0] == results[1][0]
+
+
+async def cached_tokens(stream) -> list[int]:
+    """What each token event of the stream says the prefix cache held of the prompt (usage reports it)."""
+    return [event.cached_tokens async for event in stream if isinstance(event, Tokens)]
+
+
+def test_token_events_say_how_many_prompt_tokens_came_from_the_cache(checkpoints):
+    prompt = prompt_ids(9, 30)  # 3 full blocks of 8 before the block of its last token
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    for caching in (True, False):
+        engine = Engine.load(checkpoints["qwen2_moe"], block_size=8, prefix_caching=caching)
+        reported, _ = serve_one_after_another(engine, [prompt, prompt], params, collector=cached_tokens)
+        assert reported == [[0] * 3, [24 if caching else 0] * 3]
 
 
 class RecordedFaults(Faults):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from moe_runtime.engine.blocks import BlockManager
 from moe_runtime.engine.scheduler import FinishReason, Policy, QueueFull, Scheduler, SchedulerConfig
 from moe_runtime.engine.sequence import Sequence
 from tests.unit.runtime.helpers import sequence
@@ -235,6 +236,24 @@ def test_back_off_halves_the_step_and_requeued_requests_prefill_what_they_genera
     assert a.output == [7, 8] and not a.is_prefilling
     step, _ = run_step(s, token=9)
     assert plan(step) == {"a": 1, "b": 1}  # a decodes, b starts again
+
+
+def test_a_requeued_request_reports_the_prompt_tokens_its_last_admission_found_cached():
+    """Requeued, a request prefills its prompt and its output again, and the prefix cache may hold both (its own
+    blocks, given back): usage's cached prompt tokens are what its last admission found, at most the prompt."""
+    kv = BlockManager(16, 4)
+    s = Scheduler(SchedulerConfig(), kv)
+    a = request("a", 6, max_tokens=10)
+    s.add(a)
+    for token in (7, 8, 9):
+        run_step(s, token=token)
+    assert a.output == [7, 8, 9] and a.cached_prompt_tokens == 0
+    kv.grow(a, 9)  # what the engine's forward passes wrote and committed, then gave back at the requeue
+    kv.commit(a, [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    kv.free(a)
+    s.requeue([a])
+    s.schedule(0.0)
+    assert a.cached_tokens == 8 and a.cached_prompt_tokens == 6
 
 
 def test_the_smallest_step_cannot_back_off_and_limits_recover_after_good_steps():
