@@ -55,7 +55,7 @@ class Sequence(KvState):
         # an out-of-memory requeue the prompt and the tokens generated so far) and how much of it is fed
         self.prefill_tokens = self.prompt
         self.prefilled = 0
-        self.cached_tokens = 0  # prompt positions the prefix cache held when it was admitted
+        self.cached_tokens = 0  # positions the prefix cache held at admission (after a requeue, output too)
         self.output: list[int] = []
         self.cancelled = False
         self.finish_reason: FinishReason | None = None
