@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_operator.decisions.rollout import (
@@ -251,6 +251,7 @@ def test_a_hold_is_reported_when_it_starts_or_its_reason_changes_not_at_every_ne
 NO_ROOM = Problem("Unschedulable", "pod qwen-canary-x cannot be scheduled: 0/2 nodes are available")
 
 
+@settings(deadline=None)  # up to 30 passes an example: on a busy machine past hypothesis's 200 ms per example
 @given(
     st.lists(
         st.tuples(
