@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_operator.decisions.analysis import AnalysisState, minimum_end
@@ -52,6 +52,7 @@ def test_the_shortest_analysis_and_bake_outlast_every_rendered_liveness_probe(en
     assert bake.measurements * bake.interval_s >= window
 
 
+@settings(deadline=None)  # parses and renders a spec per example: slow on a busy machine
 @given(
     interval=st.integers(min_value=2, max_value=120),
     measurements=st.integers(min_value=1, max_value=20),
