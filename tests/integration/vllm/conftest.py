@@ -25,6 +25,12 @@ def moe_checkpoint(vllm_env, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deep_moe_checkpoint(vllm_env, tmp_path_factory) -> Path:
+    """Six times as many layers: every token, the first included, takes several times as long to compute."""
+    return write_moe_checkpoint(tmp_path_factory.mktemp("vllm-moe-deep") / "qwen3-moe", layers=24)
+
+
+@pytest.fixture(scope="session")
 def dense_checkpoint(vllm_env, tmp_path_factory) -> Path:
     return write_dense_checkpoint(tmp_path_factory.mktemp("vllm-dense") / "qwen3-dense")
 

@@ -41,11 +41,12 @@ def require_vllm() -> Path:
     return Path(check.stdout.strip())
 
 
-def write_moe_checkpoint(out: Path) -> Path:
+def write_moe_checkpoint(out: Path, layers: int = 4, hidden: int = 512) -> Path:
     """A random Qwen3-MoE vLLM serves on CPU: 4 layers of 16 experts (top 4), head_dim 128, 40 MB in fp32."""
     subprocess.run(
         [sys.executable, "-m", "moe_runtime", "make-checkpoint", "--family", "qwen3_moe", "--out", str(out),
-         "--hidden-size", "512", "--num-layers", "4", "--num-experts", "16", "--top-k", "4", "--vocab-size", "512"],
+         "--hidden-size", str(hidden), "--num-layers", str(layers), "--num-experts", "16", "--top-k", "4",
+         "--vocab-size", "512"],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return out
@@ -79,7 +80,9 @@ def vllm_md(name: str, model_dir: Path, replicas: int = 1, **runtime) -> dict:
         image=VLLM_IMAGE,
         maxModelLen=MAX_MODEL_LEN,
         startupTimeoutSeconds=START_S,
-        drainDelaySeconds=2,
+        # a client learns of a deleted pod from targets.json, which the local kubelet rewrites when it sees the
+        # deletion: on a busy machine that took over 2 s once, and a request sent meanwhile got a 500
+        drainDelaySeconds=5,
         # vLLM's CPU build: a 1 GiB KV cache (2 would do; two pods must fit beside everything else), and the OS
         # placing the model's threads, so that two pods do not both bind core 0
         env=[
