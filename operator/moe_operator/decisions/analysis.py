@@ -21,8 +21,9 @@ Verdicts, first match wins:
   otherwise                                    -> Continue                           AnalysisRunning
 The minimum: the windows it takes to pass, `min_latencies` times the baseline's p99 latency (a model whose
 requests take 30 s is not promoted after 12 s) and `min_duration_s` (the canary pods' liveness window: a pod that
-stops answering is restarted, and the analysis sees it, before the revision could be promoted). Hold is not final: windows keep being measured, so a held
-analysis can still pass or fail, and a recovered Prometheus resumes it.
+stops answering is restarted, and the analysis sees it, before the revision could be promoted). Hold is not
+final: windows keep being measured, so a held analysis can still pass or fail, and a recovered Prometheus
+resumes it.
 """
 
 from __future__ import annotations

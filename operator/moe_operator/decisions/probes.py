@@ -13,9 +13,6 @@ LIVENESS_FAILURES = 3
 # A pod serves as soon as its weights are loaded: a short startup period brings new capacity in within
 # seconds of /ready (with 10 s it waited 4 s on average), which is what a scale-out is for.
 STARTUP_PROBE_PERIOD_SECONDS = 2
-# From Ready to the restart of a container that stops answering then: the liveness worker's first probe comes
-# up to a period after the startup probe passed, then `failureThreshold` probes fail, the last after its timeout.
-LIVENESS_WINDOW_SECONDS = (LIVENESS_FAILURES + 1) * PROBE_PERIOD_SECONDS + PROBE_TIMEOUT_SECONDS
 
 
 def http_probe(
@@ -34,10 +31,15 @@ def liveness_probe(port: str = "http") -> dict[str, Any]:
 
 
 def liveness_window_seconds(probe: dict[str, Any]) -> float:
-    """The same window for any rendered liveness probe (Kubernetes' defaults where a field is absent)."""
+    """From Ready to the restart of a container that stops answering then: the liveness worker's first probe
+    comes up to a period after the startup probe passed, then `failureThreshold` probes fail, the last after its
+    timeout (Kubernetes' defaults where a field is absent)."""
     period = probe.get("periodSeconds", 10)
     return (
         probe.get("initialDelaySeconds", 0)
         + (probe.get("failureThreshold", 3) + 1) * period
         + probe.get("timeoutSeconds", 1)
     )
+
+
+LIVENESS_WINDOW_SECONDS = liveness_window_seconds(liveness_probe())  # 45 s
