@@ -4,8 +4,6 @@ Pure."""
 
 from __future__ import annotations
 
-import math
-
 from moe_operator.decisions.analysis import AnalysisPolicy
 from moe_operator.decisions.judge import Objectives
 from moe_operator.decisions.probes import LIVENESS_WINDOW_SECONDS
@@ -55,13 +53,14 @@ def analysis_policy(spec: ModelDeploymentSpec) -> AnalysisPolicy:
 
 
 def bake_policy(spec: ModelDeploymentSpec) -> AnalysisPolicy:
-    """A bake counts windows the same way, for as long as it lasts, and at least as long as the promoted pods'
-    liveness window; there is nothing to settle against a live baseline, and failing it always rolls back (the
-    revision is already serving everyone)."""
+    """A bake counts windows the same way, for as long as it lasts; there is nothing to settle against a live
+    baseline, and failing it always rolls back (the revision is already serving everyone). It is not stretched to
+    the pods' liveness window as a canary is: it compares the revision with the figures its predecessor had, and
+    the longer it runs the more the load moves away from them (a scale-in after promotion doubled the time to
+    first token of the demo's good revision and rolled it back in the ninth window of a stretched bake)."""
     slo = spec.slo
     assert slo is not None
-    seconds = max(bake_seconds(slo), LIVENESS_WINDOW_SECONDS)
-    windows = max(1, math.ceil(seconds / slo.analysis_interval_seconds))
+    windows = max(1, round(bake_seconds(slo) / slo.analysis_interval_seconds))
     return AnalysisPolicy(
         interval_s=slo.analysis_interval_seconds,
         metric_delay_s=metric_delay(slo),

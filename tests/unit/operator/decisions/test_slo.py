@@ -1,9 +1,7 @@
-"""What spec.slo asks, as the analysis takes it: no setting promotes a revision, or ends its bake, before the
-liveness probes the operator renders into its pods could have restarted a pod that stopped answering."""
+"""What spec.slo asks, as the analysis takes it: no setting promotes a revision before the liveness probes the
+operator renders into its pods could have restarted a pod that stopped answering."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +10,7 @@ from hypothesis import strategies as st
 from moe_operator.decisions.analysis import AnalysisState, minimum_end
 from moe_operator.decisions.probes import liveness_window_seconds
 from moe_operator.decisions.render import pod_template
-from moe_operator.decisions.slo import analysis_policy, bake_policy, bake_seconds
+from moe_operator.decisions.slo import analysis_policy, bake_policy
 from moe_operator.decisions.spec import parse_spec
 from tests.unit.operator.samples import OWNER, spec
 
@@ -42,14 +40,11 @@ def longest_liveness_window(parsed) -> float:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_the_shortest_analysis_and_bake_outlast_every_rendered_liveness_probe(engine):
+def test_the_shortest_analysis_outlasts_every_rendered_liveness_probe(engine):
     parsed = parse_spec(spec(slo={**SHORT_SLO, "bakeSeconds": 1}, **ENGINES[engine]))
     window = longest_liveness_window(parsed)
     assert window >= 40, "the window counts a period before the first probe and the last probe's timeout"
-    canary = analysis_policy(parsed)
-    assert canary.min_duration_s >= window
-    bake = bake_policy(parsed)
-    assert bake.measurements * bake.interval_s >= window
+    assert analysis_policy(parsed).min_duration_s >= window
 
 
 @settings(deadline=None)  # parses and renders a spec per example: slow on a busy machine
@@ -59,7 +54,7 @@ def test_the_shortest_analysis_and_bake_outlast_every_rendered_liveness_probe(en
     bake=st.integers(min_value=1, max_value=600),
     baseline_p99=st.none() | st.floats(min_value=0.01, max_value=100),
 )
-def test_no_slo_setting_ends_an_analysis_or_a_bake_inside_the_liveness_window(
+def test_no_slo_setting_ends_an_analysis_inside_the_liveness_window_and_a_bake_lasts_as_asked(
     interval, measurements, bake, baseline_p99
 ):
     slo = {
@@ -74,6 +69,4 @@ def test_no_slo_setting_ends_an_analysis_or_a_bake_inside_the_liveness_window(
     state = AnalysisState(started_at=0.0, baseline_p99_s=baseline_p99)
     end, _ = minimum_end(state, analysis_policy(parsed))
     assert end >= window
-    policy = bake_policy(parsed)
-    assert policy.measurements * policy.interval_s >= max(window, bake_seconds(parsed.slo))
-    assert policy.measurements == math.ceil(max(window, bake) / interval)
+    assert bake_policy(parsed).measurements == max(1, round(bake / interval))
