@@ -22,6 +22,21 @@ GROUP, VERSION, PLURAL = "moedeploy.dev", "v1alpha1", "modeldeployments"
 T = TypeVar("T")
 
 
+def small_md(name: str, **spec) -> dict:
+    """A ModelDeployment of one GPU per pod for KWOK's nodes (its model path exists nowhere); `spec` sets
+    top-level spec fields, replacing the defaults whole."""
+    return {
+        "apiVersion": "moedeploy.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"family": "mixtral", "source": {"hostPath": {"path": "/srv/mixtral"}}},
+            "runtime": {"image": "moe-runtime:1", "resources": {"gpu": 1}},
+            **spec,
+        },
+    }
+
+
 def install_crd(cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")

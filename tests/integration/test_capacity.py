@@ -12,6 +12,7 @@ import uuid
 import pytest
 from localcluster import fake_node
 
+from tests.integration.operator_support import small_md
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,20 +47,8 @@ def tight_nodes(cluster):
 
 
 def tight_md(name: str) -> dict:
-    return {
-        "apiVersion": "moedeploy.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "model": {"family": "mixtral", "source": {"hostPath": {"path": "/srv/mixtral"}}},
-            "runtime": {
-                "image": "moe-runtime:1",
-                "resources": {"gpu": 1, "gpuType": GPU_TYPE},
-                "startupTimeoutSeconds": STARTUP_TIMEOUT_S,
-            },
-        },
-    }
+    runtime = {"image": "moe-runtime:1", "resources": {"gpu": 1, "gpuType": GPU_TYPE}}
+    return small_md(name, replicas=2, runtime={**runtime, "startupTimeoutSeconds": STARTUP_TIMEOUT_S})
 
 
 def test_a_rollout_with_no_spare_gpu_waits_for_room_then_hands_the_canary_s_gpus_over(

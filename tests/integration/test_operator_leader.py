@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.integration.operator_support import OperatorProcess
+from tests.integration.operator_support import OperatorProcess, small_md
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,15 +22,11 @@ FAST_LEASE = [
 
 
 def md(name: str) -> dict:
-    return {
-        "apiVersion": "moedeploy.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"family": "mixtral", "source": {"image": {"path": "/opt/m"}}},
-            "runtime": {"image": "moe-runtime:1", "resources": {"gpu": 0}},
-        },
-    }
+    return small_md(
+        name,
+        model={"family": "mixtral", "source": {"image": {"path": "/opt/m"}}},
+        runtime={"image": "moe-runtime:1", "resources": {"gpu": 0}},
+    )
 
 
 def holder(models) -> str | None:

@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from tests.integration.operator_support import GROUP, PLURAL, VERSION, OperatorProcess, example, static_pvc
+from tests.integration.operator_support import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    example,
+    small_md,
+    static_pvc,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -16,19 +24,6 @@ FIXED_LABELS = {
     "app.kubernetes.io/name": "moe-runtime",
     "app.kubernetes.io/managed-by": "moe-operator",
 }
-
-
-def small_md(name: str, **spec) -> dict:
-    return {
-        "apiVersion": "moedeploy.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"family": "mixtral", "source": {"hostPath": {"path": "/srv/mixtral"}}},
-            "runtime": {"image": "moe-runtime:1", "resources": {"gpu": 1}},
-            **spec,
-        },
-    }
 
 
 def revisions_of_pods(models, name: str) -> set[str]:

@@ -63,6 +63,9 @@ def test_a_canary_with_no_room_waits_for_capacity_past_its_startup_timeout_and_t
     before = world.status()
     world.tick()
     assert world.status() == before, "a wait of hours writes its status once, not at every pass"
+    world.restart()  # all a new operator knows is the status
+    world.tick(STARTUP_TIMEOUT_S)
+    assert world.status() == before and world.events.reasons.count("WaitingForCapacity") == 1
 
     # room appears: its startup timeout runs from then, not from the canary's start
     remove_pod(world, "canary")
@@ -93,8 +96,10 @@ def test_a_promotion_with_no_room_for_the_new_stable_pods_hands_the_canary_s_cap
     assert canary["phase"] == "Promoting" and canary["capacityHandedOver"] is True
     assert world.condition("Degraded")["status"] == "False"
     assert world.events.reasons.count("CapacityHandedOver") == 1
+    world.restart()
     world.tick()
-    assert world.deployment("canary") is None, "and it does not come back"
+    assert world.deployment("canary") is None, "and it does not come back, nor after an operator restart"
+    assert world.events.reasons.count("CapacityHandedOver") == 1, "the restarted operator knows it was done"
 
     remove_pod(world, "stable")  # scheduled on the canary's GPU
     world.settle()
