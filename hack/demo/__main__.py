@@ -308,6 +308,8 @@ class Demo:
             "state_dir": str(self.args.state_dir.resolve()),
         }
         (self.out / "timeline.json").write_text(json.dumps(timeline, indent=2, default=str))
+        if self.recorder is not None:
+            self.recorder.stop()
         if self.recorder is not None and self.recorder.samples:
             picture = plot.draw(self.recorder.samples, self.recorder.events(), self.t0, self.out / "demo.png")
             say(f"\nthe picture: {picture}")

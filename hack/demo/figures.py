@@ -38,6 +38,7 @@ class Recorder:
     name: str
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
     def status(self) -> dict:
         md = self.custom.get_namespaced_custom_object(
@@ -79,10 +80,14 @@ class Recorder:
                 except Exception:  # the picture gets a gap, the demo goes on
                     continue
 
-        threading.Thread(target=run, name="recorder", daemon=True).start()
+        self._thread = threading.Thread(target=run, name="recorder", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
+        """Stops sampling and waits for a sample being taken, so `samples` no longer changes."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     def between(self, start: float, end: float) -> list[Sample]:
         return [s for s in self.samples if start <= s.at <= end]

@@ -20,6 +20,7 @@ MARKED = {  # Event reason -> colour of its line
 
 
 def draw(samples, events, start: float, out: Path) -> Path:
+    samples = list(samples)  # one copy: every series gets the same points even if the caller's list grows
     t = [s.at - start for s in samples]
     figure, (queue, replicas, latency) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     queue.plot(t, [s.queue if s.queue is not None else float("nan") for s in samples], color="tab:purple")
