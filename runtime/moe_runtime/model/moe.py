@@ -1,7 +1,8 @@
 """Feed-forward blocks: the dense SwiGLU MLP and the sparse mixture of experts.
 
 Sparse dispatch sorts the (token, expert) pairs by expert and runs each expert that was chosen once, over
-exactly the tokens that chose it; experts nobody chose cost nothing. Expert weights are stacked per layer:
+exactly the tokens that chose it; experts nobody chose cost nothing. On the CPU the experts' matmuls run as two
+grouped GEMMs (torch's grouped_mm), where torch has it. Expert weights are stacked per layer:
 gate+up as [E, 2I, D], down as [E, D, I]. The per-expert work is only the two matmuls, each writing its rows
 of one buffer; gathering the tokens, the activation, the routing weights and adding the pairs back to their
 tokens run once for all experts (on a CPU the ops per expert cost more than their arithmetic at decode sizes:
@@ -10,6 +11,7 @@ tokens run once for all experts (on a CPU the ops per expert cost more than thei
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -103,14 +105,32 @@ def _one_token(moe: SparseMoE, x: torch.Tensor, weights: torch.Tensor, experts: 
 
 
 def _grouped_mm_applies(moe: SparseMoE, x: torch.Tensor) -> bool:
-    """torch's grouped GEMM (torch >= 2.9), where it was measured: on the CPU, with unquantised weights. On a
-    GPU it takes only bf16 on SM >= 80, so the GPU keeps the loop over experts."""
+    """torch's grouped GEMM where it was measured: on the CPU, with unquantised weights, in a torch whose CPU
+    build runs it for this dtype (tried once per dtype), and with rows of whole 16-byte units (the kernel
+    refuses other strides). On a GPU it takes only bf16 on SM >= 80, so the GPU keeps the loop over experts."""
     return (
-        _GROUPED_MM is not None
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and isinstance(moe.gate_up, torch.Tensor)
         and isinstance(moe.down, torch.Tensor)
+        and (x.shape[-1] * x.element_size()) % 16 == 0
+        and (moe.down.shape[-1] * x.element_size()) % 16 == 0
+        and _cpu_grouped_mm_runs(x.dtype)
     )
+
+
+@functools.cache
+def _cpu_grouped_mm_runs(dtype: torch.dtype) -> bool:
+    if _GROUPED_MM is None:
+        return False
+    try:
+        _GROUPED_MM(
+            torch.ones(2, 8, dtype=dtype),
+            torch.ones(2, 8, 8, dtype=dtype),
+            offs=torch.tensor([1, 2], dtype=torch.int32),
+        )
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def _grouped_mm(moe: SparseMoE, x, weights, order, counts: torch.Tensor) -> torch.Tensor:
