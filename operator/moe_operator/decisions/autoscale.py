@@ -180,6 +180,7 @@ def decide(
     what the stable Deployment had when the analysis began)."""
     current = obs.current
     state = _forget(state, policy, now)
+    state = replace(state, events=_taken(state.events, current))
     lowest = min(max(policy.min_replicas, floor), policy.max_replicas)
     bounds_note = _bounds_note(policy, floor, lowest)
     no_data = _missing_data(obs)
@@ -334,6 +335,19 @@ def _decision(
     if direction != "none":
         state = replace(state, events=(*state.events, ScaleEvent(now, current, target)))
     return Decision(target, direction, reason, metric, recommendation, state, no_data)
+
+
+def _taken(events: tuple[ScaleEvent, ...], current: int) -> tuple[ScaleEvent, ...]:
+    """The events that led to the current count: a chain back from `current`, newest first. A decision is
+    recorded before the Deployment is written (so that a retried pass finds it made); one whose write failed,
+    and whatever another client changed since, is not in the chain and counts for no step limit (HPA records
+    an event only once its scale succeeded)."""
+    chain, expected = [], current
+    for event in reversed(events):
+        if event.to_replicas == expected:
+            chain.append(event)
+            expected = event.from_replicas
+    return tuple(reversed(chain))
 
 
 def _forget(state: AutoscaleState, policy: AutoscalePolicy, now: float) -> AutoscaleState:

@@ -92,6 +92,27 @@ CASES = [
         state=state(events=[(-5, 3, 7)]),
     ),
     Case(
+        "a scale-in whose Deployment write failed widens no later scale-up",
+        observe(3, [13, 13, 13]),
+        7,
+        "limited to +4 per 15s: 7",
+        state=state(events=[(-5, 3, 2)]),
+    ),
+    Case(
+        "a scale-up whose Deployment write failed uses up no step",
+        observe(3, [13, 13, 13]),
+        7,
+        "limited to +4 per 15s: 7",
+        state=state(events=[(-5, 3, 7)]),
+    ),
+    Case(
+        "the steps taken before a failed write still count",
+        observe(5, [13] * 5),
+        7,
+        "limited to +4 per 15s: 7",
+        state=state(events=[(-8, 3, 5), (-5, 5, 9)]),
+    ),
+    Case(
         "step limit frees up once the period has passed",
         observe(7, [13] * 7),
         11,
