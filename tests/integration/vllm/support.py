@@ -81,10 +81,8 @@ def vllm_md(name: str, model_dir: Path, replicas: int = 1, **runtime) -> dict:
         maxModelLen=MAX_MODEL_LEN,
         startupTimeoutSeconds=START_S,
         # a client learns of a deleted pod from targets.json, which the local kubelet rewrites when it sees the
-        # deletion: on a busy machine that took over 2 s once, and a request sent meanwhile got a 500. And
-        # every request a pod took must end before its SIGTERM: vLLM 0.32 drains its engine on SIGTERM, then
-        # cancels its HTTP server, which cut 3 streams of 2,829 whose last chunks were not written yet
-        drainDelaySeconds=15,
+        # deletion: on a busy machine that took over 2 s once, and a request sent meanwhile got a 500
+        drainDelaySeconds=5,
         # vLLM's CPU build: a 1 GiB KV cache (2 would do; two pods must fit beside everything else), and the OS
         # placing the model's threads, so that two pods do not both bind core 0
         env=[
