@@ -143,8 +143,7 @@ def _grouped_mm(moe: SparseMoE, x, weights, order, counts: torch.Tensor) -> torc
     hidden = _GROUPED_MM(rows, moe.gate_up.transpose(1, 2), offs=ends)
     act = F.silu(hidden[:, :inter]) * hidden[:, inter:]
     out = _GROUPED_MM(act, moe.down.transpose(1, 2), offs=ends)
-    out *= weights[order, None]
-    return torch.zeros_like(x).index_add_(0, tokens, out)
+    return _add_back(x, out, weights, order, tokens)
 
 
 def _grouped(
@@ -173,6 +172,11 @@ def _grouped(
         _linear_into(out[a:b], act[a:b], moe.down[expert])
         if lora is not None and (parts := lora.expert_parts(expert, group_counts[expert])[1]):
             add_lora(out[a:b], act[a:b], parts)
+    return _add_back(x, out, weights, order, tokens)
+
+
+def _add_back(x, out, weights, order, tokens) -> torch.Tensor:
+    """Each (token, expert) pair's output, weighted by its routing weight, added into its token's row."""
     out *= weights[order, None]
     return torch.zeros_like(x).index_add_(0, tokens, out)
 
