@@ -25,9 +25,11 @@ RUN /opt/venv/bin/pip install --no-compile "torch==${TORCH_VERSION}" "./[runtime
 
 FROM ${CUDA_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
+# gcc and libc6-dev: the runtime builds its decode-attention kernel for the node's CPU when it first starts
+# there (moe_runtime/model/decode_kernel.py; without them attention runs in torch, slower on the CPU).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 \
+    && apt-get install -y --no-install-recommends python3.12 gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 moe \
     && useradd --system --uid 10001 --gid moe --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin moe

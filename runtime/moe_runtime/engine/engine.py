@@ -57,6 +57,7 @@ from moe_runtime.engine.blocks import BlockManager, Window
 from moe_runtime.engine.sampling import SamplingParams, make_generator, sample_next
 from moe_runtime.engine.sequence import Sequence as Seq
 from moe_runtime.model import decoder as model
+from moe_runtime.model import native
 from moe_runtime.model.attention import ItemKv, KvPool, StepPlan, plan_step
 from moe_runtime.model.config import ModelConfig, load_config
 from moe_runtime.model.loader import load_weights
@@ -120,6 +121,8 @@ class Engine:
         )
         self.adapters: dict[str, Adapter] = {}
         self.max_lora_rank = DEFAULT_MAX_LORA_RANK
+        # the kernels are built (or found built) here, at start-up, rather than in the first request
+        self.native_kernels = native.applies(self.weights.final_norm)
 
     @classmethod
     def load(

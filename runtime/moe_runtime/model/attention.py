@@ -6,7 +6,8 @@ blocks in position order. A step first writes its new tokens' keys and values in
 layer for the whole batch), then each sequence attends to its own keys where they lie:
 - a decode item (one query) reads the runs of consecutive slots that hold the positions it sees, in place: no
   copy, no padding to the longest sequence, so its cost follows its own length (one run when its blocks are
-  consecutive, which the block allocator arranges where it can);
+  consecutive, which the block allocator arranges where it can); on the CPU every decode item of a layer goes
+  through one call of the native kernel (`native`) where it could be built;
 - a prefill chunk gathers the keys its queries see and runs SDPA under the mask, per block of `QUERY_BLOCK`
   queries, each against only the keys it can see.
 What a step reads and writes is planned once per step from the block tables (`plan_step`), not per layer.
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from moe_runtime.model import native
+from moe_runtime.model.native import DecodeBatch
 
 # Long prefills run SDPA per block of queries, each against only the keys it can see (sinks + the window
 # before it); on CPU at 8K tokens that was ~9x faster than one SDPA with a dense mask.
@@ -71,10 +75,12 @@ class Prefill:
 @dataclass(frozen=True)
 class StepPlan:
     """What one step writes (`write_slots`, one per new token, in row order) and, per layer, what each item
-    reads (layers with the same window share their list)."""
+    reads (layers with the same window share their list), with the decode items also as one `DecodeBatch` for
+    the native kernel (None: no decode item, or not on the CPU)."""
 
     write_slots: torch.Tensor
     layers: list[list[Decode | Prefill]]
+    decodes: list[DecodeBatch | None]
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,18 @@ def plan_step(
     for item in items:
         write += _slots(item.block_table, block_size, item.start, item.start + item.count)
     by_window: dict[int | None, list[Decode | Prefill]] = {}
+    decodes: dict[int | None, DecodeBatch | None] = {}
     for window in layer_windows:
         if window not in by_window:
-            by_window[window] = _plan_reads(items, block_size, window, sinks if window else 0, group, device)
+            reads = _plan_reads(items, block_size, window, sinks if window else 0, group, device)
+            by_window[window] = reads
+            decode_reads = [(read.row, read.runs) for read in reads if isinstance(read, Decode)]
+            on_cpu = torch.device(device).type == "cpu"
+            decodes[window] = native.decode_batch(decode_reads) if decode_reads and on_cpu else None
     return StepPlan(
-        torch.tensor(write, dtype=torch.int64, device=device), [by_window[window] for window in layer_windows]
+        torch.tensor(write, dtype=torch.int64, device=device),
+        [by_window[window] for window in layer_windows],
+        [decodes[window] for window in layer_windows],
     )
 
 
@@ -173,11 +186,16 @@ def attend(
     values.index_copy_(1, plan.write_slots, v.transpose(0, 1))
     kv_heads, d = keys.shape[0], keys.shape[2]
     group = q.shape[1] // kv_heads
-    scaled = q * (1.0 / math.sqrt(d))
-    outputs = []
+    scale = 1.0 / math.sqrt(d)
+    out = q.new_empty(q.shape)
+    decodes = plan.decodes[layer]
+    in_kernel = decodes is not None and native.applies(keys)
+    if in_kernel:
+        native.attend_decodes(q, keys, values, decodes, scale, out)
     for read in plan.layers[layer]:
         if isinstance(read, Decode):
-            outputs.append(_decode(scaled[read.row].view(kv_heads, group, d), keys, values, read.runs))
+            if not in_kernel:
+                out[read.row] = _decode(q[read.row].view(kv_heads, group, d) * scale, keys, values, read.runs)
             continue
         for block in read.blocks:
             first = read.row + block.first
@@ -186,12 +204,12 @@ def attend(
                 k_blk, v_blk = keys[:, start : start + count], values[:, start : start + count]
             else:
                 k_blk, v_blk = keys.index_select(1, block.slots), values.index_select(1, block.slots)
-            outputs.append(_sdpa(q[first : first + block.count], k_blk, v_blk, block.mask))
-    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+            out[first : first + block.count] = _sdpa(q[first : first + block.count], k_blk, v_blk, block.mask)
+    return out
 
 
 def _decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, runs: tuple[Run, ...]) -> torch.Tensor:
-    """q [kv_heads, group, d] (pre-scaled) against the keys in `runs` -> [1, heads, d]. Plain matmuls: for one
+    """q [kv_heads, group, d] (pre-scaled) against the keys in `runs` -> [heads, d]. Plain matmuls: for one
     query they cost less than SDPA's kernel set-up, and several runs share one softmax."""
     if len(runs) == 1:
         start, count = runs[0]
@@ -205,7 +223,7 @@ def _decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, runs: tup
             part = torch.bmm(probs[..., offset : offset + count], values[:, start : start + count])
             out = part if out is None else out.add_(part)
             offset += count
-    return out.view(1, -1, q.shape[-1])
+    return out.view(-1, q.shape[-1])
 
 
 def _softmax(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

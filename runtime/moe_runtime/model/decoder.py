@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_runtime.model import native
 from moe_runtime.model.attention import KvPool, StepPlan, attend
 from moe_runtime.model.config import ModelConfig
 from moe_runtime.model.lora.batch import LayerBatch, LoraBatch
@@ -48,6 +49,8 @@ class Weights:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if native.applies(x):
+        return native.rms_norm(x, weight, eps)
     # Normalised in fp32 and cast before the weight multiplies, as transformers does. Spelled out rather than
     # F.rms_norm: on the CPU torch's fused kernel took 2-3x as long at decode sizes (15% of a serving
     # engine's time at one client).
@@ -120,9 +123,13 @@ def attention(
         lora.add("qkv", qkv, x)
     qkv = qkv.view(-1, heads + 2 * kv_heads, head_dim)
     qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
-    if attn.qk_norm is not None:
-        qk = rms_norm(qk, attn.qk_norm, config.rms_norm_eps)
-    q, k = apply_rope(qk, cos, sin).split([heads, kv_heads], dim=1)
+    if native.applies(qk):
+        qk = native.norm_rope(qk, attn.qk_norm, config.rms_norm_eps, cos, sin)
+    else:
+        if attn.qk_norm is not None:
+            qk = rms_norm(qk, attn.qk_norm, config.rms_norm_eps)
+        qk = apply_rope(qk, cos, sin)
+    q, k = qk.split([heads, kv_heads], dim=1)
     out = attend(pool, index, plan, q, k, v).reshape(-1, heads * head_dim)
     projected = linear(out, attn.o, attn.o_bias)
     if lora is not None:

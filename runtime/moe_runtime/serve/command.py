@@ -72,6 +72,11 @@ every open request gets a 500, `/health` and `/ready` answer 503, and the proces
 
 Torch's own OMP_NUM_THREADS applies too: set it to the CPUs the pod may use. Torch otherwise starts a thread
 per host core, and spinning threads that outnumber the CPUs slowed a decode step 30x on a shared host.
+
+On the CPU the model's decode attention, RMSNorm and rotary embeddings run in native kernels, built with the C
+compiler (CC, else cc) when the server first starts on a machine and cached (model/native.py); the log line
+"serving ..." says which. Without a compiler, or with MOE_RUNTIME_NATIVE_KERNELS=0, they run on torch's
+operations: the same results to rounding, a decode step 1.2-1.6x slower (bench/README.md).
 """
 
 from __future__ import annotations
@@ -265,7 +270,14 @@ class _DrainingServer(uvicorn.Server):
             while not adapters.ready.is_set() and worker.failure is None and not self.should_exit:
                 await asyncio.sleep(DRAIN_POLL_S)
             self._state.activate(worker, model_name, limits(args, engine))
-            log.info("serving %s on %s:%s", self._state.model_name, args.host, args.port)
+            log.info(
+                "serving %s on %s:%s (%s, %s kernels)",
+                self._state.model_name,
+                args.host,
+                args.port,
+                engine.dtype,
+                "native" if engine.native_kernels else "torch",
+            )
             await serving
         finally:
             if watcher is not None:

@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 import transformers
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moe_runtime.engine.blocks import NO_BLOCK, BlockManager, KvState, Window
 from moe_runtime.engine.engine import Engine
-from moe_runtime.model import attention
+from moe_runtime.model import attention, native
 from moe_runtime.model.attention import ItemKv, KvPool, plan_step
 from moe_runtime.tools.checkpoint import CheckpointSpec, write_checkpoint
 from tests.unit.runtime.helpers import greedy, hf_greedy, prompt_ids
@@ -71,6 +71,17 @@ def run_paged(sequences, chunks_per_step, window, sinks, block_size, num_blocks)
     return [torch.cat(o) for o in outputs], states, manager
 
 
+@pytest.fixture(params=["native", "torch"])
+def decode_backend(request, monkeypatch):
+    """Decode items through the native kernel (where it could be built) or through torch's operations (the
+    same for every example of a property: nothing to reset between them)."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "applies", lambda keys: False)
+    elif native._library() is None:
+        pytest.skip("no C compiler to build the kernel")
+    return request.param
+
+
 def random_qkv(length, seed):
     g = torch.Generator().manual_seed(seed)
     return (
@@ -83,14 +94,16 @@ def random_qkv(length, seed):
 @pytest.mark.parametrize(("window", "sinks"), [(None, 0), (8, 0), (8, 3), (5, 7), (20, 2)])
 @pytest.mark.parametrize("chunks", [[50], [1] * 50, [3, 1, 9, 1, 1, 20, 2, 1, 13]])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
-def test_paged_attention_matches_dense_mask_reference(monkeypatch, window, sinks, chunks, block_size):
+def test_paged_attention_matches_dense_mask_reference(
+    monkeypatch, decode_backend, window, sinks, chunks, block_size
+):
     monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # several query blocks even in short chunks
     qkv = random_qkv(50, 0)
     (out,), _, _ = run_paged([qkv], [[n] for n in chunks], window, sinks, block_size, 200)
     torch.testing.assert_close(out, reference_attention(*qkv, window, sinks), atol=1e-5, rtol=0)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(1, 40), min_size=1, max_size=5),
     window=st.sampled_from([None, 3, 8, 17]),
@@ -99,7 +112,7 @@ def test_paged_attention_matches_dense_mask_reference(monkeypatch, window, sinks
     seed=st.integers(0, 1000),
 )
 def test_a_mixed_batch_gives_each_sequence_the_attention_it_gets_alone(
-    lengths, window, sinks, block_size, seed
+    decode_backend, lengths, window, sinks, block_size, seed
 ):
     """Prefill chunks and decodes of several sequences share steps; whatever blocks each lands in, each
     sequence's outputs equal the dense reference's."""
