@@ -20,9 +20,11 @@ def test_wheel_holds_moe_operator_and_moe_runtime(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     top_levels = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_levels == {"moe_operator", "moe_runtime"}
+    # native.c: the kernels' source, built where they run
     for module in ("moe_operator/__main__.py", "moe_operator/handlers.py", "moe_runtime/__main__.py",
                    "moe_runtime/engine/engine.py", "moe_runtime/serve/command.py",
-                   "moe_runtime/model/lora/adapter.py", "moe_operator/decisions/spec.py"):  # fmt: skip
+                   "moe_runtime/model/lora/adapter.py", "moe_operator/decisions/spec.py",
+                   "moe_runtime/model/native.c"):  # fmt: skip
         assert module in names
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     requirements = [line for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
