@@ -49,7 +49,7 @@ class Weights:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if native.applies(x):
+    if native.applies(x, weight):
         return native.rms_norm(x, weight, eps)
     # Normalised in fp32 and cast before the weight multiplies, as transformers does. Spelled out rather than
     # F.rms_norm: on the CPU torch's fused kernel took 2-3x as long at decode sizes (15% of a serving
@@ -123,7 +123,7 @@ def attention(
         lora.add("qkv", qkv, x)
     qkv = qkv.view(-1, heads + 2 * kv_heads, head_dim)
     qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
-    if native.applies(qk):
+    if native.applies(qk, cos, *([] if attn.qk_norm is None else [attn.qk_norm])):
         qk = native.norm_rope(qk, attn.qk_norm, config.rms_norm_eps, cos, sin)
     else:
         if attn.qk_norm is not None:

@@ -62,9 +62,14 @@ def decode_batch(reads: list[tuple[int, tuple[tuple[int, int], ...]]]) -> Decode
     )
 
 
-def applies(tensor: torch.Tensor) -> bool:
-    """Whether the kernels serve this tensor's device and dtype here."""
-    return tensor.device.type == "cpu" and tensor.dtype in _SUFFIXES and _library() is not None
+def applies(tensor: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the kernels serve these tensors here: on the CPU, of one dtype they take."""
+    return (
+        tensor.device.type == "cpu"
+        and tensor.dtype in _SUFFIXES
+        and all(other.device.type == "cpu" and other.dtype == tensor.dtype for other in others)
+        and _library() is not None
+    )
 
 
 def attend_decodes(
@@ -92,7 +97,7 @@ def attend_decodes(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [..., n] (rows contiguous) -> RMSNorm(x) * weight [n], as decoder.rms_norm computes it."""
     n = x.shape[-1]
-    x = x.contiguous()
+    x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype)
     rows = x.numel() // n
     _function("norm_rope", x.dtype)(
@@ -108,6 +113,8 @@ def norm_rope(
     with weight [heads, d] (None: rotary only) and cos/sin [T, 1, d] contiguous, as decoder.apply_rope."""
     if x.stride(-1) != 1:
         x = x.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    weight = None if weight is None else weight.contiguous()
     outer, inner, n = x.shape
     out = torch.empty(x.shape, dtype=x.dtype)
     _function("norm_rope", x.dtype)(

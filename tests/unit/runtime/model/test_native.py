@@ -138,7 +138,7 @@ def test_a_model_computes_the_same_with_and_without_the_kernels(checkpoints, mon
         return torch.stack(logits), greedy(engine, prompts[0], 12)
 
     native_logits, native_tokens = run()
-    monkeypatch.setattr(native, "applies", lambda tensor: False)
+    monkeypatch.setattr(native, "applies", lambda *tensors: False)
     torch_logits, torch_tokens = run()
     tolerance = 1e-4 if dtype == "float32" else 0.1
     torch.testing.assert_close(native_logits, torch_logits, atol=tolerance, rtol=0)
@@ -157,7 +157,7 @@ def test_attend_gives_the_same_step_with_and_without_the_kernel(monkeypatch):
     assert plan.decodes[0] is not None and plan.decodes[0].rows.tolist() == [0, 10]
     q, k, v = torch.randn(11, 4, 64, generator=generator), torch.randn(11, 2, 64), torch.randn(11, 2, 64)
     with_kernel = attention.attend(pool, 0, plan, q, k, v)
-    monkeypatch.setattr(native, "applies", lambda keys: False)
+    monkeypatch.setattr(native, "applies", lambda *tensors: False)
     torch.testing.assert_close(attention.attend(pool, 0, plan, q, k, v), with_kernel, atol=1e-5, rtol=0)
 
 
@@ -184,6 +184,14 @@ def test_the_kernel_is_built_once_per_source_and_cpu(monkeypatch, tmp_path):
     assert native._build() == built and built.stat().st_mtime_ns == stamp
     monkeypatch.setattr(native, "_cpu_flags", lambda: "flags : another cpu")
     assert native._build() != built
+
+
+def test_the_kernels_take_only_cpu_tensors_of_one_dtype_they_know():
+    x = torch.empty(2, 8)
+    assert native.applies(x) and native.applies(x.bfloat16(), x.bfloat16())
+    assert not native.applies(x.half())
+    assert not native.applies(x, x.bfloat16())  # a weight of another dtype than the activations
+    assert not native.applies(torch.empty(2, 8, device="meta"))
 
 
 def test_the_switch_turns_the_kernel_off(monkeypatch):
