@@ -2,8 +2,8 @@
 
 Sparse dispatch sorts the (token, expert) pairs by expert and runs each expert that was chosen once, over
 exactly the tokens that chose it; experts nobody chose cost nothing. On the CPU the experts' matmuls run as two
-grouped GEMMs (torch's grouped_mm), where torch has it. Expert weights are stacked per layer:
-gate+up as [E, 2I, D], down as [E, D, I]. The per-expert work is only the two matmuls, each writing its rows
+grouped GEMMs (torch's grouped_mm), where torch has it, and one token's experts in one native call (`native`).
+Expert weights are stacked per layer: gate+up as [E, 2I, D], down as [E, D, I]. The per-expert work is only the two matmuls, each writing its rows
 of one buffer; gathering the tokens, the activation, the routing weights and adding the pairs back to their
 tokens run once for all experts (on a CPU the ops per expert cost more than their arithmetic at decode sizes:
 2x faster than an expert-by-expert loop at 16 tokens, 16 experts, top-4; 1.4x at 154 tokens).
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from moe_runtime.model import native
 from moe_runtime.model.lora.batch import LayerBatch, Part, add_lora
 from moe_runtime.model.quant import Weight, linear
 
@@ -84,6 +85,8 @@ def sparse_moe(
     if lora is not None and lora.routed:
         order, group_counts = lora.sort_routed(experts, moe.top_k, num_experts)
         out = _grouped(moe, x, weights, order, [sum(c) for c in group_counts], lora, group_counts)
+    elif x.shape[0] == 1 and _native_experts_apply(moe, x):
+        out = native.experts_one_token(x, moe.gate_up, moe.down, experts, weights)
     elif x.shape[0] == 1:
         out = _one_token(moe, x, weights, experts)
     elif _grouped_mm_applies(moe, x):
@@ -102,6 +105,17 @@ def _one_token(moe: SparseMoE, x: torch.Tensor, weights: torch.Tensor, experts: 
         y = swiglu(x, moe.gate_up[expert], moe.down[expert]) * weight
         out = y if out is None else out.add_(y)
     return out
+
+
+def _native_experts_apply(moe: SparseMoE, x: torch.Tensor) -> bool:
+    """The native kernel for one token's experts: unquantised, contiguous expert weights of x's dtype."""
+    return (
+        isinstance(moe.gate_up, torch.Tensor)
+        and isinstance(moe.down, torch.Tensor)
+        and native.applies(x, moe.gate_up, moe.down)
+        and moe.gate_up.is_contiguous()
+        and moe.down.is_contiguous()
+    )
 
 
 def _grouped_mm_applies(moe: SparseMoE, x: torch.Tensor) -> bool:

@@ -1,5 +1,5 @@
-/* The runtime's native CPU kernels (see native.py): decode attention over the paged KV cache, and RMSNorm
-   with rotary embeddings. Each replaces many small torch operations per step by one call; for float32 and
+/* The runtime's native CPU kernels (see native.py): decode attention over the paged KV cache, RMSNorm with
+   rotary embeddings, and one token's routed experts. Each replaces many small torch operations per step by one call; for float32 and
    bfloat16 tensors (T below: float or uint16_t holding bfloat16 bits).
 
    Decode attention, every decode item of a step in one call. Each item has one query row (heads x head_dim) and reads its keys and values where they lie: runs of
@@ -158,6 +158,32 @@ static inline float sum8(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2
         }                                                                                                   \
     }
 
+/* One token through its k routed experts (a decode step of one sequence): for each expert e = experts[j],
+   out += weights[j] * down[e] @ (silu(gate) * up), [gate; up] = gate_up[e] @ x; gate_up [E, 2I, D] and down
+   [E, D, I] contiguous, x and out [D]. Rounds where torch's operations (moe._one_token) round. */
+#define DEFINE_EXPERTS_ONE_TOKEN(NAME, T, LOAD, STORE, ROUND, DOT)                                          \
+    __attribute__((optimize("fp-contract=off"))) void NAME(                                                \
+        const T *x, const T *gate_up, const T *down, int64_t dim, int64_t inter, int64_t top_k,             \
+        const int64_t *experts, const T *weights, T *out) {                                                 \
+        float input[dim], hidden[2 * inter], total[dim];                                                    \
+        for (int64_t d = 0; d < dim; d++) input[d] = LOAD(x[d]);                                            \
+        for (int64_t j = 0; j < top_k; j++) {                                                               \
+            const T *w_in = gate_up + experts[j] * 2 * inter * dim;                                         \
+            const T *w_out = down + experts[j] * dim * inter;                                               \
+            const float weight = LOAD(weights[j]);                                                          \
+            for (int64_t r = 0; r < 2 * inter; r++) hidden[r] = ROUND(DOT(input, w_in + r * dim, dim));     \
+            for (int64_t i = 0; i < inter; i++) {                                                           \
+                const float gate = hidden[i];                                                               \
+                hidden[i] = ROUND(ROUND(gate / (1.0f + expf(-gate))) * hidden[inter + i]);                  \
+            }                                                                                               \
+            for (int64_t r = 0; r < dim; r++) {                                                             \
+                const float y = ROUND(ROUND(DOT(hidden, w_out + r * inter, inter)) * weight);               \
+                total[r] = j == 0 ? y : ROUND(total[r] + y);                                                \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int64_t d = 0; d < dim; d++) out[d] = STORE(total[d]);                                         \
+    }
+
 static inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
 
 #define IDENTITY(x) (x)
@@ -167,3 +193,5 @@ DEFINE_DOT(dot_float32, float, IDENTITY, load8_float32)
 DEFINE_DOT(dot_bfloat16, uint16_t, bf16_to_float, load8_bfloat16)
 DEFINE_DECODE_ATTENTION(decode_attention_float32, float, IDENTITY, IDENTITY, dot_float32)
 DEFINE_DECODE_ATTENTION(decode_attention_bfloat16, uint16_t, bf16_to_float, float_to_bf16, dot_bfloat16)
+DEFINE_EXPERTS_ONE_TOKEN(experts_one_token_float32, float, IDENTITY, IDENTITY, IDENTITY, dot_float32)
+DEFINE_EXPERTS_ONE_TOKEN(experts_one_token_bfloat16, uint16_t, bf16_to_float, float_to_bf16, round_bf16, dot_bfloat16)

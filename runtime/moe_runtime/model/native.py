@@ -1,5 +1,5 @@
 """The runtime's native CPU kernels (native.c): decode attention over the paged cache, RMSNorm and rotary
-embeddings, each one call where torch takes many small ones.
+embeddings, and one token's routed experts, each one call where torch takes many small ones.
 
 On the CPU a decode step is mostly per-operation overhead and small GEMMs: torch's decode attention costs
 about ten calls per sequence and layer (at 16 sequences half of a step), an RMSNorm eight. The kernels read
@@ -125,6 +125,20 @@ def norm_rope(
     return out
 
 
+def experts_one_token(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """x [1, D] through experts [k] (int64) weighted by weights [k] (x's dtype), gate_up [E, 2I, D] and down
+    [E, D, I] contiguous -> [1, D], as moe._one_token computes it."""
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    x, experts, weights = x.contiguous(), experts.contiguous(), weights.contiguous()
+    _function("experts_one_token", x.dtype)(
+        x.data_ptr(), gate_up.data_ptr(), down.data_ptr(), x.shape[-1], down.shape[-1], experts.numel(),
+        experts.data_ptr(), weights.data_ptr(), out.data_ptr(),
+    )  # fmt: skip
+    return out
+
+
 def _function(name: str, dtype: torch.dtype):
     return getattr(_library(), f"{name}_{_SUFFIXES[dtype]}")
 
@@ -135,6 +149,7 @@ _SIGNATURES = {
                                         _POINTER, _POINTER, _POINTER, _I64, _POINTER]),
     "norm_rope": (None, [_POINTER, _I64, _I64, _I64, _I64, _I64, _POINTER, _I64, _F32, _POINTER, _POINTER,
                          _POINTER]),
+    "experts_one_token": (None, [_POINTER, _POINTER, _POINTER, _I64, _I64, _I64, _POINTER, _POINTER, _POINTER]),
 }  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 """The native kernels against torch's operations they replace (decode attention over the same paged cache,
-RMSNorm, rotary embeddings, a whole model), and the fallback where they cannot be built."""
+RMSNorm, rotary embeddings, one token's experts, a whole model), and the fallback where they cannot be built."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_runtime.engine.engine import Engine
-from moe_runtime.model import attention, decoder, native
+from moe_runtime.model import attention, decoder, moe, native
 from moe_runtime.model.attention import KvPool, _decode
 from tests.unit.runtime.helpers import greedy, prompt_ids
 
@@ -111,6 +111,34 @@ def test_rms_norm_rounds_as_torch_does(shape, magnitude, dtype, seed):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     else:
         assert bf16_ulps(got, expected) <= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dim=st.sampled_from([8, 24, 64, 100]),
+    inter=st.sampled_from([4, 16, 33]),
+    num_experts=st.integers(1, 6),
+    data=st.data(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 99),
+)
+def test_one_tokens_experts_sum_as_torch_does(dim, inter, num_experts, data, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    top_k = data.draw(st.integers(1, num_experts))
+    experts = torch.tensor(data.draw(st.permutations(range(num_experts)))[:top_k])
+    layer = moe.SparseMoE(
+        router=torch.randn(num_experts, dim, generator=generator).to(dtype),
+        gate_up=(torch.randn(num_experts, 2 * inter, dim, generator=generator) * 0.2).to(dtype),
+        down=(torch.randn(num_experts, dim, inter, generator=generator) * 0.2).to(dtype),
+        top_k=top_k,
+        norm_topk_prob=False,
+    )
+    x = torch.randn(1, dim, generator=generator).to(dtype)
+    weights = torch.rand(top_k, generator=generator).to(dtype)
+    got = native.experts_one_token(x, layer.gate_up, layer.down, experts, weights)
+    expected = moe._one_token(layer, x, weights, experts)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the matmuls' sums may round one step apart
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
 
 
 def torch_rms_norm(x, weight, eps):
