@@ -73,10 +73,11 @@ every open request gets a 500, `/health` and `/ready` answer 503, and the proces
 Torch's own OMP_NUM_THREADS applies too: set it to the CPUs the pod may use. Torch otherwise starts a thread
 per host core, and spinning threads that outnumber the CPUs slowed a decode step 30x on a shared host.
 
-On the CPU the model's decode attention, RMSNorm and rotary embeddings run in native kernels, built with the C
-compiler (CC, else cc) when the server first starts on a machine and cached (model/native.py); the log line
-"serving ..." says which. Without a compiler, or with MOE_RUNTIME_NATIVE_KERNELS=0, they run on torch's
-operations: the same results to rounding, a decode step 1.2-1.6x slower (bench/README.md).
+On the CPU the model's decode attention, RMSNorm, rotary embeddings and one token's experts run in native
+kernels, built with the C compiler (CC, else cc) when the server first starts on a machine and cached
+(model/native.py); the log line "serving ..." says which. Without a compiler, or with
+MOE_RUNTIME_NATIVE_KERNELS=0, they run on torch's operations: the same results to rounding, a decode step
+1.3-1.9x slower (bench/README.md).
 """
 
 from __future__ import annotations
