@@ -3,10 +3,11 @@
 Sparse dispatch sorts the (token, expert) pairs by expert and runs each expert that was chosen once, over
 exactly the tokens that chose it; experts nobody chose cost nothing. On the CPU the experts' matmuls run as two
 grouped GEMMs (torch's grouped_mm), where torch has it, and one token's experts in one native call (`native`).
-Expert weights are stacked per layer: gate+up as [E, 2I, D], down as [E, D, I]. The per-expert work is only the two matmuls, each writing its rows
-of one buffer; gathering the tokens, the activation, the routing weights and adding the pairs back to their
-tokens run once for all experts (on a CPU the ops per expert cost more than their arithmetic at decode sizes:
-2x faster than an expert-by-expert loop at 16 tokens, 16 experts, top-4; 1.4x at 154 tokens).
+Expert weights are stacked per layer: gate+up as [E, 2I, D], down as [E, D, I]. The per-expert work is only
+the two matmuls, each writing its rows of one buffer; gathering the tokens, the activation, the routing
+weights and adding the pairs back to their tokens run once for all experts (on a CPU the ops per expert cost
+more than their arithmetic at decode sizes: 2x faster than an expert-by-expert loop at 16 tokens, 16 experts,
+top-4; 1.4x at 154 tokens).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Built on first use with the C compiler (`CC`, else cc) for this CPU, cached unde
 ~/.cache/moedeploy)/kernels by a hash of their source, flags and the CPU's flags, and loaded with ctypes, which
 lets other threads run while a kernel works. Where they cannot be built (no compiler), or with
 MOE_RUNTIME_NATIVE_KERNELS=0, the model keeps torch's operations: the results agree to rounding.
-Float32 and bfloat16 on the CPU; other dtypes and GPUs use torch.
+Float32 and bfloat16 on the CPU with one intra-op thread (OMP_NUM_THREADS=1: what a pod given one CPU runs);
+other dtypes, more threads and GPUs use torch.
 """
 
 from __future__ import annotations
@@ -63,11 +64,14 @@ def decode_batch(reads: list[tuple[int, tuple[tuple[int, int], ...]]]) -> Decode
 
 
 def applies(tensor: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether the kernels serve these tensors here: on the CPU, of one dtype they take."""
+    """Whether the kernels serve these tensors here: on the CPU, of one dtype they take, with torch on one
+    intra-op thread. The kernels run on the calling thread; with more, torch's operations spread over them
+    (a large prefill's norms, a big expert's GEMVs) and are kept, as nothing else was measured."""
     return (
         tensor.device.type == "cpu"
         and tensor.dtype in _SUFFIXES
         and all(other.device.type == "cpu" and other.dtype == tensor.dtype for other in others)
+        and torch.get_num_threads() == 1
         and _library() is not None
     )
 

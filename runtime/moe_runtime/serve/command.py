@@ -73,9 +73,9 @@ every open request gets a 500, `/health` and `/ready` answer 503, and the proces
 Torch's own OMP_NUM_THREADS applies too: set it to the CPUs the pod may use. Torch otherwise starts a thread
 per host core, and spinning threads that outnumber the CPUs slowed a decode step 30x on a shared host.
 
-On the CPU the model's decode attention, RMSNorm, rotary embeddings and one token's experts run in native
-kernels, built with the C compiler (CC, else cc) when the server first starts on a machine and cached
-(model/native.py); the log line "serving ..." says which. Without a compiler, or with
+On the CPU with one intra-op thread (OMP_NUM_THREADS=1) the model's decode attention, RMSNorm, rotary
+embeddings and one token's experts run in native kernels, built with the C compiler (CC, else cc) when the
+server first starts on a machine and cached (model/native.py); the log line "serving ..." says which. Without a compiler, or with
 MOE_RUNTIME_NATIVE_KERNELS=0, they run on torch's operations: the same results to rounding, a decode step
 1.3-1.9x slower (bench/README.md).
 """

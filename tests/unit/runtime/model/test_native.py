@@ -222,6 +222,17 @@ def test_the_kernels_take_only_cpu_tensors_of_one_dtype_they_know():
     assert not native.applies(torch.empty(2, 8, device="meta"))
 
 
+def test_with_several_threads_torch_keeps_the_work():
+    """The kernels run on one thread: where torch may spread an operation over several, it keeps it."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not native.applies(torch.empty(2, 8))
+    finally:
+        torch.set_num_threads(threads)
+    assert native.applies(torch.empty(2, 8))
+
+
 def test_the_switch_turns_the_kernel_off(monkeypatch):
     monkeypatch.setenv("MOE_RUNTIME_NATIVE_KERNELS", "0")
     native._library.cache_clear()
