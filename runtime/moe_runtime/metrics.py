@@ -61,12 +61,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # CPU runs of tiny models answer in milliseconds, real models on busy pods in tens of seconds, and a request
-# may run until its timeout (300 s by default) or longer when there is none. Dense between 0.1 s and 60 s,
-# where latency SLOs sit (as vLLM's): a p99 is interpolated inside one bucket, so a coarse bucket blurs a
-# breach of a threshold inside it.
+# may run until its timeout (300 s by default) or longer when there is none. At most 1.5x apart from 5 ms to
+# 60 s, where latency SLOs sit (a GPU's time to first token in tens of milliseconds among them): a p99 is
+# interpolated inside one bucket, and the canary analysis spreads each observation over its bucket, so a
+# coarse bucket blurs a breach of a threshold inside it, or turns a small shift across a bound into a large ratio.
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5,
-    10, 15, 20, 30, 45, 60, 120, 300, 600, 1200, 1800, 3600,
+    0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1200, 1800, 3600,
 )  # fmt: skip
 # Time per output token: fine steps (at most 1.5x apart) where decoding sits, so that a canary 1.2 times slower
 # than the stable track shows between buckets, not inside one

@@ -14,10 +14,10 @@ from typing import Any
 from moe_runtime.router.endpoints import Endpoint
 from moe_runtime.router.load import PodLoad
 from moe_runtime.router.metrics import RouterMetrics
-from moe_runtime.router.picker import Candidate, Picker
+from moe_runtime.router.picker import Candidate, Picker, Strategy
 from moe_runtime.router.prefix import DEFAULT_BLOCK_CHARS, PrefixTable, block_hashes
 from moe_runtime.router.requests import RequestView
-from moe_runtime.router.tracks import TRACKS, TrackTurns, canary_routable, weights
+from moe_runtime.router.tracks import CANARY, TRACKS, TrackTurns, canary_routable, weights
 
 # A pod that refused a connection or a request (503 draining or loading, 429 queue full) is passed over for
 # this long while others can take the request, so that one broken pod costs one retry, not one per request.
@@ -51,6 +51,8 @@ class RouterState:
         self.outstanding: Counter[str] = Counter()
         self.mean_cost = MEAN_COST_START
         self._turns = TrackTurns()
+        # while a canary takes requests, each track's pods in turn (see choose)
+        self._pods_in_turn = {track: Picker(Strategy.ROUND_ROBIN) for track in TRACKS}
         self._routable = asyncio.Event()
         self._changed = asyncio.Event()
         self._suspect: dict[str, float] = {}  # address -> until (monotonic)
@@ -122,7 +124,12 @@ class RouterState:
             for e in pool
         ]
         adapter = view.model if view.model and view.model != self.served_model else None
-        pick = self.picker.pick(candidates, self.mean_cost, adapter)
+        # While a canary is judged against the stable track, every pod of both gets the same requests in turn.
+        # Picking the least loaded stable pod would pool the stable track's queues (the shortest one takes the
+        # next request) while the canary's one pod queues alone: at the same speed, its time to first token
+        # would come out several times the stable track's.
+        picker = self._pods_in_turn[track] if by_track[CANARY] else self.picker
+        pick = picker.pick(candidates, self.mean_cost, adapter)
         endpoint = next(e for e in pool if e.address == pick.pod)
         if hashes:
             self.prefixes.record(hashes, endpoint.pod)

@@ -4,7 +4,8 @@ The share is what a Service gives it today, per pod: each Ready pod of either tr
 `canaryReplicas` Ready canary pods beside N stable ones the canary gets canaryReplicas / (N + canaryReplicas)
 of the requests. The track is chosen before the pod, by smooth weighted round robin (nginx's): over any run of
 requests the split is exact to one request, whatever the pods' load, so a slow canary is not spared the load
-its analysis must see (a load-aware pick across tracks would starve it).
+its analysis must see (a load-aware pick across tracks would starve it). The pod is then picked in turn inside
+each track while the canary takes requests (RouterState.choose), so that every pod faces the same arrivals.
 
 The canary track is routable only while the ModelDeployment's status has a canary (`status.canary`) that is not
 among `status.rejectedRevisions` and not baking: the moment the operator writes a rejection, its pods get no
