@@ -47,11 +47,18 @@ static inline v8f load8_bfloat16(const uint16_t *p) {
 
 static inline float sum8(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
+/* Weights stream from memory (one token's experts are far larger than the caches): each dot product asks for
+   the bytes 4 KB ahead of it. With the hardware prefetcher alone, on a Xeon with AVX-512 and AMX, the experts'
+   kernel read 6-12 GB/s against MKL's 10-14 and made a decode step 1.1x (fp32) to 1.3x (bf16) slower than
+   torch's operations; 4 KB ahead brought it level (fp32) and ahead (bf16). */
+#define PREFETCH_BYTES 4096
 #define DEFINE_DOT(NAME, T, LOAD, LOAD8)                                                                    \
     static inline float NAME(const float *a, const T *b, int64_t n) {                                       \
         v8f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                                         \
         int64_t d = 0;                                                                                      \
         for (; d + 32 <= n; d += 32) {                                                                      \
+            __builtin_prefetch((const char *)(b + d) + PREFETCH_BYTES);                                     \
+            __builtin_prefetch((const char *)(b + d) + PREFETCH_BYTES + 64);                                \
             s0 += load8_float32(a + d) * LOAD8(b + d);                                                      \
             s1 += load8_float32(a + d + 8) * LOAD8(b + d + 8);                                              \
             s2 += load8_float32(a + d + 16) * LOAD8(b + d + 16);                                            \
