@@ -14,7 +14,10 @@ from moe_operator.decisions.promdata import Measurement, NoData
 from moe_operator.decisions.scaling import QueueRead, RouterRead
 
 Key = tuple[str, str]  # namespace, name
-KEPT_WINDOWS = 64  # per revision: far more than one pass catches up on
+# An analysis window: when its analysis started, the revision it judges, its index. The start tells a revision's
+# bake from its canary analysis (and a retried canary from the rejected one), which count windows from 1 alike.
+WindowKey = tuple[float, str, int]
+KEPT_WINDOWS = 64  # the newest analyses' windows: far more than one pass catches up on
 
 
 class Measurements:
@@ -23,7 +26,7 @@ class Measurements:
         self._queue: dict[Key, QueueRead] = {}
         self._adapters: dict[Key, AdapterRead] = {}
         self._routers: dict[Key, RouterRead] = {}
-        self._windows: dict[Key, dict[tuple[str, int], Measurement | NoData]] = {}
+        self._windows: dict[Key, dict[WindowKey, Measurement | NoData]] = {}
 
     def put_queue(self, key: Key, read: QueueRead) -> None:
         with self._lock:
@@ -37,11 +40,11 @@ class Measurements:
         with self._lock:
             self._routers[key] = read
 
-    def put_window(self, key: Key, revision: str, index: int, measured: Measurement | NoData) -> None:
+    def put_window(self, key: Key, window: WindowKey, measured: Measurement | NoData) -> None:
         with self._lock:
             windows = self._windows.setdefault(key, {})
-            windows[revision, index] = measured
-            for old in sorted(windows)[:-KEPT_WINDOWS]:
+            windows[window] = measured
+            for old in sorted(windows)[:-KEPT_WINDOWS]:  # the oldest analyses first
                 del windows[old]
 
     def queue(self, key: Key) -> QueueRead | None:
@@ -56,11 +59,16 @@ class Measurements:
         with self._lock:
             return self._routers.get(key)
 
-    def windows(self, key: Key, revision: str) -> Mapping[int, Measurement | NoData]:
+    def windows(self, key: Key, started_at: float, revision: str) -> Mapping[int, Measurement | NoData]:
+        """The windows measured for the analysis of `revision` that started at `started_at`, by index."""
         with self._lock:
-            return {i: m for (r, i), m in self._windows.get(key, {}).items() if r == revision}
+            return {
+                i: m
+                for (s, r, i), m in self._windows.get(key, {}).items()
+                if s == started_at and r == revision
+            }
 
-    def measured(self, key: Key) -> frozenset[tuple[str, int]]:
+    def measured(self, key: Key) -> frozenset[WindowKey]:
         with self._lock:
             return frozenset(self._windows.get(key, {}))
 
