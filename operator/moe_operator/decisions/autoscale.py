@@ -180,7 +180,6 @@ def decide(
     what the stable Deployment had when the analysis began)."""
     current = obs.current
     state = _forget(state, policy, now)
-    state = replace(state, events=_taken(state.events, current))
     lowest = min(max(policy.min_replicas, floor), policy.max_replicas)
     bounds_note = _bounds_note(policy, floor, lowest)
     no_data = _missing_data(obs)
@@ -286,7 +285,8 @@ def _limit_step(
     if desired == current:
         return desired, ""
     rule = policy.up if desired > current else policy.down
-    recent = [e for e in state.events if e.at > now - rule.period_s]
+    # only the chain that led to the current count; the others stay kept, as the count may come back to them
+    recent = [e for e in _taken(state.events, current) if e.at > now - rule.period_s]
     added = sum(e.change for e in recent if e.change > 0)
     removed = -sum(e.change for e in recent if e.change < 0)
     period_start = current - added + removed

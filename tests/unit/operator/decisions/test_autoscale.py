@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from moe_operator.decisions.autoscale import (
@@ -516,6 +516,12 @@ def test_a_steady_queue_changes_direction_at_most_once(policy, total_queue, curr
 @given(
     policies(),
     st.lists(st.tuples(st.floats(1, 120), st.floats(0, 100), st.integers(0, 30)), min_size=1, max_size=40),
+)
+# found by a full run: the count left the chain of scale events (3 -> 7, then 0) and came back to it (7); the
+# kept state had dropped the event, the whole history still counted it for the step limit
+@example(
+    AutoscalePolicy(0, 7, 0.5, 0, ScaleRule(0, 4, 15), ScaleRule(0, 1, 0)),
+    [(1.0, 2.0, 3), (1.0, 0.0, 0), (1.0, 1.0, 7)],
 )
 def test_the_kept_state_decides_as_the_whole_history_would(policy, steps):
     """Pruning and compacting the state changes no decision: a run that hands decide() every recommendation
