@@ -93,9 +93,8 @@ class WindowRead:
     overrides: SLOQueries
 
     @property
-    def key(self) -> tuple[float, str, int]:
-        """Which window of which analysis (measure/store.py WindowKey)."""
-        return (self.started_at, self.candidate, self.index)
+    def key(self) -> tuple[str, int]:
+        return (self.candidate, self.index)
 
 
 Read = QueueDepthRead | AdapterStatesRead | RouterDemandRead | WindowRead
@@ -115,9 +114,9 @@ def due_reads(
     status: Mapping[str, Any],
     now: float,
     last: LastReads,
-    measured: frozenset[tuple[float, str, int]],
+    measured: frozenset[tuple[str, int]],
 ) -> list[Read]:
-    """What falls due by `now`; `measured`: the windows read already (analysis start, revision, index)."""
+    """What falls due by `now`; `measured`: the (revision, window) pairs read already."""
     reads: list[Read] = []
     auto = spec.autoscaling
     if auto.enabled and (last.queue_depth is None or now >= last.queue_depth + auto.interval_seconds):
@@ -131,7 +130,7 @@ def due_reads(
         assert spec.slo is not None
         overrides = SLOQueries(spec.slo.p99_latency_query, spec.slo.error_ratio_query)
         for window in due_windows(running.state, running.policy, now):
-            if (running.state.started_at, running.candidate, window.index) in measured:
+            if (running.candidate, window.index) in measured:
                 continue
             reads.append(
                 WindowRead(

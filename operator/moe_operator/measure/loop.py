@@ -150,7 +150,9 @@ class Measurer:
                     key, RouterRead(at, self._prometheus.router_demand(namespace, name, at))
                 )
             else:
-                self._store.put_window(key, read.key, measure_window(self._prometheus, key, read))
+                self._store.put_window(
+                    key, read.candidate, read.index, measure_window(self._prometheus, key, read)
+                )
             self._wake(key)
         except Exception:
             log.exception("%s/%s: reading %s", *key, type(read).__name__)

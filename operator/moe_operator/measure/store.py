@@ -14,10 +14,7 @@ from moe_operator.decisions.promdata import Measurement, NoData
 from moe_operator.decisions.scaling import QueueRead, RouterRead
 
 Key = tuple[str, str]  # namespace, name
-# An analysis window: when its analysis started, the revision it judges, its index. The start tells a revision's
-# bake from its canary analysis (and a retried canary from the rejected one), which count windows from 1 alike.
-WindowKey = tuple[float, str, int]
-KEPT_WINDOWS = 64  # the newest analyses' windows: far more than one pass catches up on
+KEPT_WINDOWS = 64  # per revision: far more than one pass catches up on
 
 
 class Measurements:
@@ -26,7 +23,7 @@ class Measurements:
         self._queue: dict[Key, QueueRead] = {}
         self._adapters: dict[Key, AdapterRead] = {}
         self._routers: dict[Key, RouterRead] = {}
-        self._windows: dict[Key, dict[WindowKey, Measurement | NoData]] = {}
+        self._windows: dict[Key, dict[tuple[str, int], Measurement | NoData]] = {}
 
     def put_queue(self, key: Key, read: QueueRead) -> None:
         with self._lock:
@@ -40,11 +37,11 @@ class Measurements:
         with self._lock:
             self._routers[key] = read
 
-    def put_window(self, key: Key, window: WindowKey, measured: Measurement | NoData) -> None:
+    def put_window(self, key: Key, revision: str, index: int, measured: Measurement | NoData) -> None:
         with self._lock:
             windows = self._windows.setdefault(key, {})
-            windows[window] = measured
-            for old in sorted(windows)[:-KEPT_WINDOWS]:  # the oldest analyses first
+            windows[revision, index] = measured
+            for old in sorted(windows)[:-KEPT_WINDOWS]:
                 del windows[old]
 
     def queue(self, key: Key) -> QueueRead | None:
@@ -59,16 +56,11 @@ class Measurements:
         with self._lock:
             return self._routers.get(key)
 
-    def windows(self, key: Key, started_at: float, revision: str) -> Mapping[int, Measurement | NoData]:
-        """The windows measured for the analysis of `revision` that started at `started_at`, by index."""
+    def windows(self, key: Key, revision: str) -> Mapping[int, Measurement | NoData]:
         with self._lock:
-            return {
-                i: m
-                for (s, r, i), m in self._windows.get(key, {}).items()
-                if s == started_at and r == revision
-            }
+            return {i: m for (r, i), m in self._windows.get(key, {}).items() if r == revision}
 
-    def measured(self, key: Key) -> frozenset[WindowKey]:
+    def measured(self, key: Key) -> frozenset[tuple[str, int]]:
         with self._lock:
             return frozenset(self._windows.get(key, {}))
 

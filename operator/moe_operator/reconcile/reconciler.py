@@ -123,7 +123,7 @@ class Reconciler:
         except (InvalidSpec, KeyError, TypeError, ValueError):
             running = None
         if running is not None:
-            windows = self._measurements.windows(key, running.state.started_at, running.candidate)
+            windows = self._measurements.windows(key, running.candidate)
         cache = self._cache
         pods = cache.select("Pod", ns, selector_labels(name))
         return Observed(

@@ -128,9 +128,7 @@ class World:
             return 0
         due = due_windows(running.state, running.policy, self.clock.now)
         for window in due:
-            self.measurements.put_window(
-                KEY, (running.state.started_at, running.candidate, window.index), measurement
-            )
+            self.measurements.put_window(KEY, running.candidate, window.index, measurement)
         return len(due)
 
     def analyse_until(self, measurement=GOOD, phase_gone=("Analyzing", "Holding"), limit=40):

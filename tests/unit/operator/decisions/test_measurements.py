@@ -13,14 +13,11 @@ from moe_operator.decisions.measurements import (
     due_reads,
     subject,
 )
-from moe_operator.decisions.promdata import NoData
 from moe_operator.decisions.spec import parse_spec
-from moe_operator.measure.store import Measurements
 from moe_operator.timestamps import to_time
 from tests.unit.operator.samples import spec
 
 NOW = 1_800_000_000.0
-KEY = ("ns", "md")
 SLO = {"maxRelativeIncrease": 0.2, "analysisIntervalSeconds": 10, "scrapeIntervalSeconds": 2}
 ADAPTER = {"name": "sql", "source": {"pvc": {"claimName": "w", "path": "sql"}}}
 
@@ -63,8 +60,9 @@ def test_canary_windows_are_read_once_measurable_and_not_again():
         for r in reads
     )
     assert reads[0].end == NOW - 50 and reads[0].started_at == NOW - 60
-    read = frozenset({(NOW - 60, "new", 1), (NOW - 60, "new", 2)})
-    assert [r.index for r in due_reads(md, status, NOW, LastReads(), read)] == [3, 4, 5]
+    assert [
+        r.index for r in due_reads(md, status, NOW, LastReads(), frozenset({("new", 1), ("new", 2)}))
+    ] == [3, 4, 5]
 
 
 def test_a_bake_reads_the_new_stable_revision_against_the_previous_ones_span():
@@ -75,22 +73,6 @@ def test_a_bake_reads_the_new_stable_revision_against_the_previous_ones_span():
     assert running.recorded == (NOW - 60, NOW - 30)
     reads = due_reads(md, status, NOW, LastReads(), frozenset())
     assert [r.index for r in reads] == [1, 2] and reads[0].started_at == NOW - 30
-
-
-def test_a_bake_measures_its_own_windows_not_its_canary_analysis_ones():
-    """The canary's analysis and the bake of the same revision both count windows from 1: the bake once took
-    the canary's stored windows 1 and 2 for its own, and failed on a canary window's figures again."""
-    md = parse_spec(spec(slo=SLO))
-    analysed = due_reads(md, canary("Analyzing"), NOW - 31, LastReads(), frozenset())
-    assert [r.index for r in analysed] == [1, 2]
-    store = Measurements()
-    for read in analysed:
-        store.put_window(KEY, read.key, NoData("QueryFailed", "a canary window"))
-    baking = canary("Baking", promotedTime=to_time(NOW - 30))
-    reads = due_reads(md, baking, NOW, LastReads(), store.measured(KEY))
-    assert [r.index for r in reads] == [1, 2]
-    assert store.windows(KEY, NOW - 30, "new") == {}
-    assert set(store.windows(KEY, NOW - 60, "new")) == {r.index for r in analysed}
 
 
 def test_the_routers_are_read_with_scale_to_zero_often_at_zero_and_never_without_routing():
